@@ -1,0 +1,103 @@
+//! Identifiers that cross module boundaries, parsed once.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// The reference ID of one transaction: in the `X-Reference-Id` header, the tracing span,
+/// the audit record and anything stored because of it. ULIDs sort by creation time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub struct ReferenceId(ulid::Ulid);
+
+impl ReferenceId {
+    pub fn new() -> Self {
+        Self(ulid::Ulid::generate())
+    }
+}
+
+impl Default for ReferenceId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for ReferenceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::str::FromStr for ReferenceId {
+    type Err = ulid::DecodeError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ulid::Ulid::from_string(s).map(Self)
+    }
+}
+
+impl From<ReferenceId> for String {
+    fn from(id: ReferenceId) -> String {
+        id.to_string()
+    }
+}
+
+impl TryFrom<String> for ReferenceId {
+    type Error = ulid::DecodeError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+macro_rules! text_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            pub fn new(s: impl Into<String>) -> Self {
+                Self(s.into())
+            }
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+text_id!(
+    /// A tenant, by the housing provider's tenant ID.
+    TenantId
+);
+text_id!(
+    /// A partner organisation (clinic, MCO, housing provider) as named in the config.
+    PartnerId
+);
+
+/// An identifier as FHIR writes it: a system and a value.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Identifier {
+    pub system: String,
+    pub value: String,
+}
+
+impl Identifier {
+    pub fn new(system: impl Into<String>, value: impl Into<String>) -> Self {
+        Self {
+            system: system.into(),
+            value: value.into(),
+        }
+    }
+}
+
+impl fmt::Display for Identifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}|{}", self.system, self.value)
+    }
+}

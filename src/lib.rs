@@ -1,0 +1,5 @@
+//! Hearth: a FHIR R4 gateway for minimum-necessary housing–health data sharing.
+pub mod clock;
+pub mod dataset;
+pub mod ids;
+pub mod mapping;

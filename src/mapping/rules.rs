@@ -1,0 +1,430 @@
+//! Mapping files, parsed: value sets, sensitivity rules and one item file per dataset item.
+//! See `mappings/README.md` for the format.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::path::Path as FsPath;
+
+use serde_json::Value;
+
+use super::path::Path;
+use crate::dataset::ItemKind;
+
+/// A mapping file could not be read or does not make sense. Reported at start-up.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {message}")]
+pub struct MappingError {
+    pub file: String,
+    pub message: String,
+}
+
+fn err(file: &str, message: impl Into<String>) -> MappingError {
+    MappingError {
+        file: file.to_string(),
+        message: message.into(),
+    }
+}
+
+/// Named sets of `system|code`.
+#[derive(Debug, Default)]
+pub struct ValueSets(HashMap<String, HashSet<String>>);
+
+impl ValueSets {
+    pub fn contains(&self, set: &str, system: &str, code: &str) -> bool {
+        self.0
+            .get(set)
+            .is_some_and(|codes| codes.contains(&format!("{system}|{code}")))
+    }
+
+    pub fn has(&self, set: &str) -> bool {
+        self.0.contains_key(set)
+    }
+
+    fn parse(file: &str, text: &str) -> Result<Self, MappingError> {
+        let table: toml::Table = toml::from_str(text).map_err(|e| err(file, e.to_string()))?;
+        let sets = table
+            .get("valueset")
+            .and_then(toml::Value::as_table)
+            .ok_or_else(|| err(file, "expected [valueset.NAME] tables"))?;
+        let mut direct: BTreeMap<String, (Vec<String>, Vec<String>)> = BTreeMap::new();
+        for (name, def) in sets {
+            let def = def
+                .as_table()
+                .ok_or_else(|| err(file, format!("valueset `{name}` must be a table")))?;
+            let mut codes = Vec::new();
+            let mut include = Vec::new();
+            for (key, value) in def {
+                let list = strings(value).ok_or_else(|| {
+                    err(file, format!("valueset `{name}`: `{key}` must be a list of strings"))
+                })?;
+                match key.as_str() {
+                    "codes" => {
+                        for code in &list {
+                            if code.split_once('|').is_none_or(|(s, c)| s.is_empty() || c.is_empty()) {
+                                return Err(err(file, format!("valueset `{name}`: `{code}` is not system|code")));
+                            }
+                        }
+                        codes = list;
+                    }
+                    "include" => include = list,
+                    other => return Err(err(file, format!("valueset `{name}`: unknown key `{other}`"))),
+                }
+            }
+            direct.insert(name.clone(), (codes, include));
+        }
+        let mut out = HashMap::new();
+        for name in direct.keys() {
+            let mut codes = HashSet::new();
+            let mut stack = vec![name.clone()];
+            let mut seen = HashSet::new();
+            while let Some(n) = stack.pop() {
+                if !seen.insert(n.clone()) {
+                    continue;
+                }
+                let (c, inc) = direct
+                    .get(&n)
+                    .ok_or_else(|| err(file, format!("valueset `{name}` includes unknown `{n}`")))?;
+                codes.extend(c.iter().cloned());
+                stack.extend(inc.iter().cloned());
+            }
+            out.insert(name.clone(), codes);
+        }
+        Ok(Self(out))
+    }
+}
+
+fn strings(v: &toml::Value) -> Option<Vec<String>> {
+    v.as_array()?
+        .iter()
+        .map(|s| s.as_str().map(str::to_string))
+        .collect()
+}
+
+/// Converts a TOML value to JSON (mapping outputs are plain strings, booleans, numbers).
+fn to_json(v: &toml::Value) -> Value {
+    match v {
+        toml::Value::String(s) => Value::String(s.clone()),
+        toml::Value::Integer(i) => Value::from(*i),
+        toml::Value::Float(f) => Value::from(*f),
+        toml::Value::Boolean(b) => Value::Bool(*b),
+        toml::Value::Datetime(d) => Value::String(d.to_string()),
+        toml::Value::Array(a) => Value::Array(a.iter().map(to_json).collect()),
+        toml::Value::Table(t) => Value::Object(t.iter().map(|(k, v)| (k.clone(), to_json(v))).collect()),
+    }
+}
+
+/// What a path rule does with the nodes its path yields.
+#[derive(Debug)]
+pub enum Op {
+    /// The first primitive value.
+    First,
+    /// The first primitive value, translated through the table.
+    Map(BTreeMap<String, Value>),
+    /// The output whose value set holds a Coding at the path.
+    Classify(Vec<(Value, String)>),
+    /// `value` when a Coding at the path is in the set.
+    In { set: String, value: Value },
+    /// `value` when the path yields anything.
+    Exists(Value),
+}
+
+/// One rule: read something from the resource, or a constant.
+#[derive(Debug)]
+pub enum Rule {
+    Path { path: Path, op: Op },
+    Const(Value),
+}
+
+/// How one dataset field is filled.
+#[derive(Debug)]
+pub enum FieldRule {
+    /// The first rule that yields.
+    FirstOf(Vec<Rule>),
+    /// A list with one entry per node.
+    Each {
+        each: Path,
+        filter: Option<Rule>,
+        fields: Vec<(String, FieldRule)>,
+    },
+}
+
+impl FieldRule {
+    /// The first path this rule reads, to point a sender at a missing element.
+    pub fn first_path(&self) -> Option<&Path> {
+        match self {
+            FieldRule::FirstOf(rules) => rules.iter().find_map(|r| match r {
+                Rule::Path { path, .. } => Some(path),
+                Rule::Const(_) => None,
+            }),
+            FieldRule::Each { each, .. } => Some(each),
+        }
+    }
+}
+
+/// One inbound shape that produces items of a kind.
+#[derive(Debug)]
+pub struct Source {
+    pub file: String,
+    pub kind: ItemKind,
+    pub resource: String,
+    pub when: Option<Rule>,
+    pub each: Option<Path>,
+    pub filter: Option<Rule>,
+    pub fields: Vec<(String, FieldRule)>,
+}
+
+/// Labels from codes in a value set, or from an item's own value.
+#[derive(Debug, Default)]
+pub struct Sensitivity {
+    pub by_codes: Vec<(String, Vec<String>)>,
+    pub by_item: Vec<(ItemKind, String, Value, Vec<String>)>,
+}
+
+struct Ctx<'a> {
+    file: &'a str,
+    sets: &'a ValueSets,
+}
+
+impl Ctx<'_> {
+    fn path(&self, v: &toml::Value, what: &str) -> Result<Path, MappingError> {
+        let s = v
+            .as_str()
+            .ok_or_else(|| err(self.file, format!("{what}: a path must be a string")))?;
+        Path::parse(s).map_err(|m| err(self.file, format!("{what}: {m}")))
+    }
+
+    fn set(&self, v: &toml::Value, what: &str) -> Result<String, MappingError> {
+        let name = v
+            .as_str()
+            .ok_or_else(|| err(self.file, format!("{what}: a value set name must be a string")))?;
+        if !self.sets.has(name) {
+            return Err(err(self.file, format!("{what}: no value set named `{name}` in valuesets.toml")));
+        }
+        Ok(name.to_string())
+    }
+
+    fn rule(&self, v: &toml::Value, what: &str) -> Result<Rule, MappingError> {
+        let t = v
+            .as_table()
+            .ok_or_else(|| err(self.file, format!("{what}: a rule must be an inline table")))?;
+        if let Some(c) = t.get("const") {
+            if t.len() != 1 {
+                return Err(err(self.file, format!("{what}: `const` stands alone")));
+            }
+            return Ok(Rule::Const(to_json(c)));
+        }
+        let path = self.path(
+            t.get("path")
+                .ok_or_else(|| err(self.file, format!("{what}: a rule needs `path` or `const`")))?,
+            what,
+        )?;
+        let value = t.get("value").map(to_json);
+        let mut ops = t.keys().filter(|k| !matches!(k.as_str(), "path" | "value"));
+        let op = match ops.next().map(String::as_str) {
+            None => Op::First,
+            Some("map") => Op::Map(
+                t["map"]
+                    .as_table()
+                    .ok_or_else(|| err(self.file, format!("{what}: `map` must be a table")))?
+                    .iter()
+                    .map(|(k, v)| (k.clone(), to_json(v)))
+                    .collect(),
+            ),
+            Some("classify") => Op::Classify(
+                t["classify"]
+                    .as_table()
+                    .ok_or_else(|| err(self.file, format!("{what}: `classify` must be a table")))?
+                    .iter()
+                    .map(|(out, set)| Ok((Value::String(out.clone()), self.set(set, what)?)))
+                    .collect::<Result<_, MappingError>>()?,
+            ),
+            Some("in") => Op::In {
+                set: self.set(&t["in"], what)?,
+                value: value.clone().unwrap_or(Value::Bool(true)),
+            },
+            Some("exists") => Op::Exists(to_json(&t["exists"])),
+            Some(other) => return Err(err(self.file, format!("{what}: unknown rule key `{other}`"))),
+        };
+        if let Some(extra) = ops.next() {
+            return Err(err(self.file, format!("{what}: `{extra}` cannot be combined with another operation")));
+        }
+        if value.is_some() && !matches!(op, Op::In { .. }) {
+            return Err(err(self.file, format!("{what}: `value` only goes with `in`")));
+        }
+        Ok(Rule::Path { path, op })
+    }
+
+    fn field_rule(&self, v: &toml::Value, allowed: &[&str], what: &str) -> Result<FieldRule, MappingError> {
+        match v {
+            toml::Value::Array(list) => Ok(FieldRule::FirstOf(
+                list.iter()
+                    .map(|r| self.rule(r, what))
+                    .collect::<Result<_, _>>()?,
+            )),
+            toml::Value::Table(t) if t.contains_key("each") => {
+                let each = self.path(&t["each"], what)?;
+                let filter = t.get("filter").map(|f| self.rule(f, what)).transpose()?;
+                let fields = t
+                    .get("fields")
+                    .and_then(toml::Value::as_table)
+                    .ok_or_else(|| err(self.file, format!("{what}: `each` needs a `fields` table")))?;
+                if let Some(k) = t.keys().find(|k| !matches!(k.as_str(), "each" | "filter" | "fields")) {
+                    return Err(err(self.file, format!("{what}: unknown key `{k}`")));
+                }
+                Ok(FieldRule::Each {
+                    each,
+                    filter,
+                    fields: self.fields(fields, allowed, &[], what)?,
+                })
+            }
+            other => Ok(FieldRule::FirstOf(vec![self.rule(other, what)?])),
+        }
+    }
+
+    fn fields(
+        &self,
+        table: &toml::Table,
+        allowed: &[&str],
+        nested: &[(&str, &[&str])],
+        what: &str,
+    ) -> Result<Vec<(String, FieldRule)>, MappingError> {
+        table
+            .iter()
+            .map(|(name, v)| {
+                let sub = nested.iter().find(|(n, _)| n == name).map(|(_, s)| *s);
+                if !allowed.contains(&name.as_str()) {
+                    return Err(err(
+                        self.file,
+                        format!("{what}: `{name}` is not a field of this dataset item (fields: {})", allowed.join(", ")),
+                    ));
+                }
+                let rule = self.field_rule(v, sub.unwrap_or(&[]), &format!("{what}.{name}"))?;
+                if matches!(rule, FieldRule::Each { .. }) != sub.is_some_and(|s| !s.is_empty()) {
+                    return Err(err(self.file, format!("{what}.{name}: list fields take `each`, others do not")));
+                }
+                Ok((name.clone(), rule))
+            })
+            .collect()
+    }
+}
+
+/// Parses one item file into its sources.
+pub fn parse_item_file(file: &str, text: &str, sets: &ValueSets) -> Result<Vec<Source>, MappingError> {
+    let table: toml::Table = toml::from_str(text).map_err(|e| err(file, e.to_string()))?;
+    let kind_name = table
+        .get("item")
+        .and_then(toml::Value::as_str)
+        .ok_or_else(|| err(file, "missing `item = \"…\"`"))?;
+    let kind = ItemKind::parse(kind_name).ok_or_else(|| {
+        let known: Vec<_> = ItemKind::ALL.iter().map(|k| k.as_str()).collect();
+        err(file, format!("unknown item `{kind_name}` (known: {})", known.join(", ")))
+    })?;
+    if let Some(k) = table.keys().find(|k| !matches!(k.as_str(), "item" | "source")) {
+        return Err(err(file, format!("unknown key `{k}`")));
+    }
+    let ctx = Ctx { file, sets };
+    let declared = kind.fields();
+    let allowed: Vec<&str> = declared.iter().map(|(f, _)| *f).collect();
+    let sources = table
+        .get("source")
+        .and_then(toml::Value::as_array)
+        .ok_or_else(|| err(file, "expected at least one [[source]]"))?;
+    sources
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let what = format!("source {}", i + 1);
+            let t = s
+                .as_table()
+                .ok_or_else(|| err(file, format!("{what} must be a table")))?;
+            if let Some(k) = t
+                .keys()
+                .find(|k| !matches!(k.as_str(), "resource" | "when" | "each" | "filter" | "fields"))
+            {
+                return Err(err(file, format!("{what}: unknown key `{k}`")));
+            }
+            let resource = t
+                .get("resource")
+                .and_then(toml::Value::as_str)
+                .ok_or_else(|| err(file, format!("{what}: missing `resource`")))?
+                .to_string();
+            let fields = t
+                .get("fields")
+                .and_then(toml::Value::as_table)
+                .ok_or_else(|| err(file, format!("{what}: missing [source.fields]")))?;
+            Ok(Source {
+                file: file.to_string(),
+                kind,
+                resource,
+                when: t.get("when").map(|w| ctx.rule(w, &what)).transpose()?,
+                each: t.get("each").map(|e| ctx.path(e, &what)).transpose()?,
+                filter: t.get("filter").map(|f| ctx.rule(f, &what)).transpose()?,
+                fields: ctx.fields(fields, &allowed, declared, &what)?,
+            })
+        })
+        .collect()
+}
+
+pub fn parse_sensitivity(file: &str, text: &str, sets: &ValueSets) -> Result<Sensitivity, MappingError> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct CodeRule {
+        valueset: String,
+        labels: Vec<String>,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct ItemRule {
+        item: String,
+        field: String,
+        equals: toml::Value,
+        labels: Vec<String>,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct File {
+        #[serde(default)]
+        codes: Vec<CodeRule>,
+        #[serde(default)]
+        items: Vec<ItemRule>,
+    }
+    let f: File = toml::from_str(text).map_err(|e| err(file, e.to_string()))?;
+    let mut out = Sensitivity::default();
+    for r in f.codes {
+        if !sets.has(&r.valueset) {
+            return Err(err(file, format!("no value set named `{}`", r.valueset)));
+        }
+        out.by_codes.push((r.valueset, r.labels));
+    }
+    for r in f.items {
+        let kind = ItemKind::parse(&r.item).ok_or_else(|| err(file, format!("unknown item `{}`", r.item)))?;
+        out.by_item.push((kind, r.field, to_json(&r.equals), r.labels));
+    }
+    Ok(out)
+}
+
+/// Reads `valuesets.toml`, `sensitivity.toml` and every other `*.toml` in `dir`.
+pub fn load_dir(dir: &FsPath) -> Result<(ValueSets, Sensitivity, Vec<Source>), MappingError> {
+    let read = |name: &str| {
+        std::fs::read_to_string(dir.join(name)).map_err(|e| err(&dir.join(name).display().to_string(), e.to_string()))
+    };
+    let sets = ValueSets::parse("valuesets.toml", &read("valuesets.toml")?)?;
+    let sensitivity = parse_sensitivity("sensitivity.toml", &read("sensitivity.toml")?, &sets)?;
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map_err(|e| err(&dir.display().to_string(), e.to_string()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".toml") && n != "valuesets.toml" && n != "sensitivity.toml")
+        .collect();
+    names.sort();
+    let mut sources = Vec::new();
+    let mut kinds = BTreeSet::new();
+    for name in names {
+        let parsed = parse_item_file(&name, &read(&name)?, &sets)?;
+        kinds.extend(parsed.iter().map(|s| s.kind));
+        sources.extend(parsed);
+    }
+    if sources.is_empty() {
+        return Err(err(&dir.display().to_string(), "no item mapping files found"));
+    }
+    Ok((sets, sensitivity, sources))
+}
