@@ -3,3 +3,7 @@ pub mod clock;
 pub mod dataset;
 pub mod ids;
 pub mod mapping;
+pub mod consent;
+pub mod fhir;
+pub mod tenancy;
+pub mod audit;
