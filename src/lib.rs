@@ -7,3 +7,6 @@ pub mod consent;
 pub mod fhir;
 pub mod tenancy;
 pub mod audit;
+pub mod auth;
+pub mod config;
+pub mod store;

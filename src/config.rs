@@ -1,0 +1,290 @@
+//! Configuration: one TOML file, read once, unknown keys rejected. Command-line flags
+//! and `HEARTH_*` environment variables override the listen address and data directory.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+use crate::auth::{self, Principal, Principals, Role};
+use crate::ids::PartnerId;
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Where the store file lives.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Mapping files (see mappings/README.md).
+    #[serde(default = "default_mappings_dir")]
+    pub mappings_dir: PathBuf,
+    /// JSON Schema profiles.
+    #[serde(default = "default_profiles_dir")]
+    pub profiles_dir: PathBuf,
+    /// Largest request body accepted, in bytes (larger: 413).
+    #[serde(default = "default_body_limit")]
+    pub body_limit_bytes: usize,
+    pub tenancy: Tenancy,
+    #[serde(default)]
+    pub feed: Feed,
+    #[serde(default)]
+    pub partners: Vec<PartnerConfig>,
+    #[serde(default)]
+    pub principals: Vec<PrincipalConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tenancy {
+    /// The identifier system of the housing provider's tenant IDs.
+    pub identifier_system: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Feed {
+    /// Entries per page when `limit` is not given.
+    #[serde(default = "default_page")]
+    pub default_page: usize,
+    /// Largest page a caller may ask for.
+    #[serde(default = "default_max_page")]
+    pub max_page: usize,
+}
+
+impl Default for Feed {
+    fn default() -> Self {
+        Self {
+            default_page: default_page(),
+            max_page: default_max_page(),
+        }
+    }
+}
+
+/// What kind of organisation a partner is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PartnerKind {
+    Clinic,
+    Mco,
+    Housing,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartnerConfig {
+    /// Short stable id, used in consents as `Organization/<id>`.
+    pub id: PartnerId,
+    pub name: String,
+    pub kind: PartnerKind,
+    /// The identifier system this partner uses for tenants (MRN, member ID).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identifier_system: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrincipalConfig {
+    pub id: String,
+    /// The partner id of the principal's organisation.
+    pub org: PartnerId,
+    pub role: Role,
+    /// SHA-256 (hex) of the bearer token.
+    pub token_sha256: String,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("hearth-data")
+}
+fn default_mappings_dir() -> PathBuf {
+    PathBuf::from("mappings")
+}
+fn default_profiles_dir() -> PathBuf {
+    PathBuf::from("profiles")
+}
+fn default_body_limit() -> usize {
+    1024 * 1024
+}
+fn default_page() -> usize {
+    100
+}
+fn default_max_page() -> usize {
+    1000
+}
+
+impl Config {
+    pub fn from_toml(text: &str) -> anyhow::Result<Self> {
+        let config: Config = toml::from_str(text)?;
+        config.check()?;
+        Ok(config)
+    }
+
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        Self::from_toml(&text).with_context(|| format!("in {}", path.display()))
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        for p in &self.principals {
+            anyhow::ensure!(
+                self.partners.iter().any(|o| o.id == p.org),
+                "principal `{}` belongs to `{}`, which is not a configured partner",
+                p.id,
+                p.org
+            );
+            anyhow::ensure!(
+                p.token_sha256.len() == 64 && p.token_sha256.chars().all(|c| c.is_ascii_hexdigit()),
+                "principal `{}`: token_sha256 must be 64 hex digits",
+                p.id
+            );
+        }
+        let mut ids: Vec<_> = self.partners.iter().map(|p| &p.id).collect();
+        ids.sort();
+        ids.dedup();
+        anyhow::ensure!(ids.len() == self.partners.len(), "partner ids must be unique");
+        anyhow::ensure!(self.feed.default_page >= 1 && self.feed.default_page <= self.feed.max_page, "feed.default_page must be between 1 and feed.max_page");
+        Ok(())
+    }
+
+    pub fn principals(&self) -> Principals {
+        Principals::new(self.principals.iter().map(|p| {
+            (
+                p.token_sha256.clone(),
+                Principal {
+                    id: p.id.clone(),
+                    org: p.org.clone(),
+                    role: p.role,
+                },
+            )
+        }))
+    }
+
+    pub fn partner(&self, id: &PartnerId) -> Option<&PartnerConfig> {
+        self.partners.iter().find(|p| &p.id == id)
+    }
+}
+
+/// A sample principal with its freshly generated token (shown once).
+#[derive(Debug, Clone, Serialize)]
+pub struct IssuedCredential {
+    pub id: String,
+    pub org: String,
+    pub role: Role,
+    pub token: String,
+}
+
+/// Writes a commented sample config to `path` with fresh credentials for a clinic, an
+/// MCO, a housing worker and an auditor; returns the credentials.
+pub fn write_sample(path: &Path, data_dir: &Path, mappings_dir: &Path, profiles_dir: &Path) -> anyhow::Result<Vec<IssuedCredential>> {
+    anyhow::ensure!(!path.exists(), "{} already exists; not overwriting it", path.display());
+    let creds: Vec<IssuedCredential> = [
+        ("riverside-ehr", "riverside-clinic", Role::Clinic),
+        ("bayview-care", "bayview-health-plan", Role::Mco),
+        ("housing-worker", "northside-housing", Role::Housing),
+        ("auditor", "northside-housing", Role::Auditor),
+    ]
+    .into_iter()
+    .map(|(id, org, role)| IssuedCredential {
+        id: id.into(),
+        org: org.into(),
+        role,
+        token: auth::generate_token(),
+    })
+    .collect();
+    let toml_str = |p: &Path| toml::Value::String(p.display().to_string()).to_string();
+    let mut text = format!(
+        r#"# Hearth configuration. Relative paths are relative to the directory Hearth starts in.
+# Reference: README.md, "Configuration".
+
+# Address to listen on. Plain HTTP is meant for loopback only.
+listen = "127.0.0.1:8080"
+# The store (one SQLite file, hearth.db) lives here.
+data_dir = {data_dir}
+# Mapping files and JSON Schema profiles, read once at start-up.
+mappings_dir = {mappings}
+profiles_dir = {profiles}
+# Largest request body, in bytes.
+body_limit_bytes = 1048576
+
+[tenancy]
+# The identifier system of the housing provider's own tenant IDs.
+identifier_system = "https://housing.example.org/tenant-id"
+
+[feed]
+default_page = 100
+max_page = 1000
+
+# Partner organisations. `id` is how consents name them (Organization/<id>);
+# `identifier_system` is how that partner identifies tenants.
+[[partners]]
+id = "riverside-clinic"
+name = "Riverside Community Clinic"
+kind = "clinic"
+identifier_system = "https://riverside-clinic.example/fhir/mrn"
+
+[[partners]]
+id = "bayview-health-plan"
+name = "Bayview Health Plan"
+kind = "mco"
+identifier_system = "https://bayview-health-plan.example/member-id"
+
+[[partners]]
+id = "northside-housing"
+name = "Northside Housing Association"
+kind = "housing"
+
+# Callers. Only the SHA-256 of each bearer token is kept here; the tokens were shown
+# once when this file was written. Roles: clinic, mco, housing, review-member, auditor, admin.
+"#,
+        data_dir = toml_str(data_dir),
+        mappings = toml_str(mappings_dir),
+        profiles = toml_str(profiles_dir),
+    );
+    for c in &creds {
+        text.push_str(&format!(
+            "\n[[principals]]\nid = \"{}\"\norg = \"{}\"\nrole = \"{}\"\ntoken_sha256 = \"{}\"\n",
+            c.id,
+            c.org,
+            c.role.as_str(),
+            auth::hash_token(&c.token)
+        ));
+    }
+    Config::from_toml(&text).context("the sample config does not parse; this is a bug")?;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    Ok(creds)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sample_config_round_trips_and_keeps_only_hashes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hearth.toml");
+        let creds = write_sample(&path, &dir.path().join("data"), Path::new("mappings"), Path::new("profiles")).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        for c in &creds {
+            assert!(!text.contains(&c.token));
+        }
+        let config = Config::load(&path).unwrap();
+        let p = config.principals();
+        assert_eq!(p.authenticate(&creds[0].token).unwrap().role, Role::Clinic);
+        assert!(write_sample(&path, dir.path(), Path::new("m"), Path::new("p")).is_err());
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let err = Config::from_toml("lisen = \"127.0.0.1:1\"\n[tenancy]\nidentifier_system = \"x\"\n").unwrap_err();
+        assert!(format!("{err:#}").contains("unknown field"));
+    }
+}

@@ -1,0 +1,198 @@
+//! Storage ports: what the rest of Hearth needs from a store, as narrow traits.
+//!
+//! [`sqlite::SqliteStore`] is the embedded implementation (one file, WAL,
+//! `synchronous=FULL`, one writer that group-commits). A server database can implement
+//! the same traits for multi-instance deployments.
+//!
+//! Contracts every implementation keeps:
+//! * A method that writes returns only after its data *and* audit record are durable,
+//!   written in one atomic transaction.
+//! * Feed sequence numbers are visible in commit order: a reader never sees `n+1`
+//!   before `n` (no gaps, no duplicates across pages).
+//! * The audit log is append-only and hash-chained; nothing updates or deletes it.
+
+pub mod sqlite;
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+use crate::audit::{AuditEntry, Verification};
+use crate::consent::{ConsentTerms, ConsentVersion};
+use crate::dataset::{ConsentCitation, StoredItem};
+use crate::ids::{Identifier, PartnerId, ReferenceId, TenantId};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The write conflicts with what is stored (e.g. an identifier of another tenant).
+    #[error("{0}")]
+    Conflict(String),
+    #[error("not found")]
+    NotFound,
+    /// The store failed; the cause is logged, never shown to a client.
+    #[error("store failure: {0}")]
+    Internal(String),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Internal(e.to_string())
+    }
+}
+
+impl From<serde_json::Error> for StoreError {
+    fn from(e: serde_json::Error) -> Self {
+        StoreError::Internal(e.to_string())
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// What makes an inbound resource "the same resource sent again": the sending partner,
+/// the resource type and the resource's business identifier.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExchangeKey {
+    pub partner: PartnerId,
+    pub resource_type: String,
+    pub identifier: Identifier,
+}
+
+/// An accepted inbound exchange, ready to store.
+#[derive(Debug, Clone)]
+pub struct NewExchange {
+    pub reference_id: ReferenceId,
+    pub key: ExchangeKey,
+    pub tenant: TenantId,
+    /// Digest of the payload: the same key with the same digest is a replay.
+    pub digest: String,
+    pub received_at: String,
+    pub consent: Option<ConsentCitation>,
+    pub items: Vec<StoredItem>,
+    /// `entered-in-error`: retract whatever the key stored before.
+    pub retract: bool,
+    pub audit: AuditEntry,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExchangeOutcome {
+    Accepted,
+    /// Same key, new content: the earlier exchange's items are superseded.
+    Corrected { supersedes: ReferenceId },
+    Retracted { of: Option<ReferenceId> },
+    /// Same key, same content: nothing new stored.
+    Replayed { original: ReferenceId },
+}
+
+/// Hearth's record of one exchange, from which its minimised copy is built.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoredExchange {
+    pub reference_id: ReferenceId,
+    pub partner: PartnerId,
+    pub resource_type: String,
+    pub identifier: Identifier,
+    pub tenant: TenantId,
+    /// `current`, `superseded` or `retracted`.
+    pub state: String,
+    pub received_at: String,
+    pub items: Vec<StoredItem>,
+}
+
+/// One entry of the housing updates feed.
+#[derive(Debug, Clone, Serialize)]
+pub struct FeedEntry {
+    pub seq: u64,
+    pub tenant: TenantId,
+    /// `added`, `superseded` or `retracted`.
+    pub change: String,
+    pub item_id: String,
+    pub reference_id: ReferenceId,
+    pub at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub item: Option<StoredItem>,
+}
+
+/// A stored consent version with its FHIR form.
+#[derive(Debug, Clone)]
+pub struct StoredConsent {
+    pub version: ConsentVersion,
+    pub tenant: TenantId,
+    pub resource: serde_json::Value,
+    pub recorded_at: String,
+}
+
+/// An audit record as stored, for queries and export.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditRow {
+    pub seq: u64,
+    pub hash: String,
+    pub record: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    pub after_seq: u64,
+    pub limit: usize,
+    pub reference_id: Option<String>,
+    pub tenant: Option<String>,
+}
+
+/// Tenants and the identifiers partners know them by.
+#[async_trait]
+pub trait TenantStore: Send + Sync {
+    /// Links `identifiers` to `tenant` (creating it). An identifier already linked to
+    /// another tenant is a [`StoreError::Conflict`]; nothing is written then.
+    async fn register_tenant(&self, tenant: TenantId, identifiers: Vec<Identifier>, audit: AuditEntry) -> StoreResult<bool>;
+    /// The tenant each identifier names, if any.
+    async fn resolve(&self, identifiers: &[Identifier]) -> StoreResult<Vec<Option<TenantId>>>;
+    async fn tenant_exists(&self, tenant: &TenantId) -> StoreResult<bool>;
+    async fn tenant_identifiers(&self, tenant: &TenantId) -> StoreResult<Vec<Identifier>>;
+}
+
+/// Every version of every consent.
+#[async_trait]
+pub trait ConsentStore: Send + Sync {
+    async fn consents(&self, tenant: &TenantId) -> StoreResult<Vec<ConsentVersion>>;
+    /// Stores a new version (of `id`, or a new consent when `id` is `None`); the
+    /// resource is stored with its id and `meta.versionId` set.
+    async fn save_consent(
+        &self,
+        id: Option<String>,
+        tenant: TenantId,
+        terms: ConsentTerms,
+        resource: serde_json::Value,
+        audit: AuditEntry,
+    ) -> StoreResult<StoredConsent>;
+    async fn consent(&self, id: &str) -> StoreResult<Option<StoredConsent>>;
+}
+
+/// Inbound exchanges, the dataset items they wrote and the updates feed.
+#[async_trait]
+pub trait ExchangeStore: Send + Sync {
+    /// Stores all exchanges and their audit records in one transaction, all or nothing
+    /// (a transaction Bundle passes several).
+    async fn commit_exchanges(&self, exchanges: Vec<NewExchange>) -> StoreResult<Vec<ExchangeOutcome>>;
+    /// Current exchanges of `partner` with an identifier matching `system` (any when
+    /// `None`) and `value`.
+    async fn find_exchanges(
+        &self,
+        partner: &PartnerId,
+        resource_type: &str,
+        system: Option<&str>,
+        value: &str,
+    ) -> StoreResult<Vec<ReferenceId>>;
+    async fn exchange(&self, reference_id: &ReferenceId) -> StoreResult<Option<StoredExchange>>;
+    async fn feed(&self, after_seq: u64, limit: usize) -> StoreResult<Vec<FeedEntry>>;
+    async fn tenant_items(&self, tenant: &TenantId) -> StoreResult<Vec<StoredItem>>;
+}
+
+/// The audit log.
+#[async_trait]
+pub trait AuditStore: Send + Sync {
+    /// Appends one record; durable on return.
+    async fn append(&self, entry: AuditEntry) -> StoreResult<()>;
+    async fn query(&self, q: AuditQuery) -> StoreResult<Vec<AuditRow>>;
+    async fn verify(&self, anchor: Option<Vec<u8>>) -> StoreResult<Verification>;
+}
+
+/// Everything Hearth stores, in one handle.
+pub trait Store: TenantStore + ConsentStore + ExchangeStore + AuditStore + 'static {}
+impl<T: TenantStore + ConsentStore + ExchangeStore + AuditStore + 'static> Store for T {}

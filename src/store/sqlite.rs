@@ -1,0 +1,841 @@
+//! The embedded store: one SQLite file (WAL, `synchronous=FULL`).
+//!
+//! All writes go through one writer thread that owns the write connection. It takes
+//! every job waiting in its queue, runs each inside its own savepoint (a failing job
+//! rolls back alone), commits once, and only then answers the callers: group commit
+//! without a timer. Reads use a small pool of read-only connections on the blocking
+//! thread pool; WAL lets them run beside the writer.
+
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread::JoinHandle;
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+use super::*;
+use crate::audit::{self, AuditEntry, GENESIS, Outcome, StoredRecord, Verification};
+use crate::consent::{ConsentTerms, ConsentVersion};
+use crate::dataset::StoredItem;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS tenants (
+    tenant_id     TEXT PRIMARY KEY,
+    registered_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tenant_identifiers (
+    system    TEXT NOT NULL,
+    value     TEXT NOT NULL,
+    tenant_id TEXT NOT NULL REFERENCES tenants(tenant_id),
+    PRIMARY KEY (system, value)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS tenant_identifiers_by_tenant ON tenant_identifiers(tenant_id);
+
+CREATE TABLE IF NOT EXISTS consents (
+    consent_id   TEXT NOT NULL,
+    version      INTEGER NOT NULL,
+    tenant_id    TEXT NOT NULL REFERENCES tenants(tenant_id),
+    recorded_at  TEXT NOT NULL,
+    terms        TEXT NOT NULL,
+    resource     TEXT NOT NULL,
+    reference_id TEXT NOT NULL,
+    PRIMARY KEY (consent_id, version)
+);
+CREATE INDEX IF NOT EXISTS consents_by_tenant ON consents(tenant_id);
+
+CREATE TABLE IF NOT EXISTS exchanges (
+    reference_id  TEXT PRIMARY KEY,
+    partner       TEXT NOT NULL,
+    resource_type TEXT NOT NULL,
+    ident_system  TEXT NOT NULL,
+    ident_value   TEXT NOT NULL,
+    digest        TEXT NOT NULL,
+    tenant_id     TEXT NOT NULL REFERENCES tenants(tenant_id),
+    state         TEXT NOT NULL CHECK (state IN ('current', 'superseded', 'retracted')),
+    received_at   TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS exchanges_by_key ON exchanges(partner, resource_type, ident_value, ident_system);
+
+CREATE TABLE IF NOT EXISTS items (
+    item_id      TEXT PRIMARY KEY,
+    reference_id TEXT NOT NULL REFERENCES exchanges(reference_id),
+    tenant_id    TEXT NOT NULL,
+    state        TEXT NOT NULL CHECK (state IN ('current', 'superseded', 'retracted')),
+    body         TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS items_by_tenant ON items(tenant_id, state);
+CREATE INDEX IF NOT EXISTS items_by_exchange ON items(reference_id);
+
+CREATE TABLE IF NOT EXISTS feed (
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    tenant_id    TEXT NOT NULL,
+    change       TEXT NOT NULL CHECK (change IN ('added', 'superseded', 'retracted')),
+    item_id      TEXT NOT NULL REFERENCES items(item_id),
+    reference_id TEXT NOT NULL,
+    at           TEXT NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS audit (
+    seq          INTEGER PRIMARY KEY,
+    reference_id TEXT NOT NULL,
+    recorded_at  TEXT NOT NULL,
+    prev_hash    BLOB NOT NULL,
+    hash         BLOB NOT NULL,
+    body         TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_by_reference ON audit(reference_id);
+CREATE TRIGGER IF NOT EXISTS audit_is_append_only_update BEFORE UPDATE ON audit
+BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_is_append_only_delete BEFORE DELETE ON audit
+BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+"#;
+
+/// The file name of the store inside the data directory.
+pub const DB_FILE: &str = "hearth.db";
+
+/// A write job: runs inside the writer's transaction, returns whether it succeeded and
+/// what to do once the commit outcome is known.
+type Job = Box<dyn FnOnce(&mut WriteCtx<'_>) -> (bool, Finish) + Send>;
+type Finish = Box<dyn FnOnce(Result<(), String>) + Send>;
+
+/// What a job sees: the open transaction and the audit chain head.
+pub struct WriteCtx<'t> {
+    tx: &'t Transaction<'t>,
+    head: &'t mut ChainHead,
+}
+
+#[derive(Debug, Clone)]
+struct ChainHead {
+    seq: u64,
+    hash: [u8; 32],
+}
+
+impl WriteCtx<'_> {
+    /// Appends an audit record to the chain inside the current transaction.
+    fn audit(&mut self, entry: &AuditEntry) -> StoreResult<()> {
+        let body = serde_json::to_string(entry)?;
+        let seq = self.head.seq + 1;
+        let reference = entry.reference_id.to_string();
+        let hash = audit::record_hash(seq, &self.head.hash, &reference, &entry.recorded, body.as_bytes());
+        self.tx
+            .prepare_cached(
+                "INSERT INTO audit (seq, reference_id, recorded_at, prev_hash, hash, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![seq as i64, reference, entry.recorded, &self.head.hash[..], &hash[..], body])?;
+        self.head.seq = seq;
+        self.head.hash = hash;
+        Ok(())
+    }
+}
+
+struct Inner {
+    path: PathBuf,
+    writer: Mutex<Option<mpsc::Sender<Job>>>,
+    writer_thread: Mutex<Option<JoinHandle<()>>>,
+    readers: Mutex<Vec<Connection>>,
+}
+
+/// The SQLite store. Cheap to clone.
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").field("path", &self.inner.path).finish()
+    }
+}
+
+fn open_writer(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    // FULL: a commit is on disk (WAL fsync'd) before it returns — acknowledged means durable.
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = FULL;
+         PRAGMA foreign_keys = ON;
+         PRAGMA busy_timeout = 5000;",
+    )?;
+    conn.execute_batch(SCHEMA)?;
+    Ok(conn)
+}
+
+fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+    conn.execute_batch("PRAGMA busy_timeout = 5000; PRAGMA query_only = ON;")?;
+    Ok(conn)
+}
+
+fn load_head(conn: &Connection) -> rusqlite::Result<ChainHead> {
+    let row: Option<(i64, Vec<u8>)> = conn
+        .query_row("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    Ok(match row {
+        Some((seq, hash)) if hash.len() == 32 => {
+            let mut h = [0; 32];
+            h.copy_from_slice(&hash);
+            ChainHead { seq: seq as u64, hash: h }
+        }
+        _ => ChainHead { seq: 0, hash: GENESIS },
+    })
+}
+
+/// Most jobs one commit takes; bounds the latency one commit adds to the first job.
+const MAX_BATCH: usize = 512;
+
+fn writer_loop(mut conn: Connection, jobs: mpsc::Receiver<Job>) {
+    let mut head = match load_head(&conn) {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the audit chain head; store writer stopped");
+            return;
+        }
+    };
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        let mut finishes = Vec::with_capacity(batch.len());
+        let outcome = (|| -> rusqlite::Result<()> {
+            let tx = conn.transaction()?;
+            for job in batch.drain(..) {
+                tx.execute_batch("SAVEPOINT job")?;
+                let saved = head.clone();
+                let mut ctx = WriteCtx { tx: &tx, head: &mut head };
+                let (ok, finish) = match std::panic::catch_unwind(AssertUnwindSafe(|| job(&mut ctx))) {
+                    Ok(r) => r,
+                    Err(_) => {
+                        tracing::error!("a store job panicked; its writes were rolled back");
+                        (false, Box::new(|_| {}) as Finish)
+                    }
+                };
+                if ok {
+                    tx.execute_batch("RELEASE job")?;
+                } else {
+                    tx.execute_batch("ROLLBACK TO job; RELEASE job")?;
+                    head = saved;
+                }
+                finishes.push(finish);
+            }
+            tx.commit()
+        })();
+        let result = outcome.map_err(|e| e.to_string());
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "store commit failed; every job in the batch is answered with an error");
+            match load_head(&conn) {
+                Ok(h) => head = h,
+                Err(e) => tracing::error!(error = %e, "cannot reload the audit chain head"),
+            }
+        }
+        for finish in finishes {
+            finish(result.clone());
+        }
+    }
+}
+
+impl SqliteStore {
+    /// Opens (or creates) the store in `data_dir`.
+    pub fn open(data_dir: &Path) -> StoreResult<Self> {
+        std::fs::create_dir_all(data_dir).map_err(|e| StoreError::Internal(format!("creating {}: {e}", data_dir.display())))?;
+        let path = data_dir.join(DB_FILE);
+        let conn = open_writer(&path)?;
+        let (tx, rx) = mpsc::channel::<Job>();
+        let thread = std::thread::Builder::new()
+            .name("hearth-store-writer".into())
+            .spawn(move || writer_loop(conn, rx))
+            .map_err(|e| StoreError::Internal(e.to_string()))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                path,
+                writer: Mutex::new(Some(tx)),
+                writer_thread: Mutex::new(Some(thread)),
+                readers: Mutex::new(Vec::new()),
+            }),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Stops accepting writes, lets the writer finish what is queued, and waits for it.
+    pub fn close(&self) {
+        self.inner.writer.lock().expect("writer lock").take();
+        if let Some(t) = self.inner.writer_thread.lock().expect("writer lock").take() {
+            let _ = t.join();
+        }
+    }
+
+    /// Runs `f` in the writer's transaction; resolves once the commit is durable.
+    async fn write<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut WriteCtx<'_>) -> StoreResult<T> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let job: Job = Box::new(move |ctx| {
+            let result = f(ctx);
+            let ok = result.is_ok();
+            let finish: Finish = Box::new(move |commit| {
+                let _ = reply.send(match commit {
+                    Ok(()) => result,
+                    Err(e) => Err(StoreError::Internal(format!("commit failed: {e}"))),
+                });
+            });
+            (ok, finish)
+        });
+        let sender = self
+            .inner
+            .writer
+            .lock()
+            .expect("writer lock")
+            .clone()
+            .ok_or_else(|| StoreError::Internal("the store is closed".into()))?;
+        sender
+            .send(job)
+            .map_err(|_| StoreError::Internal("the store writer has stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Internal("the store writer dropped a job".into()))?
+    }
+
+    /// Runs `f` on a read connection on the blocking pool.
+    async fn read<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = inner.readers.lock().expect("reader pool").pop();
+            let conn = match conn {
+                Some(c) => c,
+                None => open_reader(&inner.path)?,
+            };
+            let result = f(&conn);
+            inner.readers.lock().expect("reader pool").push(conn);
+            result
+        })
+        .await
+        .map_err(|e| StoreError::Internal(format!("read task failed: {e}")))?
+    }
+
+    /// Verifies the audit chain of the store file at `path` without starting a writer
+    /// (for `hearth audit verify` beside a running server).
+    pub fn verify_file(path: &Path, anchor: Option<&[u8]>) -> StoreResult<Verification> {
+        let conn = open_reader(path)?;
+        verify_chain(&conn, anchor)
+    }
+
+    /// The latest audit record's sequence number and hash, read from the file at `path`.
+    pub fn head_of_file(path: &Path) -> StoreResult<(u64, String)> {
+        let conn = open_reader(path)?;
+        let h = load_head(&conn)?;
+        Ok((h.seq, hex::encode(h.hash)))
+    }
+
+    /// Reads audit rows from the file at `path` (for `hearth audit export`).
+    pub fn export_file(path: &Path, visit: &mut dyn FnMut(AuditRow) -> std::io::Result<()>) -> StoreResult<u64> {
+        let conn = open_reader(path)?;
+        let mut stmt = conn.prepare("SELECT seq, hash, body FROM audit ORDER BY seq")?;
+        let mut rows = stmt.query([])?;
+        let mut n = 0;
+        while let Some(r) = rows.next()? {
+            let row = audit_row(r)?;
+            visit(row).map_err(|e| StoreError::Internal(e.to_string()))?;
+            n += 1;
+        }
+        Ok(n)
+    }
+}
+
+fn verify_chain(conn: &Connection, anchor: Option<&[u8]>) -> StoreResult<Verification> {
+    let mut stmt = conn.prepare("SELECT seq, reference_id, recorded_at, prev_hash, hash, body FROM audit ORDER BY seq")?;
+    let rows = stmt.query_map([], |r| {
+        Ok(StoredRecord {
+            seq: r.get::<_, i64>(0)? as u64,
+            reference_id: r.get(1)?,
+            recorded: r.get(2)?,
+            prev_hash: r.get(3)?,
+            hash: r.get(4)?,
+            body: r.get::<_, String>(5)?.into_bytes(),
+        })
+    })?;
+    Ok(audit::verify(rows, anchor)?)
+}
+
+fn audit_row(r: &rusqlite::Row<'_>) -> StoreResult<AuditRow> {
+    let seq: i64 = r.get(0)?;
+    let hash: Vec<u8> = r.get(1)?;
+    let body: String = r.get(2)?;
+    Ok(AuditRow {
+        seq: seq as u64,
+        hash: hex::encode(hash),
+        record: serde_json::from_str(&body)?,
+    })
+}
+
+fn parse_ref(s: String) -> StoreResult<ReferenceId> {
+    s.parse()
+        .map_err(|_| StoreError::Internal(format!("stored reference ID `{s}` is not a ULID")))
+}
+
+#[async_trait]
+impl TenantStore for SqliteStore {
+    async fn register_tenant(&self, tenant: TenantId, identifiers: Vec<Identifier>, audit: AuditEntry) -> StoreResult<bool> {
+        self.write(move |ctx| {
+            let created = ctx.tx.execute(
+                "INSERT OR IGNORE INTO tenants (tenant_id, registered_at) VALUES (?1, ?2)",
+                params![tenant.as_str(), audit.recorded],
+            )? == 1;
+            for i in &identifiers {
+                let owner: Option<String> = ctx
+                    .tx
+                    .query_row(
+                        "SELECT tenant_id FROM tenant_identifiers WHERE system = ?1 AND value = ?2",
+                        params![i.system, i.value],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                match owner {
+                    Some(o) if o != tenant.as_str() => {
+                        return Err(StoreError::Conflict(format!(
+                            "identifier {i} is already linked to another tenant"
+                        )));
+                    }
+                    Some(_) => {}
+                    None => {
+                        ctx.tx.execute(
+                            "INSERT INTO tenant_identifiers (system, value, tenant_id) VALUES (?1, ?2, ?3)",
+                            params![i.system, i.value, tenant.as_str()],
+                        )?;
+                    }
+                }
+            }
+            ctx.audit(&audit)?;
+            Ok(created)
+        })
+        .await
+    }
+
+    async fn resolve(&self, identifiers: &[Identifier]) -> StoreResult<Vec<Option<TenantId>>> {
+        let identifiers = identifiers.to_vec();
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached("SELECT tenant_id FROM tenant_identifiers WHERE system = ?1 AND value = ?2")?;
+            identifiers
+                .iter()
+                .map(|i| {
+                    Ok(stmt
+                        .query_row(params![i.system, i.value], |r| r.get::<_, String>(0))
+                        .optional()?
+                        .map(TenantId::new))
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn tenant_exists(&self, tenant: &TenantId) -> StoreResult<bool> {
+        let tenant = tenant.clone();
+        self.read(move |conn| {
+            Ok(conn
+                .query_row("SELECT 1 FROM tenants WHERE tenant_id = ?1", [tenant.as_str()], |_| Ok(()))
+                .optional()?
+                .is_some())
+        })
+        .await
+    }
+
+    async fn tenant_identifiers(&self, tenant: &TenantId) -> StoreResult<Vec<Identifier>> {
+        let tenant = tenant.clone();
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT system, value FROM tenant_identifiers WHERE tenant_id = ?1 ORDER BY system, value",
+            )?;
+            let rows = stmt.query_map([tenant.as_str()], |r| Ok(Identifier::new(r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+}
+
+fn consent_versions(conn: &Connection, tenant: &str) -> StoreResult<Vec<ConsentVersion>> {
+    let mut stmt = conn.prepare_cached("SELECT consent_id, version, terms FROM consents WHERE tenant_id = ?1 ORDER BY consent_id, version")?;
+    let rows = stmt.query_map([tenant], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?)))?;
+    rows.map(|row| {
+        let (id, version, terms) = row?;
+        Ok(ConsentVersion {
+            id,
+            version: version as u32,
+            terms: serde_json::from_str(&terms)?,
+        })
+    })
+    .collect()
+}
+
+#[async_trait]
+impl ConsentStore for SqliteStore {
+    async fn consents(&self, tenant: &TenantId) -> StoreResult<Vec<ConsentVersion>> {
+        let tenant = tenant.clone();
+        self.read(move |conn| consent_versions(conn, tenant.as_str())).await
+    }
+
+    async fn save_consent(
+        &self,
+        id: Option<String>,
+        tenant: TenantId,
+        terms: ConsentTerms,
+        mut resource: Value,
+        audit: AuditEntry,
+    ) -> StoreResult<StoredConsent> {
+        self.write(move |ctx| {
+            let id = id.unwrap_or_else(|| audit.reference_id.to_string().to_lowercase());
+            let version: i64 = ctx.tx.query_row(
+                "SELECT COALESCE(MAX(version), 0) + 1 FROM consents WHERE consent_id = ?1",
+                [&id],
+                |r| r.get(0),
+            )?;
+            if version > 1 {
+                let owner: String = ctx.tx.query_row(
+                    "SELECT tenant_id FROM consents WHERE consent_id = ?1 LIMIT 1",
+                    [&id],
+                    |r| r.get(0),
+                )?;
+                if owner != tenant.as_str() {
+                    return Err(StoreError::Conflict("a consent cannot move to another tenant".into()));
+                }
+            }
+            resource["id"] = Value::String(id.clone());
+            resource["meta"] = serde_json::json!({"versionId": version.to_string(), "lastUpdated": audit.recorded});
+            ctx.tx.execute(
+                "INSERT INTO consents (consent_id, version, tenant_id, recorded_at, terms, resource, reference_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    id,
+                    version,
+                    tenant.as_str(),
+                    audit.recorded,
+                    serde_json::to_string(&terms)?,
+                    serde_json::to_string(&resource)?,
+                    audit.reference_id.to_string()
+                ],
+            )?;
+            let version = ConsentVersion {
+                id,
+                version: version as u32,
+                terms,
+            };
+            let mut audit = audit;
+            audit.consent = Some(version.citation());
+            ctx.audit(&audit)?;
+            Ok(StoredConsent {
+                version,
+                tenant,
+                resource,
+                recorded_at: audit.recorded.clone(),
+            })
+        })
+        .await
+    }
+
+    async fn consent(&self, id: &str) -> StoreResult<Option<StoredConsent>> {
+        let id = id.to_string();
+        self.read(move |conn| {
+            let row = conn
+                .query_row(
+                    "SELECT version, tenant_id, terms, resource, recorded_at FROM consents WHERE consent_id = ?1
+                     ORDER BY version DESC LIMIT 1",
+                    [&id],
+                    |r| {
+                        Ok((
+                            r.get::<_, i64>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, String>(2)?,
+                            r.get::<_, String>(3)?,
+                            r.get::<_, String>(4)?,
+                        ))
+                    },
+                )
+                .optional()?;
+            row.map(|(version, tenant, terms, resource, recorded_at)| {
+                Ok(StoredConsent {
+                    version: ConsentVersion {
+                        id: id.clone(),
+                        version: version as u32,
+                        terms: serde_json::from_str(&terms)?,
+                    },
+                    tenant: TenantId::new(tenant),
+                    resource: serde_json::from_str(&resource)?,
+                    recorded_at,
+                })
+            })
+            .transpose()
+        })
+        .await
+    }
+}
+
+/// Marks the items of `reference` with `state` and records the change in the feed.
+fn retire_items(tx: &Transaction<'_>, reference: &str, state: &str, at: &str) -> StoreResult<()> {
+    let mut select = tx.prepare_cached("SELECT item_id, tenant_id FROM items WHERE reference_id = ?1 AND state = 'current'")?;
+    let items: Vec<(String, String)> = select
+        .query_map([reference], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    for (item, tenant) in items {
+        tx.prepare_cached("UPDATE items SET state = ?1 WHERE item_id = ?2")?
+            .execute(params![state, item])?;
+        tx.prepare_cached("INSERT INTO feed (tenant_id, change, item_id, reference_id, at) VALUES (?1, ?2, ?3, ?4, ?5)")?
+            .execute(params![tenant, state, item, reference, at])?;
+    }
+    tx.prepare_cached("UPDATE exchanges SET state = ?1 WHERE reference_id = ?2")?
+        .execute(params![state, reference])?;
+    Ok(())
+}
+
+fn commit_one(ctx: &mut WriteCtx<'_>, mut ex: NewExchange) -> StoreResult<ExchangeOutcome> {
+    let reference = ex.reference_id.to_string();
+    let earlier: Option<(String, String)> = ctx
+        .tx
+        .prepare_cached(
+            "SELECT reference_id, digest FROM exchanges
+             WHERE partner = ?1 AND resource_type = ?2 AND ident_value = ?3 AND ident_system = ?4 AND state != 'superseded'
+             ORDER BY reference_id DESC LIMIT 1",
+        )?
+        .query_row(
+            params![ex.key.partner.as_str(), ex.key.resource_type, ex.key.identifier.value, ex.key.identifier.system],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+
+    if let Some((original, digest)) = &earlier
+        && *digest == ex.digest
+    {
+        let original = parse_ref(original.clone())?;
+        ex.audit.outcome = Outcome::Replayed;
+        ex.audit.related = Some(original);
+        ex.audit.items_written.clear();
+        ctx.audit(&ex.audit)?;
+        return Ok(ExchangeOutcome::Replayed { original });
+    }
+
+    let state = if ex.retract { "retracted" } else { "current" };
+    ctx.tx
+        .prepare_cached(
+            "INSERT INTO exchanges (reference_id, partner, resource_type, ident_system, ident_value, digest, tenant_id, state, received_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )?
+        .execute(params![
+            reference,
+            ex.key.partner.as_str(),
+            ex.key.resource_type,
+            ex.key.identifier.system,
+            ex.key.identifier.value,
+            ex.digest,
+            ex.tenant.as_str(),
+            state,
+            ex.received_at
+        ])?;
+
+    let outcome = match (&earlier, ex.retract) {
+        (Some((prior, _)), true) => {
+            retire_items(ctx.tx, prior, "retracted", &ex.received_at)?;
+            ExchangeOutcome::Retracted {
+                of: Some(parse_ref(prior.clone())?),
+            }
+        }
+        (None, true) => ExchangeOutcome::Retracted { of: None },
+        (Some((prior, _)), false) => {
+            retire_items(ctx.tx, prior, "superseded", &ex.received_at)?;
+            ExchangeOutcome::Corrected {
+                supersedes: parse_ref(prior.clone())?,
+            }
+        }
+        (None, false) => ExchangeOutcome::Accepted,
+    };
+
+    if !ex.retract {
+        for item in &ex.items {
+            ctx.tx
+                .prepare_cached("INSERT INTO items (item_id, reference_id, tenant_id, state, body) VALUES (?1, ?2, ?3, 'current', ?4)")?
+                .execute(params![item.id, reference, ex.tenant.as_str(), serde_json::to_string(item)?])?;
+            ctx.tx
+                .prepare_cached("INSERT INTO feed (tenant_id, change, item_id, reference_id, at) VALUES (?1, 'added', ?2, ?3, ?4)")?
+                .execute(params![ex.tenant.as_str(), item.id, reference, ex.received_at])?;
+        }
+    }
+
+    match &outcome {
+        ExchangeOutcome::Corrected { supersedes } => {
+            ex.audit.outcome = Outcome::Corrected;
+            ex.audit.related = Some(*supersedes);
+        }
+        ExchangeOutcome::Retracted { of } => {
+            ex.audit.outcome = Outcome::Retracted;
+            ex.audit.related = *of;
+            ex.audit.items_written.clear();
+        }
+        _ => ex.audit.outcome = Outcome::Accepted,
+    }
+    ctx.audit(&ex.audit)?;
+    Ok(outcome)
+}
+
+#[async_trait]
+impl ExchangeStore for SqliteStore {
+    async fn commit_exchanges(&self, exchanges: Vec<NewExchange>) -> StoreResult<Vec<ExchangeOutcome>> {
+        self.write(move |ctx| exchanges.into_iter().map(|ex| commit_one(ctx, ex)).collect())
+            .await
+    }
+
+    async fn find_exchanges(
+        &self,
+        partner: &PartnerId,
+        resource_type: &str,
+        system: Option<&str>,
+        value: &str,
+    ) -> StoreResult<Vec<ReferenceId>> {
+        let (partner, rt, system, value) = (partner.clone(), resource_type.to_string(), system.map(str::to_string), value.to_string());
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT reference_id FROM exchanges
+                 WHERE partner = ?1 AND resource_type = ?2 AND ident_value = ?3 AND (?4 IS NULL OR ident_system = ?4)
+                   AND state = 'current'
+                 ORDER BY reference_id",
+            )?;
+            let rows = stmt.query_map(params![partner.as_str(), rt, value, system], |r| r.get::<_, String>(0))?;
+            rows.map(|r| parse_ref(r?)).collect()
+        })
+        .await
+    }
+
+    async fn exchange(&self, reference_id: &ReferenceId) -> StoreResult<Option<StoredExchange>> {
+        let reference = reference_id.to_string();
+        self.read(move |conn| {
+            let row = conn
+                .query_row(
+                    "SELECT partner, resource_type, ident_system, ident_value, tenant_id, state, received_at
+                     FROM exchanges WHERE reference_id = ?1",
+                    [&reference],
+                    |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, String>(2)?,
+                            r.get::<_, String>(3)?,
+                            r.get::<_, String>(4)?,
+                            r.get::<_, String>(5)?,
+                            r.get::<_, String>(6)?,
+                        ))
+                    },
+                )
+                .optional()?;
+            let Some((partner, rt, system, value, tenant, state, received_at)) = row else {
+                return Ok(None);
+            };
+            let mut stmt = conn.prepare_cached("SELECT body FROM items WHERE reference_id = ?1 ORDER BY item_id")?;
+            let items = stmt
+                .query_map([&reference], |r| r.get::<_, String>(0))?
+                .map(|b| Ok(serde_json::from_str::<StoredItem>(&b?)?))
+                .collect::<StoreResult<Vec<_>>>()?;
+            Ok(Some(StoredExchange {
+                reference_id: parse_ref(reference.clone())?,
+                partner: PartnerId::new(partner),
+                resource_type: rt,
+                identifier: Identifier::new(system, value),
+                tenant: TenantId::new(tenant),
+                state,
+                received_at,
+                items,
+            }))
+        })
+        .await
+    }
+
+    async fn feed(&self, after_seq: u64, limit: usize) -> StoreResult<Vec<FeedEntry>> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT f.seq, f.tenant_id, f.change, f.item_id, f.reference_id, f.at, i.body
+                 FROM feed f JOIN items i ON i.item_id = f.item_id
+                 WHERE f.seq > ?1 ORDER BY f.seq LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![after_seq as i64, limit as i64], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, String>(5)?,
+                    r.get::<_, String>(6)?,
+                ))
+            })?;
+            rows.map(|row| {
+                let (seq, tenant, change, item_id, reference, at, body) = row?;
+                let item = if change == "added" {
+                    Some(serde_json::from_str(&body)?)
+                } else {
+                    None
+                };
+                Ok(FeedEntry {
+                    seq: seq as u64,
+                    tenant: TenantId::new(tenant),
+                    change,
+                    item_id,
+                    reference_id: parse_ref(reference)?,
+                    at,
+                    item,
+                })
+            })
+            .collect()
+        })
+        .await
+    }
+
+    async fn tenant_items(&self, tenant: &TenantId) -> StoreResult<Vec<StoredItem>> {
+        let tenant = tenant.clone();
+        self.read(move |conn| {
+            let mut stmt =
+                conn.prepare_cached("SELECT body FROM items WHERE tenant_id = ?1 AND state = 'current' ORDER BY item_id")?;
+            stmt.query_map([tenant.as_str()], |r| r.get::<_, String>(0))?
+                .map(|b| Ok(serde_json::from_str(&b?)?))
+                .collect()
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl AuditStore for SqliteStore {
+    async fn append(&self, entry: AuditEntry) -> StoreResult<()> {
+        self.write(move |ctx| ctx.audit(&entry)).await
+    }
+
+    async fn query(&self, q: AuditQuery) -> StoreResult<Vec<AuditRow>> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT seq, hash, body FROM audit
+                 WHERE seq > ?1 AND (?2 IS NULL OR reference_id = ?2)
+                   AND (?3 IS NULL OR json_extract(body, '$.tenant') = ?3)
+                 ORDER BY seq LIMIT ?4",
+            )?;
+            let mut rows = stmt.query(params![q.after_seq as i64, q.reference_id, q.tenant, q.limit as i64])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                out.push(audit_row(r)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn verify(&self, anchor: Option<Vec<u8>>) -> StoreResult<Verification> {
+        self.read(move |conn| verify_chain(conn, anchor.as_deref())).await
+    }
+}
