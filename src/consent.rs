@@ -96,7 +96,8 @@ pub fn terms_from_fhir(
         issues.push(Issue::error(IssueCode::Required, "dateTime must say when the tenant gave this consent").at("Consent.dateTime"));
     }
     let provision = consent.get("provision").cloned().unwrap_or(Value::Null);
-    if provision.get("type").and_then(Value::as_str) != Some("permit") {
+    // R4 leaves the root provision's type optional; absent, Hearth reads it as permit.
+    if provision.get("type").and_then(Value::as_str).unwrap_or("permit") != "permit" {
         issues.push(
             Issue::error(IssueCode::BusinessRule, "the base provision must be a permit naming the partners who may exchange")
                 .at("Consent.provision.type"),

@@ -9,4 +9,7 @@ pub mod tenancy;
 pub mod audit;
 pub mod auth;
 pub mod config;
+pub mod error;
+pub mod gateway;
+pub mod http;
 pub mod store;

@@ -134,7 +134,9 @@ impl Mappings {
                 }
                 let mut trace = Vec::new();
                 let fields = self.eval_fields(&doc, &source.fields, &node, &source.file, &mut local, "", &mut trace);
-                if fields.is_empty() {
+                // An item needs at least one value read from the resource; constants
+                // alone (e.g. a plan kind with nothing under it) say nothing.
+                if !trace.iter().any(|t| t.from.starts_with('/')) {
                     continue;
                 }
                 let node_expr = pointer_to_expression(resource_type, &node.ptr);
@@ -146,7 +148,7 @@ impl Mappings {
                             used.push(format!("{}/id", node.ptr));
                         }
                         let mut labels = root_labels.clone();
-                        labels.extend(self.labels_for(&doc, &node, source, &fields));
+                        labels.extend(self.labels_for(&node, source, &fields));
                         items.push(MappedItem {
                             item,
                             labels,
@@ -269,11 +271,10 @@ impl Mappings {
         Some((value, from))
     }
 
-    fn labels_for(&self, doc: &Doc, node: &Node, source: &Source, fields: &Map<String, Value>) -> BTreeSet<String> {
+    fn labels_for(&self, node: &Node, source: &Source, fields: &Map<String, Value>) -> BTreeSet<String> {
         let mut labels = security_labels(node.value);
         let mut codings = Vec::new();
-        let mut seen = HashSet::new();
-        collect_codings(doc, node.value, &mut codings, &mut seen);
+        collect_codings(node.value, &mut codings);
         for (set, set_labels) in &self.sensitivity.by_codes {
             if codings.iter().any(|(s, c)| self.sets.contains(set, s, c)) {
                 labels.extend(set_labels.iter().cloned());
@@ -324,27 +325,20 @@ fn security_labels(resource: &Value) -> BTreeSet<String> {
         .collect()
 }
 
-/// Every Coding in a subtree, following local references so an item inherits the
-/// sensitivity of what it points at (a medication's reason, a flag's evidence).
-fn collect_codings<'a>(doc: &Doc<'a>, v: &'a Value, out: &mut Vec<(&'a str, &'a str)>, seen: &mut HashSet<String>) {
+/// Every Coding in the subtree an item was read from (a medication's own code and
+/// reason, a flag's code). References are not followed: a discharge is not sensitive
+/// because the Encounter lists a sensitive diagnosis the item never carries.
+fn collect_codings<'a>(v: &'a Value, out: &mut Vec<(&'a str, &'a str)>) {
     match v {
         Value::Object(map) => {
             if let Some(c) = coding(v) {
                 out.push(c);
             }
-            if let Some(target) = map
-                .get("reference")
-                .and_then(Value::as_str)
-                .and_then(|r| doc.resolve_local(r))
-                && seen.insert(target.ptr.clone())
-            {
-                collect_codings(doc, target.value, out, seen);
-            }
             for child in map.values() {
-                collect_codings(doc, child, out, seen);
+                collect_codings(child, out);
             }
         }
-        Value::Array(list) => list.iter().for_each(|c| collect_codings(doc, c, out, seen)),
+        Value::Array(list) => list.iter().for_each(|c| collect_codings(c, out)),
         _ => {}
     }
 }

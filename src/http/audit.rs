@@ -1,0 +1,97 @@
+//! `/audit`: read and verify the trail (auditor and admin roles).
+
+use axum::Router;
+use axum::extract::{Extension, Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::AppState;
+use super::error::{AuditDraft, Failure};
+use crate::audit::Direction;
+use crate::auth::Role;
+use crate::error::Error;
+use crate::gateway::Call;
+use crate::store::AuditQuery;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/audit/records", get(records))
+        .route("/audit/verify", get(verify))
+}
+
+fn auditors_only(call: &Call) -> Result<(), Error> {
+    if matches!(call.principal.role, Role::Auditor | Role::Admin) {
+        Ok(())
+    } else {
+        Err(Error::Forbidden("the audit trail needs the auditor role".into()))
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecordsQuery {
+    after: Option<u64>,
+    limit: Option<usize>,
+    reference_id: Option<String>,
+    tenant: Option<String>,
+}
+
+async fn records(
+    State(state): State<AppState>,
+    Extension(call): Extension<Call>,
+    query: Result<Query<RecordsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, Failure> {
+    let mut audit = call.audit("read-audit", Direction::Internal);
+    let fail = |e: Error, a: &crate::audit::AuditEntry| Failure::new(e, a.clone());
+    auditors_only(&call).map_err(|e| fail(e, &audit))?;
+    let Query(q) = query.map_err(|e| fail(Error::malformed(format!("bad query: {}", e.body_text())), &audit))?;
+    let limit = q.limit.unwrap_or(100);
+    if limit == 0 || limit > 1000 {
+        return Err(fail(Error::malformed("`limit` must be between 1 and 1000"), &audit));
+    }
+    let rows = state
+        .gateway
+        .store
+        .query(AuditQuery {
+            after_seq: q.after.unwrap_or(0),
+            limit,
+            reference_id: q.reference_id,
+            tenant: q.tenant,
+        })
+        .await
+        .map_err(|e| fail(e.into(), &audit))?;
+    audit.count = Some(rows.len());
+    let next = rows.last().map(|r| r.seq);
+    let mut response = axum::Json(json!({"records": rows, "next": next})).into_response();
+    response.extensions_mut().insert(AuditDraft(audit));
+    Ok(response)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VerifyQuery {
+    anchor: Option<String>,
+}
+
+async fn verify(
+    State(state): State<AppState>,
+    Extension(call): Extension<Call>,
+    query: Result<Query<VerifyQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, Failure> {
+    let mut audit = call.audit("verify-audit", Direction::Internal);
+    let fail = |e: Error, a: &crate::audit::AuditEntry| Failure::new(e, a.clone());
+    auditors_only(&call).map_err(|e| fail(e, &audit))?;
+    let Query(q) = query.map_err(|e| fail(Error::malformed(format!("bad query: {}", e.body_text())), &audit))?;
+    let anchor = q
+        .anchor
+        .map(|a| hex::decode(a).map_err(|_| Error::malformed("`anchor` must be a hex hash")))
+        .transpose()
+        .map_err(|e| fail(e, &audit))?;
+    let v = state.gateway.store.verify(anchor).await.map_err(|e| fail(e.into(), &audit))?;
+    audit.count = Some(v.records as usize);
+    let mut response = axum::Json(json!({"ok": v.ok(), "verification": v})).into_response();
+    response.extensions_mut().insert(AuditDraft(audit));
+    Ok(response)
+}

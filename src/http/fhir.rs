@@ -1,0 +1,422 @@
+//! `/fhir`: the FHIR R4 REST surface. The [`RESOURCES`] table drives both the router and
+//! the CapabilityStatement, so the statement is true by construction.
+
+use axum::extract::{Extension, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, any, get, post};
+use axum::Router;
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::error::{AuditDraft, Audited, Failure, fhir_json, issues_of, status_of};
+use super::extract::JsonBody;
+use crate::audit::Direction;
+use crate::auth::Role;
+use crate::error::Error;
+use crate::fhir::capability::{ResourceSupport, capability_statement};
+use crate::fhir::{Issue, outcome};
+use crate::gateway::{Call, Prepared, Receipt};
+use crate::store::ExchangeOutcome;
+
+/// What `/fhir` serves, per resource type.
+pub const RESOURCES: &[ResourceSupport] = &[
+    ResourceSupport {
+        resource: "Communication",
+        interactions: &["create", "read"],
+        search: &[],
+        profile: "https://hearth.example/profiles/Communication",
+    },
+    ResourceSupport {
+        resource: "CarePlan",
+        interactions: &["create", "read"],
+        search: &[],
+        profile: "https://hearth.example/profiles/CarePlan",
+    },
+    ResourceSupport {
+        resource: "Consent",
+        interactions: &["create", "read"],
+        search: &[],
+        profile: "https://hearth.example/profiles/Consent",
+    },
+];
+
+/// System-level interactions (`POST /fhir` with a Bundle).
+pub const SYSTEM_INTERACTIONS: &[&str] = &["batch", "transaction"];
+
+pub fn router() -> Router<AppState> {
+    let mut router = Router::new()
+        .route("/fhir/metadata", get(metadata))
+        .route("/fhir", post(bundle));
+    for r in RESOURCES {
+        let rt = r.resource;
+        if r.interactions.contains(&"create") {
+            let create_route: MethodRouter<AppState> = post(
+                move |state: State<AppState>, call: Extension<Call>, headers: HeaderMap, body: Result<JsonBody, Error>| {
+                    create(state, call, headers, body, rt)
+                },
+            );
+            router = router.route(&format!("/fhir/{rt}"), create_route);
+        }
+        if r.interactions.contains(&"read") {
+            let read_route: MethodRouter<AppState> =
+                get(move |state: State<AppState>, call: Extension<Call>, id: Path<String>| read(state, call, id, rt));
+            router = router.route(&format!("/fhir/{rt}/{{id}}"), read_route);
+        }
+    }
+    router
+        .route("/fhir/{type}", any(unsupported))
+        .route("/fhir/{type}/{*rest}", any(unsupported))
+}
+
+async fn unsupported(Path(params): Path<Vec<(String, String)>>) -> Error {
+    let ty = params.first().map(|(_, v)| v.as_str()).unwrap_or_default();
+    Error::NotFound(format!("Hearth does not serve {ty} resources; see /fhir/metadata"))
+}
+
+async fn metadata(State(state): State<AppState>) -> Response {
+    let date = crate::clock::rfc3339(state.gateway.now());
+    fhir_json(capability_statement(RESOURCES, SYSTEM_INTERACTIONS, env!("CARGO_PKG_VERSION"), &date))
+}
+
+/// What one create produced, before it becomes a response or a Bundle entry.
+enum Created {
+    Notice(Receipt),
+    Consent { id: String, version: u32, resource: Value },
+}
+
+async fn create_one(
+    state: &AppState,
+    call: &Call,
+    rt: &str,
+    body: JsonBody,
+    if_none_exist: Option<&str>,
+    audit: &mut crate::audit::AuditEntry,
+) -> Result<Created, Error> {
+    let g = &state.gateway;
+    if rt == "Consent" {
+        let stored = g.record_consent(call, body.value, body.digest, audit).await?;
+        return Ok(Created::Consent {
+            id: stored.version.id.clone(),
+            version: stored.version.version,
+            resource: stored.resource,
+        });
+    }
+    let receipt = g.receive(call, rt, body.value, body.digest, if_none_exist, audit).await?;
+    if receipt.items_written > 0 || matches!(receipt.outcome, ExchangeOutcome::Retracted { .. }) {
+        state.feed_written();
+    }
+    Ok(Created::Notice(receipt))
+}
+
+fn status_and_location(rt: &str, created: &Created) -> (StatusCode, String, String) {
+    match created {
+        Created::Notice(r) => {
+            let status = match r.outcome {
+                ExchangeOutcome::Accepted | ExchangeOutcome::Corrected { .. } => StatusCode::CREATED,
+                ExchangeOutcome::Replayed { .. } | ExchangeOutcome::Retracted { .. } => StatusCode::OK,
+            };
+            (status, format!("/fhir/{rt}/{}", r.location), "W/\"1\"".to_string())
+        }
+        Created::Consent { id, version, .. } => {
+            (StatusCode::CREATED, format!("/fhir/Consent/{id}"), format!("W/\"{version}\""))
+        }
+    }
+}
+
+fn receipt_issues(r: &Receipt) -> Vec<Issue> {
+    let summary = match &r.outcome {
+        ExchangeOutcome::Accepted => format!("accepted; {} integration-dataset item(s) stored", r.items_written),
+        ExchangeOutcome::Corrected { supersedes } => format!(
+            "accepted as a correction of reference ID {supersedes}; {} item(s) stored, the earlier ones superseded",
+            r.items_written
+        ),
+        ExchangeOutcome::Retracted { of: Some(of) } => format!("retracted the items of reference ID {of}"),
+        ExchangeOutcome::Retracted { of: None } => "marked entered-in-error; there was nothing to retract".into(),
+        ExchangeOutcome::Replayed { original } => {
+            format!("already received as reference ID {original}; nothing new stored")
+        }
+    };
+    let mut issues = vec![Issue::information(summary)];
+    issues.extend(r.dropped.iter().map(|p| Issue::dropped(p)));
+    issues
+}
+
+async fn create(
+    State(state): State<AppState>,
+    Extension(call): Extension<Call>,
+    headers: HeaderMap,
+    body: Result<JsonBody, Error>,
+    rt: &'static str,
+) -> Result<Response, Failure> {
+    let mut audit = call.audit("create", Direction::Inbound);
+    audit.resource_type = Some(rt.to_string());
+    audit.partner = Some(call.principal.org.clone());
+    let body = body.map_err(|e| Failure::new(e, audit.clone()))?;
+    let if_none_exist = headers.get("if-none-exist").and_then(|v| v.to_str().ok()).map(str::to_string);
+    let created = create_one(&state, &call, rt, body, if_none_exist.as_deref(), &mut audit)
+        .await
+        .map_err(|e| Failure::new(e, audit))?;
+    let (status, location, etag) = status_and_location(rt, &created);
+    let body = match &created {
+        Created::Notice(r) => outcome::operation_outcome(&call.reference_id.to_string(), &receipt_issues(r)),
+        Created::Consent { resource, .. } => resource.clone(),
+    };
+    let mut response = (status, fhir_json(body)).into_response();
+    let h = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        h.insert(header::LOCATION, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        h.insert(header::ETAG, v);
+    }
+    response.extensions_mut().insert(Audited);
+    Ok(response)
+}
+
+async fn read(
+    State(state): State<AppState>,
+    Extension(call): Extension<Call>,
+    Path(id): Path<String>,
+    rt: &'static str,
+) -> Result<Response, Failure> {
+    let mut audit = call.audit("read", Direction::Outbound);
+    let g = &state.gateway;
+    let (body, etag) = if rt == "Consent" {
+        audit.resource_type = Some("Consent".into());
+        let not_found = || Error::NotFound(format!("Consent/{id} is not known here"));
+        let stored = g
+            .store
+            .consent(&id)
+            .await
+            .map_err(|e| Failure::new(e.into(), audit.clone()))?
+            .ok_or_else(|| Failure::new(not_found(), audit.clone()))?;
+        let p = &call.principal;
+        let visible = matches!(p.role, Role::Housing | Role::Auditor | Role::Admin)
+            || (p.role.is_partner() && stored.version.terms.partners.contains(&p.org));
+        if !visible {
+            return Err(Failure::new(not_found(), audit));
+        }
+        audit.tenant = Some(stored.tenant.clone());
+        audit.consent = Some(stored.version.citation());
+        (stored.resource, format!("W/\"{}\"", stored.version.version))
+    } else {
+        let copy = g
+            .exchange_copy(&call, rt, &id, &mut audit)
+            .await
+            .map_err(|e| Failure::new(e, audit.clone()))?;
+        (copy, "W/\"1\"".to_string())
+    };
+    let mut response = fhir_json(body);
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        response.headers_mut().insert(header::ETAG, v);
+    }
+    response.extensions_mut().insert(AuditDraft(audit));
+    Ok(response)
+}
+
+/// `POST /fhir` with a Bundle: `batch` answers each entry on its own; `transaction`
+/// stores all entries or none.
+async fn bundle(
+    State(state): State<AppState>,
+    Extension(call): Extension<Call>,
+    body: Result<JsonBody, Error>,
+) -> Result<Response, Failure> {
+    let mut audit = call.audit("bundle", Direction::Inbound);
+    audit.resource_type = Some("Bundle".into());
+    audit.partner = Some(call.principal.org.clone());
+    let fail = |e: Error, a: &crate::audit::AuditEntry| Failure::new(e, a.clone());
+    let body = body.map_err(|e| fail(e, &audit))?;
+    audit.payload_digest = Some(body.digest.clone());
+    if crate::fhir::resource_type(&body.value) != Some("Bundle") {
+        return Err(fail(
+            Error::Malformed {
+                message: "POST /fhir takes a Bundle of type batch or transaction".into(),
+                expression: Some("resourceType".into()),
+            },
+            &audit,
+        ));
+    }
+    state.gateway.validate(&body.value).map_err(|e| fail(e, &audit))?;
+    let kind = body.value["type"].as_str().unwrap_or_default().to_string();
+    let entries = body.value.get("entry").and_then(Value::as_array).cloned().unwrap_or_default();
+    let response = if kind == "transaction" {
+        transaction(&state, &call, entries, &mut audit).await.map_err(|e| fail(e, &audit))?
+    } else {
+        batch(&state, &call, entries).await
+    };
+    let mut response = fhir_json(response);
+    audit.count = Some(body.value.get("entry").and_then(Value::as_array).map_or(0, Vec::len));
+    response.extensions_mut().insert(AuditDraft(audit));
+    Ok(response)
+}
+
+/// The resource type an entry creates, from `request.method` and `request.url`.
+fn entry_target(entry: &Value, index: usize) -> Result<&'static str, Error> {
+    let method = entry.pointer("/request/method").and_then(Value::as_str).unwrap_or_default();
+    let url = entry.pointer("/request/url").and_then(Value::as_str).unwrap_or_default();
+    if method != "POST" {
+        return Err(Error::Invalid(vec![
+            Issue::error(crate::fhir::IssueCode::NotSupported, "Hearth accepts only POST (create) entries")
+                .at(format!("Bundle.entry[{index}].request.method")),
+        ]));
+    }
+    let ty = url.trim_start_matches('/').split(['?', '/']).next().unwrap_or_default();
+    RESOURCES
+        .iter()
+        .find(|r| r.resource == ty && r.interactions.contains(&"create"))
+        .map(|r| r.resource)
+        .ok_or_else(|| {
+            Error::Invalid(vec![
+                Issue::error(crate::fhir::IssueCode::NotSupported, format!("Hearth does not create `{ty}` resources"))
+                    .at(format!("Bundle.entry[{index}].request.url")),
+            ])
+        })
+}
+
+fn entry_body(entry: &Value) -> JsonBody {
+    let value = entry.get("resource").cloned().unwrap_or(Value::Null);
+    let digest = crate::audit::digest(&serde_json::to_vec(&value).unwrap_or_default());
+    JsonBody { value, digest }
+}
+
+/// Rewrites an entry's issue expressions to point into the Bundle.
+fn in_entry(mut issues: Vec<Issue>, index: usize) -> Vec<Issue> {
+    for issue in &mut issues {
+        for x in &mut issue.expression {
+            if x.starts_with("Bundle.") {
+                continue;
+            }
+            let rest = x.split_once('.').map(|(_, r)| format!(".{r}")).unwrap_or_default();
+            *x = format!("Bundle.entry[{index}].resource{rest}");
+        }
+    }
+    issues
+}
+
+fn entry_response(status: StatusCode, location: Option<String>, etag: Option<String>, outcome: Value) -> Value {
+    let mut r = json!({
+        "status": format!("{} {}", status.as_u16(), status.canonical_reason().unwrap_or_default()),
+        "outcome": outcome,
+    });
+    if let Some(l) = location {
+        r["location"] = json!(l.trim_start_matches("/fhir/"));
+    }
+    if let Some(e) = etag {
+        r["etag"] = json!(e);
+    }
+    json!({ "response": r })
+}
+
+async fn batch(state: &AppState, call: &Call, entries: Vec<Value>) -> Value {
+    let mut out = Vec::new();
+    for (i, entry) in entries.iter().enumerate() {
+        let entry_call = call.entry(i);
+        let mut audit = entry_call.audit("create", Direction::Inbound);
+        let result = match entry_target(entry, i) {
+            Ok(rt) => {
+                audit.resource_type = Some(rt.to_string());
+                let if_none_exist = entry.pointer("/request/ifNoneExist").and_then(Value::as_str);
+                create_one(state, &entry_call, rt, entry_body(entry), if_none_exist, &mut audit)
+                    .await
+                    .map(|c| (rt, c))
+            }
+            Err(e) => Err(e),
+        };
+        let reference = entry_call.reference_id.to_string();
+        match result {
+            Ok((rt, created)) => {
+                let (status, location, etag) = status_and_location(rt, &created);
+                let issues = match &created {
+                    Created::Notice(r) => receipt_issues(r),
+                    Created::Consent { .. } => vec![Issue::information("consent recorded")],
+                };
+                out.push(entry_response(status, Some(location), Some(etag), outcome::operation_outcome(&reference, &issues)));
+            }
+            Err(e) => {
+                let status = status_of(&e);
+                audit.status = status.as_u16();
+                audit.reason.get_or_insert_with(|| e.audit_reason().to_string());
+                audit.outcome = if status == StatusCode::FORBIDDEN {
+                    crate::audit::Outcome::Refused
+                } else {
+                    crate::audit::Outcome::Invalid
+                };
+                if let Err(store_error) = state.gateway.store.append(audit).await {
+                    tracing::error!(error = %store_error, "could not audit a failed batch entry");
+                }
+                let issues = in_entry(issues_of(&e), i);
+                out.push(entry_response(status, None, None, outcome::operation_outcome(&reference, &issues)));
+            }
+        }
+    }
+    json!({"resourceType": "Bundle", "type": "batch-response", "entry": out})
+}
+
+async fn transaction(
+    state: &AppState,
+    call: &Call,
+    entries: Vec<Value>,
+    bundle_audit: &mut crate::audit::AuditEntry,
+) -> Result<Value, Error> {
+    let g = &state.gateway;
+    let mut prepared: Vec<(usize, &'static str, Call, Prepared)> = Vec::new();
+    for (i, entry) in entries.iter().enumerate() {
+        let entry_call = call.entry(i);
+        let mut audit = entry_call.audit("create", Direction::Inbound);
+        let step = async {
+            let rt = entry_target(entry, i)?;
+            if rt == "Consent" {
+                return Err(Error::Invalid(vec![
+                    Issue::error(
+                        crate::fhir::IssueCode::NotSupported,
+                        "a Consent cannot be part of a transaction; send it on its own or in a batch",
+                    )
+                    .at(format!("Bundle.entry[{i}].request.url")),
+                ]));
+            }
+            let body = entry_body(entry);
+            let if_none_exist = entry.pointer("/request/ifNoneExist").and_then(Value::as_str);
+            let p = g
+                .prepare(&entry_call, rt, body.value, body.digest, if_none_exist, &mut audit)
+                .await?;
+            Ok((rt, p))
+        };
+        match step.await {
+            Ok((rt, p)) => prepared.push((i, rt, entry_call, p)),
+            Err(e) => {
+                bundle_audit.reason = Some(format!("entry {i}: {}", audit.reason.as_deref().unwrap_or(e.audit_reason())));
+                bundle_audit.tenant = audit.tenant.clone();
+                return Err(match e {
+                    Error::Invalid(issues) => Error::Invalid(in_entry(issues, i)),
+                    Error::Malformed { message, .. } => Error::Malformed {
+                        message,
+                        expression: Some(format!("Bundle.entry[{i}].resource")),
+                    },
+                    other => other,
+                });
+            }
+        }
+    }
+    let order: Vec<(usize, &'static str, Call)> = prepared.iter().map(|(i, rt, c, _)| (*i, *rt, c.clone())).collect();
+    let receipts = g.commit(prepared.into_iter().map(|(_, _, _, p)| p).collect()).await?;
+    if receipts.iter().any(|r| r.items_written > 0) {
+        state.feed_written();
+    }
+    let out: Vec<Value> = order
+        .iter()
+        .zip(receipts)
+        .map(|((_, rt, entry_call), r)| {
+            let created = Created::Notice(r);
+            let (status, location, etag) = status_and_location(rt, &created);
+            let Created::Notice(r) = &created else { unreachable!() };
+            entry_response(
+                status,
+                Some(location),
+                Some(etag),
+                outcome::operation_outcome(&entry_call.reference_id.to_string(), &receipt_issues(r)),
+            )
+        })
+        .collect();
+    Ok(json!({"resourceType": "Bundle", "type": "transaction-response", "entry": out}))
+}

@@ -1,0 +1,163 @@
+//! The HTTP surface: a thin translation between requests and [`Gateway`] calls.
+//!
+//! Layout: `fhir` (the FHIR REST API), `housing` (the housing JSON API), `audit`
+//! (query and verify), `ops` (health). `error` renders every failure; `extract` reads
+//! bodies. The envelope middleware wraps every request: reference ID, authentication,
+//! tracing span, audit record for anything a handler did not audit itself, and the
+//! `X-Reference-Id` header.
+//!
+//! Invariant: no business rule lives here; handlers parse, call the gateway, shape the
+//! answer.
+
+pub mod audit;
+pub mod error;
+pub mod extract;
+pub mod fhir;
+pub mod housing;
+pub mod ops;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use tracing::Instrument;
+
+use crate::audit::{AuditEntry, Direction, Outcome};
+use crate::auth::{Principal, Principals};
+use crate::clock::rfc3339;
+use crate::error::Error;
+use crate::gateway::{Call, Gateway};
+use crate::ids::ReferenceId;
+use error::{AuditDraft, Audited, PendingError};
+
+/// Shared state: cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub gateway: Arc<Gateway>,
+    pub principals: Arc<Principals>,
+    /// Bumped after every write that adds to the updates feed (wakes long-polls).
+    pub feed_changed: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl AppState {
+    pub fn new(gateway: Arc<Gateway>, principals: Principals) -> Self {
+        Self {
+            gateway,
+            principals: Arc::new(principals),
+            feed_changed: Arc::new(tokio::sync::watch::channel(0).0),
+        }
+    }
+
+    pub fn feed_written(&self) {
+        self.feed_changed.send_modify(|n| *n += 1);
+    }
+}
+
+/// The whole application, ready to serve.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(fhir::router())
+        .merge(housing::router())
+        .merge(audit::router())
+        .merge(ops::router())
+        .fallback(|| async { Error::NotFound("there is nothing at this path".into()) })
+        .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
+        // Outermost: every request, matched or not, gets a reference ID and an audit record.
+        .layer(middleware::from_fn_with_state(state.clone(), envelope))
+        .with_state(state)
+}
+
+/// Paths anyone may call without credentials (and which are not audited).
+fn is_public(path: &str) -> bool {
+    matches!(path, "/healthz" | "/readyz" | "/fhir/metadata")
+}
+
+fn bearer(req: &Request) -> Option<&str> {
+    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+async fn envelope(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let reference_id = ReferenceId::new();
+    let at = state.gateway.now();
+    let path = req.uri().path().to_string();
+    let request_line = format!("{} {}", req.method(), path);
+    let public = is_public(&path);
+    let principal: Option<Principal> = bearer(&req).and_then(|t| state.principals.authenticate(t)).cloned();
+    let span = tracing::info_span!(
+        "request",
+        reference_id = %reference_id,
+        method = %req.method(),
+        path = %path,
+        principal = principal.as_ref().map(|p| p.id.as_str()).unwrap_or("-"),
+    );
+
+    let response = match (&principal, public) {
+        (None, false) => Error::Unauthenticated.into_response(),
+        _ => {
+            if let Some(p) = &principal {
+                req.extensions_mut().insert(Call {
+                    reference_id,
+                    principal: p.clone(),
+                    at,
+                    request: request_line.clone(),
+                    parent: None,
+                });
+            }
+            next.run(req).instrument(span.clone()).await
+        }
+    };
+
+    let mut response = async {
+        let pending = response.extensions().get::<PendingError>().cloned();
+        let audited = response.extensions().get::<Audited>().is_some();
+        let status = response.status();
+        let mut response = response;
+        if !audited && !(public && pending.is_none()) {
+            let mut entry = response
+                .extensions_mut()
+                .remove::<AuditDraft>()
+                .map(|d| d.0)
+                .unwrap_or_else(|| AuditEntry::new(reference_id, rfc3339(at), request_line.clone(), "request", Direction::Internal));
+            entry.status = status.as_u16();
+            if entry.actor.is_none() {
+                entry.actor = principal.as_ref().map(Principal::actor);
+            }
+            if let Some(e) = &pending {
+                entry.reason.get_or_insert_with(|| e.0.audit_reason().to_string());
+            }
+            entry.outcome = match status.as_u16() {
+                200..=299 if entry.outcome == Outcome::Replayed => Outcome::Replayed,
+                200..=299 => Outcome::Read,
+                400 | 404 | 405 | 413 | 415 | 422 => Outcome::Invalid,
+                401 | 403 | 409 | 412 => Outcome::Refused,
+                _ => Outcome::Failed,
+            };
+            if let Err(e) = state.gateway.store.append(entry).await {
+                tracing::error!(error = %e, "could not write the audit record; answering 500");
+                response = Error::Internal(e.to_string()).into_response();
+            }
+        }
+        if let Some(e) = response.extensions().get::<PendingError>().cloned() {
+            if let Error::Internal(cause) = e.0.as_ref() {
+                tracing::error!(cause = %cause, "internal error");
+            }
+            response = error::render(&e.0, &reference_id.to_string(), response);
+        }
+        tracing::info!(status = response.status().as_u16(), elapsed_ms = started.elapsed().as_millis() as u64, "answered");
+        response
+    }
+    .instrument(span)
+    .await;
+
+    if let Ok(v) = HeaderValue::from_str(&reference_id.to_string()) {
+        response.headers_mut().insert("x-reference-id", v);
+    }
+    response
+}

@@ -1,0 +1,30 @@
+//! Health checks for orchestrators: `/healthz` (the process answers) and `/readyz`
+//! (the store answers reads).
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use serde_json::json;
+
+use super::AppState;
+use crate::ids::TenantId;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz))
+}
+
+async fn healthz() -> impl IntoResponse {
+    axum::Json(json!({"status": "ok"}))
+}
+
+async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    match state.gateway.store.tenant_exists(&TenantId::new("")).await {
+        Ok(_) => (StatusCode::OK, axum::Json(json!({"status": "ready"}))),
+        Err(e) => {
+            tracing::warn!(error = %e, "store not ready");
+            (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({"status": "store unavailable"})))
+        }
+    }
+}
