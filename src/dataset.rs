@@ -12,7 +12,7 @@ use crate::ids::{PartnerId, ReferenceId};
 
 /// One item of the integration dataset.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(tag = "item", rename_all = "snake_case")]
 pub enum DatasetItem {
     CareContact(CareContact),
     NextAppointment(NextAppointment),

@@ -25,7 +25,7 @@ use crate::consent::{self, Decision, ExchangeRequest};
 use crate::dataset::{Provenance, StoredItem};
 use crate::error::{Error, NO_AGREEMENT};
 use crate::fhir::{self, Issue, IssueCode, Profiles};
-use crate::ids::{Identifier, PartnerId, ReferenceId, TenantId};
+use crate::ids::{Identifier, ReferenceId, TenantId};
 use crate::mapping::{Mappings, Translation};
 use crate::store::{ExchangeKey, ExchangeOutcome, NewExchange, Store, StoredConsent, StoredExchange};
 use crate::tenancy::{self, LinkFailure, TenantRegistration};
@@ -39,8 +39,8 @@ pub const CARE_COORDINATION: &str = "COC";
 /// Everything an operation needs, shared by all requests.
 pub struct Gateway {
     pub store: Arc<dyn Store>,
-    pub mappings: Mappings,
-    pub profiles: Profiles,
+    pub mappings: Arc<Mappings>,
+    pub profiles: Arc<Profiles>,
     pub config: Config,
     pub clock: Arc<dyn Clock>,
 }
@@ -115,7 +115,7 @@ impl Gateway {
 
     /// Profile validation: 422 with one issue per problem.
     pub fn validate(&self, resource: &Value) -> Result<(), Error> {
-        let issues = self.profiles.validate(resource);
+        let issues = static_checks(&self.profiles, resource);
         if issues.is_empty() { Ok(()) } else { Err(Error::Invalid(issues)) }
     }
 
@@ -415,6 +415,19 @@ impl Gateway {
     }
 }
 
+/// Every check that needs no store: the profile, and (for anything but a Bundle) that
+/// the subject is identified so it can be linked. `hearth validate` prints exactly these.
+pub fn static_checks(profiles: &Profiles, resource: &Value) -> Vec<Issue> {
+    let mut issues = profiles.validate(resource);
+    if issues.is_empty()
+        && fhir::resource_type(resource) != Some("Bundle")
+        && let Err(issue) = tenancy::subject_identifiers(resource)
+    {
+        issues.push(issue);
+    }
+    issues
+}
+
 fn first_identifier(resource: &Value) -> Option<Identifier> {
     let i = resource.get("identifier")?.as_array()?.first()?;
     Some(Identifier::new(i.get("system")?.as_str()?, i.get("value")?.as_str()?))
@@ -508,11 +521,6 @@ pub fn tenant_view(tenant: &TenantId, identifiers: &[Identifier], items: Vec<Sto
         "identifiers": identifiers,
         "items": items,
     })
-}
-
-/// The partner id named by a principal (for handlers building audit drafts).
-pub fn partner_of(p: &Principal) -> PartnerId {
-    p.org.clone()
 }
 
 #[cfg(test)]

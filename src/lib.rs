@@ -1,4 +1,5 @@
 //! Hearth: a FHIR R4 gateway for minimum-necessary housing–health data sharing.
+pub mod cli;
 pub mod clock;
 pub mod dataset;
 pub mod ids;
@@ -12,4 +13,5 @@ pub mod config;
 pub mod error;
 pub mod gateway;
 pub mod http;
+pub mod startup;
 pub mod store;

@@ -1,1 +1,20 @@
-fn main() {}
+//! The `hearth` binary: parse the command line, start logging, hand over.
+
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "hearth=info,tower_http=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match hearth::cli::run(hearth::cli::Cli::parse()).await {
+        Ok(code) => std::process::ExitCode::from(code as u8),
+        Err(e) => {
+            eprintln!("hearth: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}

@@ -205,6 +205,10 @@ impl Mappings {
                         let obj = self.eval_fields(doc, fields, &entry, file, &mut local, &entry_prefix, trace);
                         if !obj.is_empty() {
                             used.extend(local);
+                            if entry.value.get("resourceType").is_some() {
+                                used.push(format!("{}/resourceType", entry.ptr));
+                                used.push(format!("{}/id", entry.ptr));
+                            }
                             list.push(Value::Object(obj));
                         }
                     }

@@ -1,0 +1,250 @@
+//! The `hearth` command line: serve, init, validate, translate, audit.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use serde_json::json;
+
+use crate::clock::SystemClock;
+use crate::config::{self, Config};
+use crate::fhir::{Profiles, outcome};
+use crate::mapping::Mappings;
+use crate::store::sqlite::{DB_FILE, SqliteStore};
+
+#[derive(Debug, Parser)]
+#[command(name = "hearth", version, about = "FHIR R4 gateway for minimum-necessary housing–health data sharing")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway. Without --config, uses (or creates) hearth-data/hearth.toml.
+    Serve {
+        #[arg(long, env = "HEARTH_CONFIG")]
+        config: Option<PathBuf>,
+        /// Overrides `listen` from the config.
+        #[arg(long, env = "HEARTH_LISTEN")]
+        listen: Option<SocketAddr>,
+        /// Overrides `data_dir` from the config.
+        #[arg(long, env = "HEARTH_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// Write a commented config with fresh credentials for a sample clinic, MCO,
+    /// housing worker and auditor into DIR.
+    Init {
+        dir: PathBuf,
+        /// Print the config path and each principal's id, org, role and token as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check a FHIR resource against Hearth's profiles; prints the OperationOutcome the
+    /// API would answer. Exit status 1 when it is not acceptable.
+    Validate {
+        file: PathBuf,
+        #[arg(long, default_value = "profiles")]
+        profiles: PathBuf,
+    },
+    /// Dry run: the dataset items a resource becomes and the paths that would be dropped.
+    /// Touches no store.
+    Translate {
+        file: PathBuf,
+        #[arg(long, default_value = "mappings")]
+        mappings: PathBuf,
+    },
+    /// Inspect the audit trail (works beside a running server).
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Walk the hash chain; report the first broken link. Exit status 1 if broken.
+    Verify {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// A head hash kept elsewhere earlier: prove the log still contains it.
+        #[arg(long)]
+        anchor: Option<String>,
+    },
+    /// Print the latest record's sequence number and hash, to keep somewhere safe.
+    Head {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Write every record as JSON lines (with seq and hash) to stdout.
+    Export {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StoreArgs {
+    /// Read the data directory from this config.
+    #[arg(long, env = "HEARTH_CONFIG")]
+    config: Option<PathBuf>,
+    /// The data directory (default: from the config, else hearth-data).
+    #[arg(long, env = "HEARTH_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+impl StoreArgs {
+    fn db_path(&self) -> anyhow::Result<PathBuf> {
+        let dir = match (&self.data_dir, &self.config) {
+            (Some(d), _) => d.clone(),
+            (None, Some(c)) => Config::load(c)?.data_dir,
+            (None, None) => PathBuf::from("hearth-data"),
+        };
+        let path = dir.join(DB_FILE);
+        if !path.exists() {
+            bail!("no store at {}", path.display());
+        }
+        Ok(path)
+    }
+}
+
+/// Where `hearth serve` keeps its generated config when given none.
+const DEFAULT_DIR: &str = "hearth-data";
+
+/// Runs a command; returns the process exit code.
+pub async fn run(cli: Cli) -> anyhow::Result<i32> {
+    match cli.command {
+        Command::Serve { config, listen, data_dir } => {
+            let mut config = match config {
+                Some(path) => Config::load(&path)?,
+                None => default_config()?,
+            };
+            if let Some(l) = listen {
+                config.listen = l;
+            }
+            if let Some(d) = data_dir {
+                config.data_dir = d;
+            }
+            if !config.listen.ip().is_loopback() {
+                tracing::warn!(listen = %config.listen, "serving plain HTTP on a non-loopback address; put TLS in front of it");
+            }
+            let listener = tokio::net::TcpListener::bind(config.listen)
+                .await
+                .with_context(|| format!("binding {}", config.listen))?;
+            let app = crate::startup::build(config, Arc::new(SystemClock))?;
+            tracing::info!(listen = %listener.local_addr()?, "Hearth is serving");
+            crate::startup::run(listener, app, crate::startup::shutdown_signal()).await?;
+            Ok(0)
+        }
+        Command::Init { dir, json } => {
+            let path = dir.join("hearth.toml");
+            let data = absolute(&dir)?.join("data");
+            let creds = config::write_sample(&path, &data, &absolute(Path::new("mappings"))?, &absolute(Path::new("profiles"))?)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&json!({"config": path, "principals": creds}))?);
+            } else {
+                println!("Wrote {}. Tokens (shown once; only their hashes are kept):", path.display());
+                print_credentials(&creds);
+            }
+            Ok(0)
+        }
+        Command::Validate { file, profiles } => {
+            let profiles = Profiles::load(&profiles)?;
+            let resource = read_json(&file)?;
+            let issues = crate::gateway::static_checks(&profiles, &resource);
+            let ok = issues.is_empty();
+            let issues = if ok {
+                vec![crate::fhir::Issue::information("valid against Hearth's profiles")]
+            } else {
+                issues
+            };
+            println!("{}", serde_json::to_string_pretty(&outcome::operation_outcome("validate", &issues))?);
+            Ok(if ok { 0 } else { 1 })
+        }
+        Command::Translate { file, mappings } => {
+            let mappings = Mappings::load(&mappings)?;
+            let resource = read_json(&file)?;
+            let t = mappings.translate(&resource);
+            println!("{}", serde_json::to_string_pretty(&t)?);
+            Ok(if t.problems.is_empty() { 0 } else { 1 })
+        }
+        Command::Audit { command } => audit(command),
+    }
+}
+
+fn audit(command: AuditCommand) -> anyhow::Result<i32> {
+    match command {
+        AuditCommand::Verify { store, anchor } => {
+            let anchor = anchor
+                .map(|a| hex::decode(a.trim()).context("--anchor must be a hex hash"))
+                .transpose()?;
+            let started = std::time::Instant::now();
+            let v = SqliteStore::verify_file(&store.db_path()?, anchor.as_deref())?;
+            let secs = started.elapsed().as_secs_f64();
+            match (&v.first_broken, v.anchor_found) {
+                (Some(b), _) => println!(
+                    "BROKEN at record {} (reference ID {}): {}. {} records before it verified.",
+                    b.seq, b.reference_id, b.problem, v.records
+                ),
+                (None, Some(false)) => println!(
+                    "The chain of {} records is intact, but the anchor is not in it: the log was rewritten or truncated.",
+                    v.records
+                ),
+                (None, _) => println!(
+                    "OK: {} records verified in {:.2}s ({:.0} records/s); head {}",
+                    v.records,
+                    secs,
+                    v.records as f64 / secs.max(1e-9),
+                    v.head
+                ),
+            }
+            Ok(if v.ok() { 0 } else { 1 })
+        }
+        AuditCommand::Head { store } => {
+            let (seq, hash) = SqliteStore::head_of_file(&store.db_path()?)?;
+            println!("{seq} {hash}");
+            Ok(0)
+        }
+        AuditCommand::Export { store } => {
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            SqliteStore::export_file(&store.db_path()?, &mut |row| {
+                serde_json::to_writer(&mut out, &row)?;
+                out.write_all(b"\n")
+            })?;
+            out.flush()?;
+            Ok(0)
+        }
+    }
+}
+
+/// The config `hearth serve` uses when given none: hearth-data/hearth.toml, created
+/// (with credentials printed once) on first start.
+fn default_config() -> anyhow::Result<Config> {
+    let dir = PathBuf::from(DEFAULT_DIR);
+    let path = dir.join("hearth.toml");
+    if !path.exists() {
+        let creds = config::write_sample(&path, &dir, Path::new("mappings"), Path::new("profiles"))?;
+        println!("First start: wrote {} with these credentials (shown once; only their hashes are kept):", path.display());
+        print_credentials(&creds);
+    }
+    Config::load(&path)
+}
+
+fn print_credentials(creds: &[config::IssuedCredential]) {
+    for c in creds {
+        println!("  {:<15} org={:<22} role={:<8} token={}", c.id, c.org, c.role.as_str(), c.token);
+    }
+}
+
+fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
+    Ok(if p.is_absolute() { p.to_path_buf() } else { std::env::current_dir()?.join(p) })
+}
+
+fn read_json(file: &Path) -> anyhow::Result<serde_json::Value> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not JSON", file.display()))
+}

@@ -1,0 +1,82 @@
+//! Building and running the server: load mappings and profiles once, open the store,
+//! serve until told to stop, then drain.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::fhir::Profiles;
+use crate::gateway::Gateway;
+use crate::http::{self, AppState};
+use crate::mapping::Mappings;
+use crate::store::sqlite::SqliteStore;
+
+/// A built application: its HTTP state and the store to close after serving.
+pub struct App {
+    pub state: AppState,
+    pub store: SqliteStore,
+}
+
+/// Loads everything the config names. Fails early on a bad mapping file or profile.
+pub fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<App> {
+    let mappings = Mappings::load(&config.mappings_dir)
+        .with_context(|| format!("loading mappings from {}", config.mappings_dir.display()))?;
+    let profiles = Profiles::load(&config.profiles_dir)
+        .with_context(|| format!("loading profiles from {}", config.profiles_dir.display()))?;
+    build_with(config, clock, Arc::new(mappings), Arc::new(profiles))
+}
+
+/// As [`build`], with mappings and profiles already loaded (tests share them).
+pub fn build_with(config: Config, clock: Arc<dyn Clock>, mappings: Arc<Mappings>, profiles: Arc<Profiles>) -> anyhow::Result<App> {
+    let store = SqliteStore::open(&config.data_dir).with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+    let principals = config.principals();
+    let gateway = Gateway {
+        store: Arc::new(store.clone()),
+        mappings,
+        profiles,
+        config,
+        clock,
+    };
+    Ok(App {
+        state: AppState::new(Arc::new(gateway), principals),
+        store,
+    })
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves, then finishes in-flight
+/// requests and closes the store. Everything acknowledged was durable before its answer.
+pub async fn run(listener: TcpListener, app: App, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    let router = http::router(app.state.clone());
+    let result = axum::serve(listener, router).with_graceful_shutdown(shutdown).await;
+    drop(app.state);
+    let store = app.store;
+    tokio::task::spawn_blocking(move || store.close()).await.ok();
+    result
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+    tracing::info!("shutting down: finishing in-flight requests");
+}
