@@ -1,0 +1,326 @@
+//! Test harness: the real server on a random loopback port, a fresh data directory,
+//! a clock the test controls, and known credentials.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use hearth::clock::ManualClock;
+use hearth::config::Config;
+use hearth::fhir::Profiles;
+use hearth::mapping::Mappings;
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use time::macros::datetime;
+
+pub const CLINIC: &str = "test-token-riverside-ehr";
+pub const MCO: &str = "test-token-bayview-care";
+pub const HOUSING: &str = "test-token-housing-worker";
+pub const AUDITOR: &str = "test-token-auditor";
+/// A clinic no tenant has consented to share with.
+pub const OTHER_CLINIC: &str = "test-token-eastside-ehr";
+
+pub const TENANT_SYSTEM: &str = "https://housing.example.org/tenant-id";
+pub const MRN_SYSTEM: &str = "https://riverside-clinic.example/fhir/mrn";
+pub const MEMBER_SYSTEM: &str = "https://bayview-health-plan.example/member-id";
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Mappings and profiles are loaded and compiled once per test binary and shared.
+pub fn shared() -> &'static (Arc<Mappings>, Arc<Profiles>) {
+    static SHARED: OnceLock<(Arc<Mappings>, Arc<Profiles>)> = OnceLock::new();
+    SHARED.get_or_init(|| {
+        (
+            Arc::new(Mappings::load(&root().join("mappings")).expect("mappings load")),
+            Arc::new(Profiles::load(&root().join("profiles")).expect("profiles load")),
+        )
+    })
+}
+
+pub fn fixture(name: &str) -> Value {
+    let path = root().join("fixtures").join(name);
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+        .expect("fixture is JSON")
+}
+
+/// A config for tests: known tokens, three partners, data in `data_dir`.
+pub fn test_config(data_dir: &Path) -> Config {
+    let h = hearth::auth::hash_token;
+    let text = format!(
+        r#"
+listen = "127.0.0.1:0"
+data_dir = {data}
+mappings_dir = {mappings}
+profiles_dir = {profiles}
+body_limit_bytes = 65536
+
+[tenancy]
+identifier_system = "{TENANT_SYSTEM}"
+
+[feed]
+default_page = 100
+max_page = 500
+
+[[partners]]
+id = "riverside-clinic"
+name = "Riverside Community Clinic"
+kind = "clinic"
+identifier_system = "{MRN_SYSTEM}"
+
+[[partners]]
+id = "bayview-health-plan"
+name = "Bayview Health Plan"
+kind = "mco"
+identifier_system = "{MEMBER_SYSTEM}"
+
+[[partners]]
+id = "eastside-clinic"
+name = "Eastside Clinic"
+kind = "clinic"
+
+[[partners]]
+id = "northside-housing"
+name = "Northside Housing Association"
+kind = "housing"
+
+[[principals]]
+id = "riverside-ehr"
+org = "riverside-clinic"
+role = "clinic"
+token_sha256 = "{clinic}"
+
+[[principals]]
+id = "bayview-care"
+org = "bayview-health-plan"
+role = "mco"
+token_sha256 = "{mco}"
+
+[[principals]]
+id = "eastside-ehr"
+org = "eastside-clinic"
+role = "clinic"
+token_sha256 = "{other}"
+
+[[principals]]
+id = "housing-worker"
+org = "northside-housing"
+role = "housing"
+token_sha256 = "{housing}"
+
+[[principals]]
+id = "auditor"
+org = "northside-housing"
+role = "auditor"
+token_sha256 = "{auditor}"
+"#,
+        data = toml_path(data_dir),
+        mappings = toml_path(&root().join("mappings")),
+        profiles = toml_path(&root().join("profiles")),
+        clinic = h(CLINIC),
+        mco = h(MCO),
+        other = h(OTHER_CLINIC),
+        housing = h(HOUSING),
+        auditor = h(AUDITOR),
+    );
+    Config::from_toml(&text).expect("test config parses")
+}
+
+fn toml_path(p: &Path) -> String {
+    format!("{:?}", p.display().to_string())
+}
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub base: String,
+    pub client: reqwest::Client,
+    pub clock: Arc<ManualClock>,
+    pub data: TempDir,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+/// Starts Hearth on 127.0.0.1:0 with a fresh data directory. The clock starts at
+/// 2026-11-23 10:00 UTC.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_in(tempfile::tempdir().expect("temp dir")).await
+}
+
+/// Starts Hearth on an existing data directory (to test restarts).
+pub async fn spawn_app_in(data: TempDir) -> TestApp {
+    let (mappings, profiles) = shared().clone();
+    let clock = Arc::new(ManualClock::new(datetime!(2026-11-23 10:00 UTC)));
+    let config = test_config(data.path());
+    let app = hearth::startup::build_with(config, clock.clone(), mappings, profiles).expect("app builds");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(hearth::startup::run(listener, app, async {
+        let _ = rx.await;
+    }));
+    TestApp {
+        addr,
+        base: format!("http://{addr}"),
+        client: reqwest::Client::new(),
+        clock,
+        data,
+        shutdown: Some(tx),
+        server: Some(server),
+    }
+}
+
+/// A response, read whole.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl Answer {
+    pub fn reference_id(&self) -> String {
+        self.headers
+            .get("x-reference-id")
+            .expect("every answer has X-Reference-Id")
+            .to_str()
+            .unwrap()
+            .to_string()
+    }
+
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers.get(name).map(|v| v.to_str().unwrap().to_string())
+    }
+
+    /// The `expression`s of the OperationOutcome's error issues.
+    pub fn error_expressions(&self) -> Vec<String> {
+        self.issues("error")
+            .iter()
+            .flat_map(|i| i["expression"].as_array().cloned().unwrap_or_default())
+            .map(|e| e.as_str().unwrap().to_string())
+            .collect()
+    }
+
+    pub fn issues(&self, severity: &str) -> Vec<Value> {
+        self.body["issue"]
+            .as_array()
+            .map(|l| l.iter().filter(|i| i["severity"] == severity).cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Paths reported as dropped (information issues with an expression).
+    pub fn dropped(&self) -> Vec<String> {
+        self.issues("information")
+            .iter()
+            .filter_map(|i| i["expression"][0].as_str().map(str::to_string))
+            .collect()
+    }
+}
+
+pub async fn answer(r: reqwest::Response) -> Answer {
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    let bytes = r.bytes().await.expect("body");
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
+    };
+    Answer { status, headers, body }
+}
+
+impl TestApp {
+    pub async fn post(&self, path: &str, token: &str, body: &Value) -> Answer {
+        self.post_with(path, token, body, &[]).await
+    }
+
+    pub async fn post_with(&self, path: &str, token: &str, body: &Value, headers: &[(&str, &str)]) -> Answer {
+        let mut req = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .header("content-type", "application/fhir+json")
+            .body(body.to_string());
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        answer(req.send().await.expect("request")).await
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> Answer {
+        answer(
+            self.client
+                .get(format!("{}{path}", self.base))
+                .bearer_auth(token)
+                .send()
+                .await
+                .expect("request"),
+        )
+        .await
+    }
+
+    /// Registers tenant T-1001 (MRN-448812 at the clinic, BHP-20931 at the MCO).
+    pub async fn register_tenant(&self) {
+        self.register(
+            "T-1001",
+            &[(MRN_SYSTEM, "MRN-448812"), (MEMBER_SYSTEM, "BHP-20931")],
+        )
+        .await;
+    }
+
+    pub async fn register(&self, tenant: &str, ids: &[(&str, &str)]) {
+        let body = json!({
+            "tenant_id": tenant,
+            "identifiers": ids.iter().map(|(s, v)| json!({"system": s, "value": v})).collect::<Vec<_>>(),
+        });
+        let a = self.post("/housing/tenants", HOUSING, &body).await;
+        assert!(a.status == 201 || a.status == 200, "register: {a:?}");
+    }
+
+    /// Records a consent fixture as the housing worker.
+    pub async fn consent(&self, fixture_name: &str) -> Answer {
+        let a = self.post("/fhir/Consent", HOUSING, &fixture(fixture_name)).await;
+        assert_eq!(a.status, 201, "consent: {a:?}");
+        a
+    }
+
+    /// Tenant T-1001 registered, consenting to share with the Riverside clinic.
+    pub async fn with_consenting_tenant(self) -> Self {
+        self.register_tenant().await;
+        self.consent("consent-share-with-clinic.json").await;
+        self
+    }
+
+    /// Every feed entry from the start.
+    pub async fn feed_all(&self) -> Vec<Value> {
+        let mut since = "0".to_string();
+        let mut out = Vec::new();
+        loop {
+            let a = self.get(&format!("/housing/updates?since={since}&limit=100"), HOUSING).await;
+            assert_eq!(a.status, 200, "{a:?}");
+            let entries = a.body["entries"].as_array().unwrap().clone();
+            if entries.is_empty() {
+                return out;
+            }
+            since = a.body["next"].as_str().unwrap().to_string();
+            out.extend(entries);
+        }
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.data.path().join("hearth.db")
+    }
+
+    /// Stops the server (draining) and returns the data directory.
+    pub async fn stop(mut self) -> TempDir {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(s) = self.server.take() {
+            s.await.expect("server task").expect("server ran");
+        }
+        let data = std::mem::replace(&mut self.data, tempfile::tempdir().unwrap());
+        data
+    }
+}
