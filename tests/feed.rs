@@ -1,0 +1,92 @@
+//! The housing updates feed: ordered, cursor-paged, no gaps or duplicates, long-poll.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+fn notice(n: usize) -> serde_json::Value {
+    let mut r = fixture("risk-flag-update.json");
+    r["identifier"][0]["value"] = json!(format!("feed-test-{n}"));
+    r
+}
+
+#[tokio::test]
+async fn paging_while_writers_run_shows_every_entry_exactly_once_in_order() {
+    let app = spawn_app().await.with_consenting_tenant().await;
+    let writers = 4;
+    let per_writer = 15;
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let client = app.client.clone();
+        let base = app.base.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..per_writer {
+                let r = client
+                    .post(format!("{base}/fhir/Communication"))
+                    .bearer_auth(CLINIC)
+                    .header("content-type", "application/fhir+json")
+                    .body(notice(w * 1000 + i).to_string())
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 201);
+            }
+        }));
+    }
+    // Page with a small limit while the writers run.
+    let expected = writers * per_writer * 3;
+    let mut seen = Vec::new();
+    let mut since = "0".to_string();
+    let mut rounds = 0;
+    while seen.len() < expected {
+        rounds += 1;
+        assert!(rounds < 10_000, "the feed stopped advancing at {}", seen.len());
+        let a = app.get(&format!("/housing/updates?since={since}&limit=7&wait=5"), HOUSING).await;
+        assert_eq!(a.status, 200, "{a:?}");
+        for e in a.body["entries"].as_array().unwrap() {
+            seen.push(e["seq"].as_u64().unwrap());
+        }
+        since = a.body["next"].as_str().unwrap().to_string();
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let contiguous: Vec<u64> = (1..=expected as u64).collect();
+    assert_eq!(seen, contiguous, "gaps, duplicates or disorder");
+    let unique: HashSet<u64> = seen.iter().copied().collect();
+    assert_eq!(unique.len(), expected);
+}
+
+#[tokio::test]
+async fn a_long_poll_returns_as_soon_as_something_arrives() {
+    let app = spawn_app().await.with_consenting_tenant().await;
+    let client = app.client.clone();
+    let url = format!("{}/housing/updates?since=0&wait=30", app.base);
+    let poll = tokio::spawn(async move { answer(client.get(url).bearer_auth(HOUSING).send().await.unwrap()).await });
+    // Whether the write lands before or during the poll, the poll must see it.
+    assert_eq!(app.post("/fhir/Communication", CLINIC, &notice(1)).await.status, 201);
+    let a = tokio::time::timeout(Duration::from_secs(10), poll).await.expect("the poll returned").unwrap();
+    assert_eq!(a.status, 200);
+    assert_eq!(a.body["entries"].as_array().unwrap().len(), 3);
+    assert_eq!(a.body["next"], "3");
+}
+
+#[tokio::test]
+async fn the_feed_needs_the_housing_role_and_sensible_parameters() {
+    let app = spawn_app().await;
+    assert_eq!(app.get("/housing/updates", CLINIC).await.status, 403);
+    assert_eq!(app.get("/housing/updates", AUDITOR).await.status, 403);
+    for bad in ["since=-1", "since=abc", "limit=0", "limit=501", "wait=61", "cursor=1"] {
+        let a = app.get(&format!("/housing/updates?{bad}"), HOUSING).await;
+        assert_eq!(a.status, 400, "{bad}: {a:?}");
+        assert_eq!(a.body["resourceType"], "OperationOutcome");
+    }
+    let empty = app.get("/housing/updates", HOUSING).await;
+    assert_eq!(empty.status, 200);
+    assert_eq!(empty.body["entries"], json!([]));
+    assert_eq!(empty.body["next"], "0");
+}
