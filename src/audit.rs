@@ -107,7 +107,13 @@ pub struct AuditEntry {
 
 impl AuditEntry {
     /// An entry with the envelope filled and everything else empty.
-    pub fn new(reference_id: ReferenceId, recorded: String, request: String, action: &str, direction: Direction) -> Self {
+    pub fn new(
+        reference_id: ReferenceId,
+        recorded: String,
+        request: String,
+        action: &str,
+        direction: Direction,
+    ) -> Self {
         Self {
             reference_id,
             parent: None,
@@ -137,7 +143,13 @@ impl AuditEntry {
 pub const GENESIS: [u8; 32] = [0; 32];
 
 /// The hash of one record: covers its position, its predecessor and its stored bytes.
-pub fn record_hash(seq: u64, prev: &[u8; 32], reference_id: &str, recorded: &str, body: &[u8]) -> [u8; 32] {
+pub fn record_hash(
+    seq: u64,
+    prev: &[u8; 32],
+    reference_id: &str,
+    recorded: &str,
+    body: &[u8],
+) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update(seq.to_be_bytes());
     h.update(prev);
@@ -197,18 +209,22 @@ pub fn verify<E>(
     anchor: Option<&[u8]>,
 ) -> Result<Verification, E> {
     let mut prev = GENESIS;
-    let mut expected_seq = 1u64;
     let mut count = 0u64;
     let mut anchor_found = anchor.map(|_| false);
     for r in records {
         let r = r?;
+        let expected_seq = count + 1;
         let broken = |problem: &str| BrokenLink {
             seq: r.seq,
             reference_id: r.reference_id.clone(),
             problem: problem.to_string(),
         };
         let problem = if r.seq != expected_seq {
-            Some(broken(&format!("sequence jumps from {} to {}", expected_seq - 1, r.seq)))
+            Some(broken(&format!(
+                "sequence jumps from {} to {}",
+                expected_seq - 1,
+                r.seq
+            )))
         } else if r.prev_hash != prev {
             Some(broken("does not link to the previous record's hash"))
         } else if r.hash != record_hash(r.seq, &prev, &r.reference_id, &r.recorded, &r.body) {
@@ -228,7 +244,6 @@ pub fn verify<E>(
         if anchor == Some(r.hash.as_slice()) {
             anchor_found = Some(true);
         }
-        expected_seq += 1;
         count += 1;
     }
     Ok(Verification {

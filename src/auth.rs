@@ -71,7 +71,12 @@ pub struct Principals(HashMap<String, Principal>);
 
 impl Principals {
     pub fn new(entries: impl IntoIterator<Item = (String, Principal)>) -> Self {
-        Self(entries.into_iter().map(|(h, p)| (h.to_ascii_lowercase(), p)).collect())
+        Self(
+            entries
+                .into_iter()
+                .map(|(h, p)| (h.to_ascii_lowercase(), p))
+                .collect(),
+        )
     }
 
     /// The principal a bearer token belongs to.

@@ -16,7 +16,11 @@ use crate::mapping::Mappings;
 use crate::store::sqlite::{DB_FILE, SqliteStore};
 
 #[derive(Debug, Parser)]
-#[command(name = "hearth", version, about = "FHIR R4 gateway for minimum-necessary housing–health data sharing")]
+#[command(
+    name = "hearth",
+    version,
+    about = "FHIR R4 gateway for minimum-necessary housing–health data sharing"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -117,7 +121,11 @@ const DEFAULT_DIR: &str = "hearth-data";
 /// Runs a command; returns the process exit code.
 pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
-        Command::Serve { config, listen, data_dir } => {
+        Command::Serve {
+            config,
+            listen,
+            data_dir,
+        } => {
             let mut config = match config {
                 Some(path) => Config::load(&path)?,
                 None => default_config()?,
@@ -142,11 +150,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Init { dir, json } => {
             let path = dir.join("hearth.toml");
             let data = absolute(&dir)?.join("data");
-            let creds = config::write_sample(&path, &data, &absolute(Path::new("mappings"))?, &absolute(Path::new("profiles"))?)?;
+            let creds = config::write_sample(
+                &path,
+                &data,
+                &absolute(Path::new("mappings"))?,
+                &absolute(Path::new("profiles"))?,
+            )?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&json!({"config": path, "principals": creds}))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&json!({"config": path, "principals": creds}))?
+                );
             } else {
-                println!("Wrote {}. Tokens (shown once; only their hashes are kept):", path.display());
+                println!(
+                    "Wrote {}. Tokens (shown once; only their hashes are kept):",
+                    path.display()
+                );
                 print_credentials(&creds);
             }
             Ok(0)
@@ -157,11 +176,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             let issues = crate::gateway::static_checks(&profiles, &resource);
             let ok = issues.is_empty();
             let issues = if ok {
-                vec![crate::fhir::Issue::information("valid against Hearth's profiles")]
+                vec![crate::fhir::Issue::information(
+                    "valid against Hearth's profiles",
+                )]
             } else {
                 issues
             };
-            println!("{}", serde_json::to_string_pretty(&outcome::operation_outcome("validate", &issues))?);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&outcome::operation_outcome("validate", &issues))?
+            );
             Ok(if ok { 0 } else { 1 })
         }
         Command::Translate { file, mappings } => {
@@ -227,8 +251,12 @@ fn default_config() -> anyhow::Result<Config> {
     let dir = PathBuf::from(DEFAULT_DIR);
     let path = dir.join("hearth.toml");
     if !path.exists() {
-        let creds = config::write_sample(&path, &dir, Path::new("mappings"), Path::new("profiles"))?;
-        println!("First start: wrote {} with these credentials (shown once; only their hashes are kept):", path.display());
+        let creds =
+            config::write_sample(&path, &dir, Path::new("mappings"), Path::new("profiles"))?;
+        println!(
+            "First start: wrote {} with these credentials (shown once; only their hashes are kept):",
+            path.display()
+        );
         print_credentials(&creds);
     }
     Config::load(&path)
@@ -236,15 +264,26 @@ fn default_config() -> anyhow::Result<Config> {
 
 fn print_credentials(creds: &[config::IssuedCredential]) {
     for c in creds {
-        println!("  {:<15} org={:<22} role={:<8} token={}", c.id, c.org, c.role.as_str(), c.token);
+        println!(
+            "  {:<15} org={:<22} role={:<8} token={}",
+            c.id,
+            c.org,
+            c.role.as_str(),
+            c.token
+        );
     }
 }
 
 fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
-    Ok(if p.is_absolute() { p.to_path_buf() } else { std::env::current_dir()?.join(p) })
+    Ok(if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(p)
+    })
 }
 
 fn read_json(file: &Path) -> anyhow::Result<serde_json::Value> {
-    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     serde_json::from_str(&text).with_context(|| format!("{} is not JSON", file.display()))
 }

@@ -126,7 +126,8 @@ impl Config {
     }
 
     pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         Self::from_toml(&text).with_context(|| format!("in {}", path.display()))
     }
 
@@ -147,8 +148,14 @@ impl Config {
         let mut ids: Vec<_> = self.partners.iter().map(|p| &p.id).collect();
         ids.sort();
         ids.dedup();
-        anyhow::ensure!(ids.len() == self.partners.len(), "partner ids must be unique");
-        anyhow::ensure!(self.feed.default_page >= 1 && self.feed.default_page <= self.feed.max_page, "feed.default_page must be between 1 and feed.max_page");
+        anyhow::ensure!(
+            ids.len() == self.partners.len(),
+            "partner ids must be unique"
+        );
+        anyhow::ensure!(
+            self.feed.default_page >= 1 && self.feed.default_page <= self.feed.max_page,
+            "feed.default_page must be between 1 and feed.max_page"
+        );
         Ok(())
     }
 
@@ -181,8 +188,17 @@ pub struct IssuedCredential {
 
 /// Writes a commented sample config to `path` with fresh credentials for a clinic, an
 /// MCO, a housing worker and an auditor; returns the credentials.
-pub fn write_sample(path: &Path, data_dir: &Path, mappings_dir: &Path, profiles_dir: &Path) -> anyhow::Result<Vec<IssuedCredential>> {
-    anyhow::ensure!(!path.exists(), "{} already exists; not overwriting it", path.display());
+pub fn write_sample(
+    path: &Path,
+    data_dir: &Path,
+    mappings_dir: &Path,
+    profiles_dir: &Path,
+) -> anyhow::Result<Vec<IssuedCredential>> {
+    anyhow::ensure!(
+        !path.exists(),
+        "{} already exists; not overwriting it",
+        path.display()
+    );
     let creds: Vec<IssuedCredential> = [
         ("riverside-ehr", "riverside-clinic", Role::Clinic),
         ("bayview-care", "bayview-health-plan", Role::Mco),
@@ -271,7 +287,13 @@ mod tests {
     fn the_sample_config_round_trips_and_keeps_only_hashes() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("hearth.toml");
-        let creds = write_sample(&path, &dir.path().join("data"), Path::new("mappings"), Path::new("profiles")).unwrap();
+        let creds = write_sample(
+            &path,
+            &dir.path().join("data"),
+            Path::new("mappings"),
+            Path::new("profiles"),
+        )
+        .unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         for c in &creds {
             assert!(!text.contains(&c.token));
@@ -284,7 +306,9 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_rejected() {
-        let err = Config::from_toml("lisen = \"127.0.0.1:1\"\n[tenancy]\nidentifier_system = \"x\"\n").unwrap_err();
+        let err =
+            Config::from_toml("lisen = \"127.0.0.1:1\"\n[tenancy]\nidentifier_system = \"x\"\n")
+                .unwrap_err();
         assert!(format!("{err:#}").contains("unknown field"));
     }
 }

@@ -93,14 +93,28 @@ pub fn terms_from_fhir(
         .and_then(Value::as_str)
         .and_then(|s| parse_fhir_instant(s, false));
     if recorded.is_none() {
-        issues.push(Issue::error(IssueCode::Required, "dateTime must say when the tenant gave this consent").at("Consent.dateTime"));
+        issues.push(
+            Issue::error(
+                IssueCode::Required,
+                "dateTime must say when the tenant gave this consent",
+            )
+            .at("Consent.dateTime"),
+        );
     }
     let provision = consent.get("provision").cloned().unwrap_or(Value::Null);
     // R4 leaves the root provision's type optional; absent, Hearth reads it as permit.
-    if provision.get("type").and_then(Value::as_str).unwrap_or("permit") != "permit" {
+    if provision
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("permit")
+        != "permit"
+    {
         issues.push(
-            Issue::error(IssueCode::BusinessRule, "the base provision must be a permit naming the partners who may exchange")
-                .at("Consent.provision.type"),
+            Issue::error(
+                IssueCode::BusinessRule,
+                "the base provision must be a permit naming the partners who may exchange",
+            )
+            .at("Consent.provision.type"),
         );
     }
     let period_bound = |key: &str, end: bool| {
@@ -113,7 +127,10 @@ pub fn terms_from_fhir(
         None => None,
         Some((_, Some(t))) => Some(t),
         Some((_, None)) => {
-            issues.push(Issue::error(IssueCode::Value, "not a FHIR dateTime").at(format!("Consent.provision.period.{key}")));
+            issues.push(
+                Issue::error(IssueCode::Value, "not a FHIR dateTime")
+                    .at(format!("Consent.provision.period.{key}")),
+            );
             None
         }
     };
@@ -127,7 +144,9 @@ pub fn terms_from_fhir(
         .flatten()
         .enumerate()
     {
-        let reference = actor.pointer("/reference/reference").and_then(Value::as_str);
+        let reference = actor
+            .pointer("/reference/reference")
+            .and_then(Value::as_str);
         match reference.and_then(&partner_for) {
             Some(p) => partners.push(p),
             None => issues.push(
@@ -141,8 +160,11 @@ pub fn terms_from_fhir(
     }
     if partners.is_empty() && issues.is_empty() && status == ConsentStatus::Active {
         issues.push(
-            Issue::error(IssueCode::BusinessRule, "an active consent must name at least one partner as actor")
-                .at("Consent.provision.actor"),
+            Issue::error(
+                IssueCode::BusinessRule,
+                "an active consent must name at least one partner as actor",
+            )
+            .at("Consent.provision.actor"),
         );
     }
     let purposes = codes(provision.get("purpose"));
@@ -200,11 +222,21 @@ pub fn parse_fhir_instant(s: &str, end: bool) -> Option<OffsetDateTime> {
         return Some(first);
     }
     Some(match parts.len() {
-        1 => Date::from_calendar_date(year + 1, Month::January, 1).ok()?.with_time(Time::MIDNIGHT).assume_utc(),
+        1 => Date::from_calendar_date(year + 1, Month::January, 1)
+            .ok()?
+            .with_time(Time::MIDNIGHT)
+            .assume_utc(),
         2 => {
             let next = Month::try_from(month).ok()?.next();
-            let y = if next == Month::January { year + 1 } else { year };
-            Date::from_calendar_date(y, next, 1).ok()?.with_time(Time::MIDNIGHT).assume_utc()
+            let y = if next == Month::January {
+                year + 1
+            } else {
+                year
+            };
+            Date::from_calendar_date(y, next, 1)
+                .ok()?
+                .with_time(Time::MIDNIGHT)
+                .assume_utc()
         }
         _ => first + time::Duration::DAY,
     })
@@ -278,7 +310,12 @@ pub fn governing(consents: &[ConsentVersion]) -> Option<&ConsentVersion> {
     }
     latest
         .into_iter()
-        .filter(|c| matches!(c.terms.status, ConsentStatus::Active | ConsentStatus::Inactive))
+        .filter(|c| {
+            matches!(
+                c.terms.status,
+                ConsentStatus::Active | ConsentStatus::Inactive
+            )
+        })
         .max_by(|a, b| {
             a.terms
                 .recorded
@@ -342,7 +379,14 @@ mod tests {
         id.strip_prefix("Organization/").map(PartnerId::new)
     }
 
-    fn consent(id: &str, version: u32, status: &str, recorded: &str, actors: &[&str], deny: &[&str]) -> ConsentVersion {
+    fn consent(
+        id: &str,
+        version: u32,
+        status: &str,
+        recorded: &str,
+        actors: &[&str],
+        deny: &[&str],
+    ) -> ConsentVersion {
         let fhir = json!({
             "resourceType": "Consent", "status": status, "dateTime": recorded,
             "provision": {
@@ -360,7 +404,12 @@ mod tests {
         }
     }
 
-    fn ask(consents: &[ConsentVersion], who: &str, at: OffsetDateTime, labels: &[BTreeSet<String>]) -> Decision {
+    fn ask(
+        consents: &[ConsentVersion],
+        who: &str,
+        at: OffsetDateTime,
+        labels: &[BTreeSet<String>],
+    ) -> Decision {
         let p = PartnerId::new(who);
         decide(
             consents,
@@ -378,39 +427,112 @@ mod tests {
     #[test]
     fn decision_table() {
         let clinic_only = consent("c1", 1, "active", "2026-01-05", &["clinic"], &[]);
-        let both = consent("c2", 1, "active", "2026-03-01", &["clinic", "mco"], &["SUD"]);
+        let both = consent(
+            "c2",
+            1,
+            "active",
+            "2026-03-01",
+            &["clinic", "mco"],
+            &["SUD"],
+        );
         let revoked = consent("c2", 2, "inactive", "2026-03-01", &["clinic", "mco"], &[]);
         let sud: BTreeSet<String> = ["SUD".to_string()].into();
         let plain = BTreeSet::new();
 
         // No consent at all.
-        assert!(matches!(ask(&[], "clinic", NOV, &[]), Decision::Deny { reason: DenyReason::NoConsent, .. }));
+        assert!(matches!(
+            ask(&[], "clinic", NOV, &[]),
+            Decision::Deny {
+                reason: DenyReason::NoConsent,
+                ..
+            }
+        ));
         // Partner named → permit, citing consent and version.
         assert_eq!(
-            ask(&[clinic_only.clone()], "clinic", NOV, &[plain.clone()]),
-            Decision::Permit { consent: ConsentCitation { id: "c1".into(), version: 1 }, withheld: vec![] }
+            ask(
+                std::slice::from_ref(&clinic_only),
+                "clinic",
+                NOV,
+                std::slice::from_ref(&plain)
+            ),
+            Decision::Permit {
+                consent: ConsentCitation {
+                    id: "c1".into(),
+                    version: 1
+                },
+                withheld: vec![]
+            }
         );
         // Partner not named → deny.
-        assert!(matches!(ask(&[clinic_only.clone()], "mco", NOV, &[]), Decision::Deny { reason: DenyReason::PartnerNotCovered, .. }));
+        assert!(matches!(
+            ask(std::slice::from_ref(&clinic_only), "mco", NOV, &[]),
+            Decision::Deny {
+                reason: DenyReason::PartnerNotCovered,
+                ..
+            }
+        ));
         // The most recent choice governs; its deny provision withholds labelled items only.
         assert_eq!(
-            ask(&[clinic_only.clone(), both.clone()], "mco", NOV, &[plain.clone(), sud.clone()]),
-            Decision::Permit { consent: ConsentCitation { id: "c2".into(), version: 1 }, withheld: vec![1] }
+            ask(
+                &[clinic_only.clone(), both.clone()],
+                "mco",
+                NOV,
+                &[plain.clone(), sud.clone()]
+            ),
+            Decision::Permit {
+                consent: ConsentCitation {
+                    id: "c2".into(),
+                    version: 1
+                },
+                withheld: vec![1]
+            }
         );
         // A later version revoking the governing consent blocks everyone.
         assert!(matches!(
-            ask(&[clinic_only.clone(), both.clone(), revoked], "clinic", NOV, &[]),
-            Decision::Deny { reason: DenyReason::Revoked, .. }
+            ask(
+                &[clinic_only.clone(), both.clone(), revoked],
+                "clinic",
+                NOV,
+                &[]
+            ),
+            Decision::Deny {
+                reason: DenyReason::Revoked,
+                ..
+            }
         ));
         // The period end date is inclusive of its day; the next day is expired.
-        assert!(matches!(ask(&[clinic_only.clone()], "clinic", datetime!(2026-12-31 23:59 UTC), &[]), Decision::Permit { .. }));
         assert!(matches!(
-            ask(&[clinic_only.clone()], "clinic", datetime!(2027-01-01 00:00 UTC), &[]),
-            Decision::Deny { reason: DenyReason::Expired { .. }, .. }
+            ask(
+                std::slice::from_ref(&clinic_only),
+                "clinic",
+                datetime!(2026-12-31 23:59 UTC),
+                &[]
+            ),
+            Decision::Permit { .. }
         ));
         assert!(matches!(
-            ask(&[clinic_only], "clinic", datetime!(2025-12-31 00:00 UTC), &[]),
-            Decision::Deny { reason: DenyReason::NotYetActive { .. }, .. }
+            ask(
+                std::slice::from_ref(&clinic_only),
+                "clinic",
+                datetime!(2027-01-01 00:00 UTC),
+                &[]
+            ),
+            Decision::Deny {
+                reason: DenyReason::Expired { .. },
+                ..
+            }
+        ));
+        assert!(matches!(
+            ask(
+                &[clinic_only],
+                "clinic",
+                datetime!(2025-12-31 00:00 UTC),
+                &[]
+            ),
+            Decision::Deny {
+                reason: DenyReason::NotYetActive { .. },
+                ..
+            }
         ));
     }
 
@@ -419,14 +541,26 @@ mod tests {
         let fhir = json!({"resourceType": "Consent", "status": "active", "dateTime": "2026-01-01",
             "provision": {"type": "permit", "actor": [{"reference": {"reference": "Organization/nobody"}}]}});
         let issues = terms_from_fhir(&fhir, |_| None).unwrap_err();
-        assert_eq!(issues[0].expression, vec!["Consent.provision.actor[0].reference"]);
+        assert_eq!(
+            issues[0].expression,
+            vec!["Consent.provision.actor[0].reference"]
+        );
     }
 
     #[test]
     fn partial_dates_cover_their_whole_span() {
-        assert_eq!(parse_fhir_instant("2026", true), Some(datetime!(2027-01-01 00:00 UTC)));
-        assert_eq!(parse_fhir_instant("2026-12", true), Some(datetime!(2027-01-01 00:00 UTC)));
-        assert_eq!(parse_fhir_instant("2026-02-28", false), Some(datetime!(2026-02-28 00:00 UTC)));
+        assert_eq!(
+            parse_fhir_instant("2026", true),
+            Some(datetime!(2027-01-01 00:00 UTC))
+        );
+        assert_eq!(
+            parse_fhir_instant("2026-12", true),
+            Some(datetime!(2027-01-01 00:00 UTC))
+        );
+        assert_eq!(
+            parse_fhir_instant("2026-02-28", false),
+            Some(datetime!(2026-02-28 00:00 UTC))
+        );
         assert_eq!(parse_fhir_instant("28/02/2026", false), None);
     }
 }

@@ -112,7 +112,10 @@ impl DatasetItem {
 
     /// Builds an item of `kind` from the fields a mapping produced. Fails on a missing
     /// required field, an unknown field or a value outside the item's vocabulary.
-    pub fn from_fields(kind: ItemKind, fields: serde_json::Value) -> Result<Self, serde_json::Error> {
+    pub fn from_fields(
+        kind: ItemKind,
+        fields: serde_json::Value,
+    ) -> Result<Self, serde_json::Error> {
         use serde_json::from_value as f;
         Ok(match kind {
             ItemKind::CareContact => DatasetItem::CareContact(f(fields)?),
@@ -299,16 +302,39 @@ mod tests {
         // Every declared field must be accepted; a typo in `fields()` would make a
         // mapping file fail at runtime instead of at start-up.
         let samples = [
-            (ItemKind::CareContact, json!({"coordinator": "a", "organization": "b", "role": "c", "routes": [{"system": "phone", "value": "1", "preferred": true}]})),
-            (ItemKind::NextAppointment, json!({"start": "2026-12-01", "kind": "a", "place": "b", "transport_needed": true, "status": "booked"})),
-            (ItemKind::MedicationChange, json!({"medication": "a", "change": "dose-changed", "effective": "2026-11-01", "instruction": "b"})),
-            (ItemKind::Discharge, json!({"status": "discharged", "date": "2026-11-20", "facility": "a", "follow_up": [{"action": "a", "due": "2026-11-27", "owner": "b"}]})),
-            (ItemKind::RiskFlag, json!({"flag": "withdrawal-risk", "status": "active", "since": "2026-11-01"})),
-            (ItemKind::AccommodationNeed, json!({"need": "language", "language": "pl", "interpreter": true, "status": "active"})),
+            (
+                ItemKind::CareContact,
+                json!({"coordinator": "a", "organization": "b", "role": "c", "routes": [{"system": "phone", "value": "1", "preferred": true}]}),
+            ),
+            (
+                ItemKind::NextAppointment,
+                json!({"start": "2026-12-01", "kind": "a", "place": "b", "transport_needed": true, "status": "booked"}),
+            ),
+            (
+                ItemKind::MedicationChange,
+                json!({"medication": "a", "change": "dose-changed", "effective": "2026-11-01", "instruction": "b"}),
+            ),
+            (
+                ItemKind::Discharge,
+                json!({"status": "discharged", "date": "2026-11-20", "facility": "a", "follow_up": [{"action": "a", "due": "2026-11-27", "owner": "b"}]}),
+            ),
+            (
+                ItemKind::RiskFlag,
+                json!({"flag": "withdrawal-risk", "status": "active", "since": "2026-11-01"}),
+            ),
+            (
+                ItemKind::AccommodationNeed,
+                json!({"need": "language", "language": "pl", "interpreter": true, "status": "active"}),
+            ),
         ];
         for (kind, fields) in samples {
             let declared: Vec<&str> = kind.fields().iter().map(|(f, _)| *f).collect();
-            let given: Vec<&str> = fields.as_object().unwrap().keys().map(String::as_str).collect();
+            let given: Vec<&str> = fields
+                .as_object()
+                .unwrap()
+                .keys()
+                .map(String::as_str)
+                .collect();
             assert_eq!(declared, given, "{kind:?}");
             let item = DatasetItem::from_fields(kind, fields).unwrap();
             assert_eq!(item.kind(), kind);

@@ -26,7 +26,10 @@ pub enum Error {
     UnsupportedMediaType,
     /// Not parseable, or not a resource of the expected type (400).
     #[error("{message}")]
-    Malformed { message: String, expression: Option<String> },
+    Malformed {
+        message: String,
+        expression: Option<String>,
+    },
     /// Profile or business-rule failures (422), one issue each.
     #[error("the resource is not acceptable")]
     Invalid(Vec<Issue>),

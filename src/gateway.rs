@@ -27,7 +27,9 @@ use crate::error::{Error, NO_AGREEMENT};
 use crate::fhir::{self, Issue, IssueCode, Profiles};
 use crate::ids::{Identifier, ReferenceId, TenantId};
 use crate::mapping::{Mappings, Translation};
-use crate::store::{ExchangeKey, ExchangeOutcome, NewExchange, Store, StoredConsent, StoredExchange};
+use crate::store::{
+    ExchangeKey, ExchangeOutcome, NewExchange, Store, StoredConsent, StoredExchange,
+};
 use crate::tenancy::{self, LinkFailure, TenantRegistration};
 
 /// Resource types a partner may push as notices.
@@ -60,7 +62,13 @@ pub struct Call {
 impl Call {
     /// A fresh audit draft for this call.
     pub fn audit(&self, action: &str, direction: crate::audit::Direction) -> AuditEntry {
-        let mut a = AuditEntry::new(self.reference_id, rfc3339(self.at), self.request.clone(), action, direction);
+        let mut a = AuditEntry::new(
+            self.reference_id,
+            rfc3339(self.at),
+            self.request.clone(),
+            action,
+            direction,
+        );
         a.actor = Some(self.principal.actor());
         a.parent = self.parent;
         a
@@ -81,9 +89,15 @@ impl Call {
 /// An inbound resource that passed every check and is ready to store.
 #[derive(Debug)]
 pub enum Prepared {
-    Store { exchange: Box<NewExchange>, dropped: Vec<String> },
+    Store {
+        exchange: Box<NewExchange>,
+        dropped: Vec<String>,
+    },
     /// `If-None-Exist` matched an earlier exchange: nothing to store.
-    Replay { original: ReferenceId, audit: Box<AuditEntry> },
+    Replay {
+        original: ReferenceId,
+        audit: Box<AuditEntry>,
+    },
 }
 
 /// What the caller is told about an inbound resource.
@@ -116,11 +130,19 @@ impl Gateway {
     /// Profile validation: 422 with one issue per problem.
     pub fn validate(&self, resource: &Value) -> Result<(), Error> {
         let issues = static_checks(&self.profiles, resource);
-        if issues.is_empty() { Ok(()) } else { Err(Error::Invalid(issues)) }
+        if issues.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Invalid(issues))
+        }
     }
 
     /// Links the subject to a tenant; the failure's real reason goes to the audit.
-    async fn link(&self, resource: &Value, audit: &mut AuditEntry) -> Result<Result<TenantId, LinkFailure>, Error> {
+    async fn link(
+        &self,
+        resource: &Value,
+        audit: &mut AuditEntry,
+    ) -> Result<Result<TenantId, LinkFailure>, Error> {
         let ids = tenancy::subject_identifiers(resource).map_err(|i| Error::Invalid(vec![i]))?;
         let resolved = self.store.resolve(&ids).await?;
         let link = tenancy::decide_link(&resolved);
@@ -190,7 +212,8 @@ impl Gateway {
                 }
                 _ => {
                     return Err(Error::PreconditionFailed(
-                        "If-None-Exist matches more than one resource; make the criteria specific".into(),
+                        "If-None-Exist matches more than one resource; make the criteria specific"
+                            .into(),
                     ));
                 }
             }
@@ -209,7 +232,8 @@ impl Gateway {
             (None, Vec::new())
         } else {
             let consents = self.store.consents(&tenant).await?;
-            let labels: Vec<BTreeSet<String>> = translation.items.iter().map(|i| i.labels.clone()).collect();
+            let labels: Vec<BTreeSet<String>> =
+                translation.items.iter().map(|i| i.labels.clone()).collect();
             let decision = consent::decide(
                 &consents,
                 &ExchangeRequest {
@@ -297,9 +321,11 @@ impl Gateway {
                     items_written: 0,
                 }),
                 Prepared::Store { exchange, dropped } => {
-                    let outcome = outcomes
-                        .next()
-                        .ok_or_else(|| Error::Internal("the store answered fewer exchanges than it was given".into()))?;
+                    let outcome = outcomes.next().ok_or_else(|| {
+                        Error::Internal(
+                            "the store answered fewer exchanges than it was given".into(),
+                        )
+                    })?;
                     let (location, written) = match &outcome {
                         ExchangeOutcome::Replayed { original } => (*original, 0),
                         ExchangeOutcome::Retracted { .. } => (exchange.reference_id, 0),
@@ -357,7 +383,9 @@ impl Gateway {
         self.validate(&resource)?;
         let tenant = match self.link(&resource, audit).await? {
             Ok(t) => t,
-            Err(_) if call.principal.role.is_partner() => return Err(Error::Forbidden(NO_AGREEMENT.into())),
+            Err(_) if call.principal.role.is_partner() => {
+                return Err(Error::Forbidden(NO_AGREEMENT.into()));
+            }
             Err(f) => {
                 return Err(Error::Invalid(vec![
                     Issue::error(
@@ -374,7 +402,10 @@ impl Gateway {
         let partners = &self.config.partners;
         let terms = consent::terms_from_fhir(&resource, |reference| {
             let id = reference.strip_prefix("Organization/")?;
-            partners.iter().find(|p| p.id.as_str() == id).map(|p| p.id.clone())
+            partners
+                .iter()
+                .find(|p| p.id.as_str() == id)
+                .map(|p| p.id.clone())
         })
         .map_err(Error::Invalid)?;
         Ok(self
@@ -384,7 +415,12 @@ impl Gateway {
     }
 
     /// Registers a tenant and the identifiers partners know them by.
-    pub async fn register_tenant(&self, call: &Call, reg: TenantRegistration, audit: &mut AuditEntry) -> Result<bool, Error> {
+    pub async fn register_tenant(
+        &self,
+        call: &Call,
+        reg: TenantRegistration,
+        audit: &mut AuditEntry,
+    ) -> Result<bool, Error> {
         self.require_role(call, &[Role::Housing, Role::Admin])?;
         let ids = reg
             .identifiers_to_link(&self.config.tenancy.identifier_system)
@@ -392,19 +428,34 @@ impl Gateway {
         audit.tenant = Some(reg.tenant_id.clone());
         audit.outcome = crate::audit::Outcome::Accepted;
         audit.status = 201;
-        Ok(self.store.register_tenant(reg.tenant_id, ids, audit.clone()).await?)
+        Ok(self
+            .store
+            .register_tenant(reg.tenant_id, ids, audit.clone())
+            .await?)
     }
 
     /// Hearth's own copy of an exchange, built from its stored dataset items. Visible to
     /// the partner that sent it, housing, auditors and admins; to others it does not exist.
-    pub async fn exchange_copy(&self, call: &Call, resource_type: &str, id: &str, audit: &mut AuditEntry) -> Result<Value, Error> {
+    pub async fn exchange_copy(
+        &self,
+        call: &Call,
+        resource_type: &str,
+        id: &str,
+        audit: &mut AuditEntry,
+    ) -> Result<Value, Error> {
         audit.resource_type = Some(resource_type.to_string());
         let not_found = || Error::NotFound(format!("{resource_type}/{id} is not known here"));
         let reference: ReferenceId = id.parse().map_err(|_| not_found())?;
-        let ex = self.store.exchange(&reference).await?.ok_or_else(not_found)?;
+        let ex = self
+            .store
+            .exchange(&reference)
+            .await?
+            .ok_or_else(not_found)?;
         let visible = ex.resource_type == resource_type
-            && (matches!(call.principal.role, Role::Housing | Role::Auditor | Role::Admin)
-                || (call.principal.role.is_partner() && call.principal.org == ex.partner));
+            && (matches!(
+                call.principal.role,
+                Role::Housing | Role::Auditor | Role::Admin
+            ) || (call.principal.role.is_partner() && call.principal.org == ex.partner));
         if !visible {
             return Err(not_found());
         }
@@ -430,17 +481,28 @@ pub fn static_checks(profiles: &Profiles, resource: &Value) -> Vec<Issue> {
 
 fn first_identifier(resource: &Value) -> Option<Identifier> {
     let i = resource.get("identifier")?.as_array()?.first()?;
-    Some(Identifier::new(i.get("system")?.as_str()?, i.get("value")?.as_str()?))
+    Some(Identifier::new(
+        i.get("system")?.as_str()?,
+        i.get("value")?.as_str()?,
+    ))
 }
 
 /// `identifier=system|value` or `identifier=value` (the only search Hearth matches).
 fn parse_identifier_query(query: &str) -> Result<(Option<String>, String), Error> {
     let bad = || Error::malformed("If-None-Exist must be identifier=system|value");
-    let token = query.trim().trim_start_matches('?').strip_prefix("identifier=").ok_or_else(bad)?;
+    let token = query
+        .trim()
+        .trim_start_matches('?')
+        .strip_prefix("identifier=")
+        .ok_or_else(bad)?;
     if token.is_empty() || token.contains('&') {
         return Err(bad());
     }
-    let decoded = token.replace("%7C", "|").replace("%7c", "|").replace("%3A", ":").replace("%2F", "/");
+    let decoded = token
+        .replace("%7C", "|")
+        .replace("%7c", "|")
+        .replace("%3A", ":")
+        .replace("%2F", "/");
     Ok(match decoded.split_once('|') {
         Some((s, v)) if !v.is_empty() => ((!s.is_empty()).then(|| s.to_string()), v.to_string()),
         Some(_) => return Err(bad()),
@@ -453,7 +515,10 @@ fn check_translation(t: &Translation, retract: bool) -> Result<(), Error> {
         return Err(Error::Invalid(
             t.problems
                 .iter()
-                .map(|p| Issue::error(IssueCode::BusinessRule, p.message.clone()).at(p.expression.clone()))
+                .map(|p| {
+                    Issue::error(IssueCode::BusinessRule, p.message.clone())
+                        .at(p.expression.clone())
+                })
                 .collect(),
         ));
     }
@@ -533,7 +598,10 @@ mod tests {
             parse_identifier_query("identifier=https://x.example/id|42").unwrap(),
             (Some("https://x.example/id".into()), "42".into())
         );
-        assert_eq!(parse_identifier_query("identifier=42").unwrap(), (None, "42".into()));
+        assert_eq!(
+            parse_identifier_query("identifier=42").unwrap(),
+            (None, "42".into())
+        );
         assert!(parse_identifier_query("name=smith").is_err());
         assert!(parse_identifier_query("identifier=a|").is_err());
     }

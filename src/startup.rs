@@ -31,8 +31,14 @@ pub fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<App> {
 }
 
 /// As [`build`], with mappings and profiles already loaded (tests share them).
-pub fn build_with(config: Config, clock: Arc<dyn Clock>, mappings: Arc<Mappings>, profiles: Arc<Profiles>) -> anyhow::Result<App> {
-    let store = SqliteStore::open(&config.data_dir).with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+pub fn build_with(
+    config: Config,
+    clock: Arc<dyn Clock>,
+    mappings: Arc<Mappings>,
+    profiles: Arc<Profiles>,
+) -> anyhow::Result<App> {
+    let store = SqliteStore::open(&config.data_dir)
+        .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
     let principals = config.principals();
     let gateway = Gateway {
         store: Arc::new(store.clone()),
@@ -49,12 +55,20 @@ pub fn build_with(config: Config, clock: Arc<dyn Clock>, mappings: Arc<Mappings>
 
 /// Serves `app` on `listener` until `shutdown` resolves, then finishes in-flight
 /// requests and closes the store. Everything acknowledged was durable before its answer.
-pub async fn run(listener: TcpListener, app: App, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+pub async fn run(
+    listener: TcpListener,
+    app: App,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let router = http::router(app.state.clone());
-    let result = axum::serve(listener, router).with_graceful_shutdown(shutdown).await;
+    let result = axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await;
     drop(app.state);
     let store = app.store;
-    tokio::task::spawn_blocking(move || store.close()).await.ok();
+    tokio::task::spawn_blocking(move || store.close())
+        .await
+        .ok();
     result
 }
 

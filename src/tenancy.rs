@@ -25,7 +25,12 @@ impl TenantRegistration {
     /// tenant ID (under `tenant_system`) first.
     pub fn identifiers_to_link(&self, tenant_system: &str) -> Result<Vec<Identifier>, String> {
         let id = self.tenant_id.as_str();
-        if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric() || "-._".contains(c)) {
+        if id.is_empty()
+            || id.len() > 64
+            || !id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c))
+        {
             return Err("tenant_id must be 1–64 letters, digits, '-', '.' or '_'".into());
         }
         let mut all = vec![Identifier::new(tenant_system, id)];
@@ -45,7 +50,11 @@ impl TenantRegistration {
 /// Consent), given directly or through a contained Patient.
 pub fn subject_identifiers(resource: &Value) -> Result<Vec<Identifier>, Issue> {
     let rt = crate::fhir::resource_type(resource).unwrap_or("Resource");
-    let element = if rt == "Consent" { "patient" } else { "subject" };
+    let element = if rt == "Consent" {
+        "patient"
+    } else {
+        "subject"
+    };
     let missing = || {
         Issue::error(
             IssueCode::Required,
@@ -58,7 +67,11 @@ pub fn subject_identifiers(resource: &Value) -> Result<Vec<Identifier>, Issue> {
     if let Some(i) = subject.get("identifier").and_then(identifier) {
         ids.push(i);
     }
-    if let Some(local) = subject.get("reference").and_then(Value::as_str).and_then(|r| r.strip_prefix('#')) {
+    if let Some(local) = subject
+        .get("reference")
+        .and_then(Value::as_str)
+        .and_then(|r| r.strip_prefix('#'))
+    {
         let patient = resource
             .get("contained")
             .and_then(Value::as_array)
@@ -67,8 +80,11 @@ pub fn subject_identifiers(resource: &Value) -> Result<Vec<Identifier>, Issue> {
             .find(|c| c.get("id").and_then(Value::as_str) == Some(local))
             .filter(|c| crate::fhir::resource_type(c) == Some("Patient"))
             .ok_or_else(|| {
-                Issue::error(IssueCode::Invariant, format!("{element}.reference does not name a contained Patient"))
-                    .at(format!("{rt}.{element}.reference"))
+                Issue::error(
+                    IssueCode::Invariant,
+                    format!("{element}.reference does not name a contained Patient"),
+                )
+                .at(format!("{rt}.{element}.reference"))
             })?;
         ids.extend(
             patient
@@ -86,7 +102,10 @@ pub fn subject_identifiers(resource: &Value) -> Result<Vec<Identifier>, Issue> {
 }
 
 fn identifier(v: &Value) -> Option<Identifier> {
-    Some(Identifier::new(v.get("system")?.as_str()?, v.get("value")?.as_str()?))
+    Some(Identifier::new(
+        v.get("system")?.as_str()?,
+        v.get("value")?.as_str()?,
+    ))
 }
 
 /// Why an inbound subject does not link to exactly one tenant.
@@ -126,7 +145,10 @@ mod tests {
     fn links_through_a_contained_patient() {
         let r = json!({"resourceType": "Communication", "subject": {"reference": "#p"},
             "contained": [{"resourceType": "Patient", "id": "p", "identifier": [{"system": "urn:mrn", "value": "7"}], "name": [{"text": "Not used"}]}]});
-        assert_eq!(subject_identifiers(&r).unwrap(), vec![Identifier::new("urn:mrn", "7")]);
+        assert_eq!(
+            subject_identifiers(&r).unwrap(),
+            vec![Identifier::new("urn:mrn", "7")]
+        );
     }
 
     #[test]
@@ -140,8 +162,14 @@ mod tests {
     fn identifiers_naming_two_tenants_are_ambiguous() {
         let a = TenantId::new("T-1");
         let b = TenantId::new("T-2");
-        assert_eq!(decide_link(&[Some(a.clone()), None, Some(a.clone())]), Ok(a.clone()));
-        assert_eq!(decide_link(&[Some(a), Some(b)]), Err(LinkFailure::Ambiguous));
+        assert_eq!(
+            decide_link(&[Some(a.clone()), None, Some(a.clone())]),
+            Ok(a.clone())
+        );
+        assert_eq!(
+            decide_link(&[Some(a), Some(b)]),
+            Err(LinkFailure::Ambiguous)
+        );
         assert_eq!(decide_link(&[None]), Err(LinkFailure::Unknown));
     }
 }

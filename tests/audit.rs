@@ -7,12 +7,37 @@ use common::*;
 #[tokio::test]
 async fn every_transaction_has_an_audit_record_with_its_reference_id() {
     let app = spawn_app().await.with_consenting_tenant().await;
-    let answers = vec![
-        app.post("/fhir/Communication", CLINIC, &fixture("risk-flag-update.json")).await, // accepted
-        app.post("/fhir/Communication", CLINIC, &fixture("risk-flag-update.json")).await, // replayed
-        app.post("/fhir/Communication", OTHER_CLINIC, &fixture("risk-flag-update.json")).await, // refused
-        app.post("/fhir/Communication", CLINIC, &fixture("invalid-communication-missing-status.json")).await, // invalid
-        app.post("/fhir/Communication", "wrong-token", &fixture("risk-flag-update.json")).await, // unauthenticated
+    let answers = [
+        app.post(
+            "/fhir/Communication",
+            CLINIC,
+            &fixture("risk-flag-update.json"),
+        )
+        .await, // accepted
+        app.post(
+            "/fhir/Communication",
+            CLINIC,
+            &fixture("risk-flag-update.json"),
+        )
+        .await, // replayed
+        app.post(
+            "/fhir/Communication",
+            OTHER_CLINIC,
+            &fixture("risk-flag-update.json"),
+        )
+        .await, // refused
+        app.post(
+            "/fhir/Communication",
+            CLINIC,
+            &fixture("invalid-communication-missing-status.json"),
+        )
+        .await, // invalid
+        app.post(
+            "/fhir/Communication",
+            "wrong-token",
+            &fixture("risk-flag-update.json"),
+        )
+        .await, // unauthenticated
         app.get("/housing/updates", HOUSING).await, // read
         app.get("/housing/tenants/T-1001", HOUSING).await, // read
     ];
@@ -27,9 +52,17 @@ async fn every_transaction_has_an_audit_record_with_its_reference_id() {
         r["record"]["outcome"].as_str().unwrap().to_string()
     };
     let outcomes: Vec<String> = answers.iter().map(outcome).collect();
-    assert_eq!(outcomes, ["accepted", "replayed", "refused", "invalid", "refused", "read", "read"]);
+    assert_eq!(
+        outcomes,
+        [
+            "accepted", "replayed", "refused", "invalid", "refused", "read", "read"
+        ]
+    );
 
-    let accepted = list.iter().find(|r| r["record"]["reference_id"] == answers[0].reference_id()).unwrap();
+    let accepted = list
+        .iter()
+        .find(|r| r["record"]["reference_id"] == answers[0].reference_id())
+        .unwrap();
     let rec = &accepted["record"];
     assert_eq!(rec["actor"]["principal"], "riverside-ehr");
     assert_eq!(rec["actor"]["role"], "clinic");
@@ -39,13 +72,26 @@ async fn every_transaction_has_an_audit_record_with_its_reference_id() {
     assert_eq!(rec["resource_type"], "Communication");
     assert_eq!(rec["consent"]["version"], 1);
     assert_eq!(rec["items_written"].as_array().unwrap().len(), 3);
-    assert!(rec["payload_digest"].as_str().unwrap().starts_with("sha256:"));
+    assert!(
+        rec["payload_digest"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:")
+    );
     assert!(!rec["dropped_paths"].as_array().unwrap().is_empty());
     // No clinical value in the record: only kinds, ids, paths, digests.
     let text = rec.to_string();
-    assert!(!text.contains("At risk for falls") && !text.contains("2026-11-20"), "{text}");
+    assert!(
+        !text.contains("At risk for falls") && !text.contains("2026-11-20"),
+        "{text}"
+    );
     assert_eq!(answers[1].status, 200);
-    assert_eq!(list.iter().find(|r| r["record"]["reference_id"] == answers[1].reference_id()).unwrap()["record"]["related"], answers[0].reference_id());
+    assert_eq!(
+        list.iter()
+            .find(|r| r["record"]["reference_id"] == answers[1].reference_id())
+            .unwrap()["record"]["related"],
+        answers[0].reference_id()
+    );
 }
 
 #[tokio::test]
@@ -60,23 +106,37 @@ async fn the_audit_needs_the_auditor_role() {
 async fn editing_one_stored_record_makes_verify_fail_at_that_record() {
     let app = spawn_app().await.with_consenting_tenant().await;
     for _ in 0..3 {
-        app.post("/fhir/Communication", CLINIC, &fixture("care-contact-update.json")).await;
+        app.post(
+            "/fhir/Communication",
+            CLINIC,
+            &fixture("care-contact-update.json"),
+        )
+        .await;
     }
     let head = app.get("/audit/verify", AUDITOR).await;
     assert_eq!(head.body["ok"], true);
-    let anchor = head.body["verification"]["head"].as_str().unwrap().to_string();
+    let anchor = head.body["verification"]["head"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let db = app.db_path();
     let data = app.stop().await;
 
     let conn = rusqlite::Connection::open(&db).unwrap();
     // The store itself refuses to change history.
-    let err = conn.execute("UPDATE audit SET body = '{}' WHERE seq = 3", []).unwrap_err();
+    let err = conn
+        .execute("UPDATE audit SET body = '{}' WHERE seq = 3", [])
+        .unwrap_err();
     assert!(err.to_string().contains("append-only"), "{err}");
     assert!(conn.execute("DELETE FROM audit WHERE seq = 3", []).is_err());
     // Someone with file access drops the guard and edits record 3.
-    conn.execute_batch("DROP TRIGGER audit_is_append_only_update;").unwrap();
-    conn.execute("UPDATE audit SET body = replace(body, 'riverside-ehr', 'eastside-ehr') WHERE seq = 3", [])
+    conn.execute_batch("DROP TRIGGER audit_is_append_only_update;")
         .unwrap();
+    conn.execute(
+        "UPDATE audit SET body = replace(body, 'riverside-ehr', 'eastside-ehr') WHERE seq = 3",
+        [],
+    )
+    .unwrap();
     drop(conn);
 
     let v = hearth::store::sqlite::SqliteStore::verify_file(&db, None).unwrap();
@@ -85,7 +145,9 @@ async fn editing_one_stored_record_makes_verify_fail_at_that_record() {
     assert_eq!(v.records, 2);
 
     let app = spawn_app_in(data).await;
-    let a = app.get(&format!("/audit/verify?anchor={anchor}"), AUDITOR).await;
+    let a = app
+        .get(&format!("/audit/verify?anchor={anchor}"), AUDITOR)
+        .await;
     assert_eq!(a.body["ok"], false);
     assert_eq!(a.body["verification"]["first_broken"]["seq"], 3);
 }
@@ -93,13 +155,28 @@ async fn editing_one_stored_record_makes_verify_fail_at_that_record() {
 #[tokio::test]
 async fn an_anchor_from_before_a_rewrite_is_not_found() {
     let app = spawn_app().await.with_consenting_tenant().await;
-    app.post("/fhir/Communication", CLINIC, &fixture("risk-flag-update.json")).await;
-    let anchor = app.get("/audit/verify", AUDITOR).await.body["verification"]["head"].as_str().unwrap().to_string();
-    let found = app.get(&format!("/audit/verify?anchor={anchor}"), AUDITOR).await;
+    app.post(
+        "/fhir/Communication",
+        CLINIC,
+        &fixture("risk-flag-update.json"),
+    )
+    .await;
+    let anchor = app.get("/audit/verify", AUDITOR).await.body["verification"]["head"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let found = app
+        .get(&format!("/audit/verify?anchor={anchor}"), AUDITOR)
+        .await;
     assert_eq!(found.body["verification"]["anchor_found"], true);
     let unknown = "ab".repeat(32);
-    let missing = app.get(&format!("/audit/verify?anchor={unknown}"), AUDITOR).await;
+    let missing = app
+        .get(&format!("/audit/verify?anchor={unknown}"), AUDITOR)
+        .await;
     assert_eq!(missing.body["ok"], false);
     assert_eq!(missing.body["verification"]["anchor_found"], false);
-    assert_eq!(app.get("/audit/verify?anchor=xyz", AUDITOR).await.status, 400);
+    assert_eq!(
+        app.get("/audit/verify?anchor=xyz", AUDITOR).await.status,
+        400
+    );
 }

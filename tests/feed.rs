@@ -44,8 +44,17 @@ async fn paging_while_writers_run_shows_every_entry_exactly_once_in_order() {
     let mut rounds = 0;
     while seen.len() < expected {
         rounds += 1;
-        assert!(rounds < 10_000, "the feed stopped advancing at {}", seen.len());
-        let a = app.get(&format!("/housing/updates?since={since}&limit=7&wait=5"), HOUSING).await;
+        assert!(
+            rounds < 10_000,
+            "the feed stopped advancing at {}",
+            seen.len()
+        );
+        let a = app
+            .get(
+                &format!("/housing/updates?since={since}&limit=7&wait=5"),
+                HOUSING,
+            )
+            .await;
         assert_eq!(a.status, 200, "{a:?}");
         for e in a.body["entries"].as_array().unwrap() {
             seen.push(e["seq"].as_u64().unwrap());
@@ -66,10 +75,20 @@ async fn a_long_poll_returns_as_soon_as_something_arrives() {
     let app = spawn_app().await.with_consenting_tenant().await;
     let client = app.client.clone();
     let url = format!("{}/housing/updates?since=0&wait=30", app.base);
-    let poll = tokio::spawn(async move { answer(client.get(url).bearer_auth(HOUSING).send().await.unwrap()).await });
+    let poll = tokio::spawn(async move {
+        answer(client.get(url).bearer_auth(HOUSING).send().await.unwrap()).await
+    });
     // Whether the write lands before or during the poll, the poll must see it.
-    assert_eq!(app.post("/fhir/Communication", CLINIC, &notice(1)).await.status, 201);
-    let a = tokio::time::timeout(Duration::from_secs(10), poll).await.expect("the poll returned").unwrap();
+    assert_eq!(
+        app.post("/fhir/Communication", CLINIC, &notice(1))
+            .await
+            .status,
+        201
+    );
+    let a = tokio::time::timeout(Duration::from_secs(10), poll)
+        .await
+        .expect("the poll returned")
+        .unwrap();
     assert_eq!(a.status, 200);
     assert_eq!(a.body["entries"].as_array().unwrap().len(), 3);
     assert_eq!(a.body["next"], "3");
@@ -80,7 +99,14 @@ async fn the_feed_needs_the_housing_role_and_sensible_parameters() {
     let app = spawn_app().await;
     assert_eq!(app.get("/housing/updates", CLINIC).await.status, 403);
     assert_eq!(app.get("/housing/updates", AUDITOR).await.status, 403);
-    for bad in ["since=-1", "since=abc", "limit=0", "limit=501", "wait=61", "cursor=1"] {
+    for bad in [
+        "since=-1",
+        "since=abc",
+        "limit=0",
+        "limit=501",
+        "wait=61",
+        "cursor=1",
+    ] {
         let a = app.get(&format!("/housing/updates?{bad}"), HOUSING).await;
         assert_eq!(a.status, 400, "{bad}: {a:?}");
         assert_eq!(a.body["resourceType"], "OperationOutcome");

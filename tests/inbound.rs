@@ -32,7 +32,10 @@ async fn a_discharge_notice_becomes_one_discharge_item_with_its_follow_ups() {
     let app = spawn_app().await.with_consenting_tenant().await;
     let a = post_notice(&app, "discharge-notice.json").await;
     assert_eq!(a.status, 201, "{a:?}");
-    assert_eq!(a.header("location").unwrap(), format!("/fhir/Communication/{}", a.reference_id()));
+    assert_eq!(
+        a.header("location").unwrap(),
+        format!("/fhir/Communication/{}", a.reference_id())
+    );
     assert_eq!(a.body["resourceType"], "OperationOutcome");
     assert_eq!(a.body["id"], a.reference_id());
     let items = feed_items(&app).await;
@@ -53,8 +56,17 @@ async fn an_over_sharing_discharge_notice_is_stripped_and_the_paths_reported() {
     let a = app.post("/fhir/Communication", CLINIC, &body).await;
     assert_eq!(a.status, 201, "{a:?}");
     let dropped = a.dropped();
-    for path in ["Communication.note", "Communication.payload", "Communication.text", "Communication.extension", "Communication._status"] {
-        assert!(dropped.contains(&path.to_string()), "{path} not in {dropped:?}");
+    for path in [
+        "Communication.note",
+        "Communication.payload",
+        "Communication.text",
+        "Communication.extension",
+        "Communication._status",
+    ] {
+        assert!(
+            dropped.contains(&path.to_string()),
+            "{path} not in {dropped:?}"
+        );
     }
     // Values never come back, only paths.
     let answer_text = a.body.to_string();
@@ -65,9 +77,17 @@ async fn an_over_sharing_discharge_notice_is_stripped_and_the_paths_reported() {
     let items = feed_items(&app).await;
     assert_eq!(items.len(), 1);
     assert_eq!(items[0]["item"], "discharge");
-    let stored = app.get("/housing/tenants/T-1001", HOUSING).await.body.to_string().to_lowercase();
+    let stored = app
+        .get("/housing/tenants/T-1001", HOUSING)
+        .await
+        .body
+        .to_string()
+        .to_lowercase();
     for leaked in ["methadone", "diagnos", "relatedperson"] {
-        assert!(!stored.contains(leaked), "{leaked} reached the housing view");
+        assert!(
+            !stored.contains(leaked),
+            "{leaked} reached the housing view"
+        );
     }
 }
 
@@ -76,12 +96,28 @@ async fn every_notice_kind_yields_its_dataset_items() {
     let app = spawn_app().await.with_consenting_tenant().await;
     let cases: &[(&str, &[&str])] = &[
         ("medication-change-notice.json", &["medication_change"]),
-        ("medication-change-dose-changed.json", &["medication_change"]),
+        (
+            "medication-change-dose-changed.json",
+            &["medication_change"],
+        ),
         ("appointment-notice.json", &["next_appointment"]),
-        ("risk-flag-update.json", &["risk_flag", "risk_flag", "risk_flag"]),
+        (
+            "risk-flag-update.json",
+            &["risk_flag", "risk_flag", "risk_flag"],
+        ),
         ("care-contact-update.json", &["care_contact"]),
-        ("accommodation-needs.json", &["accommodation_need", "accommodation_need", "accommodation_need"]),
-        ("follow-up-plan.json", &["care_contact", "discharge", "next_appointment"]),
+        (
+            "accommodation-needs.json",
+            &[
+                "accommodation_need",
+                "accommodation_need",
+                "accommodation_need",
+            ],
+        ),
+        (
+            "follow-up-plan.json",
+            &["care_contact", "discharge", "next_appointment"],
+        ),
     ];
     let mut expected = Vec::new();
     for (name, kinds) in cases {
@@ -90,7 +126,10 @@ async fn every_notice_kind_yields_its_dataset_items() {
         expected.extend(kinds.iter().map(|k| k.to_string()));
     }
     let items = feed_items(&app).await;
-    let kinds: Vec<String> = items.iter().map(|i| i["item"].as_str().unwrap().to_string()).collect();
+    let kinds: Vec<String> = items
+        .iter()
+        .map(|i| i["item"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(kinds, expected);
 
     let find = |kind: &str| items.iter().find(|i| i["item"] == kind).unwrap().clone();
@@ -106,10 +145,21 @@ async fn every_notice_kind_yields_its_dataset_items() {
     let contact = find("care_contact");
     assert_eq!(contact["routes"][0]["preferred"], true);
     assert_eq!(contact["routes"][1]["preferred"], false);
-    let flags: Vec<&str> = items.iter().filter(|i| i["item"] == "risk_flag").map(|i| i["flag"].as_str().unwrap()).collect();
+    let flags: Vec<&str> = items
+        .iter()
+        .filter(|i| i["item"] == "risk_flag")
+        .map(|i| i["flag"].as_str().unwrap())
+        .collect();
     assert_eq!(flags, ["falls", "confusion", "unmanaged-pain"]);
     let language = find("accommodation_need");
-    assert_eq!((language["need"].as_str(), language["language"].as_str(), language["interpreter"].as_bool()), (Some("language"), Some("pl"), Some(true)));
+    assert_eq!(
+        (
+            language["need"].as_str(),
+            language["language"].as_str(),
+            language["interpreter"].as_bool()
+        ),
+        (Some("language"), Some("pl"), Some(true))
+    );
 }
 
 #[tokio::test]
@@ -125,8 +175,17 @@ async fn the_tenant_view_shows_current_items_with_provenance() {
     assert_eq!(p["reference_id"], a.reference_id());
     assert_eq!(p["received_at"], "2026-11-23T10:00:00Z");
     assert_eq!(p["consent"]["version"], 1);
-    assert!(view.body["identifiers"].as_array().unwrap().iter().any(|i| i["value"] == "MRN-448812"));
-    assert_eq!(app.get("/housing/tenants/T-9999", HOUSING).await.status, 404);
+    assert!(
+        view.body["identifiers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["value"] == "MRN-448812")
+    );
+    assert_eq!(
+        app.get("/housing/tenants/T-9999", HOUSING).await.status,
+        404
+    );
     assert_eq!(app.get("/housing/tenants/T-1001", CLINIC).await.status, 403);
 }
 
@@ -137,7 +196,11 @@ async fn the_same_notice_twice_is_a_replay_with_the_original_reference_id() {
     assert_eq!(first.status, 201);
     let again = post_notice(&app, "risk-flag-update.json").await;
     assert_eq!(again.status, 200, "{again:?}");
-    assert_ne!(again.reference_id(), first.reference_id(), "the replay is its own transaction");
+    assert_ne!(
+        again.reference_id(),
+        first.reference_id(),
+        "the replay is its own transaction"
+    );
     assert_eq!(again.header("location"), first.header("location"));
     assert!(again.body.to_string().contains(&first.reference_id()));
     assert_eq!(feed_items(&app).await.len(), 3, "no duplicate items");
@@ -159,7 +222,11 @@ async fn a_changed_notice_with_the_same_identifier_supersedes_and_entered_in_err
     let view = app.get("/housing/tenants/T-1001", HOUSING).await;
     let items = view.body["items"].as_array().unwrap();
     assert_eq!(items.len(), 3);
-    assert!(items.iter().all(|i| i["provenance"]["reference_id"] == corrected.reference_id()));
+    assert!(
+        items
+            .iter()
+            .all(|i| i["provenance"]["reference_id"] == corrected.reference_id())
+    );
     assert_eq!(items[0]["status"], "inactive");
 
     notice["status"] = json!("entered-in-error");
@@ -167,30 +234,59 @@ async fn a_changed_notice_with_the_same_identifier_supersedes_and_entered_in_err
     assert_eq!(retracted.status, 200, "{retracted:?}");
     let view = app.get("/housing/tenants/T-1001", HOUSING).await;
     assert!(view.body["items"].as_array().unwrap().is_empty());
-    assert_eq!(app.feed_all().await.iter().filter(|e| e["change"] == "retracted").count(), 3);
+    assert_eq!(
+        app.feed_all()
+            .await
+            .iter()
+            .filter(|e| e["change"] == "retracted")
+            .count(),
+        3
+    );
 }
 
 #[tokio::test]
 async fn if_none_exist_matching_one_is_a_replay_and_matching_several_is_412() {
     let app = spawn_app().await.with_consenting_tenant().await;
     let notice = fixture("appointment-notice.json");
-    let system = notice["identifier"][0]["system"].as_str().unwrap().to_string();
-    let value = notice["identifier"][0]["value"].as_str().unwrap().to_string();
+    let system = notice["identifier"][0]["system"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let value = notice["identifier"][0]["value"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let first = app.post("/fhir/Communication", CLINIC, &notice).await;
     assert_eq!(first.status, 201);
     let mut changed = notice.clone();
     changed["contained"][2]["status"] = json!("cancelled");
     let cond = format!("identifier={system}|{value}");
-    let replay = app.post_with("/fhir/Communication", CLINIC, &changed, &[("If-None-Exist", &cond)]).await;
+    let replay = app
+        .post_with(
+            "/fhir/Communication",
+            CLINIC,
+            &changed,
+            &[("If-None-Exist", &cond)],
+        )
+        .await;
     assert_eq!(replay.status, 200, "{replay:?}");
     assert_eq!(replay.header("location"), first.header("location"));
 
     // Same value under a second system: `identifier=value` now matches two.
     let mut other = notice.clone();
-    other["identifier"][0]["system"] = json!("https://riverside-clinic.example/fhir/other-message-id");
-    assert_eq!(app.post("/fhir/Communication", CLINIC, &other).await.status, 201);
+    other["identifier"][0]["system"] =
+        json!("https://riverside-clinic.example/fhir/other-message-id");
+    assert_eq!(
+        app.post("/fhir/Communication", CLINIC, &other).await.status,
+        201
+    );
     let ambiguous = app
-        .post_with("/fhir/Communication", CLINIC, &changed, &[("If-None-Exist", &format!("identifier={value}"))])
+        .post_with(
+            "/fhir/Communication",
+            CLINIC,
+            &changed,
+            &[("If-None-Exist", &format!("identifier={value}"))],
+        )
         .await;
     assert_eq!(ambiguous.status, 412, "{ambiguous:?}");
 }
@@ -202,17 +298,50 @@ async fn error_statuses_are_operation_outcomes() {
     let notice = fixture("risk-flag-update.json");
 
     // 400: not JSON, and JSON that is not a Communication.
-    let a = answer(app.client.post(&url).bearer_auth(CLINIC).header("content-type", "application/fhir+json").body("{not json").send().await.unwrap()).await;
+    let a = answer(
+        app.client
+            .post(&url)
+            .bearer_auth(CLINIC)
+            .header("content-type", "application/fhir+json")
+            .body("{not json")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(a.status, 400);
     assert_eq!(a.body["resourceType"], "OperationOutcome");
-    let a = app.post("/fhir/Communication", CLINIC, &fixture("invalid-not-a-communication.json")).await;
-    assert_eq!((a.status, a.error_expressions()), (400, vec!["resourceType".to_string()]));
+    let a = app
+        .post(
+            "/fhir/Communication",
+            CLINIC,
+            &fixture("invalid-not-a-communication.json"),
+        )
+        .await;
+    assert_eq!(
+        (a.status, a.error_expressions()),
+        (400, vec!["resourceType".to_string()])
+    );
 
     // 401: no token, wrong token.
-    let a = answer(app.client.post(&url).header("content-type", "application/fhir+json").body(notice.to_string()).send().await.unwrap()).await;
+    let a = answer(
+        app.client
+            .post(&url)
+            .header("content-type", "application/fhir+json")
+            .body(notice.to_string())
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(a.status, 401);
     assert_eq!(a.header("www-authenticate").as_deref(), Some("Bearer"));
-    assert_eq!(app.post("/fhir/Communication", "not-a-token", &notice).await.status, 401);
+    assert_eq!(
+        app.post("/fhir/Communication", "not-a-token", &notice)
+            .await
+            .status,
+        401
+    );
 
     // 403: a housing worker cannot push clinical notices.
     let a = app.post("/fhir/Communication", HOUSING, &notice).await;
@@ -220,45 +349,125 @@ async fn error_statuses_are_operation_outcomes() {
     assert_eq!(a.body["issue"][0]["code"], "forbidden");
 
     // 404: a resource type Hearth does not serve; 405: a method it does not support.
-    let a = app.post("/fhir/Observation", CLINIC, &json!({"resourceType": "Observation"})).await;
+    let a = app
+        .post(
+            "/fhir/Observation",
+            CLINIC,
+            &json!({"resourceType": "Observation"}),
+        )
+        .await;
     assert_eq!(a.status, 404);
     assert_eq!(a.body["resourceType"], "OperationOutcome");
-    let a = answer(app.client.delete(&url).bearer_auth(CLINIC).send().await.unwrap()).await;
+    let a = answer(
+        app.client
+            .delete(&url)
+            .bearer_auth(CLINIC)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(a.status, 405);
     assert_eq!(a.body["resourceType"], "OperationOutcome");
 
     // 413: over the configured body limit (64 KiB in tests).
     let mut huge = notice.clone();
     huge["note"] = json!([{"text": "x".repeat(70_000)}]);
-    assert_eq!(app.post("/fhir/Communication", CLINIC, &huge).await.status, 413);
+    assert_eq!(
+        app.post("/fhir/Communication", CLINIC, &huge).await.status,
+        413
+    );
 
     // 415: not JSON at all.
-    let a = answer(app.client.post(&url).bearer_auth(CLINIC).header("content-type", "text/plain").body(notice.to_string()).send().await.unwrap()).await;
+    let a = answer(
+        app.client
+            .post(&url)
+            .bearer_auth(CLINIC)
+            .header("content-type", "text/plain")
+            .body(notice.to_string())
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(a.status, 415);
     // application/json is accepted as well as application/fhir+json.
-    let a = answer(app.client.post(&url).bearer_auth(CLINIC).header("content-type", "application/json").body(notice.to_string()).send().await.unwrap()).await;
+    let a = answer(
+        app.client
+            .post(&url)
+            .bearer_auth(CLINIC)
+            .header("content-type", "application/json")
+            .body(notice.to_string())
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(a.status, 201, "{a:?}");
 
     // 422: profile failures, one issue each, pointing at the element.
-    let a = app.post("/fhir/Communication", CLINIC, &fixture("invalid-communication-missing-status.json")).await;
+    let a = app
+        .post(
+            "/fhir/Communication",
+            CLINIC,
+            &fixture("invalid-communication-missing-status.json"),
+        )
+        .await;
     assert_eq!(a.status, 422);
     assert_eq!(a.error_expressions(), vec!["Communication.status"]);
-    let a = app.post("/fhir/Communication", CLINIC, &fixture("invalid-communication-bad-date.json")).await;
-    assert_eq!((a.status, a.error_expressions()), (422, vec!["Communication.sent".to_string()]));
-    let a = app.post("/fhir/Communication", CLINIC, &fixture("invalid-contained-flag-bad-status.json")).await;
+    let a = app
+        .post(
+            "/fhir/Communication",
+            CLINIC,
+            &fixture("invalid-communication-bad-date.json"),
+        )
+        .await;
+    assert_eq!(
+        (a.status, a.error_expressions()),
+        (422, vec!["Communication.sent".to_string()])
+    );
+    let a = app
+        .post(
+            "/fhir/Communication",
+            CLINIC,
+            &fixture("invalid-contained-flag-bad-status.json"),
+        )
+        .await;
     assert_eq!(a.status, 422);
     let expressions = a.error_expressions();
-    assert!(!expressions.is_empty() && expressions.iter().all(|e| e.starts_with("Communication.contained[") && e.ends_with(".status")), "{a:?}");
-    let a = app.post("/fhir/CarePlan", CLINIC, &fixture("invalid-careplan-missing-intent.json")).await;
-    assert_eq!((a.status, a.error_expressions()), (422, vec!["CarePlan.intent".to_string()]));
+    assert!(
+        !expressions.is_empty()
+            && expressions
+                .iter()
+                .all(|e| e.starts_with("Communication.contained[") && e.ends_with(".status")),
+        "{a:?}"
+    );
+    let a = app
+        .post(
+            "/fhir/CarePlan",
+            CLINIC,
+            &fixture("invalid-careplan-missing-intent.json"),
+        )
+        .await;
+    assert_eq!(
+        (a.status, a.error_expressions()),
+        (422, vec!["CarePlan.intent".to_string()])
+    );
     // A subject Hearth cannot link by identifier.
     let mut anonymous = notice.clone();
     anonymous["subject"] = json!({"display": "Room 4"});
     let a = app.post("/fhir/Communication", CLINIC, &anonymous).await;
-    assert_eq!((a.status, a.error_expressions()), (422, vec!["Communication.subject".to_string()]));
+    assert_eq!(
+        (a.status, a.error_expressions()),
+        (422, vec!["Communication.subject".to_string()])
+    );
 
     // Every answer carries a reference ID, and nothing invalid was stored.
-    assert_eq!(feed_items(&app).await.len(), 3, "only the application/json notice was stored");
+    assert_eq!(
+        feed_items(&app).await.len(),
+        3,
+        "only the application/json notice was stored"
+    );
 }
 
 #[tokio::test]
@@ -278,7 +487,13 @@ async fn an_unknown_tenant_and_a_tenant_without_consent_look_the_same_to_a_partn
     // The audit keeps the real reasons.
     let audit = app.get("/audit/records?limit=1000", AUDITOR).await;
     let reason = |r: &str| {
-        audit.body["records"].as_array().unwrap().iter().find(|x| x["record"]["reference_id"] == r).unwrap()["record"]["reason"].clone()
+        audit.body["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["record"]["reference_id"] == r)
+            .unwrap()["record"]["reason"]
+            .clone()
     };
     assert_eq!(reason(&no_consent.reference_id()), "partner-not-covered");
     assert_eq!(reason(&unknown.reference_id()), "unknown-tenant");
@@ -292,8 +507,16 @@ async fn consent_is_decided_at_the_time_of_each_exchange() {
     app.clock.set(time::macros::datetime!(2027-01-02 09:00 UTC));
     let late = post_notice(&app, "care-contact-update.json").await;
     assert_eq!(late.status, 403, "{late:?}");
-    let audit = app.get(&format!("/audit/records?reference_id={}", late.reference_id()), AUDITOR).await;
-    assert_eq!(audit.body["records"][0]["record"]["reason"], "consent-expired");
+    let audit = app
+        .get(
+            &format!("/audit/records?reference_id={}", late.reference_id()),
+            AUDITOR,
+        )
+        .await;
+    assert_eq!(
+        audit.body["records"][0]["record"]["reason"],
+        "consent-expired"
+    );
     assert_eq!(audit.body["records"][0]["record"]["outcome"], "refused");
 }
 
@@ -306,13 +529,27 @@ async fn a_consent_restriction_withholds_sensitive_items_without_telling_the_sen
     assert_eq!(a.status, 201, "{a:?}");
     let text = a.body.to_string().to_lowercase();
     for hint in ["withheld", "restrict", "sud", "substance"] {
-        assert!(!text.contains(hint), "the answer hints at a restriction: {hint}");
+        assert!(
+            !text.contains(hint),
+            "the answer hints at a restriction: {hint}"
+        );
     }
     // Both the buprenorphine start and the withdrawal-risk flag carry the SUD label.
     assert!(feed_items(&app).await.is_empty());
-    let audit = app.get(&format!("/audit/records?reference_id={}", a.reference_id()), AUDITOR).await;
-    let withheld = audit.body["records"][0]["record"]["items_withheld"].as_array().unwrap().clone();
-    let kinds: Vec<&str> = withheld.iter().map(|w| w["kind"].as_str().unwrap()).collect();
+    let audit = app
+        .get(
+            &format!("/audit/records?reference_id={}", a.reference_id()),
+            AUDITOR,
+        )
+        .await;
+    let withheld = audit.body["records"][0]["record"]["items_withheld"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let kinds: Vec<&str> = withheld
+        .iter()
+        .map(|w| w["kind"].as_str().unwrap())
+        .collect();
     assert_eq!(kinds, ["medication_change", "risk_flag"]);
 }
 
@@ -342,13 +579,26 @@ async fn a_transaction_whose_third_entry_fails_leaves_the_store_unchanged() {
     let a = app.post("/fhir", CLINIC, &bundle).await;
     assert_eq!(a.status, 422, "{a:?}");
     let expressions = a.error_expressions();
-    assert!(!expressions.is_empty() && expressions.iter().all(|e| e.starts_with("Bundle.entry[2].resource")), "{a:?}");
+    assert!(
+        !expressions.is_empty()
+            && expressions
+                .iter()
+                .all(|e| e.starts_with("Bundle.entry[2].resource")),
+        "{a:?}"
+    );
     assert!(feed_items(&app).await.is_empty());
 
-    let ok = app.post("/fhir", CLINIC, &fixture("bundle-transaction.json")).await;
+    let ok = app
+        .post("/fhir", CLINIC, &fixture("bundle-transaction.json"))
+        .await;
     assert_eq!(ok.status, 200, "{ok:?}");
     assert_eq!(ok.body["type"], "transaction-response");
-    let statuses: Vec<&str> = ok.body["entry"].as_array().unwrap().iter().map(|e| e["response"]["status"].as_str().unwrap()).collect();
+    let statuses: Vec<&str> = ok.body["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["response"]["status"].as_str().unwrap())
+        .collect();
     assert_eq!(statuses, ["201 Created"; 3]);
     assert!(!feed_items(&app).await.is_empty());
 }
@@ -356,41 +606,76 @@ async fn a_transaction_whose_third_entry_fails_leaves_the_store_unchanged() {
 #[tokio::test]
 async fn a_batch_answers_each_entry_on_its_own() {
     let app = spawn_app().await.with_consenting_tenant().await;
-    let a = app.post("/fhir", CLINIC, &fixture("bundle-batch.json")).await;
+    let a = app
+        .post("/fhir", CLINIC, &fixture("bundle-batch.json"))
+        .await;
     assert_eq!(a.status, 200, "{a:?}");
     assert_eq!(a.body["type"], "batch-response");
     let entries = a.body["entry"].as_array().unwrap();
-    let statuses: Vec<&str> = entries.iter().map(|e| e["response"]["status"].as_str().unwrap()).collect();
-    assert_eq!(statuses, ["201 Created", "422 Unprocessable Entity", "201 Created"]);
+    let statuses: Vec<&str> = entries
+        .iter()
+        .map(|e| e["response"]["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        statuses,
+        ["201 Created", "422 Unprocessable Entity", "201 Created"]
+    );
     let bad = &entries[1]["response"]["outcome"];
-    assert_eq!(bad["issue"][0]["expression"][0], "Bundle.entry[1].resource.status");
+    assert_eq!(
+        bad["issue"][0]["expression"][0],
+        "Bundle.entry[1].resource.status"
+    );
     // Each entry has its own reference ID.
-    let ids: std::collections::HashSet<&str> = entries.iter().map(|e| e["response"]["outcome"]["id"].as_str().unwrap()).collect();
+    let ids: std::collections::HashSet<&str> = entries
+        .iter()
+        .map(|e| e["response"]["outcome"]["id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids.len(), 3);
 }
 
 #[tokio::test]
 async fn the_capability_statement_tells_the_truth() {
     let app = spawn_app().await;
-    let meta = answer(app.client.get(format!("{}/fhir/metadata", app.base)).send().await.unwrap()).await;
+    let meta = answer(
+        app.client
+            .get(format!("{}/fhir/metadata", app.base))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(meta.status, 200);
     assert_eq!(meta.body["fhirVersion"], "4.0.1");
     let resources = meta.body["rest"][0]["resource"].as_array().unwrap();
-    let types: Vec<&str> = resources.iter().map(|r| r["type"].as_str().unwrap()).collect();
+    let types: Vec<&str> = resources
+        .iter()
+        .map(|r| r["type"].as_str().unwrap())
+        .collect();
     assert_eq!(types, ["Communication", "CarePlan", "Consent"]);
     for r in resources {
         let ty = r["type"].as_str().unwrap();
         for i in r["interaction"].as_array().unwrap() {
             let answer = match i["code"].as_str().unwrap() {
-                "create" => app.post(&format!("/fhir/{ty}"), CLINIC, &json!({"resourceType": ty})).await,
-                "read" => app.get(&format!("/fhir/{ty}/01ARZ3NDEKTSV4RRFFQ69G5FAV"), HOUSING).await,
+                "create" => {
+                    app.post(&format!("/fhir/{ty}"), CLINIC, &json!({"resourceType": ty}))
+                        .await
+                }
+                "read" => {
+                    app.get(&format!("/fhir/{ty}/01ARZ3NDEKTSV4RRFFQ69G5FAV"), HOUSING)
+                        .await
+                }
                 other => panic!("unexpected interaction {other}"),
             };
             assert!(![405, 501].contains(&answer.status), "{ty} {i}: {answer:?}");
             assert_eq!(answer.body["resourceType"], "OperationOutcome");
         }
     }
-    let system: Vec<&str> = meta.body["rest"][0]["interaction"].as_array().unwrap().iter().map(|i| i["code"].as_str().unwrap()).collect();
+    let system: Vec<&str> = meta.body["rest"][0]["interaction"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["code"].as_str().unwrap())
+        .collect();
     assert_eq!(system, ["batch", "transaction"]);
 }
 
@@ -402,7 +687,11 @@ async fn acknowledged_exchanges_survive_a_restart() {
     let data = app.stop().await;
     let app = spawn_app_in(data).await;
     assert_eq!(feed_items(&app).await.len(), 3);
-    assert_eq!(post_notice(&app, "risk-flag-update.json").await.status, 200, "still recognised as a replay");
+    assert_eq!(
+        post_notice(&app, "risk-flag-update.json").await.status,
+        200,
+        "still recognised as a replay"
+    );
     let v = app.get("/audit/verify", AUDITOR).await;
     assert_eq!(v.body["ok"], true, "{v:?}");
 }

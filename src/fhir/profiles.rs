@@ -42,8 +42,10 @@ impl Profiles {
             let Some(ty) = name.strip_suffix(".schema.json") else {
                 continue;
             };
-            let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-            let schema: Value = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let schema: Value = serde_json::from_str(&text)
+                .with_context(|| format!("parsing {}", path.display()))?;
             let id = schema
                 .get("$id")
                 .and_then(Value::as_str)
@@ -71,7 +73,10 @@ impl Profiles {
             by_type.insert(ty.clone(), validator);
         }
         for required in ["Communication", "CarePlan", "Consent", "Bundle", "Resource"] {
-            anyhow::ensure!(by_type.contains_key(required), "profiles/{required}.schema.json is missing");
+            anyhow::ensure!(
+                by_type.contains_key(required),
+                "profiles/{required}.schema.json is missing"
+            );
         }
         Ok(Self { by_type })
     }
@@ -85,7 +90,9 @@ impl Profiles {
     /// `Bundle.entry.resource` is not descended into: each entry is validated on its own.
     pub fn validate(&self, resource: &Value) -> Vec<Issue> {
         let Some(ty) = super::resource_type(resource) else {
-            return vec![Issue::error(IssueCode::Required, "resourceType is missing").at("resourceType")];
+            return vec![
+                Issue::error(IssueCode::Required, "resourceType is missing").at("resourceType"),
+            ];
         };
         let mut issues = Vec::new();
         self.check(ty, ty, "", resource, &mut issues);
@@ -99,11 +106,21 @@ impl Profiles {
         issues
     }
 
-    fn check(&self, profile: &str, root_type: &str, prefix: &str, value: &Value, issues: &mut Vec<Issue>) {
+    fn check(
+        &self,
+        profile: &str,
+        root_type: &str,
+        prefix: &str,
+        value: &Value,
+        issues: &mut Vec<Issue>,
+    ) {
         let Some(validator) = self.by_type.get(profile) else {
             issues.push(
-                Issue::error(IssueCode::NotSupported, format!("Hearth does not accept {profile} resources"))
-                    .at(pointer_to_expression(root_type, prefix)),
+                Issue::error(
+                    IssueCode::NotSupported,
+                    format!("Hearth does not accept {profile} resources"),
+                )
+                .at(pointer_to_expression(root_type, prefix)),
             );
             return;
         };
@@ -127,7 +144,9 @@ impl Profiles {
                 ValidationErrorKind::Type { .. } => IssueCode::Structure,
                 _ => IssueCode::Value,
             };
-            issues.push(Issue::error(code, error.to_string()).at(pointer_to_expression(root_type, &ptr)));
+            issues.push(
+                Issue::error(code, error.to_string()).at(pointer_to_expression(root_type, &ptr)),
+            );
         }
     }
 }

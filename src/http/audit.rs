@@ -25,7 +25,9 @@ fn auditors_only(call: &Call) -> Result<(), Error> {
     if matches!(call.principal.role, Role::Auditor | Role::Admin) {
         Ok(())
     } else {
-        Err(Error::Forbidden("the audit trail needs the auditor role".into()))
+        Err(Error::Forbidden(
+            "the audit trail needs the auditor role".into(),
+        ))
     }
 }
 
@@ -46,10 +48,18 @@ async fn records(
     let mut audit = call.audit("read-audit", Direction::Internal);
     let fail = |e: Error, a: &crate::audit::AuditEntry| Failure::new(e, a.clone());
     auditors_only(&call).map_err(|e| fail(e, &audit))?;
-    let Query(q) = query.map_err(|e| fail(Error::malformed(format!("bad query: {}", e.body_text())), &audit))?;
+    let Query(q) = query.map_err(|e| {
+        fail(
+            Error::malformed(format!("bad query: {}", e.body_text())),
+            &audit,
+        )
+    })?;
     let limit = q.limit.unwrap_or(100);
     if limit == 0 || limit > 1000 {
-        return Err(fail(Error::malformed("`limit` must be between 1 and 1000"), &audit));
+        return Err(fail(
+            Error::malformed("`limit` must be between 1 and 1000"),
+            &audit,
+        ));
     }
     let rows = state
         .gateway
@@ -83,13 +93,23 @@ async fn verify(
     let mut audit = call.audit("verify-audit", Direction::Internal);
     let fail = |e: Error, a: &crate::audit::AuditEntry| Failure::new(e, a.clone());
     auditors_only(&call).map_err(|e| fail(e, &audit))?;
-    let Query(q) = query.map_err(|e| fail(Error::malformed(format!("bad query: {}", e.body_text())), &audit))?;
+    let Query(q) = query.map_err(|e| {
+        fail(
+            Error::malformed(format!("bad query: {}", e.body_text())),
+            &audit,
+        )
+    })?;
     let anchor = q
         .anchor
         .map(|a| hex::decode(a).map_err(|_| Error::malformed("`anchor` must be a hex hash")))
         .transpose()
         .map_err(|e| fail(e, &audit))?;
-    let v = state.gateway.store.verify(anchor).await.map_err(|e| fail(e.into(), &audit))?;
+    let v = state
+        .gateway
+        .store
+        .verify(anchor)
+        .await
+        .map_err(|e| fail(e.into(), &audit))?;
     audit.count = Some(v.records as usize);
     let mut response = axum::Json(json!({"ok": v.ok(), "verification": v})).into_response();
     response.extensions_mut().insert(AuditDraft(audit));

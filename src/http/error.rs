@@ -110,9 +110,10 @@ pub fn issues_of(e: &Error) -> Vec<Issue> {
 pub fn render(e: &Error, reference_id: &str, response: Response) -> Response {
     let body = outcome::operation_outcome(reference_id, &issues_of(e));
     let (mut parts, _) = response.into_parts();
-    parts
-        .headers
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(crate::fhir::FHIR_JSON));
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(crate::fhir::FHIR_JSON),
+    );
     parts.headers.remove(header::CONTENT_LENGTH);
     if matches!(e, Error::Unauthenticated) {
         parts
@@ -125,7 +126,10 @@ pub fn render(e: &Error, reference_id: &str, response: Response) -> Response {
 /// A JSON body served as `application/fhir+json`.
 pub fn fhir_json(body: serde_json::Value) -> Response {
     (
-        [(header::CONTENT_TYPE, HeaderValue::from_static(crate::fhir::FHIR_JSON))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(crate::fhir::FHIR_JSON),
+        )],
         axum::Json(body),
     )
         .into_response()

@@ -1,11 +1,11 @@
 //! `/fhir`: the FHIR R4 REST surface. The [`RESOURCES`] table drives both the router and
 //! the CapabilityStatement, so the statement is true by construction.
 
+use axum::Router;
 use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, any, get, post};
-use axum::Router;
 use serde_json::{Value, json};
 
 use super::AppState;
@@ -52,15 +52,21 @@ pub fn router() -> Router<AppState> {
         let rt = r.resource;
         if r.interactions.contains(&"create") {
             let create_route: MethodRouter<AppState> = post(
-                move |state: State<AppState>, call: Extension<Call>, headers: HeaderMap, body: Result<JsonBody, Error>| {
+                move |state: State<AppState>,
+                      call: Extension<Call>,
+                      headers: HeaderMap,
+                      body: Result<JsonBody, Error>| {
                     create(state, call, headers, body, rt)
                 },
             );
             router = router.route(&format!("/fhir/{rt}"), create_route);
         }
         if r.interactions.contains(&"read") {
-            let read_route: MethodRouter<AppState> =
-                get(move |state: State<AppState>, call: Extension<Call>, id: Path<String>| read(state, call, id, rt));
+            let read_route: MethodRouter<AppState> = get(
+                move |state: State<AppState>, call: Extension<Call>, id: Path<String>| {
+                    read(state, call, id, rt)
+                },
+            );
             router = router.route(&format!("/fhir/{rt}/{{id}}"), read_route);
         }
     }
@@ -71,18 +77,29 @@ pub fn router() -> Router<AppState> {
 
 async fn unsupported(Path(params): Path<Vec<(String, String)>>) -> Error {
     let ty = params.first().map(|(_, v)| v.as_str()).unwrap_or_default();
-    Error::NotFound(format!("Hearth does not serve {ty} resources; see /fhir/metadata"))
+    Error::NotFound(format!(
+        "Hearth does not serve {ty} resources; see /fhir/metadata"
+    ))
 }
 
 async fn metadata(State(state): State<AppState>) -> Response {
     let date = crate::clock::rfc3339(state.gateway.now());
-    fhir_json(capability_statement(RESOURCES, SYSTEM_INTERACTIONS, env!("CARGO_PKG_VERSION"), &date))
+    fhir_json(capability_statement(
+        RESOURCES,
+        SYSTEM_INTERACTIONS,
+        env!("CARGO_PKG_VERSION"),
+        &date,
+    ))
 }
 
 /// What one create produced, before it becomes a response or a Bundle entry.
 enum Created {
     Notice(Receipt),
-    Consent { id: String, version: u32, resource: Value },
+    Consent {
+        id: String,
+        version: u32,
+        resource: Value,
+    },
 }
 
 async fn create_one(
@@ -95,14 +112,18 @@ async fn create_one(
 ) -> Result<Created, Error> {
     let g = &state.gateway;
     if rt == "Consent" {
-        let stored = g.record_consent(call, body.value, body.digest, audit).await?;
+        let stored = g
+            .record_consent(call, body.value, body.digest, audit)
+            .await?;
         return Ok(Created::Consent {
             id: stored.version.id.clone(),
             version: stored.version.version,
             resource: stored.resource,
         });
     }
-    let receipt = g.receive(call, rt, body.value, body.digest, if_none_exist, audit).await?;
+    let receipt = g
+        .receive(call, rt, body.value, body.digest, if_none_exist, audit)
+        .await?;
     if receipt.items_written > 0 || matches!(receipt.outcome, ExchangeOutcome::Retracted { .. }) {
         state.feed_written();
     }
@@ -113,26 +134,43 @@ fn status_and_location(rt: &str, created: &Created) -> (StatusCode, String, Stri
     match created {
         Created::Notice(r) => {
             let status = match r.outcome {
-                ExchangeOutcome::Accepted | ExchangeOutcome::Corrected { .. } => StatusCode::CREATED,
-                ExchangeOutcome::Replayed { .. } | ExchangeOutcome::Retracted { .. } => StatusCode::OK,
+                ExchangeOutcome::Accepted | ExchangeOutcome::Corrected { .. } => {
+                    StatusCode::CREATED
+                }
+                ExchangeOutcome::Replayed { .. } | ExchangeOutcome::Retracted { .. } => {
+                    StatusCode::OK
+                }
             };
-            (status, format!("/fhir/{rt}/{}", r.location), "W/\"1\"".to_string())
+            (
+                status,
+                format!("/fhir/{rt}/{}", r.location),
+                "W/\"1\"".to_string(),
+            )
         }
-        Created::Consent { id, version, .. } => {
-            (StatusCode::CREATED, format!("/fhir/Consent/{id}"), format!("W/\"{version}\""))
-        }
+        Created::Consent { id, version, .. } => (
+            StatusCode::CREATED,
+            format!("/fhir/Consent/{id}"),
+            format!("W/\"{version}\""),
+        ),
     }
 }
 
 fn receipt_issues(r: &Receipt) -> Vec<Issue> {
     let summary = match &r.outcome {
-        ExchangeOutcome::Accepted => format!("accepted; {} integration-dataset item(s) stored", r.items_written),
+        ExchangeOutcome::Accepted => format!(
+            "accepted; {} integration-dataset item(s) stored",
+            r.items_written
+        ),
         ExchangeOutcome::Corrected { supersedes } => format!(
             "accepted as a correction of reference ID {supersedes}; {} item(s) stored, the earlier ones superseded",
             r.items_written
         ),
-        ExchangeOutcome::Retracted { of: Some(of) } => format!("retracted the items of reference ID {of}"),
-        ExchangeOutcome::Retracted { of: None } => "marked entered-in-error; there was nothing to retract".into(),
+        ExchangeOutcome::Retracted { of: Some(of) } => {
+            format!("retracted the items of reference ID {of}")
+        }
+        ExchangeOutcome::Retracted { of: None } => {
+            "marked entered-in-error; there was nothing to retract".into()
+        }
         ExchangeOutcome::Replayed { original } => {
             format!("already received as reference ID {original}; nothing new stored")
         }
@@ -153,13 +191,25 @@ async fn create(
     audit.resource_type = Some(rt.to_string());
     audit.partner = Some(call.principal.org.clone());
     let body = body.map_err(|e| Failure::new(e, audit.clone()))?;
-    let if_none_exist = headers.get("if-none-exist").and_then(|v| v.to_str().ok()).map(str::to_string);
-    let created = create_one(&state, &call, rt, body, if_none_exist.as_deref(), &mut audit)
-        .await
-        .map_err(|e| Failure::new(e, audit))?;
+    let if_none_exist = headers
+        .get("if-none-exist")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let created = create_one(
+        &state,
+        &call,
+        rt,
+        body,
+        if_none_exist.as_deref(),
+        &mut audit,
+    )
+    .await
+    .map_err(|e| Failure::new(e, audit))?;
     let (status, location, etag) = status_and_location(rt, &created);
     let body = match &created {
-        Created::Notice(r) => outcome::operation_outcome(&call.reference_id.to_string(), &receipt_issues(r)),
+        Created::Notice(r) => {
+            outcome::operation_outcome(&call.reference_id.to_string(), &receipt_issues(r))
+        }
         Created::Consent { resource, .. } => resource.clone(),
     };
     let mut response = (status, fhir_json(body)).into_response();
@@ -237,39 +287,70 @@ async fn bundle(
             &audit,
         ));
     }
-    state.gateway.validate(&body.value).map_err(|e| fail(e, &audit))?;
+    state
+        .gateway
+        .validate(&body.value)
+        .map_err(|e| fail(e, &audit))?;
     let kind = body.value["type"].as_str().unwrap_or_default().to_string();
-    let entries = body.value.get("entry").and_then(Value::as_array).cloned().unwrap_or_default();
+    let entries = body
+        .value
+        .get("entry")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     let response = if kind == "transaction" {
-        transaction(&state, &call, entries, &mut audit).await.map_err(|e| fail(e, &audit))?
+        transaction(&state, &call, entries, &mut audit)
+            .await
+            .map_err(|e| fail(e, &audit))?
     } else {
         batch(&state, &call, entries).await
     };
     let mut response = fhir_json(response);
-    audit.count = Some(body.value.get("entry").and_then(Value::as_array).map_or(0, Vec::len));
+    audit.count = Some(
+        body.value
+            .get("entry")
+            .and_then(Value::as_array)
+            .map_or(0, Vec::len),
+    );
     response.extensions_mut().insert(AuditDraft(audit));
     Ok(response)
 }
 
 /// The resource type an entry creates, from `request.method` and `request.url`.
 fn entry_target(entry: &Value, index: usize) -> Result<&'static str, Error> {
-    let method = entry.pointer("/request/method").and_then(Value::as_str).unwrap_or_default();
-    let url = entry.pointer("/request/url").and_then(Value::as_str).unwrap_or_default();
+    let method = entry
+        .pointer("/request/method")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let url = entry
+        .pointer("/request/url")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     if method != "POST" {
         return Err(Error::Invalid(vec![
-            Issue::error(crate::fhir::IssueCode::NotSupported, "Hearth accepts only POST (create) entries")
-                .at(format!("Bundle.entry[{index}].request.method")),
+            Issue::error(
+                crate::fhir::IssueCode::NotSupported,
+                "Hearth accepts only POST (create) entries",
+            )
+            .at(format!("Bundle.entry[{index}].request.method")),
         ]));
     }
-    let ty = url.trim_start_matches('/').split(['?', '/']).next().unwrap_or_default();
+    let ty = url
+        .trim_start_matches('/')
+        .split(['?', '/'])
+        .next()
+        .unwrap_or_default();
     RESOURCES
         .iter()
         .find(|r| r.resource == ty && r.interactions.contains(&"create"))
         .map(|r| r.resource)
         .ok_or_else(|| {
             Error::Invalid(vec![
-                Issue::error(crate::fhir::IssueCode::NotSupported, format!("Hearth does not create `{ty}` resources"))
-                    .at(format!("Bundle.entry[{index}].request.url")),
+                Issue::error(
+                    crate::fhir::IssueCode::NotSupported,
+                    format!("Hearth does not create `{ty}` resources"),
+                )
+                .at(format!("Bundle.entry[{index}].request.url")),
             ])
         })
 }
@@ -287,14 +368,22 @@ fn in_entry(mut issues: Vec<Issue>, index: usize) -> Vec<Issue> {
             if x.starts_with("Bundle.") {
                 continue;
             }
-            let rest = x.split_once('.').map(|(_, r)| format!(".{r}")).unwrap_or_default();
+            let rest = x
+                .split_once('.')
+                .map(|(_, r)| format!(".{r}"))
+                .unwrap_or_default();
             *x = format!("Bundle.entry[{index}].resource{rest}");
         }
     }
     issues
 }
 
-fn entry_response(status: StatusCode, location: Option<String>, etag: Option<String>, outcome: Value) -> Value {
+fn entry_response(
+    status: StatusCode,
+    location: Option<String>,
+    etag: Option<String>,
+    outcome: Value,
+) -> Value {
     let mut r = json!({
         "status": format!("{} {}", status.as_u16(), status.canonical_reason().unwrap_or_default()),
         "outcome": outcome,
@@ -316,10 +405,19 @@ async fn batch(state: &AppState, call: &Call, entries: Vec<Value>) -> Value {
         let result = match entry_target(entry, i) {
             Ok(rt) => {
                 audit.resource_type = Some(rt.to_string());
-                let if_none_exist = entry.pointer("/request/ifNoneExist").and_then(Value::as_str);
-                create_one(state, &entry_call, rt, entry_body(entry), if_none_exist, &mut audit)
-                    .await
-                    .map(|c| (rt, c))
+                let if_none_exist = entry
+                    .pointer("/request/ifNoneExist")
+                    .and_then(Value::as_str);
+                create_one(
+                    state,
+                    &entry_call,
+                    rt,
+                    entry_body(entry),
+                    if_none_exist,
+                    &mut audit,
+                )
+                .await
+                .map(|c| (rt, c))
             }
             Err(e) => Err(e),
         };
@@ -331,12 +429,19 @@ async fn batch(state: &AppState, call: &Call, entries: Vec<Value>) -> Value {
                     Created::Notice(r) => receipt_issues(r),
                     Created::Consent { .. } => vec![Issue::information("consent recorded")],
                 };
-                out.push(entry_response(status, Some(location), Some(etag), outcome::operation_outcome(&reference, &issues)));
+                out.push(entry_response(
+                    status,
+                    Some(location),
+                    Some(etag),
+                    outcome::operation_outcome(&reference, &issues),
+                ));
             }
             Err(e) => {
                 let status = status_of(&e);
                 audit.status = status.as_u16();
-                audit.reason.get_or_insert_with(|| e.audit_reason().to_string());
+                audit
+                    .reason
+                    .get_or_insert_with(|| e.audit_reason().to_string());
                 audit.outcome = if status == StatusCode::FORBIDDEN {
                     crate::audit::Outcome::Refused
                 } else {
@@ -346,7 +451,12 @@ async fn batch(state: &AppState, call: &Call, entries: Vec<Value>) -> Value {
                     tracing::error!(error = %store_error, "could not audit a failed batch entry");
                 }
                 let issues = in_entry(issues_of(&e), i);
-                out.push(entry_response(status, None, None, outcome::operation_outcome(&reference, &issues)));
+                out.push(entry_response(
+                    status,
+                    None,
+                    None,
+                    outcome::operation_outcome(&reference, &issues),
+                ));
             }
         }
     }
@@ -376,16 +486,28 @@ async fn transaction(
                 ]));
             }
             let body = entry_body(entry);
-            let if_none_exist = entry.pointer("/request/ifNoneExist").and_then(Value::as_str);
+            let if_none_exist = entry
+                .pointer("/request/ifNoneExist")
+                .and_then(Value::as_str);
             let p = g
-                .prepare(&entry_call, rt, body.value, body.digest, if_none_exist, &mut audit)
+                .prepare(
+                    &entry_call,
+                    rt,
+                    body.value,
+                    body.digest,
+                    if_none_exist,
+                    &mut audit,
+                )
                 .await?;
             Ok((rt, p))
         };
         match step.await {
             Ok((rt, p)) => prepared.push((i, rt, entry_call, p)),
             Err(e) => {
-                bundle_audit.reason = Some(format!("entry {i}: {}", audit.reason.as_deref().unwrap_or(e.audit_reason())));
+                bundle_audit.reason = Some(format!(
+                    "entry {i}: {}",
+                    audit.reason.as_deref().unwrap_or(e.audit_reason())
+                ));
                 bundle_audit.tenant = audit.tenant.clone();
                 return Err(match e {
                     Error::Invalid(issues) => Error::Invalid(in_entry(issues, i)),
@@ -398,8 +520,13 @@ async fn transaction(
             }
         }
     }
-    let order: Vec<(usize, &'static str, Call)> = prepared.iter().map(|(i, rt, c, _)| (*i, *rt, c.clone())).collect();
-    let receipts = g.commit(prepared.into_iter().map(|(_, _, _, p)| p).collect()).await?;
+    let order: Vec<(usize, &'static str, Call)> = prepared
+        .iter()
+        .map(|(i, rt, c, _)| (*i, *rt, c.clone()))
+        .collect();
+    let receipts = g
+        .commit(prepared.into_iter().map(|(_, _, _, p)| p).collect())
+        .await?;
     if receipts.iter().any(|r| r.items_written > 0) {
         state.feed_written();
     }
@@ -409,12 +536,17 @@ async fn transaction(
         .map(|((_, rt, entry_call), r)| {
             let created = Created::Notice(r);
             let (status, location, etag) = status_and_location(rt, &created);
-            let Created::Notice(r) = &created else { unreachable!() };
+            let Created::Notice(r) = &created else {
+                unreachable!()
+            };
             entry_response(
                 status,
                 Some(location),
                 Some(etag),
-                outcome::operation_outcome(&entry_call.reference_id.to_string(), &receipt_issues(r)),
+                outcome::operation_outcome(
+                    &entry_call.reference_id.to_string(),
+                    &receipt_issues(r),
+                ),
             )
         })
         .collect();

@@ -32,7 +32,9 @@ fn housing_only(call: &Call) -> Result<(), Error> {
     if matches!(call.principal.role, Role::Housing | Role::Admin) {
         Ok(())
     } else {
-        Err(Error::Forbidden("the housing API needs the housing role".into()))
+        Err(Error::Forbidden(
+            "the housing API needs the housing role".into(),
+        ))
     }
 }
 
@@ -43,8 +45,12 @@ async fn register(
 ) -> Result<Response, Failure> {
     let mut audit = call.audit("register-tenant", Direction::Internal);
     let body = body.map_err(|e| Failure::new(e, audit.clone()))?;
-    let reg: TenantRegistration = serde_json::from_value(body.value)
-        .map_err(|e| Failure::new(Error::malformed(format!("not a tenant registration: {e}")), audit.clone()))?;
+    let reg: TenantRegistration = serde_json::from_value(body.value).map_err(|e| {
+        Failure::new(
+            Error::malformed(format!("not a tenant registration: {e}")),
+            audit.clone(),
+        )
+    })?;
     let tenant = reg.tenant_id.clone();
     let created = state
         .gateway
@@ -57,8 +63,16 @@ async fn register(
         .tenant_identifiers(&tenant)
         .await
         .map_err(|e| Failure::from(Error::from(e)))?;
-    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
-    let mut response = (status, axum::Json(json!({"tenant_id": tenant, "identifiers": identifiers}))).into_response();
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let mut response = (
+        status,
+        axum::Json(json!({"tenant_id": tenant, "identifiers": identifiers})),
+    )
+        .into_response();
     response.extensions_mut().insert(Audited);
     Ok(response)
 }
@@ -73,12 +87,27 @@ async fn tenant(
     let tenant = TenantId::new(id);
     audit.tenant = Some(tenant.clone());
     let store = &state.gateway.store;
-    let fail = |e: crate::store::StoreError, a: &crate::audit::AuditEntry| Failure::new(e.into(), a.clone());
-    if !store.tenant_exists(&tenant).await.map_err(|e| fail(e, &audit))? {
-        return Err(Failure::new(Error::NotFound(format!("no tenant {tenant}")), audit));
+    let fail = |e: crate::store::StoreError, a: &crate::audit::AuditEntry| {
+        Failure::new(e.into(), a.clone())
+    };
+    if !store
+        .tenant_exists(&tenant)
+        .await
+        .map_err(|e| fail(e, &audit))?
+    {
+        return Err(Failure::new(
+            Error::NotFound(format!("no tenant {tenant}")),
+            audit,
+        ));
     }
-    let identifiers = store.tenant_identifiers(&tenant).await.map_err(|e| fail(e, &audit))?;
-    let items = store.tenant_items(&tenant).await.map_err(|e| fail(e, &audit))?;
+    let identifiers = store
+        .tenant_identifiers(&tenant)
+        .await
+        .map_err(|e| fail(e, &audit))?;
+    let items = store
+        .tenant_items(&tenant)
+        .await
+        .map_err(|e| fail(e, &audit))?;
     audit.count = Some(items.len());
     let mut response = axum::Json(tenant_view(&tenant, &identifiers, items)).into_response();
     response.extensions_mut().insert(AuditDraft(audit));
@@ -97,8 +126,9 @@ struct FeedQuery {
 fn number(value: Option<&str>, name: &str) -> Result<Option<u64>, Error> {
     value
         .map(|v| {
-            v.parse::<u64>()
-                .map_err(|_| Error::malformed(format!("`{name}` must be a non-negative whole number")))
+            v.parse::<u64>().map_err(|_| {
+                Error::malformed(format!("`{name}` must be a non-negative whole number"))
+            })
         })
         .transpose()
 }
@@ -114,9 +144,16 @@ async fn updates(
     let mut audit = call.audit("read-feed", Direction::Outbound);
     let fail = |e: Error, a: &crate::audit::AuditEntry| Failure::new(e, a.clone());
     housing_only(&call).map_err(|e| fail(e, &audit))?;
-    let Query(q) = query.map_err(|e| fail(Error::malformed(format!("bad query: {}", e.body_text())), &audit))?;
+    let Query(q) = query.map_err(|e| {
+        fail(
+            Error::malformed(format!("bad query: {}", e.body_text())),
+            &audit,
+        )
+    })?;
     let feed = &state.gateway.config.feed;
-    let since = number(q.since.as_deref(), "since").map_err(|e| fail(e, &audit))?.unwrap_or(0);
+    let since = number(q.since.as_deref(), "since")
+        .map_err(|e| fail(e, &audit))?
+        .unwrap_or(0);
     let limit = number(q.limit.as_deref(), "limit")
         .map_err(|e| fail(e, &audit))?
         .unwrap_or(feed.default_page as u64);
@@ -126,18 +163,29 @@ async fn updates(
             &audit,
         ));
     }
-    let wait = number(q.wait.as_deref(), "wait").map_err(|e| fail(e, &audit))?.unwrap_or(0);
+    let wait = number(q.wait.as_deref(), "wait")
+        .map_err(|e| fail(e, &audit))?
+        .unwrap_or(0);
     if wait > MAX_WAIT_SECONDS {
-        return Err(fail(Error::malformed(format!("`wait` is at most {MAX_WAIT_SECONDS} seconds")), &audit));
+        return Err(fail(
+            Error::malformed(format!("`wait` is at most {MAX_WAIT_SECONDS} seconds")),
+            &audit,
+        ));
     }
 
     // Subscribe before reading, so a write between the read and the wait is not missed.
     let mut changed = state.feed_changed.subscribe();
     let store = &state.gateway.store;
-    let mut entries = store.feed(since, limit as usize).await.map_err(|e| fail(e.into(), &audit))?;
+    let mut entries = store
+        .feed(since, limit as usize)
+        .await
+        .map_err(|e| fail(e.into(), &audit))?;
     if entries.is_empty() && wait > 0 {
         let _ = tokio::time::timeout(Duration::from_secs(wait), changed.changed()).await;
-        entries = store.feed(since, limit as usize).await.map_err(|e| fail(e.into(), &audit))?;
+        entries = store
+            .feed(since, limit as usize)
+            .await
+            .map_err(|e| fail(e.into(), &audit))?;
     }
     let next = entries.last().map_or(since, |e| e.seq);
     audit.count = Some(entries.len());

@@ -89,7 +89,9 @@ async fn envelope(State(state): State<AppState>, mut req: Request, next: Next) -
     let path = req.uri().path().to_string();
     let request_line = format!("{} {}", req.method(), path);
     let public = is_public(&path);
-    let principal: Option<Principal> = bearer(&req).and_then(|t| state.principals.authenticate(t)).cloned();
+    let principal: Option<Principal> = bearer(&req)
+        .and_then(|t| state.principals.authenticate(t))
+        .cloned();
     let span = tracing::info_span!(
         "request",
         reference_id = %reference_id,
@@ -119,18 +121,28 @@ async fn envelope(State(state): State<AppState>, mut req: Request, next: Next) -
         let audited = response.extensions().get::<Audited>().is_some();
         let status = response.status();
         let mut response = response;
-        if !audited && !(public && pending.is_none()) {
+        if !audited && (!public || pending.is_some()) {
             let mut entry = response
                 .extensions_mut()
                 .remove::<AuditDraft>()
                 .map(|d| d.0)
-                .unwrap_or_else(|| AuditEntry::new(reference_id, rfc3339(at), request_line.clone(), "request", Direction::Internal));
+                .unwrap_or_else(|| {
+                    AuditEntry::new(
+                        reference_id,
+                        rfc3339(at),
+                        request_line.clone(),
+                        "request",
+                        Direction::Internal,
+                    )
+                });
             entry.status = status.as_u16();
             if entry.actor.is_none() {
                 entry.actor = principal.as_ref().map(Principal::actor);
             }
             if let Some(e) = &pending {
-                entry.reason.get_or_insert_with(|| e.0.audit_reason().to_string());
+                entry
+                    .reason
+                    .get_or_insert_with(|| e.0.audit_reason().to_string());
             }
             entry.outcome = match status.as_u16() {
                 200..=299 if entry.outcome == Outcome::Replayed => Outcome::Replayed,
@@ -150,7 +162,11 @@ async fn envelope(State(state): State<AppState>, mut req: Request, next: Next) -
             }
             response = error::render(&e.0, &reference_id.to_string(), response);
         }
-        tracing::info!(status = response.status().as_u16(), elapsed_ms = started.elapsed().as_millis() as u64, "answered");
+        tracing::info!(
+            status = response.status().as_u16(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "answered"
+        );
         response
     }
     .instrument(span)

@@ -12,7 +12,9 @@ use super::AppState;
 use crate::ids::TenantId;
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz))
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
 }
 
 async fn healthz() -> impl IntoResponse {
@@ -24,7 +26,10 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         Ok(_) => (StatusCode::OK, axum::Json(json!({"status": "ready"}))),
         Err(e) => {
             tracing::warn!(error = %e, "store not ready");
-            (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({"status": "store unavailable"})))
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                axum::Json(json!({"status": "store unavailable"})),
+            )
         }
     }
 }

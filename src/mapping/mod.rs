@@ -103,7 +103,11 @@ impl Mappings {
         // A subject given as a contained Patient: its identity is read for linking.
         if let Some(target) = ["subject", "patient"]
             .iter()
-            .find_map(|k| resource.pointer(&format!("/{k}/reference")).and_then(Value::as_str))
+            .find_map(|k| {
+                resource
+                    .pointer(&format!("/{k}/reference"))
+                    .and_then(Value::as_str)
+            })
             .and_then(|r| doc.resolve_local(r))
         {
             for e in ["resourceType", "id", "identifier"] {
@@ -133,7 +137,15 @@ impl Mappings {
                     continue;
                 }
                 let mut trace = Vec::new();
-                let fields = self.eval_fields(&doc, &source.fields, &node, &source.file, &mut local, "", &mut trace);
+                let fields = self.eval_fields(
+                    &doc,
+                    &source.fields,
+                    &node,
+                    &source.file,
+                    &mut local,
+                    "",
+                    &mut trace,
+                );
                 // An item needs at least one value read from the resource; constants
                 // alone (e.g. a plan kind with nothing under it) say nothing.
                 if !trace.iter().any(|t| t.from.starts_with('/')) {
@@ -192,7 +204,11 @@ impl Mappings {
                         out.insert(name.clone(), value);
                     }
                 }
-                FieldRule::Each { each, filter, fields } => {
+                FieldRule::Each {
+                    each,
+                    filter,
+                    fields,
+                } => {
                     let mut list = Vec::new();
                     for entry in doc.eval(each, node, used) {
                         let mut local = Vec::new();
@@ -202,7 +218,15 @@ impl Mappings {
                             continue;
                         }
                         let entry_prefix = format!("{field}[{}].", list.len());
-                        let obj = self.eval_fields(doc, fields, &entry, file, &mut local, &entry_prefix, trace);
+                        let obj = self.eval_fields(
+                            doc,
+                            fields,
+                            &entry,
+                            file,
+                            &mut local,
+                            &entry_prefix,
+                            trace,
+                        );
                         if !obj.is_empty() {
                             used.extend(local);
                             if entry.value.get("resourceType").is_some() {
@@ -275,7 +299,12 @@ impl Mappings {
         Some((value, from))
     }
 
-    fn labels_for(&self, node: &Node, source: &Source, fields: &Map<String, Value>) -> BTreeSet<String> {
+    fn labels_for(
+        &self,
+        node: &Node,
+        source: &Source,
+        fields: &Map<String, Value>,
+    ) -> BTreeSet<String> {
         let mut labels = security_labels(node.value);
         let mut codings = Vec::new();
         collect_codings(node.value, &mut codings);
@@ -363,11 +392,18 @@ fn problem_for(source: &Source, node_expr: &str, e: &serde_json::Error) -> Probl
     };
     let kind = source.kind.as_str().replace('_', " ");
     let message = if msg.starts_with("missing field") {
-        format!("this resource carries a {kind}, but its `{field}` is missing or not in a form Hearth reads")
+        format!(
+            "this resource carries a {kind}, but its `{field}` is missing or not in a form Hearth reads"
+        )
     } else {
-        format!("this resource carries a {kind}, but a value is outside the dataset's vocabulary ({msg})")
+        format!(
+            "this resource carries a {kind}, but a value is outside the dataset's vocabulary ({msg})"
+        )
     };
-    Problem { expression, message }
+    Problem {
+        expression,
+        message,
+    }
 }
 
 /// Maximal subtrees of `resource` that no rule read, as FHIRPath expressions.
@@ -385,7 +421,14 @@ fn dropped_paths(resource: &Value, resource_type: &str, used: &[String]) -> Vec<
         }
     }
     let mut out = Vec::new();
-    walk_dropped(resource, &mut String::new(), resource_type, &used, &ancestors, &mut out);
+    walk_dropped(
+        resource,
+        &mut String::new(),
+        resource_type,
+        &used,
+        &ancestors,
+        &mut out,
+    );
     out
 }
 
@@ -464,8 +507,14 @@ mod tests {
         assert_eq!(m.effective.as_deref(), Some("2026-11-20"));
         assert_eq!(m.instruction.as_deref(), Some("Dissolve under the tongue"));
         assert!(t.dropped.contains(&"Communication.note".to_string()));
-        assert!(t.dropped.contains(&"Communication.contained[0].note".to_string()));
-        assert!(t.dropped.contains(&"Communication.contained[0].intent".to_string()));
+        assert!(
+            t.dropped
+                .contains(&"Communication.contained[0].note".to_string())
+        );
+        assert!(
+            t.dropped
+                .contains(&"Communication.contained[0].intent".to_string())
+        );
         // The rxnorm coding's system/code were read for sensitivity only, not kept.
         assert!(t.items[0].labels.contains("SUD"), "{:?}", t.items[0].labels);
     }
@@ -477,7 +526,10 @@ mod tests {
         let t = mappings().translate(&r);
         assert!(t.items.is_empty());
         assert_eq!(t.problems.len(), 1);
-        assert_eq!(t.problems[0].expression, "Communication.contained[0].priorPrescription");
+        assert_eq!(
+            t.problems[0].expression,
+            "Communication.contained[0].priorPrescription"
+        );
     }
 
     #[test]

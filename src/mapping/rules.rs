@@ -54,19 +54,33 @@ impl ValueSets {
             let mut include = Vec::new();
             for (key, value) in def {
                 let list = strings(value).ok_or_else(|| {
-                    err(file, format!("valueset `{name}`: `{key}` must be a list of strings"))
+                    err(
+                        file,
+                        format!("valueset `{name}`: `{key}` must be a list of strings"),
+                    )
                 })?;
                 match key.as_str() {
                     "codes" => {
                         for code in &list {
-                            if code.split_once('|').is_none_or(|(s, c)| s.is_empty() || c.is_empty()) {
-                                return Err(err(file, format!("valueset `{name}`: `{code}` is not system|code")));
+                            if code
+                                .split_once('|')
+                                .is_none_or(|(s, c)| s.is_empty() || c.is_empty())
+                            {
+                                return Err(err(
+                                    file,
+                                    format!("valueset `{name}`: `{code}` is not system|code"),
+                                ));
                             }
                         }
                         codes = list;
                     }
                     "include" => include = list,
-                    other => return Err(err(file, format!("valueset `{name}`: unknown key `{other}`"))),
+                    other => {
+                        return Err(err(
+                            file,
+                            format!("valueset `{name}`: unknown key `{other}`"),
+                        ));
+                    }
                 }
             }
             direct.insert(name.clone(), (codes, include));
@@ -80,9 +94,9 @@ impl ValueSets {
                 if !seen.insert(n.clone()) {
                     continue;
                 }
-                let (c, inc) = direct
-                    .get(&n)
-                    .ok_or_else(|| err(file, format!("valueset `{name}` includes unknown `{n}`")))?;
+                let (c, inc) = direct.get(&n).ok_or_else(|| {
+                    err(file, format!("valueset `{name}` includes unknown `{n}`"))
+                })?;
                 codes.extend(c.iter().cloned());
                 stack.extend(inc.iter().cloned());
             }
@@ -108,7 +122,9 @@ fn to_json(v: &toml::Value) -> Value {
         toml::Value::Boolean(b) => Value::Bool(*b),
         toml::Value::Datetime(d) => Value::String(d.to_string()),
         toml::Value::Array(a) => Value::Array(a.iter().map(to_json).collect()),
-        toml::Value::Table(t) => Value::Object(t.iter().map(|(k, v)| (k.clone(), to_json(v))).collect()),
+        toml::Value::Table(t) => {
+            Value::Object(t.iter().map(|(k, v)| (k.clone(), to_json(v))).collect())
+        }
     }
 }
 
@@ -142,7 +158,7 @@ pub enum FieldRule {
     /// A list with one entry per node.
     Each {
         each: Path,
-        filter: Option<Rule>,
+        filter: Option<Box<Rule>>,
         fields: Vec<(String, FieldRule)>,
     },
 }
@@ -193,11 +209,17 @@ impl Ctx<'_> {
     }
 
     fn set(&self, v: &toml::Value, what: &str) -> Result<String, MappingError> {
-        let name = v
-            .as_str()
-            .ok_or_else(|| err(self.file, format!("{what}: a value set name must be a string")))?;
+        let name = v.as_str().ok_or_else(|| {
+            err(
+                self.file,
+                format!("{what}: a value set name must be a string"),
+            )
+        })?;
         if !self.sets.has(name) {
-            return Err(err(self.file, format!("{what}: no value set named `{name}` in valuesets.toml")));
+            return Err(err(
+                self.file,
+                format!("{what}: no value set named `{name}` in valuesets.toml"),
+            ));
         }
         Ok(name.to_string())
     }
@@ -242,18 +264,34 @@ impl Ctx<'_> {
                 value: value.clone().unwrap_or(Value::Bool(true)),
             },
             Some("exists") => Op::Exists(to_json(&t["exists"])),
-            Some(other) => return Err(err(self.file, format!("{what}: unknown rule key `{other}`"))),
+            Some(other) => {
+                return Err(err(
+                    self.file,
+                    format!("{what}: unknown rule key `{other}`"),
+                ));
+            }
         };
         if let Some(extra) = ops.next() {
-            return Err(err(self.file, format!("{what}: `{extra}` cannot be combined with another operation")));
+            return Err(err(
+                self.file,
+                format!("{what}: `{extra}` cannot be combined with another operation"),
+            ));
         }
         if value.is_some() && !matches!(op, Op::In { .. }) {
-            return Err(err(self.file, format!("{what}: `value` only goes with `in`")));
+            return Err(err(
+                self.file,
+                format!("{what}: `value` only goes with `in`"),
+            ));
         }
         Ok(Rule::Path { path, op })
     }
 
-    fn field_rule(&self, v: &toml::Value, allowed: &[&str], what: &str) -> Result<FieldRule, MappingError> {
+    fn field_rule(
+        &self,
+        v: &toml::Value,
+        allowed: &[&str],
+        what: &str,
+    ) -> Result<FieldRule, MappingError> {
         match v {
             toml::Value::Array(list) => Ok(FieldRule::FirstOf(
                 list.iter()
@@ -262,12 +300,20 @@ impl Ctx<'_> {
             )),
             toml::Value::Table(t) if t.contains_key("each") => {
                 let each = self.path(&t["each"], what)?;
-                let filter = t.get("filter").map(|f| self.rule(f, what)).transpose()?;
+                let filter = t
+                    .get("filter")
+                    .map(|f| self.rule(f, what).map(Box::new))
+                    .transpose()?;
                 let fields = t
                     .get("fields")
                     .and_then(toml::Value::as_table)
-                    .ok_or_else(|| err(self.file, format!("{what}: `each` needs a `fields` table")))?;
-                if let Some(k) = t.keys().find(|k| !matches!(k.as_str(), "each" | "filter" | "fields")) {
+                    .ok_or_else(|| {
+                        err(self.file, format!("{what}: `each` needs a `fields` table"))
+                    })?;
+                if let Some(k) = t
+                    .keys()
+                    .find(|k| !matches!(k.as_str(), "each" | "filter" | "fields"))
+                {
                     return Err(err(self.file, format!("{what}: unknown key `{k}`")));
                 }
                 Ok(FieldRule::Each {
@@ -294,12 +340,18 @@ impl Ctx<'_> {
                 if !allowed.contains(&name.as_str()) {
                     return Err(err(
                         self.file,
-                        format!("{what}: `{name}` is not a field of this dataset item (fields: {})", allowed.join(", ")),
+                        format!(
+                            "{what}: `{name}` is not a field of this dataset item (fields: {})",
+                            allowed.join(", ")
+                        ),
                     ));
                 }
                 let rule = self.field_rule(v, sub.unwrap_or(&[]), &format!("{what}.{name}"))?;
                 if matches!(rule, FieldRule::Each { .. }) != sub.is_some_and(|s| !s.is_empty()) {
-                    return Err(err(self.file, format!("{what}.{name}: list fields take `each`, others do not")));
+                    return Err(err(
+                        self.file,
+                        format!("{what}.{name}: list fields take `each`, others do not"),
+                    ));
                 }
                 Ok((name.clone(), rule))
             })
@@ -308,7 +360,11 @@ impl Ctx<'_> {
 }
 
 /// Parses one item file into its sources.
-pub fn parse_item_file(file: &str, text: &str, sets: &ValueSets) -> Result<Vec<Source>, MappingError> {
+pub fn parse_item_file(
+    file: &str,
+    text: &str,
+    sets: &ValueSets,
+) -> Result<Vec<Source>, MappingError> {
     let table: toml::Table = toml::from_str(text).map_err(|e| err(file, e.to_string()))?;
     let kind_name = table
         .get("item")
@@ -316,9 +372,15 @@ pub fn parse_item_file(file: &str, text: &str, sets: &ValueSets) -> Result<Vec<S
         .ok_or_else(|| err(file, "missing `item = \"…\"`"))?;
     let kind = ItemKind::parse(kind_name).ok_or_else(|| {
         let known: Vec<_> = ItemKind::ALL.iter().map(|k| k.as_str()).collect();
-        err(file, format!("unknown item `{kind_name}` (known: {})", known.join(", ")))
+        err(
+            file,
+            format!("unknown item `{kind_name}` (known: {})", known.join(", ")),
+        )
     })?;
-    if let Some(k) = table.keys().find(|k| !matches!(k.as_str(), "item" | "source")) {
+    if let Some(k) = table
+        .keys()
+        .find(|k| !matches!(k.as_str(), "item" | "source"))
+    {
         return Err(err(file, format!("unknown key `{k}`")));
     }
     let ctx = Ctx { file, sets };
@@ -336,10 +398,12 @@ pub fn parse_item_file(file: &str, text: &str, sets: &ValueSets) -> Result<Vec<S
             let t = s
                 .as_table()
                 .ok_or_else(|| err(file, format!("{what} must be a table")))?;
-            if let Some(k) = t
-                .keys()
-                .find(|k| !matches!(k.as_str(), "resource" | "when" | "each" | "filter" | "fields"))
-            {
+            if let Some(k) = t.keys().find(|k| {
+                !matches!(
+                    k.as_str(),
+                    "resource" | "when" | "each" | "filter" | "fields"
+                )
+            }) {
                 return Err(err(file, format!("{what}: unknown key `{k}`")));
             }
             let resource = t
@@ -364,7 +428,11 @@ pub fn parse_item_file(file: &str, text: &str, sets: &ValueSets) -> Result<Vec<S
         .collect()
 }
 
-pub fn parse_sensitivity(file: &str, text: &str, sets: &ValueSets) -> Result<Sensitivity, MappingError> {
+pub fn parse_sensitivity(
+    file: &str,
+    text: &str,
+    sets: &ValueSets,
+) -> Result<Sensitivity, MappingError> {
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct CodeRule {
@@ -396,8 +464,10 @@ pub fn parse_sensitivity(file: &str, text: &str, sets: &ValueSets) -> Result<Sen
         out.by_codes.push((r.valueset, r.labels));
     }
     for r in f.items {
-        let kind = ItemKind::parse(&r.item).ok_or_else(|| err(file, format!("unknown item `{}`", r.item)))?;
-        out.by_item.push((kind, r.field, to_json(&r.equals), r.labels));
+        let kind = ItemKind::parse(&r.item)
+            .ok_or_else(|| err(file, format!("unknown item `{}`", r.item)))?;
+        out.by_item
+            .push((kind, r.field, to_json(&r.equals), r.labels));
     }
     Ok(out)
 }
@@ -405,7 +475,8 @@ pub fn parse_sensitivity(file: &str, text: &str, sets: &ValueSets) -> Result<Sen
 /// Reads `valuesets.toml`, `sensitivity.toml` and every other `*.toml` in `dir`.
 pub fn load_dir(dir: &FsPath) -> Result<(ValueSets, Sensitivity, Vec<Source>), MappingError> {
     let read = |name: &str| {
-        std::fs::read_to_string(dir.join(name)).map_err(|e| err(&dir.join(name).display().to_string(), e.to_string()))
+        std::fs::read_to_string(dir.join(name))
+            .map_err(|e| err(&dir.join(name).display().to_string(), e.to_string()))
     };
     let sets = ValueSets::parse("valuesets.toml", &read("valuesets.toml")?)?;
     let sensitivity = parse_sensitivity("sensitivity.toml", &read("sensitivity.toml")?, &sets)?;
@@ -424,7 +495,10 @@ pub fn load_dir(dir: &FsPath) -> Result<(ValueSets, Sensitivity, Vec<Source>), M
         sources.extend(parsed);
     }
     if sources.is_empty() {
-        return Err(err(&dir.display().to_string(), "no item mapping files found"));
+        return Err(err(
+            &dir.display().to_string(),
+            "no item mapping files found",
+        ));
     }
     Ok((sets, sensitivity, sources))
 }

@@ -76,10 +76,16 @@ pub struct NewExchange {
 pub enum ExchangeOutcome {
     Accepted,
     /// Same key, new content: the earlier exchange's items are superseded.
-    Corrected { supersedes: ReferenceId },
-    Retracted { of: Option<ReferenceId> },
+    Corrected {
+        supersedes: ReferenceId,
+    },
+    Retracted {
+        of: Option<ReferenceId>,
+    },
     /// Same key, same content: nothing new stored.
-    Replayed { original: ReferenceId },
+    Replayed {
+        original: ReferenceId,
+    },
 }
 
 /// Hearth's record of one exchange, from which its minimised copy is built.
@@ -140,7 +146,12 @@ pub struct AuditQuery {
 pub trait TenantStore: Send + Sync {
     /// Links `identifiers` to `tenant` (creating it). An identifier already linked to
     /// another tenant is a [`StoreError::Conflict`]; nothing is written then.
-    async fn register_tenant(&self, tenant: TenantId, identifiers: Vec<Identifier>, audit: AuditEntry) -> StoreResult<bool>;
+    async fn register_tenant(
+        &self,
+        tenant: TenantId,
+        identifiers: Vec<Identifier>,
+        audit: AuditEntry,
+    ) -> StoreResult<bool>;
     /// The tenant each identifier names, if any.
     async fn resolve(&self, identifiers: &[Identifier]) -> StoreResult<Vec<Option<TenantId>>>;
     async fn tenant_exists(&self, tenant: &TenantId) -> StoreResult<bool>;
@@ -169,7 +180,10 @@ pub trait ConsentStore: Send + Sync {
 pub trait ExchangeStore: Send + Sync {
     /// Stores all exchanges and their audit records in one transaction, all or nothing
     /// (a transaction Bundle passes several).
-    async fn commit_exchanges(&self, exchanges: Vec<NewExchange>) -> StoreResult<Vec<ExchangeOutcome>>;
+    async fn commit_exchanges(
+        &self,
+        exchanges: Vec<NewExchange>,
+    ) -> StoreResult<Vec<ExchangeOutcome>>;
     /// Current exchanges of `partner` with an identifier matching `system` (any when
     /// `None`) and `value`.
     async fn find_exchanges(

@@ -119,7 +119,13 @@ impl WriteCtx<'_> {
         let body = serde_json::to_string(entry)?;
         let seq = self.head.seq + 1;
         let reference = entry.reference_id.to_string();
-        let hash = audit::record_hash(seq, &self.head.hash, &reference, &entry.recorded, body.as_bytes());
+        let hash = audit::record_hash(
+            seq,
+            &self.head.hash,
+            &reference,
+            &entry.recorded,
+            body.as_bytes(),
+        );
         self.tx
             .prepare_cached(
                 "INSERT INTO audit (seq, reference_id, recorded_at, prev_hash, hash, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -146,7 +152,9 @@ pub struct SqliteStore {
 
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqliteStore").field("path", &self.inner.path).finish()
+        f.debug_struct("SqliteStore")
+            .field("path", &self.inner.path)
+            .finish()
     }
 }
 
@@ -164,22 +172,35 @@ fn open_writer(path: &Path) -> rusqlite::Result<Connection> {
 }
 
 fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
-    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
     conn.execute_batch("PRAGMA busy_timeout = 5000; PRAGMA query_only = ON;")?;
     Ok(conn)
 }
 
 fn load_head(conn: &Connection) -> rusqlite::Result<ChainHead> {
     let row: Option<(i64, Vec<u8>)> = conn
-        .query_row("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .query_row(
+            "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
         .optional()?;
     Ok(match row {
         Some((seq, hash)) if hash.len() == 32 => {
             let mut h = [0; 32];
             h.copy_from_slice(&hash);
-            ChainHead { seq: seq as u64, hash: h }
+            ChainHead {
+                seq: seq as u64,
+                hash: h,
+            }
         }
-        _ => ChainHead { seq: 0, hash: GENESIS },
+        _ => ChainHead {
+            seq: 0,
+            hash: GENESIS,
+        },
     })
 }
 
@@ -208,14 +229,18 @@ fn writer_loop(mut conn: Connection, jobs: mpsc::Receiver<Job>) {
             for job in batch.drain(..) {
                 tx.execute_batch("SAVEPOINT job")?;
                 let saved = head.clone();
-                let mut ctx = WriteCtx { tx: &tx, head: &mut head };
-                let (ok, finish) = match std::panic::catch_unwind(AssertUnwindSafe(|| job(&mut ctx))) {
-                    Ok(r) => r,
-                    Err(_) => {
-                        tracing::error!("a store job panicked; its writes were rolled back");
-                        (false, Box::new(|_| {}) as Finish)
-                    }
+                let mut ctx = WriteCtx {
+                    tx: &tx,
+                    head: &mut head,
                 };
+                let (ok, finish) =
+                    match std::panic::catch_unwind(AssertUnwindSafe(|| job(&mut ctx))) {
+                        Ok(r) => r,
+                        Err(_) => {
+                            tracing::error!("a store job panicked; its writes were rolled back");
+                            (false, Box::new(|_| {}) as Finish)
+                        }
+                    };
                 if ok {
                     tx.execute_batch("RELEASE job")?;
                 } else {
@@ -243,7 +268,8 @@ fn writer_loop(mut conn: Connection, jobs: mpsc::Receiver<Job>) {
 impl SqliteStore {
     /// Opens (or creates) the store in `data_dir`.
     pub fn open(data_dir: &Path) -> StoreResult<Self> {
-        std::fs::create_dir_all(data_dir).map_err(|e| StoreError::Internal(format!("creating {}: {e}", data_dir.display())))?;
+        std::fs::create_dir_all(data_dir)
+            .map_err(|e| StoreError::Internal(format!("creating {}: {e}", data_dir.display())))?;
         let path = data_dir.join(DB_FILE);
         let conn = open_writer(&path)?;
         let (tx, rx) = mpsc::channel::<Job>();
@@ -342,7 +368,10 @@ impl SqliteStore {
     }
 
     /// Reads audit rows from the file at `path` (for `hearth audit export`).
-    pub fn export_file(path: &Path, visit: &mut dyn FnMut(AuditRow) -> std::io::Result<()>) -> StoreResult<u64> {
+    pub fn export_file(
+        path: &Path,
+        visit: &mut dyn FnMut(AuditRow) -> std::io::Result<()>,
+    ) -> StoreResult<u64> {
         let conn = open_reader(path)?;
         let mut stmt = conn.prepare("SELECT seq, hash, body FROM audit ORDER BY seq")?;
         let mut rows = stmt.query([])?;
@@ -357,7 +386,9 @@ impl SqliteStore {
 }
 
 fn verify_chain(conn: &Connection, anchor: Option<&[u8]>) -> StoreResult<Verification> {
-    let mut stmt = conn.prepare("SELECT seq, reference_id, recorded_at, prev_hash, hash, body FROM audit ORDER BY seq")?;
+    let mut stmt = conn.prepare(
+        "SELECT seq, reference_id, recorded_at, prev_hash, hash, body FROM audit ORDER BY seq",
+    )?;
     let rows = stmt.query_map([], |r| {
         Ok(StoredRecord {
             seq: r.get::<_, i64>(0)? as u64,
@@ -389,7 +420,12 @@ fn parse_ref(s: String) -> StoreResult<ReferenceId> {
 
 #[async_trait]
 impl TenantStore for SqliteStore {
-    async fn register_tenant(&self, tenant: TenantId, identifiers: Vec<Identifier>, audit: AuditEntry) -> StoreResult<bool> {
+    async fn register_tenant(
+        &self,
+        tenant: TenantId,
+        identifiers: Vec<Identifier>,
+        audit: AuditEntry,
+    ) -> StoreResult<bool> {
         self.write(move |ctx| {
             let created = ctx.tx.execute(
                 "INSERT OR IGNORE INTO tenants (tenant_id, registered_at) VALUES (?1, ?2)",
@@ -428,7 +464,9 @@ impl TenantStore for SqliteStore {
     async fn resolve(&self, identifiers: &[Identifier]) -> StoreResult<Vec<Option<TenantId>>> {
         let identifiers = identifiers.to_vec();
         self.read(move |conn| {
-            let mut stmt = conn.prepare_cached("SELECT tenant_id FROM tenant_identifiers WHERE system = ?1 AND value = ?2")?;
+            let mut stmt = conn.prepare_cached(
+                "SELECT tenant_id FROM tenant_identifiers WHERE system = ?1 AND value = ?2",
+            )?;
             identifiers
                 .iter()
                 .map(|i| {
@@ -446,7 +484,11 @@ impl TenantStore for SqliteStore {
         let tenant = tenant.clone();
         self.read(move |conn| {
             Ok(conn
-                .query_row("SELECT 1 FROM tenants WHERE tenant_id = ?1", [tenant.as_str()], |_| Ok(()))
+                .query_row(
+                    "SELECT 1 FROM tenants WHERE tenant_id = ?1",
+                    [tenant.as_str()],
+                    |_| Ok(()),
+                )
                 .optional()?
                 .is_some())
         })
@@ -468,7 +510,13 @@ impl TenantStore for SqliteStore {
 
 fn consent_versions(conn: &Connection, tenant: &str) -> StoreResult<Vec<ConsentVersion>> {
     let mut stmt = conn.prepare_cached("SELECT consent_id, version, terms FROM consents WHERE tenant_id = ?1 ORDER BY consent_id, version")?;
-    let rows = stmt.query_map([tenant], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?)))?;
+    let rows = stmt.query_map([tenant], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, String>(2)?,
+        ))
+    })?;
     rows.map(|row| {
         let (id, version, terms) = row?;
         Ok(ConsentVersion {
@@ -484,7 +532,8 @@ fn consent_versions(conn: &Connection, tenant: &str) -> StoreResult<Vec<ConsentV
 impl ConsentStore for SqliteStore {
     async fn consents(&self, tenant: &TenantId) -> StoreResult<Vec<ConsentVersion>> {
         let tenant = tenant.clone();
-        self.read(move |conn| consent_versions(conn, tenant.as_str())).await
+        self.read(move |conn| consent_versions(conn, tenant.as_str()))
+            .await
     }
 
     async fn save_consent(
@@ -584,7 +633,9 @@ impl ConsentStore for SqliteStore {
 
 /// Marks the items of `reference` with `state` and records the change in the feed.
 fn retire_items(tx: &Transaction<'_>, reference: &str, state: &str, at: &str) -> StoreResult<()> {
-    let mut select = tx.prepare_cached("SELECT item_id, tenant_id FROM items WHERE reference_id = ?1 AND state = 'current'")?;
+    let mut select = tx.prepare_cached(
+        "SELECT item_id, tenant_id FROM items WHERE reference_id = ?1 AND state = 'current'",
+    )?;
     let items: Vec<(String, String)> = select
         .query_map([reference], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<Result<_, _>>()?;
@@ -689,9 +740,17 @@ fn commit_one(ctx: &mut WriteCtx<'_>, mut ex: NewExchange) -> StoreResult<Exchan
 
 #[async_trait]
 impl ExchangeStore for SqliteStore {
-    async fn commit_exchanges(&self, exchanges: Vec<NewExchange>) -> StoreResult<Vec<ExchangeOutcome>> {
-        self.write(move |ctx| exchanges.into_iter().map(|ex| commit_one(ctx, ex)).collect())
-            .await
+    async fn commit_exchanges(
+        &self,
+        exchanges: Vec<NewExchange>,
+    ) -> StoreResult<Vec<ExchangeOutcome>> {
+        self.write(move |ctx| {
+            exchanges
+                .into_iter()
+                .map(|ex| commit_one(ctx, ex))
+                .collect()
+        })
+        .await
     }
 
     async fn find_exchanges(
@@ -701,7 +760,12 @@ impl ExchangeStore for SqliteStore {
         system: Option<&str>,
         value: &str,
     ) -> StoreResult<Vec<ReferenceId>> {
-        let (partner, rt, system, value) = (partner.clone(), resource_type.to_string(), system.map(str::to_string), value.to_string());
+        let (partner, rt, system, value) = (
+            partner.clone(),
+            resource_type.to_string(),
+            system.map(str::to_string),
+            value.to_string(),
+        );
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT reference_id FROM exchanges
@@ -825,7 +889,12 @@ impl AuditStore for SqliteStore {
                    AND (?3 IS NULL OR json_extract(body, '$.tenant') = ?3)
                  ORDER BY seq LIMIT ?4",
             )?;
-            let mut rows = stmt.query(params![q.after_seq as i64, q.reference_id, q.tenant, q.limit as i64])?;
+            let mut rows = stmt.query(params![
+                q.after_seq as i64,
+                q.reference_id,
+                q.tenant,
+                q.limit as i64
+            ])?;
             let mut out = Vec::new();
             while let Some(r) = rows.next()? {
                 out.push(audit_row(r)?);
@@ -836,6 +905,7 @@ impl AuditStore for SqliteStore {
     }
 
     async fn verify(&self, anchor: Option<Vec<u8>>) -> StoreResult<Verification> {
-        self.read(move |conn| verify_chain(conn, anchor.as_deref())).await
+        self.read(move |conn| verify_chain(conn, anchor.as_deref()))
+            .await
     }
 }

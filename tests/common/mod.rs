@@ -42,8 +42,10 @@ pub fn shared() -> &'static (Arc<Mappings>, Arc<Profiles>) {
 
 pub fn fixture(name: &str) -> Value {
     let path = root().join("fixtures").join(name);
-    serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
-        .expect("fixture is JSON")
+    serde_json::from_str(
+        &std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+    )
+    .expect("fixture is JSON")
 }
 
 /// A config for tests: known tokens, three partners, data in `data_dir`.
@@ -153,8 +155,11 @@ pub async fn spawn_app_in(data: TempDir) -> TestApp {
     let (mappings, profiles) = shared().clone();
     let clock = Arc::new(ManualClock::new(datetime!(2026-11-23 10:00 UTC)));
     let config = test_config(data.path());
-    let app = hearth::startup::build_with(config, clock.clone(), mappings, profiles).expect("app builds");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let app =
+        hearth::startup::build_with(config, clock.clone(), mappings, profiles).expect("app builds");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(hearth::startup::run(listener, app, async {
@@ -190,7 +195,9 @@ impl Answer {
     }
 
     pub fn header(&self, name: &str) -> Option<String> {
-        self.headers.get(name).map(|v| v.to_str().unwrap().to_string())
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_string())
     }
 
     /// The `expression`s of the OperationOutcome's error issues.
@@ -205,7 +212,12 @@ impl Answer {
     pub fn issues(&self, severity: &str) -> Vec<Value> {
         self.body["issue"]
             .as_array()
-            .map(|l| l.iter().filter(|i| i["severity"] == severity).cloned().collect())
+            .map(|l| {
+                l.iter()
+                    .filter(|i| i["severity"] == severity)
+                    .cloned()
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -225,9 +237,14 @@ pub async fn answer(r: reqwest::Response) -> Answer {
     let body = if bytes.is_empty() {
         Value::Null
     } else {
-        serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
+        serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
     };
-    Answer { status, headers, body }
+    Answer {
+        status,
+        headers,
+        body,
+    }
 }
 
 impl TestApp {
@@ -235,7 +252,13 @@ impl TestApp {
         self.post_with(path, token, body, &[]).await
     }
 
-    pub async fn post_with(&self, path: &str, token: &str, body: &Value, headers: &[(&str, &str)]) -> Answer {
+    pub async fn post_with(
+        &self,
+        path: &str,
+        token: &str,
+        body: &Value,
+        headers: &[(&str, &str)],
+    ) -> Answer {
         let mut req = self
             .client
             .post(format!("{}{path}", self.base))
@@ -280,7 +303,9 @@ impl TestApp {
 
     /// Records a consent fixture as the housing worker.
     pub async fn consent(&self, fixture_name: &str) -> Answer {
-        let a = self.post("/fhir/Consent", HOUSING, &fixture(fixture_name)).await;
+        let a = self
+            .post("/fhir/Consent", HOUSING, &fixture(fixture_name))
+            .await;
         assert_eq!(a.status, 201, "consent: {a:?}");
         a
     }
@@ -297,7 +322,12 @@ impl TestApp {
         let mut since = "0".to_string();
         let mut out = Vec::new();
         loop {
-            let a = self.get(&format!("/housing/updates?since={since}&limit=100"), HOUSING).await;
+            let a = self
+                .get(
+                    &format!("/housing/updates?since={since}&limit=100"),
+                    HOUSING,
+                )
+                .await;
             assert_eq!(a.status, 200, "{a:?}");
             let entries = a.body["entries"].as_array().unwrap().clone();
             if entries.is_empty() {
@@ -320,7 +350,6 @@ impl TestApp {
         if let Some(s) = self.server.take() {
             s.await.expect("server task").expect("server ran");
         }
-        let data = std::mem::replace(&mut self.data, tempfile::tempdir().unwrap());
-        data
+        std::mem::replace(&mut self.data, tempfile::tempdir().unwrap())
     }
 }
