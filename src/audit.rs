@@ -103,6 +103,13 @@ pub struct AuditEntry {
     /// How many records a read returned (feed entries, items).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub count: Option<usize>,
+    /// The emergency purpose of use, when the exchange was permitted only by break-glass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub break_glass: Option<String>,
+    /// The stated reason for a break-glass exchange. Free text, so never part of the
+    /// audit record itself: the store keeps it in the review list.
+    #[serde(skip)]
+    pub break_glass_reason: Option<String>,
 }
 
 impl AuditEntry {
@@ -135,6 +142,8 @@ impl AuditEntry {
             dropped_paths: Vec::new(),
             payload_digest: None,
             count: None,
+            break_glass: None,
+            break_glass_reason: None,
         }
     }
 }

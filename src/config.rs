@@ -32,6 +32,8 @@ pub struct Config {
     #[serde(default)]
     pub feed: Feed,
     #[serde(default)]
+    pub consent: ConsentPolicy,
+    #[serde(default)]
     pub partners: Vec<PartnerConfig>,
     #[serde(default)]
     pub principals: Vec<PrincipalConfig>,
@@ -62,6 +64,28 @@ impl Default for Feed {
             max_page: default_max_page(),
         }
     }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsentPolicy {
+    /// Whether exchanges continue while a tenant's consent is marked renewal-due (after
+    /// a hospitalisation, a change of provider or a tenant request). Default: yes, until
+    /// the consent expires.
+    #[serde(default = "yes")]
+    pub share_while_renewal_due: bool,
+}
+
+impl Default for ConsentPolicy {
+    fn default() -> Self {
+        Self {
+            share_while_renewal_due: true,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// What kind of organisation a partner is.
@@ -235,6 +259,11 @@ identifier_system = "https://housing.example.org/tenant-id"
 [feed]
 default_page = 100
 max_page = 1000
+
+[consent]
+# Keep sharing while a consent is marked renewal-due (after a hospitalisation, a change
+# of provider or a tenant request)? Sharing always stops when a consent expires.
+share_while_renewal_due = true
 
 # Partner organisations. `id` is how consents name them (Organization/<id>);
 # `identifier_system` is how that partner identifies tenants.

@@ -37,3 +37,4 @@ pub mod mapping;
 pub mod startup;
 pub mod store;
 pub mod tenancy;
+pub mod tls;

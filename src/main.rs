@@ -11,6 +11,7 @@ async fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    hearth::tls::install_crypto_provider();
     match hearth::cli::run(hearth::cli::Cli::parse()).await {
         Ok(code) => std::process::ExitCode::from(code as u8),
         Err(e) => {

@@ -12,7 +12,6 @@ use super::AppState;
 use super::error::{AuditDraft, Audited, Failure, fhir_json, issues_of, status_of};
 use super::extract::JsonBody;
 use crate::audit::Direction;
-use crate::auth::Role;
 use crate::error::Error;
 use crate::fhir::capability::{ResourceSupport, capability_statement};
 use crate::fhir::{Issue, outcome};
@@ -35,8 +34,15 @@ pub const RESOURCES: &[ResourceSupport] = &[
     },
     ResourceSupport {
         resource: "Consent",
-        interactions: &["create", "read"],
-        search: &[],
+        interactions: &[
+            "create",
+            "read",
+            "update",
+            "vread",
+            "history-instance",
+            "search-type",
+        ],
+        search: &[("patient", "reference"), ("status", "token")],
         profile: "https://hearth.example/profiles/Consent",
     },
 ];
@@ -48,27 +54,45 @@ pub fn router() -> Router<AppState> {
     let mut router = Router::new()
         .route("/fhir/metadata", get(metadata))
         .route("/fhir", post(bundle));
+    // Each interaction in the table gets its handler here; the CapabilityStatement is
+    // built from the same table, so neither can claim what the other lacks.
     for r in RESOURCES {
         let rt = r.resource;
-        if r.interactions.contains(&"create") {
-            let create_route: MethodRouter<AppState> = post(
-                move |state: State<AppState>,
-                      call: Extension<Call>,
-                      headers: HeaderMap,
-                      body: Result<JsonBody, Error>| {
-                    create(state, call, headers, body, rt)
-                },
-            );
-            router = router.route(&format!("/fhir/{rt}"), create_route);
+        let mut on_type: MethodRouter<AppState> = MethodRouter::new();
+        let mut on_instance: MethodRouter<AppState> = MethodRouter::new();
+        for interaction in r.interactions {
+            match (rt, *interaction) {
+                (_, "create") => {
+                    on_type = on_type.post(
+                        move |state: State<AppState>,
+                              call: Extension<Call>,
+                              headers: HeaderMap,
+                              body: Result<JsonBody, Error>| {
+                            create(state, call, headers, body, rt)
+                        },
+                    )
+                }
+                (_, "read") => {
+                    on_instance = on_instance.get(
+                        move |state: State<AppState>, call: Extension<Call>, id: Path<String>| {
+                            read(state, call, id, rt)
+                        },
+                    )
+                }
+                ("Consent", "update") => on_instance = on_instance.put(update_consent),
+                ("Consent", "search-type") => on_type = on_type.get(search_consents),
+                ("Consent", "history-instance") => {
+                    router = router.route("/fhir/Consent/{id}/_history", get(consent_history))
+                }
+                ("Consent", "vread") => {
+                    router = router.route("/fhir/Consent/{id}/_history/{vid}", get(consent_vread))
+                }
+                (rt, other) => panic!("RESOURCES lists {rt} {other}, but no handler serves it"),
+            }
         }
-        if r.interactions.contains(&"read") {
-            let read_route: MethodRouter<AppState> = get(
-                move |state: State<AppState>, call: Extension<Call>, id: Path<String>| {
-                    read(state, call, id, rt)
-                },
-            );
-            router = router.route(&format!("/fhir/{rt}/{{id}}"), read_route);
-        }
+        router = router
+            .route(&format!("/fhir/{rt}"), on_type)
+            .route(&format!("/fhir/{rt}/{{id}}"), on_instance);
     }
     router
         .route("/fhir/{type}", any(unsupported))
@@ -241,10 +265,7 @@ async fn read(
             .await
             .map_err(|e| Failure::new(e.into(), audit.clone()))?
             .ok_or_else(|| Failure::new(not_found(), audit.clone()))?;
-        let p = &call.principal;
-        let visible = matches!(p.role, Role::Housing | Role::Auditor | Role::Admin)
-            || (p.role.is_partner() && stored.version.terms.partners.contains(&p.org));
-        if !visible {
+        if !g.may_see_consent(&call, &stored) {
             return Err(Failure::new(not_found(), audit));
         }
         audit.tenant = Some(stored.tenant.clone());
@@ -551,4 +572,194 @@ async fn transaction(
         })
         .collect();
     Ok(json!({"resourceType": "Bundle", "type": "transaction-response", "entry": out}))
+}
+
+/// `PUT /fhir/Consent/{id}`: housing records a new version.
+async fn update_consent(
+    State(state): State<AppState>,
+    Extension(call): Extension<Call>,
+    Path(id): Path<String>,
+    body: Result<JsonBody, Error>,
+) -> Result<Response, Failure> {
+    let mut audit = call.audit("update", Direction::Internal);
+    audit.resource_type = Some("Consent".into());
+    let body = body.map_err(|e| Failure::new(e, audit.clone()))?;
+    let stored = state
+        .gateway
+        .update_consent(&call, &id, body.value, body.digest, &mut audit)
+        .await
+        .map_err(|e| Failure::new(e, audit))?;
+    let mut response = (StatusCode::OK, fhir_json(stored.resource)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("W/\"{}\"", stored.version.version)) {
+        response.headers_mut().insert(header::ETAG, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "/fhir/Consent/{id}/_history/{}",
+        stored.version.version
+    )) {
+        response.headers_mut().insert(header::LOCATION, v);
+    }
+    response.extensions_mut().insert(Audited);
+    Ok(response)
+}
+
+async fn visible_history(
+    state: &AppState,
+    call: &Call,
+    id: &str,
+    audit: &mut crate::audit::AuditEntry,
+) -> Result<Vec<crate::store::StoredConsent>, Error> {
+    let history = state.gateway.store.consent_history(id).await?;
+    match history.last() {
+        Some(latest) if state.gateway.may_see_consent(call, latest) => {
+            audit.tenant = Some(latest.tenant.clone());
+            audit.count = Some(history.len());
+            Ok(history)
+        }
+        _ => Err(Error::NotFound(format!("Consent/{id} is not known here"))),
+    }
+}
+
+/// `GET /fhir/Consent/{id}/_history`: every version, newest first.
+async fn consent_history(
+    State(state): State<AppState>,
+    Extension(call): Extension<Call>,
+    Path(id): Path<String>,
+) -> Result<Response, Failure> {
+    let mut audit = call.audit("history", Direction::Outbound);
+    audit.resource_type = Some("Consent".into());
+    let history = visible_history(&state, &call, &id, &mut audit)
+        .await
+        .map_err(|e| Failure::new(e, audit.clone()))?;
+    let entries: Vec<Value> = history
+        .iter()
+        .rev()
+        .map(|c| json!({"fullUrl": format!("Consent/{id}/_history/{}", c.version.version), "resource": c.resource}))
+        .collect();
+    let mut response = fhir_json(
+        json!({"resourceType": "Bundle", "type": "history", "total": entries.len(), "entry": entries}),
+    );
+    response.extensions_mut().insert(AuditDraft(audit));
+    Ok(response)
+}
+
+/// `GET /fhir/Consent/{id}/_history/{vid}`.
+async fn consent_vread(
+    State(state): State<AppState>,
+    Extension(call): Extension<Call>,
+    Path((id, vid)): Path<(String, String)>,
+) -> Result<Response, Failure> {
+    let mut audit = call.audit("vread", Direction::Outbound);
+    audit.resource_type = Some("Consent".into());
+    let history = visible_history(&state, &call, &id, &mut audit)
+        .await
+        .map_err(|e| Failure::new(e, audit.clone()))?;
+    let version = history
+        .into_iter()
+        .find(|c| c.version.version.to_string() == vid)
+        .ok_or_else(|| {
+            Failure::new(
+                Error::NotFound(format!("Consent/{id} has no version {vid}")),
+                audit.clone(),
+            )
+        })?;
+    audit.consent = Some(version.version.citation());
+    let mut response = fhir_json(version.resource);
+    if let Ok(v) = HeaderValue::from_str(&format!("W/\"{vid}\"")) {
+        response.headers_mut().insert(header::ETAG, v);
+    }
+    response.extensions_mut().insert(AuditDraft(audit));
+    Ok(response)
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConsentSearch {
+    /// The housing tenant ID.
+    patient: Option<String>,
+    /// `system|value` of any identifier the tenant is known by.
+    #[serde(rename = "patient:identifier")]
+    patient_identifier: Option<String>,
+    status: Option<String>,
+}
+
+/// `GET /fhir/Consent?patient=…&status=…`: the latest version of each matching consent
+/// the caller may see. `total` counts only what is returned.
+async fn search_consents(
+    State(state): State<AppState>,
+    Extension(call): Extension<Call>,
+    query: Result<axum::extract::Query<ConsentSearch>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, Failure> {
+    let mut audit = call.audit("search", Direction::Outbound);
+    audit.resource_type = Some("Consent".into());
+    let fail = |e: Error, a: &crate::audit::AuditEntry| Failure::new(e, a.clone());
+    let axum::extract::Query(q) = query.map_err(|e| {
+        fail(
+            Error::malformed(format!(
+                "supported search parameters: patient, patient:identifier, status ({})",
+                e.body_text()
+            )),
+            &audit,
+        )
+    })?;
+    let g = &state.gateway;
+    let tenant = match (&q.patient, &q.patient_identifier) {
+        (Some(t), None) => Some(crate::ids::TenantId::new(t.trim_start_matches("Patient/"))),
+        (None, Some(token)) => {
+            let (system, value) = token.split_once('|').ok_or_else(|| {
+                fail(
+                    Error::malformed("patient:identifier is system|value"),
+                    &audit,
+                )
+            })?;
+            g.store
+                .resolve(&[crate::ids::Identifier::new(system, value)])
+                .await
+                .map_err(|e| fail(e.into(), &audit))?
+                .pop()
+                .flatten()
+        }
+        _ => {
+            return Err(fail(
+                Error::malformed("search Consent by patient or patient:identifier"),
+                &audit,
+            ));
+        }
+    };
+    let mut entries = Vec::new();
+    if let Some(tenant) = &tenant {
+        audit.tenant = Some(tenant.clone());
+        let all = g
+            .store
+            .tenant_consents(tenant)
+            .await
+            .map_err(|e| fail(e.into(), &audit))?;
+        let mut latest: Vec<&crate::store::StoredConsent> = Vec::new();
+        for c in &all {
+            match latest.iter_mut().find(|l| l.version.id == c.version.id) {
+                Some(l) if l.version.version < c.version.version => *l = c,
+                Some(_) => {}
+                None => latest.push(c),
+            }
+        }
+        for c in latest {
+            let status_ok = q
+                .status
+                .as_deref()
+                .is_none_or(|s| s == c.version.terms.status.as_str());
+            if status_ok && g.may_see_consent(&call, c) {
+                entries.push(json!({
+                    "fullUrl": format!("Consent/{}", c.version.id),
+                    "resource": c.resource,
+                    "search": {"mode": "match"},
+                }));
+            }
+        }
+    }
+    audit.count = Some(entries.len());
+    let mut response = fhir_json(
+        json!({"resourceType": "Bundle", "type": "searchset", "total": entries.len(), "entry": entries}),
+    );
+    response.extensions_mut().insert(AuditDraft(audit));
+    Ok(response)
 }

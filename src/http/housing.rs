@@ -17,7 +17,7 @@ use super::extract::JsonBody;
 use crate::audit::Direction;
 use crate::auth::Role;
 use crate::error::Error;
-use crate::gateway::{Call, tenant_view};
+use crate::gateway::Call;
 use crate::ids::TenantId;
 use crate::tenancy::TenantRegistration;
 
@@ -25,7 +25,17 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/housing/tenants", post(register))
         .route("/housing/tenants/{id}", get(tenant))
+        .route("/housing/tenants/{id}/disclosures", get(disclosures))
+        .route("/housing/tenants/{id}/preview", get(preview))
+        .route(
+            "/housing/tenants/{id}/renewal-request",
+            post(renewal_request),
+        )
         .route("/housing/updates", get(updates))
+        .route("/housing/consents", post(record_consent).get(list_consents))
+        .route("/housing/consents/due", get(consents_due))
+        .route("/housing/consents/{id}/revoke", post(revoke_consent))
+        .route("/housing/consents/{id}/confirm", post(confirm_consent))
 }
 
 fn housing_only(call: &Call) -> Result<(), Error> {
@@ -86,32 +96,225 @@ async fn tenant(
     housing_only(&call).map_err(|e| Failure::new(e, audit.clone()))?;
     let tenant = TenantId::new(id);
     audit.tenant = Some(tenant.clone());
-    let store = &state.gateway.store;
-    let fail = |e: crate::store::StoreError, a: &crate::audit::AuditEntry| {
-        Failure::new(e.into(), a.clone())
-    };
-    if !store
-        .tenant_exists(&tenant)
+    let view = state
+        .gateway
+        .tenant_view(&call, &tenant, &mut audit)
         .await
-        .map_err(|e| fail(e, &audit))?
-    {
-        return Err(Failure::new(
-            Error::NotFound(format!("no tenant {tenant}")),
-            audit,
-        ));
-    }
-    let identifiers = store
-        .tenant_identifiers(&tenant)
-        .await
-        .map_err(|e| fail(e, &audit))?;
-    let items = store
-        .tenant_items(&tenant)
-        .await
-        .map_err(|e| fail(e, &audit))?;
-    audit.count = Some(items.len());
-    let mut response = axum::Json(tenant_view(&tenant, &identifiers, items)).into_response();
+        .map_err(|e| Failure::new(e, audit.clone()))?;
+    Ok(with_draft(axum::Json(view).into_response(), audit))
+}
+
+fn with_draft(mut response: Response, audit: crate::audit::AuditEntry) -> Response {
     response.extensions_mut().insert(AuditDraft(audit));
-    Ok(response)
+    response
+}
+
+fn with_audited(mut response: Response) -> Response {
+    response.extensions_mut().insert(Audited);
+    response
+}
+
+async fn disclosures(
+    State(state): State<AppState>,
+    Extension(call): Extension<Call>,
+    Path(id): Path<String>,
+) -> Result<Response, Failure> {
+    let mut audit = call.audit("read-disclosures", Direction::Outbound);
+    housing_only(&call).map_err(|e| Failure::new(e, audit.clone()))?;
+    let tenant = TenantId::new(id);
+    audit.tenant = Some(tenant.clone());
+    let list = state
+        .gateway
+        .disclosures(&tenant)
+        .await
+        .map_err(|e| Failure::new(e, audit.clone()))?;
+    audit.count = Some(list.len());
+    Ok(with_draft(
+        axum::Json(json!({"tenant_id": tenant, "disclosures": list})).into_response(),
+        audit,
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PreviewQuery {
+    partner: String,
+}
+
+async fn preview(
+    State(state): State<AppState>,
+    Extension(call): Extension<Call>,
+    Path(id): Path<String>,
+    query: Result<Query<PreviewQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, Failure> {
+    let mut audit = call.audit("preview", Direction::Internal);
+    let fail = |e: Error, a: &crate::audit::AuditEntry| Failure::new(e, a.clone());
+    housing_only(&call).map_err(|e| fail(e, &audit))?;
+    let Query(q) = query.map_err(|_| {
+        fail(
+            Error::malformed("preview needs ?partner=<partner id>"),
+            &audit,
+        )
+    })?;
+    let tenant = TenantId::new(id);
+    audit.tenant = Some(tenant.clone());
+    audit.partner = Some(crate::ids::PartnerId::new(q.partner.clone()));
+    let view = state
+        .gateway
+        .preview(&call, &tenant, &crate::ids::PartnerId::new(q.partner))
+        .await
+        .map_err(|e| fail(e, &audit))?;
+    Ok(with_draft(axum::Json(view).into_response(), audit))
+}
+
+async fn renewal_request(
+    State(state): State<AppState>,
+    Extension(call): Extension<Call>,
+    Path(id): Path<String>,
+) -> Result<Response, Failure> {
+    let mut audit = call.audit("renewal-request", Direction::Internal);
+    let tenant = TenantId::new(id);
+    let marked = state
+        .gateway
+        .request_renewal(&call, &tenant, &mut audit)
+        .await
+        .map_err(|e| Failure::new(e, audit.clone()))?;
+    let due = state
+        .gateway
+        .store
+        .renewal_due(&tenant)
+        .await
+        .map_err(|e| Failure::from(Error::from(e)))?;
+    Ok(with_audited(
+        axum::Json(json!({"tenant_id": tenant, "newly_marked": marked, "renewal_due": due}))
+            .into_response(),
+    ))
+}
+
+async fn record_consent(
+    State(state): State<AppState>,
+    Extension(call): Extension<Call>,
+    body: Result<JsonBody, Error>,
+) -> Result<Response, Failure> {
+    let mut audit = call.audit("record-consent", Direction::Internal);
+    let body = body.map_err(|e| Failure::new(e, audit.clone()))?;
+    audit.payload_digest = Some(body.digest.clone());
+    let form: crate::consent::form::ConsentForm =
+        serde_json::from_value(body.value).map_err(|e| {
+            Failure::new(
+                Error::malformed(format!("not a consent form: {e}")),
+                audit.clone(),
+            )
+        })?;
+    let stored = state
+        .gateway
+        .record_consent_form(&call, form, &mut audit)
+        .await
+        .map_err(|e| Failure::new(e, audit.clone()))?;
+    let summary = state.gateway.summary(&stored, true);
+    Ok(with_audited(
+        (
+            StatusCode::CREATED,
+            axum::Json(json!({"consent": summary, "fhir": stored.resource})),
+        )
+            .into_response(),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConsentListQuery {
+    tenant: String,
+}
+
+async fn list_consents(
+    State(state): State<AppState>,
+    Extension(call): Extension<Call>,
+    query: Result<Query<ConsentListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, Failure> {
+    let mut audit = call.audit("list-consents", Direction::Internal);
+    let fail = |e: Error, a: &crate::audit::AuditEntry| Failure::new(e, a.clone());
+    housing_only(&call).map_err(|e| fail(e, &audit))?;
+    let Query(q) = query.map_err(|_| {
+        fail(
+            Error::malformed("list consents with ?tenant=<tenant id>"),
+            &audit,
+        )
+    })?;
+    let tenant = TenantId::new(q.tenant);
+    audit.tenant = Some(tenant.clone());
+    let list = state
+        .gateway
+        .consent_summaries(&tenant)
+        .await
+        .map_err(|e| fail(e, &audit))?;
+    audit.count = Some(list.len());
+    let due = state
+        .gateway
+        .store
+        .renewal_due(&tenant)
+        .await
+        .map_err(|e| fail(e.into(), &audit))?;
+    Ok(with_draft(
+        axum::Json(json!({"tenant_id": tenant, "renewal_due": due, "consents": list}))
+            .into_response(),
+        audit,
+    ))
+}
+
+async fn consents_due(
+    State(state): State<AppState>,
+    Extension(call): Extension<Call>,
+) -> Result<Response, Failure> {
+    let mut audit = call.audit("list-renewals-due", Direction::Internal);
+    housing_only(&call).map_err(|e| Failure::new(e, audit.clone()))?;
+    let due = state
+        .gateway
+        .store
+        .renewals_due()
+        .await
+        .map_err(|e| Failure::new(e.into(), audit.clone()))?;
+    audit.count = Some(due.len());
+    let list: Vec<_> = due
+        .into_iter()
+        .map(|(tenant, d)| json!({"tenant_id": tenant, "reason": d.reason, "since": d.since, "reference_id": d.reference_id}))
+        .collect();
+    Ok(with_draft(
+        axum::Json(json!({"due": list})).into_response(),
+        audit,
+    ))
+}
+
+async fn revoke_consent(
+    State(state): State<AppState>,
+    Extension(call): Extension<Call>,
+    Path(id): Path<String>,
+) -> Result<Response, Failure> {
+    let mut audit = call.audit("revoke-consent", Direction::Internal);
+    let stored = state
+        .gateway
+        .revoke_consent(&call, &id, &mut audit)
+        .await
+        .map_err(|e| Failure::new(e, audit.clone()))?;
+    Ok(with_audited(
+        axum::Json(json!({"consent": state.gateway.summary(&stored, true)})).into_response(),
+    ))
+}
+
+async fn confirm_consent(
+    State(state): State<AppState>,
+    Extension(call): Extension<Call>,
+    Path(id): Path<String>,
+) -> Result<Response, Failure> {
+    let mut audit = call.audit("confirm-consent", Direction::Internal);
+    let stored = state
+        .gateway
+        .confirm_consent(&call, &id, &mut audit)
+        .await
+        .map_err(|e| Failure::new(e, audit.clone()))?;
+    Ok(with_audited(
+        axum::Json(json!({"consent": state.gateway.summary(&stored, true)})).into_response(),
+    ))
 }
 
 #[derive(Debug, Deserialize)]
@@ -187,6 +390,11 @@ async fn updates(
             .await
             .map_err(|e| fail(e.into(), &audit))?;
     }
+    state
+        .gateway
+        .filter_feed(&call, &mut entries)
+        .await
+        .map_err(|e| fail(e, &audit))?;
     let next = entries.last().map_or(since, |e| e.seq);
     audit.count = Some(entries.len());
     let mut response = axum::Json(json!({

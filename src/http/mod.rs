@@ -76,6 +76,43 @@ fn is_public(path: &str) -> bool {
     matches!(path, "/healthz" | "/readyz" | "/fhir/metadata")
 }
 
+/// An emergency exchange is asked for with `X-Purpose-Of-Use: BTG` (or `ETREAT`) and a
+/// non-empty `X-Break-Glass-Reason`. Either without the other is refused outright.
+fn break_glass(req: &Request) -> Result<Option<crate::consent::BreakGlass>, Error> {
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+    };
+    match (header("x-purpose-of-use"), header("x-break-glass-reason")) {
+        (None, None) => Ok(None),
+        (Some(p), _) if p.eq_ignore_ascii_case(crate::gateway::CARE_COORDINATION) => Ok(None),
+        (Some(p), Some(reason))
+            if crate::consent::EMERGENCY_PURPOSES.contains(&p.to_ascii_uppercase().as_str()) =>
+        {
+            Ok(Some(crate::consent::BreakGlass {
+                purpose: p.to_ascii_uppercase(),
+                reason: reason.to_string(),
+            }))
+        }
+        (Some(p), None)
+            if crate::consent::EMERGENCY_PURPOSES.contains(&p.to_ascii_uppercase().as_str()) =>
+        {
+            Err(Error::malformed(
+                "an emergency exchange needs X-Break-Glass-Reason stating why",
+            ))
+        }
+        (None, Some(_)) => Err(Error::malformed(
+            "X-Break-Glass-Reason needs X-Purpose-Of-Use: BTG or ETREAT",
+        )),
+        (Some(_), _) => Err(Error::malformed(
+            "X-Purpose-Of-Use must be COC (care coordination), BTG or ETREAT",
+        )),
+    }
+}
+
 fn bearer(req: &Request) -> Option<&str> {
     let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
@@ -100,9 +137,10 @@ async fn envelope(State(state): State<AppState>, mut req: Request, next: Next) -
         principal = principal.as_ref().map(|p| p.id.as_str()).unwrap_or("-"),
     );
 
-    let response = match (&principal, public) {
-        (None, false) => Error::Unauthenticated.into_response(),
-        _ => {
+    let response = match (&principal, public, break_glass(&req)) {
+        (None, false, _) => Error::Unauthenticated.into_response(),
+        (_, _, Err(e)) => e.into_response(),
+        (_, _, Ok(break_glass)) => {
             if let Some(p) = &principal {
                 req.extensions_mut().insert(Call {
                     reference_id,
@@ -110,6 +148,7 @@ async fn envelope(State(state): State<AppState>, mut req: Request, next: Next) -
                     at,
                     request: request_line.clone(),
                     parent: None,
+                    break_glass,
                 });
             }
             next.run(req).instrument(span.clone()).await

@@ -91,6 +91,21 @@ impl Mappings {
         })
     }
 
+    /// The labels a named restriction (`substance-use`, …) withholds.
+    pub fn restriction_labels(&self, name: &str) -> Option<Vec<String>> {
+        self.sensitivity.restrictions.get(name).cloned()
+    }
+
+    /// The named restrictions whose labels are all among `labels`.
+    pub fn restrictions_for(&self, labels: &[String]) -> Vec<String> {
+        self.sensitivity
+            .restrictions
+            .iter()
+            .filter(|(_, l)| !l.is_empty() && l.iter().all(|x| labels.contains(x)))
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
     /// Translates one resource. Pure: same input, same output.
     pub fn translate(&self, resource: &Value) -> Translation {
         let resource_type = resource

@@ -193,6 +193,8 @@ pub struct Source {
 pub struct Sensitivity {
     pub by_codes: Vec<(String, Vec<String>)>,
     pub by_item: Vec<(ItemKind, String, Value, Vec<String>)>,
+    /// Plain-word restrictions and the labels each withholds.
+    pub restrictions: BTreeMap<String, Vec<String>>,
 }
 
 struct Ctx<'a> {
@@ -454,9 +456,14 @@ pub fn parse_sensitivity(
         codes: Vec<CodeRule>,
         #[serde(default)]
         items: Vec<ItemRule>,
+        #[serde(default)]
+        restrictions: BTreeMap<String, Vec<String>>,
     }
     let f: File = toml::from_str(text).map_err(|e| err(file, e.to_string()))?;
-    let mut out = Sensitivity::default();
+    let mut out = Sensitivity {
+        restrictions: f.restrictions,
+        ..Sensitivity::default()
+    };
     for r in f.codes {
         if !sets.has(&r.valueset) {
             return Err(err(file, format!("no value set named `{}`", r.valueset)));

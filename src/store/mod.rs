@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use serde::Serialize;
 
 use crate::audit::{AuditEntry, Verification};
-use crate::consent::{ConsentTerms, ConsentVersion};
+use crate::consent::{ConsentTerms, ConsentVersion, RenewalDue};
 use crate::dataset::{ConsentCitation, StoredItem};
 use crate::ids::{Identifier, PartnerId, ReferenceId, TenantId};
 
@@ -69,6 +69,8 @@ pub struct NewExchange {
     pub items: Vec<StoredItem>,
     /// `entered-in-error`: retract whatever the key stored before.
     pub retract: bool,
+    /// An event in this exchange that should prompt consent renewal.
+    pub renewal: Option<RenewalDue>,
     pub audit: AuditEntry,
 }
 
@@ -107,13 +109,30 @@ pub struct StoredExchange {
 pub struct FeedEntry {
     pub seq: u64,
     pub tenant: TenantId,
-    /// `added`, `superseded` or `retracted`.
+    /// `added`, `superseded`, `retracted` (dataset items) or `renewal-due` (consent).
     pub change: String,
-    pub item_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub item_id: Option<String>,
     pub reference_id: ReferenceId,
     pub at: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub item: Option<StoredItem>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub renewal: Option<RenewalDue>,
+    /// Set when the tenant's current consent restricts this item from view.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub restricted: bool,
+}
+
+/// An emergency exchange waiting for review.
+#[derive(Debug, Clone, Serialize)]
+pub struct BreakGlassRecord {
+    pub reference_id: String,
+    pub recorded_at: String,
+    pub tenant: Option<String>,
+    pub principal: Option<String>,
+    pub purpose: String,
+    pub reason: String,
 }
 
 /// A stored consent version with its FHIR form.
@@ -164,15 +183,32 @@ pub trait ConsentStore: Send + Sync {
     async fn consents(&self, tenant: &TenantId) -> StoreResult<Vec<ConsentVersion>>;
     /// Stores a new version (of `id`, or a new consent when `id` is `None`); the
     /// resource is stored with its id and `meta.versionId` set.
+    /// A housing-confirmed (`clears_renewal`) version also clears a renewal prompt.
     async fn save_consent(
         &self,
         id: Option<String>,
         tenant: TenantId,
         terms: ConsentTerms,
         resource: serde_json::Value,
+        clears_renewal: bool,
         audit: AuditEntry,
     ) -> StoreResult<StoredConsent>;
+    /// The latest version of a consent.
     async fn consent(&self, id: &str) -> StoreResult<Option<StoredConsent>>;
+    /// Every version of a consent, oldest first.
+    async fn consent_history(&self, id: &str) -> StoreResult<Vec<StoredConsent>>;
+    /// Every version of every consent of a tenant, oldest first.
+    async fn tenant_consents(&self, tenant: &TenantId) -> StoreResult<Vec<StoredConsent>>;
+    /// Marks the tenant's consent renewal-due (unless it already is); true if newly marked.
+    async fn mark_renewal_due(
+        &self,
+        tenant: &TenantId,
+        due: RenewalDue,
+        audit: AuditEntry,
+    ) -> StoreResult<bool>;
+    async fn renewal_due(&self, tenant: &TenantId) -> StoreResult<Option<RenewalDue>>;
+    /// Every tenant whose consent is renewal-due.
+    async fn renewals_due(&self) -> StoreResult<Vec<(TenantId, RenewalDue)>>;
 }
 
 /// Inbound exchanges, the dataset items they wrote and the updates feed.
@@ -205,6 +241,8 @@ pub trait AuditStore: Send + Sync {
     async fn append(&self, entry: AuditEntry) -> StoreResult<()>;
     async fn query(&self, q: AuditQuery) -> StoreResult<Vec<AuditRow>>;
     async fn verify(&self, anchor: Option<Vec<u8>>) -> StoreResult<Verification>;
+    /// Emergency exchanges, newest first, for review.
+    async fn break_glass_records(&self) -> StoreResult<Vec<BreakGlassRecord>>;
 }
 
 /// Everything Hearth stores, in one handle.

@@ -18,7 +18,7 @@ use tokio::sync::oneshot;
 
 use super::*;
 use crate::audit::{self, AuditEntry, GENESIS, Outcome, StoredRecord, Verification};
-use crate::consent::{ConsentTerms, ConsentVersion};
+use crate::consent::{ConsentTerms, ConsentVersion, RenewalDue};
 use crate::dataset::StoredItem;
 
 const SCHEMA: &str = r#"
@@ -72,10 +72,31 @@ CREATE INDEX IF NOT EXISTS items_by_exchange ON items(reference_id);
 CREATE TABLE IF NOT EXISTS feed (
     seq          INTEGER PRIMARY KEY AUTOINCREMENT,
     tenant_id    TEXT NOT NULL,
-    change       TEXT NOT NULL CHECK (change IN ('added', 'superseded', 'retracted')),
-    item_id      TEXT NOT NULL REFERENCES items(item_id),
+    change       TEXT NOT NULL CHECK (change IN ('added', 'superseded', 'retracted', 'renewal-due')),
+    item_id      TEXT REFERENCES items(item_id),
     reference_id TEXT NOT NULL,
-    at           TEXT NOT NULL
+    at           TEXT NOT NULL,
+    renewal      TEXT
+);
+
+-- Open and past renewal prompts; at most one open (cleared_at IS NULL) per tenant.
+CREATE TABLE IF NOT EXISTS renewals (
+    tenant_id    TEXT NOT NULL REFERENCES tenants(tenant_id),
+    reason       TEXT NOT NULL,
+    since        TEXT NOT NULL,
+    reference_id TEXT NOT NULL,
+    cleared_at   TEXT
+);
+CREATE UNIQUE INDEX IF NOT EXISTS renewals_open ON renewals(tenant_id) WHERE cleared_at IS NULL;
+
+-- Emergency exchanges and their stated reasons, for review (kept out of the audit body).
+CREATE TABLE IF NOT EXISTS break_glass (
+    reference_id TEXT PRIMARY KEY,
+    recorded_at  TEXT NOT NULL,
+    tenant_id    TEXT,
+    principal    TEXT,
+    purpose      TEXT NOT NULL,
+    reason       TEXT NOT NULL
 );
 
 CREATE TABLE IF NOT EXISTS audit (
@@ -133,8 +154,89 @@ impl WriteCtx<'_> {
             .execute(params![seq as i64, reference, entry.recorded, &self.head.hash[..], &hash[..], body])?;
         self.head.seq = seq;
         self.head.hash = hash;
+        if let (Some(purpose), Some(reason)) = (&entry.break_glass, &entry.break_glass_reason) {
+            self.tx
+                .prepare_cached(
+                    "INSERT INTO break_glass (reference_id, recorded_at, tenant_id, principal, purpose, reason)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )?
+                .execute(params![
+                    reference,
+                    entry.recorded,
+                    entry.tenant.as_ref().map(|t| t.as_str().to_string()),
+                    entry.actor.as_ref().map(|a| a.principal.clone()),
+                    purpose,
+                    reason
+                ])?;
+        }
         Ok(())
     }
+
+    /// Opens a renewal prompt for `tenant` unless one is open; true if newly opened.
+    fn mark_renewal(&mut self, tenant: &TenantId, due: &RenewalDue) -> StoreResult<bool> {
+        let open: Option<i64> = self
+            .tx
+            .prepare_cached("SELECT 1 FROM renewals WHERE tenant_id = ?1 AND cleared_at IS NULL")?
+            .query_row([tenant.as_str()], |r| r.get(0))
+            .optional()?;
+        if open.is_some() {
+            return Ok(false);
+        }
+        self.tx
+            .prepare_cached("INSERT INTO renewals (tenant_id, reason, since, reference_id) VALUES (?1, ?2, ?3, ?4)")?
+            .execute(params![tenant.as_str(), due.reason, due.since, due.reference_id])?;
+        self.tx
+            .prepare_cached(
+                "INSERT INTO feed (tenant_id, change, item_id, reference_id, at, renewal) VALUES (?1, 'renewal-due', NULL, ?2, ?3, ?4)",
+            )?
+            .execute(params![tenant.as_str(), due.reference_id, due.since, serde_json::to_string(due)?])?;
+        Ok(true)
+    }
+}
+
+fn open_renewal(conn: &Connection, tenant: &str) -> StoreResult<Option<RenewalDue>> {
+    Ok(conn
+        .prepare_cached("SELECT reason, since, reference_id FROM renewals WHERE tenant_id = ?1 AND cleared_at IS NULL")?
+        .query_row([tenant], |r| {
+            Ok(RenewalDue {
+                reason: r.get(0)?,
+                since: r.get(1)?,
+                reference_id: r.get(2)?,
+            })
+        })
+        .optional()?)
+}
+
+fn stored_consent(row: &rusqlite::Row<'_>) -> StoreResult<StoredConsent> {
+    let id: String = row.get(0)?;
+    let version: i64 = row.get(1)?;
+    let tenant: String = row.get(2)?;
+    let terms: String = row.get(3)?;
+    let resource: String = row.get(4)?;
+    Ok(StoredConsent {
+        version: ConsentVersion {
+            id,
+            version: version as u32,
+            terms: serde_json::from_str(&terms)?,
+        },
+        tenant: TenantId::new(tenant),
+        resource: serde_json::from_str(&resource)?,
+        recorded_at: row.get(5)?,
+    })
+}
+
+const CONSENT_COLUMNS: &str = "consent_id, version, tenant_id, terms, resource, recorded_at";
+
+fn consents_where(conn: &Connection, clause: &str, arg: &str) -> StoreResult<Vec<StoredConsent>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {CONSENT_COLUMNS} FROM consents WHERE {clause} ORDER BY recorded_at, consent_id, version"
+    ))?;
+    let mut rows = stmt.query([arg])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        out.push(stored_consent(r)?);
+    }
+    Ok(out)
 }
 
 struct Inner {
@@ -542,6 +644,7 @@ impl ConsentStore for SqliteStore {
         tenant: TenantId,
         terms: ConsentTerms,
         mut resource: Value,
+        clears_renewal: bool,
         audit: AuditEntry,
     ) -> StoreResult<StoredConsent> {
         self.write(move |ctx| {
@@ -576,6 +679,12 @@ impl ConsentStore for SqliteStore {
                     audit.reference_id.to_string()
                 ],
             )?;
+            if clears_renewal {
+                ctx.tx.execute(
+                    "UPDATE renewals SET cleared_at = ?1 WHERE tenant_id = ?2 AND cleared_at IS NULL",
+                    params![audit.recorded, tenant.as_str()],
+                )?;
+            }
             let version = ConsentVersion {
                 id,
                 version: version as u32,
@@ -597,35 +706,65 @@ impl ConsentStore for SqliteStore {
     async fn consent(&self, id: &str) -> StoreResult<Option<StoredConsent>> {
         let id = id.to_string();
         self.read(move |conn| {
-            let row = conn
-                .query_row(
-                    "SELECT version, tenant_id, terms, resource, recorded_at FROM consents WHERE consent_id = ?1
-                     ORDER BY version DESC LIMIT 1",
-                    [&id],
-                    |r| {
-                        Ok((
-                            r.get::<_, i64>(0)?,
-                            r.get::<_, String>(1)?,
-                            r.get::<_, String>(2)?,
-                            r.get::<_, String>(3)?,
-                            r.get::<_, String>(4)?,
-                        ))
+            Ok(consents_where(conn, "consent_id = ?1", &id)?
+                .into_iter()
+                .max_by_key(|c| c.version.version))
+        })
+        .await
+    }
+
+    async fn consent_history(&self, id: &str) -> StoreResult<Vec<StoredConsent>> {
+        let id = id.to_string();
+        self.read(move |conn| {
+            let mut all = consents_where(conn, "consent_id = ?1", &id)?;
+            all.sort_by_key(|c| c.version.version);
+            Ok(all)
+        })
+        .await
+    }
+
+    async fn tenant_consents(&self, tenant: &TenantId) -> StoreResult<Vec<StoredConsent>> {
+        let tenant = tenant.as_str().to_string();
+        self.read(move |conn| consents_where(conn, "tenant_id = ?1", &tenant))
+            .await
+    }
+
+    async fn mark_renewal_due(
+        &self,
+        tenant: &TenantId,
+        due: RenewalDue,
+        audit: AuditEntry,
+    ) -> StoreResult<bool> {
+        let tenant = tenant.clone();
+        self.write(move |ctx| {
+            let marked = ctx.mark_renewal(&tenant, &due)?;
+            ctx.audit(&audit)?;
+            Ok(marked)
+        })
+        .await
+    }
+
+    async fn renewal_due(&self, tenant: &TenantId) -> StoreResult<Option<RenewalDue>> {
+        let tenant = tenant.as_str().to_string();
+        self.read(move |conn| open_renewal(conn, &tenant)).await
+    }
+
+    async fn renewals_due(&self) -> StoreResult<Vec<(TenantId, RenewalDue)>> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT tenant_id, reason, since, reference_id FROM renewals WHERE cleared_at IS NULL ORDER BY since, tenant_id",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    TenantId::new(r.get::<_, String>(0)?),
+                    RenewalDue {
+                        reason: r.get(1)?,
+                        since: r.get(2)?,
+                        reference_id: r.get(3)?,
                     },
-                )
-                .optional()?;
-            row.map(|(version, tenant, terms, resource, recorded_at)| {
-                Ok(StoredConsent {
-                    version: ConsentVersion {
-                        id: id.clone(),
-                        version: version as u32,
-                        terms: serde_json::from_str(&terms)?,
-                    },
-                    tenant: TenantId::new(tenant),
-                    resource: serde_json::from_str(&resource)?,
-                    recorded_at,
-                })
-            })
-            .transpose()
+                ))
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
         })
         .await
     }
@@ -720,6 +859,12 @@ fn commit_one(ctx: &mut WriteCtx<'_>, mut ex: NewExchange) -> StoreResult<Exchan
                 .prepare_cached("INSERT INTO feed (tenant_id, change, item_id, reference_id, at) VALUES (?1, 'added', ?2, ?3, ?4)")?
                 .execute(params![ex.tenant.as_str(), item.id, reference, ex.received_at])?;
         }
+    }
+
+    if let Some(due) = &ex.renewal
+        && !ex.retract
+    {
+        ctx.mark_renewal(&ex.tenant, due)?;
     }
 
     match &outcome {
@@ -825,8 +970,8 @@ impl ExchangeStore for SqliteStore {
     async fn feed(&self, after_seq: u64, limit: usize) -> StoreResult<Vec<FeedEntry>> {
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT f.seq, f.tenant_id, f.change, f.item_id, f.reference_id, f.at, i.body
-                 FROM feed f JOIN items i ON i.item_id = f.item_id
+                "SELECT f.seq, f.tenant_id, f.change, f.item_id, f.reference_id, f.at, i.body, f.renewal
+                 FROM feed f LEFT JOIN items i ON i.item_id = f.item_id
                  WHERE f.seq > ?1 ORDER BY f.seq LIMIT ?2",
             )?;
             let rows = stmt.query_map(params![after_seq as i64, limit as i64], |r| {
@@ -834,18 +979,18 @@ impl ExchangeStore for SqliteStore {
                     r.get::<_, i64>(0)?,
                     r.get::<_, String>(1)?,
                     r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
+                    r.get::<_, Option<String>>(3)?,
                     r.get::<_, String>(4)?,
                     r.get::<_, String>(5)?,
-                    r.get::<_, String>(6)?,
+                    r.get::<_, Option<String>>(6)?,
+                    r.get::<_, Option<String>>(7)?,
                 ))
             })?;
             rows.map(|row| {
-                let (seq, tenant, change, item_id, reference, at, body) = row?;
-                let item = if change == "added" {
-                    Some(serde_json::from_str(&body)?)
-                } else {
-                    None
+                let (seq, tenant, change, item_id, reference, at, body, renewal) = row?;
+                let item = match (change.as_str(), body) {
+                    ("added", Some(body)) => Some(serde_json::from_str(&body)?),
+                    _ => None,
                 };
                 Ok(FeedEntry {
                     seq: seq as u64,
@@ -855,6 +1000,8 @@ impl ExchangeStore for SqliteStore {
                     reference_id: parse_ref(reference)?,
                     at,
                     item,
+                    renewal: renewal.map(|r| serde_json::from_str(&r)).transpose()?,
+                    restricted: false,
                 })
             })
             .collect()
@@ -907,5 +1054,25 @@ impl AuditStore for SqliteStore {
     async fn verify(&self, anchor: Option<Vec<u8>>) -> StoreResult<Verification> {
         self.read(move |conn| verify_chain(conn, anchor.as_deref()))
             .await
+    }
+
+    async fn break_glass_records(&self) -> StoreResult<Vec<BreakGlassRecord>> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT reference_id, recorded_at, tenant_id, principal, purpose, reason FROM break_glass ORDER BY reference_id DESC",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok(BreakGlassRecord {
+                    reference_id: r.get(0)?,
+                    recorded_at: r.get(1)?,
+                    tenant: r.get(2)?,
+                    principal: r.get(3)?,
+                    purpose: r.get(4)?,
+                    reason: r.get(5)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
     }
 }

@@ -152,6 +152,7 @@ pub async fn spawn_app() -> TestApp {
 
 /// Starts Hearth on an existing data directory (to test restarts).
 pub async fn spawn_app_in(data: TempDir) -> TestApp {
+    hearth::tls::install_crypto_provider();
     let (mappings, profiles) = shared().clone();
     let clock = Arc::new(ManualClock::new(datetime!(2026-11-23 10:00 UTC)));
     let config = test_config(data.path());

@@ -1,90 +1,21 @@
-//! The gateway's operations, independent of HTTP: receive an inbound resource, record a
-//! consent, register a tenant, read the feed and a tenant's dataset.
-//!
-//! Order of work for an inbound resource (fixed by design):
-//! authenticate (done by the caller) → parse → validate → link tenant → map and classify
-//! → consent decision → store + audit (one durable transaction) → answer.
-//! The original resource is never stored; only its digest.
-//!
-//! Each operation fills the audit draft it is given as it learns things (tenant,
-//! consent, dropped paths, the real refusal reason). On success the operation has
-//! written the record itself, atomically with its data; on failure the caller writes
-//! the draft.
+//! Inbound exchanges: a partner's notice checked, mapped, decided and stored; Hearth's
+//! minimised copy of what was stored.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 
 use serde_json::{Value, json};
-use time::OffsetDateTime;
 
+use super::{Call, Gateway};
 use crate::audit::{AuditEntry, ItemRef};
-use crate::auth::{Principal, Role};
-use crate::clock::{Clock, rfc3339};
-use crate::config::Config;
-use crate::consent::{self, Decision, ExchangeRequest};
-use crate::dataset::{Provenance, StoredItem};
+use crate::auth::Role;
+use crate::clock::rfc3339;
+use crate::consent::{Flow, RenewalDue};
+use crate::dataset::{DatasetItem, Provenance, StoredItem};
 use crate::error::{Error, NO_AGREEMENT};
-use crate::fhir::{self, Issue, IssueCode, Profiles};
+use crate::fhir::{self, Issue, IssueCode};
 use crate::ids::{Identifier, ReferenceId, TenantId};
-use crate::mapping::{Mappings, Translation};
-use crate::store::{
-    ExchangeKey, ExchangeOutcome, NewExchange, Store, StoredConsent, StoredExchange,
-};
-use crate::tenancy::{self, LinkFailure, TenantRegistration};
-
-/// Resource types a partner may push as notices.
-pub const NOTICE_TYPES: &[&str] = &["Communication", "CarePlan"];
-
-/// The purpose of use for routine exchanges (v3-ActReason): coordination of care.
-pub const CARE_COORDINATION: &str = "COC";
-
-/// Everything an operation needs, shared by all requests.
-pub struct Gateway {
-    pub store: Arc<dyn Store>,
-    pub mappings: Arc<Mappings>,
-    pub profiles: Arc<Profiles>,
-    pub config: Config,
-    pub clock: Arc<dyn Clock>,
-}
-
-/// One authenticated call: who, when, under which reference ID.
-#[derive(Debug, Clone)]
-pub struct Call {
-    pub reference_id: ReferenceId,
-    pub principal: Principal,
-    pub at: OffsetDateTime,
-    /// `METHOD /path`, for the audit record.
-    pub request: String,
-    /// The enclosing Bundle, for entries.
-    pub parent: Option<ReferenceId>,
-}
-
-impl Call {
-    /// A fresh audit draft for this call.
-    pub fn audit(&self, action: &str, direction: crate::audit::Direction) -> AuditEntry {
-        let mut a = AuditEntry::new(
-            self.reference_id,
-            rfc3339(self.at),
-            self.request.clone(),
-            action,
-            direction,
-        );
-        a.actor = Some(self.principal.actor());
-        a.parent = self.parent;
-        a
-    }
-
-    /// The same caller, for an entry inside a Bundle: its own reference ID.
-    pub fn entry(&self, index: usize) -> Call {
-        Call {
-            reference_id: ReferenceId::new(),
-            principal: self.principal.clone(),
-            at: self.at,
-            request: format!("{} entry[{index}]", self.request),
-            parent: Some(self.reference_id),
-        }
-    }
-}
+use crate::mapping::Translation;
+use crate::store::{ExchangeKey, ExchangeOutcome, NewExchange, StoredExchange};
 
 /// An inbound resource that passed every check and is ready to store.
 #[derive(Debug)]
@@ -112,48 +43,6 @@ pub struct Receipt {
 }
 
 impl Gateway {
-    pub fn now(&self) -> OffsetDateTime {
-        self.clock.now()
-    }
-
-    fn require_role(&self, call: &Call, roles: &[Role]) -> Result<(), Error> {
-        if roles.contains(&call.principal.role) {
-            Ok(())
-        } else {
-            Err(Error::Forbidden(format!(
-                "the {} role may not do this",
-                call.principal.role.as_str()
-            )))
-        }
-    }
-
-    /// Profile validation: 422 with one issue per problem.
-    pub fn validate(&self, resource: &Value) -> Result<(), Error> {
-        let issues = static_checks(&self.profiles, resource);
-        if issues.is_empty() {
-            Ok(())
-        } else {
-            Err(Error::Invalid(issues))
-        }
-    }
-
-    /// Links the subject to a tenant; the failure's real reason goes to the audit.
-    async fn link(
-        &self,
-        resource: &Value,
-        audit: &mut AuditEntry,
-    ) -> Result<Result<TenantId, LinkFailure>, Error> {
-        let ids = tenancy::subject_identifiers(resource).map_err(|i| Error::Invalid(vec![i]))?;
-        let resolved = self.store.resolve(&ids).await?;
-        let link = tenancy::decide_link(&resolved);
-        match &link {
-            Ok(t) => audit.tenant = Some(t.clone()),
-            Err(f) => audit.reason = Some(f.as_str().to_string()),
-        }
-        Ok(link)
-    }
-
-    /// Checks and maps one inbound notice without storing anything.
     pub async fn prepare(
         &self,
         call: &Call,
@@ -231,28 +120,20 @@ impl Gateway {
         let (consent, withheld) = if retract {
             (None, Vec::new())
         } else {
-            let consents = self.store.consents(&tenant).await?;
             let labels: Vec<BTreeSet<String>> =
                 translation.items.iter().map(|i| i.labels.clone()).collect();
-            let decision = consent::decide(
-                &consents,
-                &ExchangeRequest {
-                    partner: &call.principal.org,
-                    purpose: CARE_COORDINATION,
-                    item_labels: &labels,
-                    at: call.at,
-                },
-            );
-            match decision {
-                Decision::Permit { consent, withheld } => (Some(consent), withheld),
-                Decision::Deny { reason, consent } => {
-                    audit.reason = Some(reason.code().to_string());
-                    audit.consent = consent;
-                    return Err(Error::Forbidden(NO_AGREEMENT.into()));
-                }
-            }
+            let permit = self
+                .decide(
+                    call,
+                    &tenant,
+                    Flow::Inbound,
+                    &call.principal.org,
+                    &labels,
+                    audit,
+                )
+                .await?;
+            (permit.consent, permit.withheld)
         };
-        audit.consent = consent.clone();
         check_translation(&translation, retract)?;
 
         let received_at = rfc3339(call.at);
@@ -284,6 +165,11 @@ impl Gateway {
                 },
             });
         }
+        let renewal = if retract {
+            None
+        } else {
+            self.renewal_trigger(call, &tenant, &items).await?
+        };
         Ok(Prepared::Store {
             exchange: Box::new(NewExchange {
                 reference_id: call.reference_id,
@@ -292,6 +178,7 @@ impl Gateway {
                 digest,
                 received_at,
                 consent,
+                renewal,
                 items,
                 retract,
                 audit: audit.clone(),
@@ -363,79 +250,56 @@ impl Gateway {
     }
 
     /// Records a FHIR Consent (a new consent; every version is kept).
-    pub async fn record_consent(
+
+    /// Whether this exchange should prompt consent renewal: a hospitalisation or
+    /// discharge, or a care contact from an organisation the tenant's record has not had.
+    async fn renewal_trigger(
         &self,
         call: &Call,
-        resource: Value,
-        digest: String,
-        audit: &mut AuditEntry,
-    ) -> Result<StoredConsent, Error> {
-        audit.partner = Some(call.principal.org.clone());
-        audit.payload_digest = Some(digest);
-        audit.resource_type = Some("Consent".into());
-        self.require_role(call, &[Role::Housing, Role::Clinic, Role::Mco, Role::Admin])?;
-        if fhir::resource_type(&resource) != Some("Consent") {
-            return Err(Error::Malformed {
-                message: "this endpoint takes a FHIR Consent".into(),
-                expression: Some("resourceType".into()),
-            });
-        }
-        self.validate(&resource)?;
-        let tenant = match self.link(&resource, audit).await? {
-            Ok(t) => t,
-            Err(_) if call.principal.role.is_partner() => {
-                return Err(Error::Forbidden(NO_AGREEMENT.into()));
-            }
-            Err(f) => {
-                return Err(Error::Invalid(vec![
-                    Issue::error(
-                        IssueCode::BusinessRule,
-                        match f {
-                            LinkFailure::Unknown => "no registered tenant has this identifier; register the tenant first",
-                            LinkFailure::Ambiguous => "these identifiers belong to different tenants",
-                        },
-                    )
-                    .at("Consent.patient"),
-                ]));
-            }
+        tenant: &TenantId,
+        items: &[StoredItem],
+    ) -> Result<Option<RenewalDue>, Error> {
+        let due = |reason: &str| {
+            Some(RenewalDue {
+                reason: reason.to_string(),
+                since: rfc3339(call.at),
+                reference_id: call.reference_id.to_string(),
+            })
         };
-        let partners = &self.config.partners;
-        let terms = consent::terms_from_fhir(&resource, |reference| {
-            let id = reference.strip_prefix("Organization/")?;
-            partners
-                .iter()
-                .find(|p| p.id.as_str() == id)
-                .map(|p| p.id.clone())
+        if items
+            .iter()
+            .any(|i| matches!(&i.item, DatasetItem::Discharge(d) if d.status == "discharged" || d.status == "admitted"))
+        {
+            return Ok(due("hospitalisation"));
+        }
+        let new_orgs: Vec<&str> = items
+            .iter()
+            .filter_map(|i| match &i.item {
+                DatasetItem::CareContact(c) => c.organization.as_deref(),
+                _ => None,
+            })
+            .collect();
+        if new_orgs.is_empty() {
+            return Ok(None);
+        }
+        let known: Vec<String> = self
+            .store
+            .tenant_items(tenant)
+            .await?
+            .into_iter()
+            .filter_map(|i| match i.item {
+                DatasetItem::CareContact(c) => c.organization,
+                _ => None,
+            })
+            .collect();
+        let changed = !known.is_empty() && new_orgs.iter().any(|o| !known.iter().any(|k| k == o));
+        Ok(if changed {
+            due("change-of-provider")
+        } else {
+            None
         })
-        .map_err(Error::Invalid)?;
-        Ok(self
-            .store
-            .save_consent(None, tenant, terms, resource, audit.clone())
-            .await?)
     }
 
-    /// Registers a tenant and the identifiers partners know them by.
-    pub async fn register_tenant(
-        &self,
-        call: &Call,
-        reg: TenantRegistration,
-        audit: &mut AuditEntry,
-    ) -> Result<bool, Error> {
-        self.require_role(call, &[Role::Housing, Role::Admin])?;
-        let ids = reg
-            .identifiers_to_link(&self.config.tenancy.identifier_system)
-            .map_err(Error::malformed)?;
-        audit.tenant = Some(reg.tenant_id.clone());
-        audit.outcome = crate::audit::Outcome::Accepted;
-        audit.status = 201;
-        Ok(self
-            .store
-            .register_tenant(reg.tenant_id, ids, audit.clone())
-            .await?)
-    }
-
-    /// Hearth's own copy of an exchange, built from its stored dataset items. Visible to
-    /// the partner that sent it, housing, auditors and admins; to others it does not exist.
     pub async fn exchange_copy(
         &self,
         call: &Call,
@@ -464,19 +328,6 @@ impl Gateway {
         audit.count = Some(ex.items.len());
         Ok(minimised_copy(&ex, &self.config.tenancy.identifier_system))
     }
-}
-
-/// Every check that needs no store: the profile, and (for anything but a Bundle) that
-/// the subject is identified so it can be linked. `hearth validate` prints exactly these.
-pub fn static_checks(profiles: &Profiles, resource: &Value) -> Vec<Issue> {
-    let mut issues = profiles.validate(resource);
-    if issues.is_empty()
-        && fhir::resource_type(resource) != Some("Bundle")
-        && let Err(issue) = tenancy::subject_identifiers(resource)
-    {
-        issues.push(issue);
-    }
-    issues
 }
 
 fn first_identifier(resource: &Value) -> Option<Identifier> {
@@ -577,15 +428,6 @@ mod base64_json {
     pub fn encode<T: serde::Serialize>(v: &T) -> String {
         base64::engine::general_purpose::STANDARD.encode(serde_json::to_vec(v).unwrap_or_default())
     }
-}
-
-/// The housing view of a tenant: current items with provenance.
-pub fn tenant_view(tenant: &TenantId, identifiers: &[Identifier], items: Vec<StoredItem>) -> Value {
-    json!({
-        "tenant_id": tenant,
-        "identifiers": identifiers,
-        "items": items,
-    })
 }
 
 #[cfg(test)]

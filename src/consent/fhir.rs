@@ -1,0 +1,376 @@
+//! The FHIR R4 form of a consent: reading the terms Hearth enforces, and writing a
+//! Consent from them. Element paths and codes are listed in docs/CONSENT.md.
+
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+
+use super::{ConsentStatus, ConsentTerms};
+use crate::clock::rfc3339;
+use crate::fhir::{Issue, IssueCode};
+use crate::ids::{Identifier, PartnerId};
+
+pub const PARTICIPATION_TYPE: &str = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType";
+pub const ACT_CODE: &str = "http://terminology.hl7.org/CodeSystem/v3-ActCode";
+pub const ACT_REASON: &str = "http://terminology.hl7.org/CodeSystem/v3-ActReason";
+/// Actor role: may receive information from housing.
+pub const ROLE_RECIPIENT: &str = "IRCP";
+/// Actor role: may disclose information to housing.
+pub const ROLE_INFORMANT: &str = "INF";
+
+/// Reads the enforceable terms of a FHIR Consent. `partner_for` maps an actor reference
+/// (`Organization/<partner id>`) to a configured partner.
+pub fn terms_from_fhir(
+    consent: &Value,
+    partner_for: impl Fn(&str) -> Option<PartnerId>,
+) -> Result<ConsentTerms, Vec<Issue>> {
+    let mut issues = Vec::new();
+    let status = consent
+        .get("status")
+        .cloned()
+        .and_then(|s| serde_json::from_value(s).ok())
+        .unwrap_or(ConsentStatus::Draft);
+    let recorded = consent
+        .get("dateTime")
+        .and_then(Value::as_str)
+        .and_then(|s| parse_fhir_instant(s, false));
+    if recorded.is_none() {
+        issues.push(
+            Issue::error(
+                IssueCode::Required,
+                "dateTime must say when the tenant made this choice",
+            )
+            .at("Consent.dateTime"),
+        );
+    }
+    let provision = consent.get("provision").cloned().unwrap_or(Value::Null);
+    // R4 leaves the root provision's type optional; absent, Hearth reads it as permit.
+    let refused = match provision
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("permit")
+    {
+        "permit" => false,
+        "deny" => true,
+        _ => {
+            issues.push(
+                Issue::error(IssueCode::Value, "provision.type is permit or deny")
+                    .at("Consent.provision.type"),
+            );
+            false
+        }
+    };
+    let mut bound = |key: &str, end: bool| match provision
+        .pointer(&format!("/period/{key}"))
+        .and_then(Value::as_str)
+    {
+        None => None,
+        Some(s) => {
+            let t = parse_fhir_instant(s, end);
+            if t.is_none() {
+                issues.push(
+                    Issue::error(IssueCode::Value, "not a FHIR dateTime")
+                        .at(format!("Consent.provision.period.{key}")),
+                );
+            }
+            t
+        }
+    };
+    let start = bound("start", false);
+    let end = bound("end", true);
+    let mut senders = Vec::new();
+    let mut recipients = Vec::new();
+    for (i, actor) in provision
+        .get("actor")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let reference = actor
+            .pointer("/reference/reference")
+            .and_then(Value::as_str);
+        let Some(partner) = reference.and_then(&partner_for) else {
+            issues.push(
+                Issue::error(
+                    IssueCode::BusinessRule,
+                    "actor must reference a partner organisation known to this gateway, as Organization/<partner id>",
+                )
+                .at(format!("Consent.provision.actor[{i}].reference")),
+            );
+            continue;
+        };
+        let roles: Vec<&str> = actor
+            .pointer("/role/coding")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter(|c| c.get("system").and_then(Value::as_str) == Some(PARTICIPATION_TYPE))
+            .filter_map(|c| c.get("code").and_then(Value::as_str))
+            .collect();
+        let mut known = false;
+        if roles.contains(&ROLE_INFORMANT) {
+            senders.push(partner.clone());
+            known = true;
+        }
+        if roles.contains(&ROLE_RECIPIENT) {
+            recipients.push(partner);
+            known = true;
+        }
+        if !known {
+            issues.push(
+                Issue::error(
+                    IssueCode::BusinessRule,
+                    "actor.role must be v3-ParticipationType INF (may disclose to housing) or IRCP (may receive from housing)",
+                )
+                .at(format!("Consent.provision.actor[{i}].role")),
+            );
+        }
+    }
+    if senders.is_empty()
+        && recipients.is_empty()
+        && !refused
+        && status == ConsentStatus::Active
+        && issues.is_empty()
+    {
+        issues.push(
+            Issue::error(
+                IssueCode::BusinessRule,
+                "an active consent must name at least one partner as actor",
+            )
+            .at("Consent.provision.actor"),
+        );
+    }
+    let purposes = codes(provision.get("purpose"));
+    let mut denied_labels = Vec::new();
+    for nested in provision
+        .get("provision")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        if nested.get("type").and_then(Value::as_str) == Some("deny") {
+            denied_labels.extend(codes(nested.get("securityLabel")));
+        }
+    }
+    match (issues.is_empty(), recorded) {
+        (true, Some(recorded)) => Ok(ConsentTerms {
+            status,
+            recorded,
+            refused,
+            start,
+            end,
+            senders,
+            recipients,
+            purposes,
+            denied_labels,
+        }),
+        _ => Err(issues),
+    }
+}
+
+fn codes(list: Option<&Value>) -> Vec<String> {
+    list.and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c.get("code").and_then(Value::as_str).map(str::to_string))
+        .collect()
+}
+
+/// Who gave the consent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GivenBy {
+    Tenant,
+    Representative,
+}
+
+/// Writes a FHIR R4 Consent for `terms` about `tenant`, kept by `custodian`.
+pub fn terms_to_fhir(
+    terms: &ConsentTerms,
+    tenant: &Identifier,
+    custodian: &PartnerId,
+    given_by: GivenBy,
+) -> Value {
+    let date = |t: OffsetDateTime| rfc3339(t);
+    let mut period = serde_json::Map::new();
+    if let Some(s) = terms.start {
+        period.insert("start".into(), json!(date(s)));
+    }
+    if let Some(e) = terms.end {
+        // Stored exclusive; FHIR's period.end is the last instant covered.
+        period.insert("end".into(), json!(date(e - time::Duration::SECOND)));
+    }
+    let mut actors = Vec::new();
+    for (role, display, partners) in [
+        (ROLE_INFORMANT, "informant", &terms.senders),
+        (ROLE_RECIPIENT, "information recipient", &terms.recipients),
+    ] {
+        for p in partners {
+            actors.push(json!({
+                "role": {"coding": [{"system": PARTICIPATION_TYPE, "code": role, "display": display}]},
+                "reference": {"reference": format!("Organization/{p}")},
+            }));
+        }
+    }
+    let mut provision = json!({
+        "type": if terms.refused { "deny" } else { "permit" },
+        "action": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentaction", "code": "disclose"}]}],
+    });
+    if !period.is_empty() {
+        provision["period"] = Value::Object(period);
+    }
+    if !actors.is_empty() {
+        provision["actor"] = json!(actors);
+    }
+    if !terms.purposes.is_empty() {
+        provision["purpose"] = terms
+            .purposes
+            .iter()
+            .map(|p| json!({"system": ACT_REASON, "code": p}))
+            .collect();
+    }
+    if !terms.denied_labels.is_empty() {
+        provision["provision"] = json!([{
+            "type": "deny",
+            "securityLabel": terms.denied_labels.iter().map(|l| json!({"system": ACT_CODE, "code": l})).collect::<Vec<_>>(),
+        }]);
+    }
+    let performer = match given_by {
+        GivenBy::Tenant => {
+            json!({"type": "Patient", "identifier": {"system": tenant.system, "value": tenant.value}})
+        }
+        GivenBy::Representative => {
+            json!({"type": "RelatedPerson", "display": "the tenant's representative"})
+        }
+    };
+    json!({
+        "resourceType": "Consent",
+        "status": terms.status.as_str(),
+        "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
+        "category": [{"coding": [{"system": ACT_CODE, "code": "IDSCL"}]}],
+        "patient": {"identifier": {"system": tenant.system, "value": tenant.value}},
+        "dateTime": date(terms.recorded),
+        "performer": [performer],
+        "organization": [{"reference": format!("Organization/{custodian}")}],
+        "policyRule": {"coding": [{"system": ACT_CODE, "code": if terms.refused { "OPTOUT" } else { "OPTIN" }}]},
+        "provision": provision,
+    })
+}
+
+/// Parses a FHIR date or dateTime. A partial date stands for its whole span: as a start
+/// it means the first instant, as an `end` the instant after its last.
+pub fn parse_fhir_instant(s: &str, end: bool) -> Option<OffsetDateTime> {
+    use time::format_description::well_known::Rfc3339;
+    use time::{Date, Month, Time};
+    if let Ok(t) = OffsetDateTime::parse(s, &Rfc3339) {
+        // A full instant as an end is the last moment covered; make it exclusive.
+        return Some(if end { t + time::Duration::SECOND } else { t });
+    }
+    let parts: Vec<&str> = s.split('-').collect();
+    if parts.len() > 3 || parts[0].len() != 4 {
+        return None;
+    }
+    let year: i32 = parts[0].parse().ok()?;
+    let month: u8 = parts.get(1).map_or(Ok(1), |m| m.parse()).ok()?;
+    let day: u8 = parts.get(2).map_or(Ok(1), |d| d.parse()).ok()?;
+    let date = Date::from_calendar_date(year, Month::try_from(month).ok()?, day).ok()?;
+    let first = date.with_time(Time::MIDNIGHT).assume_utc();
+    if !end {
+        return Some(first);
+    }
+    Some(match parts.len() {
+        1 => Date::from_calendar_date(year + 1, Month::January, 1)
+            .ok()?
+            .with_time(Time::MIDNIGHT)
+            .assume_utc(),
+        2 => {
+            let next = Month::try_from(month).ok()?.next();
+            let y = if next == Month::January {
+                year + 1
+            } else {
+                year
+            };
+            Date::from_calendar_date(y, next, 1)
+                .ok()?
+                .with_time(Time::MIDNIGHT)
+                .assume_utc()
+        }
+        _ => first + time::Duration::DAY,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::datetime;
+
+    fn partner(r: &str) -> Option<PartnerId> {
+        r.strip_prefix("Organization/").map(PartnerId::new)
+    }
+
+    #[test]
+    fn unknown_actors_and_roles_are_issues_at_the_actor() {
+        let fhir = json!({"resourceType": "Consent", "status": "active", "dateTime": "2026-01-01",
+        "provision": {"type": "permit", "actor": [
+            {"role": {"coding": [{"system": PARTICIPATION_TYPE, "code": "IRCP"}]}, "reference": {"reference": "Practitioner/x"}},
+            {"role": {"coding": [{"system": PARTICIPATION_TYPE, "code": "AUT"}]}, "reference": {"reference": "Organization/clinic"}}
+        ]}});
+        let issues = terms_from_fhir(&fhir, partner).unwrap_err();
+        let at: Vec<&str> = issues.iter().map(|i| i.expression[0].as_str()).collect();
+        assert_eq!(
+            at,
+            [
+                "Consent.provision.actor[0].reference",
+                "Consent.provision.actor[1].role"
+            ]
+        );
+    }
+
+    #[test]
+    fn terms_survive_a_round_trip_through_fhir() {
+        let terms = ConsentTerms {
+            status: ConsentStatus::Active,
+            recorded: datetime!(2026-11-23 10:00 UTC),
+            refused: false,
+            start: Some(datetime!(2026-11-23 00:00 UTC)),
+            end: Some(datetime!(2027-05-24 00:00 UTC)),
+            senders: vec![PartnerId::new("clinic"), PartnerId::new("mco")],
+            recipients: vec![PartnerId::new("clinic")],
+            purposes: vec!["COC".into()],
+            denied_labels: vec!["SUD".into(), "ETH".into()],
+        };
+        let fhir = terms_to_fhir(
+            &terms,
+            &Identifier::new("urn:t", "T-1"),
+            &PartnerId::new("housing"),
+            GivenBy::Tenant,
+        );
+        assert_eq!(terms_from_fhir(&fhir, partner).unwrap(), terms);
+        let mut refusal = terms.clone();
+        refusal.refused = true;
+        let fhir = terms_to_fhir(
+            &refusal,
+            &Identifier::new("urn:t", "T-1"),
+            &PartnerId::new("housing"),
+            GivenBy::Representative,
+        );
+        assert_eq!(fhir["provision"]["type"], "deny");
+        assert_eq!(terms_from_fhir(&fhir, partner).unwrap(), refusal);
+    }
+
+    #[test]
+    fn partial_dates_cover_their_whole_span() {
+        assert_eq!(
+            parse_fhir_instant("2026", true),
+            Some(datetime!(2027-01-01 00:00 UTC))
+        );
+        assert_eq!(
+            parse_fhir_instant("2026-12", true),
+            Some(datetime!(2027-01-01 00:00 UTC))
+        );
+        assert_eq!(
+            parse_fhir_instant("2026-02-28", false),
+            Some(datetime!(2026-02-28 00:00 UTC))
+        );
+        assert_eq!(parse_fhir_instant("28/02/2026", false), None);
+    }
+}

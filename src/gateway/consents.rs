@@ -1,0 +1,372 @@
+//! Consent operations: record (FHIR or the housing form), change, revoke, confirm a
+//! partner's proposal, prompt renewal. Housing is the custodian: only housing (or an
+//! admin) makes a consent that is enforced; a partner's Consent is kept as `proposed`.
+
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use super::{Call, Gateway};
+use crate::audit::AuditEntry;
+use crate::auth::Role;
+use crate::clock::rfc3339;
+use crate::consent::fhir::terms_to_fhir;
+use crate::consent::form::ConsentForm;
+use crate::consent::{self, ConsentStatus, ConsentTerms, RenewalDue};
+use crate::error::{Error, NO_AGREEMENT};
+use crate::fhir::{self, Issue, IssueCode};
+use crate::ids::{Identifier, PartnerId, TenantId};
+use crate::store::StoredConsent;
+use crate::tenancy::LinkFailure;
+
+/// Roles that keep the consent registry.
+const CUSTODIANS: &[Role] = &[Role::Housing, Role::Admin];
+
+/// A consent in plain terms, for the housing API.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConsentSummary {
+    pub id: String,
+    pub version: u32,
+    pub tenant_id: TenantId,
+    pub status: ConsentStatus,
+    /// `share` or `refuse`.
+    pub decision: &'static str,
+    pub recorded: String,
+    pub may_send_to_housing: Vec<PartnerId>,
+    pub may_receive_from_housing: Vec<PartnerId>,
+    pub purposes: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub valid_from: Option<String>,
+    /// The last instant sharing is allowed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub valid_until: Option<String>,
+    pub restrictions: Vec<String>,
+    /// Whether this version is the one that governs the tenant's exchanges now.
+    pub governing: bool,
+}
+
+impl Gateway {
+    fn partner_for(&self) -> impl Fn(&str) -> Option<PartnerId> + '_ {
+        |reference| {
+            let id = reference.strip_prefix("Organization/")?;
+            self.config
+                .partners
+                .iter()
+                .find(|p| p.id.as_str() == id)
+                .map(|p| p.id.clone())
+        }
+    }
+
+    /// The id of the tenant's own consent (the one housing keeps versioning), if any.
+    async fn tenant_consent_id(&self, tenant: &TenantId) -> Result<Option<String>, Error> {
+        let all = self.store.consents(tenant).await?;
+        Ok(consent::latest_versions(&all)
+            .into_iter()
+            .filter(|c| c.terms.status != ConsentStatus::Proposed)
+            .max_by_key(|c| c.terms.recorded)
+            .map(|c| c.id.clone()))
+    }
+
+    pub fn summary(&self, stored: &StoredConsent, governing: bool) -> ConsentSummary {
+        let t = &stored.version.terms;
+        ConsentSummary {
+            id: stored.version.id.clone(),
+            version: stored.version.version,
+            tenant_id: stored.tenant.clone(),
+            status: t.status,
+            decision: if t.refused { "refuse" } else { "share" },
+            recorded: rfc3339(t.recorded),
+            may_send_to_housing: t.senders.clone(),
+            may_receive_from_housing: t.recipients.clone(),
+            purposes: t.purposes.clone(),
+            valid_from: t.start.map(rfc3339),
+            valid_until: t.end.map(|e| rfc3339(e - time::Duration::SECOND)),
+            restrictions: self.mappings.restrictions_for(&t.denied_labels),
+            governing,
+        }
+    }
+
+    /// Summaries of every version of the tenant's consents, newest first.
+    pub async fn consent_summaries(&self, tenant: &TenantId) -> Result<Vec<ConsentSummary>, Error> {
+        let stored = self.store.tenant_consents(tenant).await?;
+        let versions: Vec<_> = stored.iter().map(|s| s.version.clone()).collect();
+        let governing = consent::governing(&versions).map(|g| (g.id.clone(), g.version));
+        let mut out: Vec<ConsentSummary> = stored
+            .iter()
+            .map(|s| {
+                self.summary(
+                    s,
+                    governing.as_ref() == Some(&(s.version.id.clone(), s.version.version)),
+                )
+            })
+            .collect();
+        out.reverse();
+        Ok(out)
+    }
+
+    /// `POST /fhir/Consent`. From housing: a new version of the tenant's consent. From a
+    /// partner: kept as `proposed`, enforcing nothing until housing confirms it.
+    pub async fn record_consent(
+        &self,
+        call: &Call,
+        resource: Value,
+        digest: String,
+        audit: &mut AuditEntry,
+    ) -> Result<StoredConsent, Error> {
+        audit.partner = Some(call.principal.org.clone());
+        audit.payload_digest = Some(digest);
+        audit.resource_type = Some("Consent".into());
+        self.require_role(call, &[Role::Housing, Role::Clinic, Role::Mco, Role::Admin])?;
+        let (tenant, mut terms, mut resource) = self.read_consent(call, resource, audit).await?;
+        let custodian = CUSTODIANS.contains(&call.principal.role);
+        let id = if custodian {
+            self.tenant_consent_id(&tenant).await?
+        } else {
+            terms.status = ConsentStatus::Proposed;
+            resource["status"] = json!("proposed");
+            None
+        };
+        let clears = custodian && terms.status == ConsentStatus::Active;
+        Ok(self
+            .store
+            .save_consent(id, tenant, terms, resource, clears, audit.clone())
+            .await?)
+    }
+
+    /// `PUT /fhir/Consent/{id}`: housing records a new version of an existing consent.
+    pub async fn update_consent(
+        &self,
+        call: &Call,
+        id: &str,
+        resource: Value,
+        digest: String,
+        audit: &mut AuditEntry,
+    ) -> Result<StoredConsent, Error> {
+        audit.payload_digest = Some(digest);
+        audit.resource_type = Some("Consent".into());
+        self.require_role(call, CUSTODIANS)?;
+        let existing = self
+            .store
+            .consent(id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("Consent/{id} is not known here")))?;
+        if resource
+            .get("id")
+            .and_then(Value::as_str)
+            .is_some_and(|rid| rid != id)
+        {
+            return Err(Error::Invalid(vec![
+                Issue::error(IssueCode::Invariant, "the resource id must match the URL")
+                    .at("Consent.id"),
+            ]));
+        }
+        let (tenant, terms, resource) = self.read_consent(call, resource, audit).await?;
+        if tenant != existing.tenant {
+            return Err(Error::Invalid(vec![
+                Issue::error(
+                    IssueCode::BusinessRule,
+                    "a consent cannot move to another tenant",
+                )
+                .at("Consent.patient"),
+            ]));
+        }
+        let clears = terms.status == ConsentStatus::Active;
+        Ok(self
+            .store
+            .save_consent(
+                Some(id.to_string()),
+                tenant,
+                terms,
+                resource,
+                clears,
+                audit.clone(),
+            )
+            .await?)
+    }
+
+    async fn read_consent(
+        &self,
+        call: &Call,
+        resource: Value,
+        audit: &mut AuditEntry,
+    ) -> Result<(TenantId, ConsentTerms, Value), Error> {
+        if fhir::resource_type(&resource) != Some("Consent") {
+            return Err(Error::Malformed {
+                message: "this endpoint takes a FHIR Consent".into(),
+                expression: Some("resourceType".into()),
+            });
+        }
+        self.validate(&resource)?;
+        let tenant = match self.link(&resource, audit).await? {
+            Ok(t) => t,
+            Err(_) if call.principal.role.is_partner() => {
+                return Err(Error::Forbidden(NO_AGREEMENT.into()));
+            }
+            Err(f) => {
+                return Err(Error::Invalid(vec![
+                    Issue::error(
+                        IssueCode::BusinessRule,
+                        match f {
+                            LinkFailure::Unknown => "no registered tenant has this identifier; register the tenant first",
+                            LinkFailure::Ambiguous => "these identifiers belong to different tenants",
+                        },
+                    )
+                    .at("Consent.patient"),
+                ]));
+            }
+        };
+        let terms =
+            consent::terms_from_fhir(&resource, self.partner_for()).map_err(Error::Invalid)?;
+        Ok((tenant, terms, resource))
+    }
+
+    /// `POST /housing/consents`: the tenant's choice in plain terms, kept as FHIR.
+    pub async fn record_consent_form(
+        &self,
+        call: &Call,
+        form: ConsentForm,
+        audit: &mut AuditEntry,
+    ) -> Result<StoredConsent, Error> {
+        audit.resource_type = Some("Consent".into());
+        audit.tenant = Some(form.tenant_id.clone());
+        self.require_role(call, CUSTODIANS)?;
+        if !self.store.tenant_exists(&form.tenant_id).await? {
+            return Err(Error::Invalid(vec![
+                Issue::error(
+                    IssueCode::BusinessRule,
+                    "no tenant is registered with this id",
+                )
+                .at("tenant_id"),
+            ]));
+        }
+        let partners = &self.config.partners;
+        let terms = form
+            .terms(
+                call.at,
+                |p| partners.iter().any(|c| &c.id == p),
+                |r| self.mappings.restriction_labels(r),
+            )
+            .map_err(Error::Invalid)?;
+        let tenant_identifier = Identifier::new(
+            &self.config.tenancy.identifier_system,
+            form.tenant_id.as_str(),
+        );
+        let resource = terms_to_fhir(
+            &terms,
+            &tenant_identifier,
+            &call.principal.org,
+            form.given_by(),
+        );
+        // Read the FHIR form back, so what is enforced is exactly what the Consent says.
+        let terms =
+            consent::terms_from_fhir(&resource, self.partner_for()).map_err(Error::Invalid)?;
+        let id = self.tenant_consent_id(&form.tenant_id).await?;
+        Ok(self
+            .store
+            .save_consent(id, form.tenant_id, terms, resource, true, audit.clone())
+            .await?)
+    }
+
+    /// A new version of consent `id` with the given status, recorded now.
+    async fn restate(
+        &self,
+        call: &Call,
+        id: &str,
+        status: ConsentStatus,
+        audit: &mut AuditEntry,
+    ) -> Result<StoredConsent, Error> {
+        audit.resource_type = Some("Consent".into());
+        self.require_role(call, CUSTODIANS)?;
+        let current = self
+            .store
+            .consent(id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("no consent {id}")))?;
+        audit.tenant = Some(current.tenant.clone());
+        let mut terms = current.version.terms.clone();
+        terms.status = status;
+        // Revoking or confirming is the tenant's latest choice.
+        terms.recorded = call.at;
+        let mut resource = current.resource.clone();
+        resource["status"] = json!(status.as_str());
+        resource["dateTime"] = json!(rfc3339(call.at));
+        if let Some(obj) = resource.as_object_mut() {
+            obj.remove("meta");
+        }
+        let clears = status == ConsentStatus::Active;
+        Ok(self
+            .store
+            .save_consent(
+                Some(id.to_string()),
+                current.tenant,
+                terms,
+                resource,
+                clears,
+                audit.clone(),
+            )
+            .await?)
+    }
+
+    /// Revokes a consent: a new version with status `inactive`. Exchanges stop at once.
+    pub async fn revoke_consent(
+        &self,
+        call: &Call,
+        id: &str,
+        audit: &mut AuditEntry,
+    ) -> Result<StoredConsent, Error> {
+        self.restate(call, id, ConsentStatus::Inactive, audit).await
+    }
+
+    /// Confirms a partner's proposed consent with the tenant: it becomes active.
+    pub async fn confirm_consent(
+        &self,
+        call: &Call,
+        id: &str,
+        audit: &mut AuditEntry,
+    ) -> Result<StoredConsent, Error> {
+        let current = self
+            .store
+            .consent(id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("no consent {id}")))?;
+        if current.version.terms.status != ConsentStatus::Proposed {
+            return Err(Error::Conflict(format!(
+                "consent {id} is {}, not proposed",
+                current.version.terms.status.as_str()
+            )));
+        }
+        self.restate(call, id, ConsentStatus::Active, audit).await
+    }
+
+    /// A tenant asked to change what is shared: prompt renewal.
+    pub async fn request_renewal(
+        &self,
+        call: &Call,
+        tenant: &TenantId,
+        audit: &mut AuditEntry,
+    ) -> Result<bool, Error> {
+        self.require_role(call, CUSTODIANS)?;
+        audit.tenant = Some(tenant.clone());
+        if !self.store.tenant_exists(tenant).await? {
+            return Err(Error::NotFound(format!("no tenant {tenant}")));
+        }
+        let due = RenewalDue {
+            reason: "tenant-request".into(),
+            since: rfc3339(call.at),
+            reference_id: call.reference_id.to_string(),
+        };
+        audit.outcome = crate::audit::Outcome::Accepted;
+        audit.status = 200;
+        Ok(self
+            .store
+            .mark_renewal_due(tenant, due, audit.clone())
+            .await?)
+    }
+
+    /// Whether `call`'s principal may see consent `stored`: housing, auditors, admins,
+    /// and partners the consent names.
+    pub fn may_see_consent(&self, call: &Call, stored: &StoredConsent) -> bool {
+        let p = &call.principal;
+        matches!(p.role, Role::Housing | Role::Auditor | Role::Admin)
+            || (p.role.is_partner() && stored.version.terms.partners().contains(&p.org))
+    }
+}

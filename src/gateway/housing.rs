@@ -1,0 +1,326 @@
+//! Housing's side: tenant registration, the tenant view and feed (filtered by the
+//! tenant's current restrictions), the accounting of disclosures, and a preview of what
+//! a partner would receive.
+
+use std::collections::{BTreeSet, HashMap};
+
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use super::{Call, Gateway};
+use crate::audit::{AuditEntry, Direction, Outcome};
+use crate::auth::Role;
+use crate::consent::{self, Decision, ExchangeRequest, Flow};
+use crate::dataset::StoredItem;
+use crate::error::Error;
+use crate::ids::{Identifier, PartnerId, TenantId};
+use crate::store::{AuditQuery, FeedEntry};
+use crate::tenancy::TenantRegistration;
+
+impl Gateway {
+    /// Registers a tenant and the identifiers partners know them by.
+    pub async fn register_tenant(
+        &self,
+        call: &Call,
+        reg: TenantRegistration,
+        audit: &mut AuditEntry,
+    ) -> Result<bool, Error> {
+        self.require_role(call, &[Role::Housing, Role::Admin])?;
+        let ids = reg
+            .identifiers_to_link(&self.config.tenancy.identifier_system)
+            .map_err(Error::malformed)?;
+        audit.tenant = Some(reg.tenant_id.clone());
+        audit.outcome = Outcome::Accepted;
+        audit.status = 201;
+        Ok(self
+            .store
+            .register_tenant(reg.tenant_id, ids, audit.clone())
+            .await?)
+    }
+
+    /// Housing's own use of what it holds: items the tenant's current consent restricts
+    /// are withheld from view. Returns the indexes withheld.
+    async fn housing_use(
+        &self,
+        call: &Call,
+        tenant: &TenantId,
+        items: &[&StoredItem],
+        audit: &mut AuditEntry,
+    ) -> Result<Vec<usize>, Error> {
+        let labels: Vec<BTreeSet<String>> = items
+            .iter()
+            .map(|i| i.labels.iter().cloned().collect())
+            .collect();
+        let permit = self
+            .decide(
+                call,
+                tenant,
+                Flow::HousingUse,
+                &call.principal.org,
+                &labels,
+                audit,
+            )
+            .await?;
+        Ok(permit.withheld)
+    }
+
+    /// The tenant view: identifiers, current consent, renewal prompt, current items.
+    pub async fn tenant_view(
+        &self,
+        call: &Call,
+        tenant: &TenantId,
+        audit: &mut AuditEntry,
+    ) -> Result<Value, Error> {
+        if !self.store.tenant_exists(tenant).await? {
+            return Err(Error::NotFound(format!("no tenant {tenant}")));
+        }
+        let identifiers = self.store.tenant_identifiers(tenant).await?;
+        let items = self.store.tenant_items(tenant).await?;
+        let withheld = self
+            .housing_use(call, tenant, &items.iter().collect::<Vec<_>>(), audit)
+            .await?;
+        let visible: Vec<StoredItem> = items
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| !withheld.contains(i))
+            .map(|(_, item)| item)
+            .collect();
+        audit.count = Some(visible.len());
+        let consents = self.consent_summaries(tenant).await?;
+        let current = consents.iter().find(|c| c.governing);
+        let renewal = self.store.renewal_due(tenant).await?;
+        Ok(tenant_view(
+            tenant,
+            &identifiers,
+            current,
+            renewal,
+            withheld.len(),
+            visible,
+        ))
+    }
+
+    /// Marks feed items the tenant's current consent restricts: their content is left
+    /// out, the entry (and the cursor) stay.
+    pub async fn filter_feed(&self, call: &Call, entries: &mut [FeedEntry]) -> Result<(), Error> {
+        let mut by_tenant: HashMap<TenantId, Vec<usize>> = HashMap::new();
+        for (i, e) in entries.iter().enumerate() {
+            if e.item.as_ref().is_some_and(|item| !item.labels.is_empty()) {
+                by_tenant.entry(e.tenant.clone()).or_default().push(i);
+            }
+        }
+        for (tenant, positions) in by_tenant {
+            let items: Vec<&StoredItem> = positions
+                .iter()
+                .filter_map(|&i| entries[i].item.as_ref())
+                .collect();
+            // The feed read is audited as one record; per-tenant decisions are not.
+            let mut scratch = call.audit("read-feed", Direction::Outbound);
+            let withheld = self
+                .housing_use(call, &tenant, &items, &mut scratch)
+                .await?;
+            for w in withheld {
+                let e = &mut entries[positions[w]];
+                e.item = None;
+                e.restricted = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// The accounting of disclosures: who shared what kind of information about the
+    /// tenant, with whom, when, why, under which consent — in plain language.
+    pub async fn disclosures(&self, tenant: &TenantId) -> Result<Vec<Disclosure>, Error> {
+        if !self.store.tenant_exists(tenant).await? {
+            return Err(Error::NotFound(format!("no tenant {tenant}")));
+        }
+        let mut out = Vec::new();
+        let mut after = 0;
+        loop {
+            let rows = self
+                .store
+                .query(AuditQuery {
+                    after_seq: after,
+                    limit: 1000,
+                    reference_id: None,
+                    tenant: Some(tenant.to_string()),
+                })
+                .await?;
+            let Some(last) = rows.last() else { break };
+            after = last.seq;
+            for row in rows {
+                let Ok(entry) = serde_json::from_value::<AuditEntry>(row.record) else {
+                    continue;
+                };
+                if let Some(d) = self.disclosure(&entry) {
+                    out.push(d);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn partner_name(&self, id: &PartnerId) -> String {
+        self.config
+            .partner(id)
+            .map_or_else(|| id.to_string(), |p| p.name.clone())
+    }
+
+    fn disclosure(&self, e: &AuditEntry) -> Option<Disclosure> {
+        let shared = matches!(e.outcome, Outcome::Accepted | Outcome::Corrected)
+            && !e.items_written.is_empty();
+        if !shared || e.direction == Direction::Internal {
+            return None;
+        }
+        let partner = e.partner.as_ref()?;
+        let housing = self.housing_name();
+        let (from, to) = match e.direction {
+            Direction::Inbound => (self.partner_name(partner), housing),
+            _ => (housing, self.partner_name(partner)),
+        };
+        let kinds: BTreeSet<String> = e
+            .items_written
+            .iter()
+            .map(|i| describe_kind(&i.kind).to_string())
+            .collect();
+        let what: Vec<String> = kinds.into_iter().collect();
+        let why = match e.break_glass.as_deref() {
+            Some(_) => "an emergency (break-glass, flagged for review)",
+            None => "care coordination",
+        };
+        let under = e.consent.as_ref().map_or_else(
+            || "without a consent on file".to_string(),
+            |c| format!("under consent {} (version {})", c.id, c.version),
+        );
+        let day = e.recorded.get(..10).unwrap_or(&e.recorded).to_string();
+        Some(Disclosure {
+            summary: format!(
+                "On {day}, {from} shared {} with {to} for {why}, {under}.",
+                what.join(", ")
+            ),
+            when: e.recorded.clone(),
+            from,
+            to,
+            what,
+            why: why.to_string(),
+            consent: e.consent.clone(),
+            reference_id: e.reference_id.to_string(),
+            emergency: e.break_glass.is_some(),
+        })
+    }
+
+    fn housing_name(&self) -> String {
+        self.config
+            .partners
+            .iter()
+            .find(|p| p.kind == crate::config::PartnerKind::Housing)
+            .map_or_else(|| "the housing provider".to_string(), |p| p.name.clone())
+    }
+
+    /// What `partner` would receive about the tenant under the current consent, before
+    /// anything is sent. Housing sees the reason and which items would stay behind.
+    pub async fn preview(
+        &self,
+        call: &Call,
+        tenant: &TenantId,
+        partner: &PartnerId,
+    ) -> Result<Value, Error> {
+        if !self.store.tenant_exists(tenant).await? {
+            return Err(Error::NotFound(format!("no tenant {tenant}")));
+        }
+        if self.config.partner(partner).is_none() {
+            return Err(Error::malformed(format!(
+                "`{partner}` is not a configured partner"
+            )));
+        }
+        let items = self.store.tenant_items(tenant).await?;
+        let labels: Vec<BTreeSet<String>> = items
+            .iter()
+            .map(|i| i.labels.iter().cloned().collect())
+            .collect();
+        let consents = self.store.consents(tenant).await?;
+        let renewal_due = self.store.renewal_due(tenant).await?.is_some();
+        let decision = consent::decide(
+            &consents,
+            &ExchangeRequest {
+                flow: Flow::Outbound,
+                partner,
+                purpose: call.purpose(),
+                item_labels: &labels,
+                at: call.at,
+                renewal_due,
+                block_while_renewal_due: !self.config.consent.share_while_renewal_due,
+                break_glass: None,
+            },
+        );
+        Ok(match decision {
+            Decision::Permit {
+                consent, withheld, ..
+            } => {
+                let (kept, held): (Vec<_>, Vec<_>) = items
+                    .into_iter()
+                    .enumerate()
+                    .partition(|(i, _)| !withheld.contains(i));
+                json!({
+                    "partner": partner,
+                    "decision": "permit",
+                    "consent": consent,
+                    "would_receive": kept.into_iter().map(|(_, i)| i).collect::<Vec<_>>(),
+                    "withheld": held.into_iter().map(|(_, i)| json!({"id": i.id, "item": i.item.kind(), "labels": i.labels})).collect::<Vec<_>>(),
+                })
+            }
+            Decision::Deny { reason, consent } => json!({
+                "partner": partner,
+                "decision": "deny",
+                "reason": reason.code(),
+                "consent": consent,
+                "would_receive": [],
+            }),
+        })
+    }
+}
+
+/// One line of the accounting of disclosures.
+#[derive(Debug, Clone, Serialize)]
+pub struct Disclosure {
+    pub summary: String,
+    pub when: String,
+    pub from: String,
+    pub to: String,
+    pub what: Vec<String>,
+    pub why: String,
+    pub consent: Option<crate::dataset::ConsentCitation>,
+    pub reference_id: String,
+    pub emergency: bool,
+}
+
+fn describe_kind(kind: &str) -> &str {
+    match kind {
+        "care_contact" => "care contact details",
+        "next_appointment" => "appointment details",
+        "medication_change" => "a medication change notice",
+        "discharge" => "discharge and follow-up details",
+        "risk_flag" => "tenancy risk flags",
+        "accommodation_need" => "accommodation needs",
+        other => other,
+    }
+}
+
+/// The housing view of a tenant: current items with provenance, the consent that
+/// governs, and any renewal prompt.
+pub fn tenant_view(
+    tenant: &TenantId,
+    identifiers: &[Identifier],
+    consent: Option<&super::consents::ConsentSummary>,
+    renewal_due: Option<consent::RenewalDue>,
+    restricted: usize,
+    items: Vec<StoredItem>,
+) -> Value {
+    json!({
+        "tenant_id": tenant,
+        "identifiers": identifiers,
+        "consent": consent,
+        "renewal_due": renewal_due,
+        "restricted_items": restricted,
+        "items": items,
+    })
+}
