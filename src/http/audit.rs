@@ -19,6 +19,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/audit/records", get(records))
         .route("/audit/verify", get(verify))
+        .route("/audit/break-glass", get(break_glass))
 }
 
 fn auditors_only(call: &Call) -> Result<(), Error> {
@@ -112,6 +113,25 @@ async fn verify(
         .map_err(|e| fail(e.into(), &audit))?;
     audit.count = Some(v.records as usize);
     let mut response = axum::Json(json!({"ok": v.ok(), "verification": v})).into_response();
+    response.extensions_mut().insert(AuditDraft(audit));
+    Ok(response)
+}
+
+/// Emergency exchanges, newest first, with their stated reasons, for review.
+async fn break_glass(
+    State(state): State<AppState>,
+    Extension(call): Extension<Call>,
+) -> Result<Response, Failure> {
+    let mut audit = call.audit("read-break-glass", Direction::Internal);
+    auditors_only(&call).map_err(|e| Failure::new(e, audit.clone()))?;
+    let list = state
+        .gateway
+        .store
+        .break_glass_records()
+        .await
+        .map_err(|e| Failure::new(e.into(), audit.clone()))?;
+    audit.count = Some(list.len());
+    let mut response = axum::Json(json!({"break_glass": list})).into_response();
     response.extensions_mut().insert(AuditDraft(audit));
     Ok(response)
 }

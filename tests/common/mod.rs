@@ -272,6 +272,21 @@ impl TestApp {
         answer(req.send().await.expect("request")).await
     }
 
+    /// POST with `application/json` (the housing API).
+    pub async fn post_json(&self, path: &str, token: &str, body: &Value) -> Answer {
+        answer(
+            self.client
+                .post(format!("{}{path}", self.base))
+                .bearer_auth(token)
+                .header("content-type", "application/json")
+                .body(body.to_string())
+                .send()
+                .await
+                .expect("request"),
+        )
+        .await
+    }
+
     pub async fn get(&self, path: &str, token: &str) -> Answer {
         answer(
             self.client

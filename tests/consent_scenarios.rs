@@ -1,0 +1,644 @@
+//! The operating model's scenarios, as a housing worker, a clinic, an MCO and an auditor
+//! live them ("Operational example 1" and the training scenarios of the source document).
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+use time::macros::datetime;
+
+const MCO_ID: &str = "bayview-health-plan";
+const CLINIC_ID: &str = "riverside-clinic";
+
+/// At intake the worker records the tenant's choice in plain terms.
+async fn record(app: &TestApp, form: Value) -> Answer {
+    app.post_json("/housing/consents", HOUSING, &form).await
+}
+
+fn share_with(partners: &[&str]) -> Value {
+    json!({"tenant_id": "T-1001", "share_with": partners, "valid_until": "2027-05-31", "signed_at": "2026-11-23T09:00:00Z"})
+}
+
+async fn audit_record(app: &TestApp, reference: &str) -> Value {
+    let a = app
+        .get(&format!("/audit/records?reference_id={reference}"), AUDITOR)
+        .await;
+    a.body["records"][0]["record"].clone()
+}
+
+async fn housing_items(app: &TestApp) -> Vec<Value> {
+    app.get("/housing/tenants/T-1001", HOUSING).await.body["items"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+#[tokio::test]
+async fn the_tenant_refuses_consent() {
+    let app = spawn_app().await;
+    app.register_tenant().await;
+    let a = record(
+        &app,
+        json!({"tenant_id": "T-1001", "decision": "refuse", "signed_at": "2026-11-23T09:00:00Z"}),
+    )
+    .await;
+    assert_eq!(a.status, 201, "{a:?}");
+    assert_eq!(a.body["fhir"]["provision"]["type"], "deny");
+
+    let notice = app
+        .post(
+            "/fhir/Communication",
+            CLINIC,
+            &fixture("risk-flag-update.json"),
+        )
+        .await;
+    assert_eq!(notice.status, 403);
+    assert_eq!(
+        audit_record(&app, &notice.reference_id()).await["reason"],
+        "consent-refused"
+    );
+    // Not even an emergency overrides the tenant's explicit refusal.
+    let urgent = app
+        .post_with(
+            "/fhir/Communication",
+            CLINIC,
+            &fixture("care-contact-update.json"),
+            &[
+                ("X-Purpose-Of-Use", "BTG"),
+                ("X-Break-Glass-Reason", "tenant collapsed in the corridor"),
+            ],
+        )
+        .await;
+    assert_eq!(urgent.status, 403);
+    assert!(housing_items(&app).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_partner_sends_information_outside_scope() {
+    let app = spawn_app().await;
+    app.register_tenant().await;
+    assert_eq!(record(&app, share_with(&[CLINIC_ID])).await.status, 201);
+
+    // The clinic over-shares: only the dataset is kept, the rest reported as dropped paths.
+    let a = app
+        .post(
+            "/fhir/Communication",
+            CLINIC,
+            &fixture("discharge-notice-oversharing.json"),
+        )
+        .await;
+    assert_eq!(a.status, 201);
+    assert!(a.dropped().contains(&"Communication.note".to_string()));
+    // The MCO is not in this consent at all.
+    let mut mco_note = fixture("care-contact-update.json");
+    mco_note["subject"] = json!({"identifier": {"system": MEMBER_SYSTEM, "value": "BHP-20931"}});
+    let b = app.post("/fhir/Communication", MCO, &mco_note).await;
+    assert_eq!(b.status, 403);
+    assert_eq!(b.body["issue"][0]["diagnostics"], a_refusal_text());
+    let items = housing_items(&app).await;
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0]["item"], "discharge");
+}
+
+fn a_refusal_text() -> &'static str {
+    hearth::error::NO_AGREEMENT
+}
+
+#[tokio::test]
+async fn a_hospitalisation_occurs_without_prior_notice() {
+    let app = spawn_app().await;
+    app.register_tenant().await;
+    assert_eq!(
+        record(&app, share_with(&[CLINIC_ID, MCO_ID])).await.status,
+        201
+    );
+
+    let discharge = app
+        .post(
+            "/fhir/Communication",
+            CLINIC,
+            &fixture("discharge-notice.json"),
+        )
+        .await;
+    assert_eq!(discharge.status, 201);
+
+    // Housing is prompted to renew the consent with the tenant.
+    let due = app.get("/housing/consents/due", HOUSING).await;
+    assert_eq!(due.body["due"][0]["tenant_id"], "T-1001");
+    assert_eq!(due.body["due"][0]["reason"], "hospitalisation");
+    assert_eq!(due.body["due"][0]["reference_id"], discharge.reference_id());
+    let view = app.get("/housing/tenants/T-1001", HOUSING).await;
+    assert_eq!(view.body["renewal_due"]["reason"], "hospitalisation");
+    let feed = app.feed_all().await;
+    assert!(
+        feed.iter()
+            .any(|e| e["change"] == "renewal-due" && e["renewal"]["reason"] == "hospitalisation")
+    );
+
+    // Sharing continues while renewal is due (the default) …
+    assert_eq!(
+        app.post(
+            "/fhir/Communication",
+            CLINIC,
+            &fixture("appointment-notice.json")
+        )
+        .await
+        .status,
+        201
+    );
+    // … and renewing the consent clears the prompt.
+    let mut renewed = share_with(&[CLINIC_ID, MCO_ID]);
+    renewed["signed_at"] = json!("2026-11-23T10:00:00Z");
+    assert_eq!(record(&app, renewed).await.status, 201);
+    assert_eq!(
+        app.get("/housing/consents/due", HOUSING).await.body["due"],
+        json!([])
+    );
+}
+
+#[tokio::test]
+async fn a_change_of_care_provider_and_a_tenant_request_prompt_renewal() {
+    let app = spawn_app().await;
+    app.register_tenant().await;
+    assert_eq!(
+        record(&app, share_with(&[CLINIC_ID, MCO_ID])).await.status,
+        201
+    );
+    assert_eq!(
+        app.post(
+            "/fhir/Communication",
+            CLINIC,
+            &fixture("care-contact-update.json")
+        )
+        .await
+        .status,
+        201
+    );
+    assert_eq!(
+        app.get("/housing/consents/due", HOUSING).await.body["due"],
+        json!([]),
+        "a first coordinator is not a change"
+    );
+    let mut new_org = fixture("care-contact-update.json");
+    new_org["identifier"][0]["value"] = json!("care-contact-2");
+    new_org["contained"][1]["organization"] = json!({"display": "Lakeside Community Health"});
+    assert_eq!(
+        app.post("/fhir/Communication", CLINIC, &new_org)
+            .await
+            .status,
+        201
+    );
+    let due = app.get("/housing/consents/due", HOUSING).await;
+    assert_eq!(due.body["due"][0]["reason"], "change-of-provider");
+
+    let other = spawn_app().await;
+    other.register_tenant().await;
+    let r = other
+        .post_json(
+            "/housing/tenants/T-1001/renewal-request",
+            HOUSING,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body["renewal_due"]["reason"], "tenant-request");
+}
+
+#[tokio::test]
+async fn staff_need_urgent_clinical_advice() {
+    let app = spawn_app().await;
+    app.register_tenant().await;
+    assert_eq!(record(&app, share_with(&[CLINIC_ID])).await.status, 201);
+    // The consent has lapsed: routine exchange stops.
+    app.clock.set(datetime!(2027-06-02 08:00 UTC));
+    let routine = app
+        .post(
+            "/fhir/Communication",
+            CLINIC,
+            &fixture("medication-change-notice.json"),
+        )
+        .await;
+    assert_eq!(routine.status, 403);
+    // Asking for an emergency without saying why is refused outright.
+    let no_reason = app
+        .post_with(
+            "/fhir/Communication",
+            CLINIC,
+            &fixture("medication-change-notice.json"),
+            &[("X-Purpose-Of-Use", "BTG")],
+        )
+        .await;
+    assert_eq!(no_reason.status, 400);
+    // With a purpose and a reason it goes ahead, flagged for review.
+    let reason =
+        "tenant confused and unwell; on-call nurse needs to know today's medication change";
+    let urgent = app
+        .post_with(
+            "/fhir/Communication",
+            CLINIC,
+            &fixture("medication-change-notice.json"),
+            &[
+                ("X-Purpose-Of-Use", "BTG"),
+                ("X-Break-Glass-Reason", reason),
+            ],
+        )
+        .await;
+    assert_eq!(urgent.status, 201, "{urgent:?}");
+    let rec = audit_record(&app, &urgent.reference_id()).await;
+    assert_eq!(rec["break_glass"], "BTG");
+    assert!(
+        !rec.to_string().contains("on-call nurse"),
+        "the free-text reason stays out of the audit body"
+    );
+    let review = app.get("/audit/break-glass", AUDITOR).await;
+    assert_eq!(
+        review.body["break_glass"][0]["reference_id"],
+        urgent.reference_id()
+    );
+    assert_eq!(review.body["break_glass"][0]["reason"], reason);
+    assert_eq!(app.get("/audit/break-glass", HOUSING).await.status, 403);
+    let disclosures = app
+        .get("/housing/tenants/T-1001/disclosures", HOUSING)
+        .await;
+    assert_eq!(disclosures.body["disclosures"][0]["emergency"], true);
+}
+
+#[tokio::test]
+async fn consent_expires_mid_stream() {
+    let app = spawn_app().await;
+    app.register_tenant().await;
+    assert_eq!(record(&app, share_with(&[CLINIC_ID])).await.status, 201);
+    app.clock.set(datetime!(2027-05-31 23:30 UTC));
+    assert_eq!(
+        app.post(
+            "/fhir/Communication",
+            CLINIC,
+            &fixture("risk-flag-update.json")
+        )
+        .await
+        .status,
+        201
+    );
+    app.clock.set(datetime!(2027-06-01 00:00 UTC));
+    let late = app
+        .post(
+            "/fhir/Communication",
+            CLINIC,
+            &fixture("appointment-notice.json"),
+        )
+        .await;
+    assert_eq!(late.status, 403);
+    let rec = audit_record(&app, &late.reference_id()).await;
+    assert_eq!(rec["reason"], "consent-expired");
+    assert_eq!(
+        rec["consent"]["version"], 1,
+        "the refusal cites the consent that lapsed"
+    );
+    assert_eq!(housing_items(&app).await.len(), 3);
+}
+
+#[tokio::test]
+async fn the_tenant_narrows_consent_from_both_to_clinic_only() {
+    let app = spawn_app().await;
+    app.register_tenant().await;
+    let first = record(&app, share_with(&[CLINIC_ID, MCO_ID])).await;
+    let consent_id = first.body["consent"]["id"].as_str().unwrap().to_string();
+    let mut mco_note = fixture("care-contact-update.json");
+    mco_note["subject"] = json!({"identifier": {"system": MEMBER_SYSTEM, "value": "BHP-20931"}});
+    let before = app.post("/fhir/Communication", MCO, &mco_note).await;
+    assert_eq!(before.status, 201);
+
+    let mut narrower = share_with(&[CLINIC_ID]);
+    narrower["signed_at"] = json!("2026-11-23T09:30:00Z");
+    let second = record(&app, narrower).await;
+    assert_eq!(
+        second.body["consent"]["id"],
+        consent_id.as_str(),
+        "one consent per tenant, a new version"
+    );
+    assert_eq!(second.body["consent"]["version"], 2);
+
+    mco_note["identifier"][0]["value"] = json!("after-narrowing");
+    let after = app.post("/fhir/Communication", MCO, &mco_note).await;
+    assert_eq!(after.status, 403);
+    let clinic = app
+        .post(
+            "/fhir/Communication",
+            CLINIC,
+            &fixture("risk-flag-update.json"),
+        )
+        .await;
+    assert_eq!(clinic.status, 201);
+    assert_eq!(
+        audit_record(&app, &before.reference_id()).await["consent"]["version"],
+        1
+    );
+    assert_eq!(
+        audit_record(&app, &after.reference_id()).await["consent"]["version"],
+        2
+    );
+    assert_eq!(
+        audit_record(&app, &clinic.reference_id()).await["consent"]["version"],
+        2
+    );
+
+    // Both versions stay readable, in FHIR, for the auditor.
+    let history = app
+        .get(&format!("/fhir/Consent/{consent_id}/_history"), AUDITOR)
+        .await;
+    assert_eq!(history.body["total"], 2);
+    let v1 = app
+        .get(&format!("/fhir/Consent/{consent_id}/_history/1"), AUDITOR)
+        .await;
+    let actors = v1.body["provision"]["actor"].as_array().unwrap();
+    assert!(
+        actors
+            .iter()
+            .any(|a| a["reference"]["reference"] == format!("Organization/{MCO_ID}"))
+    );
+    // The MCO, no longer named, cannot read the current version.
+    assert_eq!(
+        app.get(&format!("/fhir/Consent/{consent_id}"), MCO)
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        app.get(&format!("/fhir/Consent/{consent_id}"), CLINIC)
+            .await
+            .status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn a_restriction_on_substance_use_detail() {
+    let app = spawn_app().await;
+    app.register_tenant().await;
+    let mut form = share_with(&[CLINIC_ID, MCO_ID]);
+    form["restrictions"] = json!(["substance-use"]);
+    let a = record(&app, form).await;
+    assert_eq!(a.status, 201, "{a:?}");
+    let labels: Vec<&str> = a.body["fhir"]["provision"]["provision"][0]["securityLabel"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["code"].as_str().unwrap())
+        .collect();
+    assert_eq!(labels, ["SUD", "ETH"]);
+
+    let bup = app
+        .post(
+            "/fhir/Communication",
+            CLINIC,
+            &fixture("medication-change-buprenorphine-start.json"),
+        )
+        .await;
+    assert_eq!(bup.status, 201);
+    let appt = app
+        .post(
+            "/fhir/Communication",
+            CLINIC,
+            &fixture("appointment-notice.json"),
+        )
+        .await;
+    assert_eq!(appt.status, 201);
+    // The buprenorphine start and the withdrawal-risk flag are withheld; the appointment is not.
+    let items = housing_items(&app).await;
+    let kinds: Vec<&str> = items.iter().map(|i| i["item"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["next_appointment"]);
+    assert!(!bup.body.to_string().to_lowercase().contains("withheld"));
+    let rec = audit_record(&app, &bup.reference_id()).await;
+    assert_eq!(rec["items_withheld"].as_array().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn a_consent_posted_by_a_partner_waits_for_housing_to_confirm_it() {
+    let app = spawn_app().await;
+    app.register_tenant().await;
+    let proposed = app
+        .post(
+            "/fhir/Consent",
+            CLINIC,
+            &fixture("consent-share-with-clinic.json"),
+        )
+        .await;
+    assert_eq!(proposed.status, 201, "{proposed:?}");
+    assert_eq!(proposed.body["status"], "proposed");
+    assert_eq!(
+        app.post(
+            "/fhir/Communication",
+            CLINIC,
+            &fixture("risk-flag-update.json")
+        )
+        .await
+        .status,
+        403
+    );
+
+    let id = proposed.body["id"].as_str().unwrap();
+    let confirmed = app
+        .post_json(
+            &format!("/housing/consents/{id}/confirm"),
+            HOUSING,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(confirmed.status, 200, "{confirmed:?}");
+    assert_eq!(confirmed.body["consent"]["status"], "active");
+    assert_eq!(
+        app.post(
+            "/fhir/Communication",
+            CLINIC,
+            &fixture("risk-flag-update.json")
+        )
+        .await
+        .status,
+        201
+    );
+
+    // The partner cannot confirm its own proposal, and revocation stops everything.
+    assert_eq!(
+        app.post_json(
+            &format!("/housing/consents/{id}/revoke"),
+            CLINIC,
+            &json!({})
+        )
+        .await
+        .status,
+        403
+    );
+    assert_eq!(
+        app.post_json(
+            &format!("/housing/consents/{id}/revoke"),
+            HOUSING,
+            &json!({})
+        )
+        .await
+        .status,
+        200
+    );
+    let after = app
+        .post(
+            "/fhir/Communication",
+            CLINIC,
+            &fixture("care-contact-update.json"),
+        )
+        .await;
+    assert_eq!(after.status, 403);
+    assert_eq!(
+        audit_record(&app, &after.reference_id()).await["reason"],
+        "consent-revoked"
+    );
+}
+
+#[tokio::test]
+async fn the_fhir_form_and_the_housing_form_agree() {
+    let app = spawn_app().await;
+    app.register_tenant().await;
+    let mut form = share_with(&[CLINIC_ID]);
+    form["direction"] = json!("to-housing");
+    form["restrictions"] = json!(["hiv"]);
+    let a = record(&app, form).await;
+    let id = a.body["consent"]["id"].as_str().unwrap();
+    // Search by any identifier the tenant is known by.
+    let found = app
+        .get(
+            &format!("/fhir/Consent?patient:identifier={MRN_SYSTEM}|MRN-448812&status=active"),
+            HOUSING,
+        )
+        .await;
+    assert_eq!(found.body["total"], 1, "{found:?}");
+    let fhir = &found.body["entry"][0]["resource"];
+    assert_eq!(fhir["id"], id);
+    assert_eq!(fhir["scope"]["coding"][0]["code"], "patient-privacy");
+    assert_eq!(fhir["category"][0]["coding"][0]["code"], "IDSCL");
+    assert_eq!(fhir["provision"]["purpose"][0]["code"], "COC");
+    let roles: Vec<&str> = fhir["provision"]["actor"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["role"]["coding"][0]["code"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        roles,
+        ["INF"],
+        "to-housing only: the clinic may send, not receive"
+    );
+    // Putting the FHIR form back unchanged yields the same terms, as a new version.
+    let put = answer(
+        app.client
+            .put(format!("{}/fhir/Consent/{id}", app.base))
+            .bearer_auth(HOUSING)
+            .header("content-type", "application/fhir+json")
+            .body(fhir.to_string())
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(put.status, 200, "{put:?}");
+    let list = app.get("/housing/consents?tenant=T-1001", HOUSING).await;
+    let versions = list.body["consents"].as_array().unwrap();
+    assert_eq!(versions.len(), 2);
+    let strip = |v: &Value| {
+        let mut v = v.clone();
+        v.as_object_mut().unwrap().remove("version");
+        v.as_object_mut().unwrap().remove("governing");
+        v
+    };
+    assert_eq!(strip(&versions[0]), strip(&versions[1]));
+    assert_eq!(versions[0]["restrictions"], json!(["hiv"]));
+}
+
+#[tokio::test]
+async fn the_worker_can_print_an_accounting_of_disclosures_and_preview_a_share() {
+    let app = spawn_app().await;
+    app.register_tenant().await;
+    let mut form = share_with(&[CLINIC_ID, MCO_ID]);
+    form["restrictions"] = json!(["substance-use"]);
+    record(&app, form).await;
+    app.post(
+        "/fhir/Communication",
+        CLINIC,
+        &fixture("discharge-notice.json"),
+    )
+    .await;
+    app.post(
+        "/fhir/Communication",
+        CLINIC,
+        &fixture("risk-flag-update.json"),
+    )
+    .await;
+
+    let d = app
+        .get("/housing/tenants/T-1001/disclosures", HOUSING)
+        .await;
+    assert_eq!(d.status, 200);
+    let list = d.body["disclosures"].as_array().unwrap();
+    assert_eq!(list.len(), 2);
+    let s = list[0]["summary"].as_str().unwrap();
+    assert!(s.contains("Riverside Community Clinic shared discharge and follow-up details with Northside Housing Association for care coordination"), "{s}");
+    assert!(s.contains("version 1"), "{s}");
+
+    let p = app
+        .get(
+            &format!("/housing/tenants/T-1001/preview?partner={MCO_ID}"),
+            HOUSING,
+        )
+        .await;
+    assert_eq!(p.body["decision"], "permit", "{p:?}");
+    assert_eq!(p.body["would_receive"].as_array().unwrap().len(), 4);
+    let nobody = app
+        .get(
+            "/housing/tenants/T-1001/preview?partner=eastside-clinic",
+            HOUSING,
+        )
+        .await;
+    assert_eq!(nobody.body["decision"], "deny");
+    assert_eq!(nobody.body["reason"], "partner-not-covered");
+    assert_eq!(
+        app.get("/housing/tenants/T-1001/preview?partner=nobody", HOUSING)
+            .await
+            .status,
+        400
+    );
+    assert_eq!(
+        app.get("/housing/tenants/T-1001/disclosures", CLINIC)
+            .await
+            .status,
+        403
+    );
+}
+
+#[tokio::test]
+async fn a_consent_form_with_mistakes_is_refused_with_clear_errors() {
+    let app = spawn_app().await;
+    app.register_tenant().await;
+    let a = record(
+        &app,
+        json!({"tenant_id": "T-1001", "share_with": ["nobody"], "restrictions": ["astrology"]}),
+    )
+    .await;
+    assert_eq!(a.status, 422, "{a:?}");
+    let mut at = a.error_expressions();
+    at.sort();
+    assert_eq!(at, ["restrictions[0]", "share_with[0]", "valid_until"]);
+    let b = record(&app, json!({"tenant_id": "T-1001", "share_with": [CLINIC_ID], "valid_until": "2027-05-31", "colour": "blue"})).await;
+    assert_eq!(b.status, 400);
+    let c = record(
+        &app,
+        json!({"tenant_id": "T-4040", "share_with": [CLINIC_ID], "valid_until": "2027-05-31"}),
+    )
+    .await;
+    assert_eq!(
+        (c.status, c.error_expressions()),
+        (422, vec!["tenant_id".to_string()])
+    );
+    assert_eq!(
+        app.post_json("/housing/consents", CLINIC, &share_with(&[CLINIC_ID]))
+            .await
+            .status,
+        403
+    );
+}
