@@ -34,6 +34,8 @@ pub struct Config {
     #[serde(default)]
     pub consent: ConsentPolicy,
     #[serde(default)]
+    pub relay: Relay,
+    #[serde(default)]
     pub partners: Vec<PartnerConfig>,
     #[serde(default)]
     pub principals: Vec<PrincipalConfig>,
@@ -107,6 +109,95 @@ pub struct PartnerConfig {
     /// The identifier system this partner uses for tenants (MRN, member ID).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identifier_system: Option<String>,
+    /// Where notes to this partner are delivered (its FHIR base URL). Without it, notes
+    /// to this partner are refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fhir_base_url: Option<String>,
+    /// Bearer token Hearth presents to the partner.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bearer_token: Option<Secret>,
+    /// Whether the partner's FHIR server honours `ifNoneExist` in a transaction Bundle.
+    /// If not, each resource is POSTed on its own with its identifier.
+    #[serde(default = "yes")]
+    pub supports_transactions: bool,
+    /// Deliveries in flight to this partner at once.
+    #[serde(default = "default_in_flight")]
+    pub max_in_flight: usize,
+}
+
+fn default_in_flight() -> usize {
+    4
+}
+
+/// A secret from the config: never printed.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("***")
+    }
+}
+
+/// Outbound delivery: how often the relay looks for due work, backoff and deadlines.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Relay {
+    /// How often the relay checks for deliveries that are due.
+    #[serde(default = "default_poll_ms")]
+    pub poll_interval_ms: u64,
+    /// First retry delay; doubles per attempt (with ±25% jitter) up to `max_backoff_secs`.
+    #[serde(default = "default_initial_backoff")]
+    pub initial_backoff_secs: u64,
+    #[serde(default = "default_max_backoff")]
+    pub max_backoff_secs: u64,
+    /// A note not delivered this long after it was queued is dead-lettered.
+    #[serde(default = "default_dead_letter")]
+    pub dead_letter_after_secs: u64,
+    /// One delivery attempt may take this long.
+    #[serde(default = "default_attempt_timeout")]
+    pub attempt_timeout_ms: u64,
+}
+
+impl Default for Relay {
+    fn default() -> Self {
+        Self {
+            poll_interval_ms: default_poll_ms(),
+            initial_backoff_secs: default_initial_backoff(),
+            max_backoff_secs: default_max_backoff(),
+            dead_letter_after_secs: default_dead_letter(),
+            attempt_timeout_ms: default_attempt_timeout(),
+        }
+    }
+}
+
+fn default_poll_ms() -> u64 {
+    1000
+}
+fn default_initial_backoff() -> u64 {
+    5
+}
+fn default_max_backoff() -> u64 {
+    600
+}
+fn default_dead_letter() -> u64 {
+    48 * 3600
+}
+fn default_attempt_timeout() -> u64 {
+    10_000
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

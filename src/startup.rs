@@ -13,6 +13,7 @@ use crate::fhir::Profiles;
 use crate::gateway::Gateway;
 use crate::http::{self, AppState};
 use crate::mapping::Mappings;
+use crate::relay::Relay;
 use crate::store::sqlite::SqliteStore;
 
 /// A built application: its HTTP state and the store to close after serving.
@@ -40,15 +41,16 @@ pub fn build_with(
     let store = SqliteStore::open(&config.data_dir)
         .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
     let principals = config.principals();
-    let gateway = Gateway {
+    let gateway = Arc::new(Gateway {
         store: Arc::new(store.clone()),
         mappings,
         profiles,
         config,
         clock,
-    };
+    });
+    let relay = Relay::new(gateway.clone()).context("building the partner clients")?;
     Ok(App {
-        state: AppState::new(Arc::new(gateway), principals),
+        state: AppState::new(gateway, principals, relay),
         store,
     })
 }
@@ -61,9 +63,19 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let router = http::router(app.state.clone());
+    // The relay stops when the server does; attempts in flight finish first.
+    let (stop_relay, relay_stopped) = tokio::sync::watch::channel(false);
+    let relay = tokio::spawn(app.state.relay.clone().run(async move {
+        let mut rx = relay_stopped;
+        let _ = rx.wait_for(|stop| *stop).await;
+    }));
     let result = axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = stop_relay.send(true);
+        })
         .await;
+    let _ = relay.await;
     drop(app.state);
     let store = app.store;
     tokio::task::spawn_blocking(move || store.close())

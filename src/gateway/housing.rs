@@ -208,7 +208,7 @@ impl Gateway {
         })
     }
 
-    fn housing_name(&self) -> String {
+    pub fn housing_name(&self) -> String {
         self.config
             .partners
             .iter()

@@ -113,6 +113,7 @@ impl Gateway {
             Err(_) => return Err(Error::Forbidden(NO_AGREEMENT.into())),
         };
         let retract = resource.get("status").and_then(Value::as_str) == Some("entered-in-error");
+        let in_response_to = self.responding_to(&resource, call, &tenant).await?;
         let translation = self.mappings.translate(&resource);
         audit.dropped_paths = translation.dropped.clone();
 
@@ -134,7 +135,7 @@ impl Gateway {
                 .await?;
             (permit.consent, permit.withheld)
         };
-        check_translation(&translation, retract)?;
+        check_translation(&translation, retract || in_response_to.is_some())?;
 
         let received_at = rfc3339(call.at);
         let mut items = Vec::new();
@@ -179,6 +180,11 @@ impl Gateway {
                 received_at,
                 consent,
                 renewal,
+                in_response_to,
+                response_status: resource
+                    .get("status")
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
                 items,
                 retract,
                 audit: audit.clone(),
@@ -250,6 +256,49 @@ impl Gateway {
     }
 
     /// Records a FHIR Consent (a new consent; every version is kept).
+
+    /// The note a partner's reply answers (`inResponseTo` naming `Communication/<ref>` or
+    /// the note's reference identifier). Only notes sent to the replying partner about
+    /// the same tenant count.
+    async fn responding_to(
+        &self,
+        resource: &Value,
+        call: &Call,
+        tenant: &TenantId,
+    ) -> Result<Option<ReferenceId>, Error> {
+        let Some(list) = resource.get("inResponseTo").and_then(Value::as_array) else {
+            return Ok(None);
+        };
+        let rt = fhir::resource_type(resource).unwrap_or("Communication");
+        for (i, r) in list.iter().enumerate() {
+            let named = r
+                .get("reference")
+                .and_then(Value::as_str)
+                .and_then(|s| s.strip_prefix("Communication/"))
+                .or_else(|| {
+                    (r.pointer("/identifier/system").and_then(Value::as_str)
+                        == Some(fhir::REFERENCE_ID_SYSTEM))
+                    .then(|| r.pointer("/identifier/value").and_then(Value::as_str))
+                    .flatten()
+                });
+            let thread = match named.and_then(|n| n.parse::<ReferenceId>().ok()) {
+                Some(reference) => self.store.note_thread(&reference).await?,
+                None => None,
+            };
+            match thread {
+                Some(t) if t.partner == call.principal.org && &t.tenant == tenant => {
+                    return Ok(Some(t.reference_id));
+                }
+                _ => {
+                    return Err(Error::Invalid(vec![
+                        Issue::error(IssueCode::BusinessRule, "inResponseTo does not name a note Hearth sent to your organisation about this subject")
+                            .at(format!("{rt}.inResponseTo[{i}]")),
+                    ]));
+                }
+            }
+        }
+        Ok(None)
+    }
 
     /// Whether this exchange should prompt consent renewal: a hospitalisation or
     /// discharge, or a care contact from an organisation the tenant's record has not had.

@@ -19,6 +19,7 @@
 pub mod consents;
 pub mod housing;
 pub mod inbound;
+pub mod notes;
 
 use std::sync::Arc;
 

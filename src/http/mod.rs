@@ -14,6 +14,7 @@ pub mod error;
 pub mod extract;
 pub mod fhir;
 pub mod housing;
+pub mod notes;
 pub mod ops;
 
 use std::sync::Arc;
@@ -41,14 +42,17 @@ pub struct AppState {
     pub principals: Arc<Principals>,
     /// Bumped after every write that adds to the updates feed (wakes long-polls).
     pub feed_changed: Arc<tokio::sync::watch::Sender<u64>>,
+    /// The outbound relay, woken when a note is queued.
+    pub relay: crate::relay::Relay,
 }
 
 impl AppState {
-    pub fn new(gateway: Arc<Gateway>, principals: Principals) -> Self {
+    pub fn new(gateway: Arc<Gateway>, principals: Principals, relay: crate::relay::Relay) -> Self {
         Self {
             gateway,
             principals: Arc::new(principals),
             feed_changed: Arc::new(tokio::sync::watch::channel(0).0),
+            relay,
         }
     }
 
@@ -62,6 +66,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(fhir::router())
         .merge(housing::router())
+        .merge(notes::router())
         .merge(audit::router())
         .merge(ops::router())
         .fallback(|| async { Error::NotFound("there is nothing at this path".into()) })

@@ -79,6 +79,7 @@ const ENVELOPE: &[&str] = &[
     "/patient",
     "/category",
     "/meta/security",
+    "/inResponseTo",
 ];
 
 impl Mappings {

@@ -71,6 +71,9 @@ pub struct NewExchange {
     pub retract: bool,
     /// An event in this exchange that should prompt consent renewal.
     pub renewal: Option<RenewalDue>,
+    /// The note this exchange answers, if it is a partner's reply, and the reply's status.
+    pub in_response_to: Option<ReferenceId>,
+    pub response_status: Option<String>,
     pub audit: AuditEntry,
 }
 
@@ -109,7 +112,8 @@ pub struct StoredExchange {
 pub struct FeedEntry {
     pub seq: u64,
     pub tenant: TenantId,
-    /// `added`, `superseded`, `retracted` (dataset items) or `renewal-due` (consent).
+    /// `added`, `superseded`, `retracted` (dataset items), `renewal-due` (consent) or
+    /// `response` (a partner replied to a note).
     pub change: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub item_id: Option<String>,
@@ -119,6 +123,9 @@ pub struct FeedEntry {
     pub item: Option<StoredItem>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub renewal: Option<RenewalDue>,
+    /// For `response` entries: the partner's reply to a note.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response: Option<NoteResponse>,
     /// Set when the tenant's current consent restricts this item from view.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub restricted: bool,
@@ -245,6 +252,123 @@ pub trait AuditStore: Send + Sync {
     async fn break_glass_records(&self) -> StoreResult<Vec<BreakGlassRecord>>;
 }
 
+/// A care coordination note to queue, with its delivery.
+#[derive(Debug, Clone)]
+pub struct NewNote {
+    pub reference_id: ReferenceId,
+    pub tenant: TenantId,
+    pub partner: PartnerId,
+    /// The note as the worker wrote it, validated (reason, facts, action, deadline).
+    pub note: serde_json::Value,
+    /// The FHIR the partner will receive.
+    pub payload: serde_json::Value,
+    pub created_at: String,
+    pub created_ms: i64,
+    /// Dead-letter if not delivered by then (unix ms).
+    pub give_up_ms: i64,
+    pub audit: AuditEntry,
+}
+
+/// A delivery the relay should attempt now.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub reference_id: ReferenceId,
+    pub tenant: TenantId,
+    pub partner: PartnerId,
+    pub payload: serde_json::Value,
+    /// The note as queued (its facts carry their labels).
+    pub note: serde_json::Value,
+    pub attempts: u32,
+    pub give_up_ms: i64,
+}
+
+/// What came of one delivery attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttemptResult {
+    Delivered,
+    Retry {
+        next_ms: i64,
+        error: String,
+    },
+    /// Dead-lettered: permanent failure or the deadline passed.
+    Dead {
+        error: String,
+    },
+    /// Stopped before sending: consent no longer covers it.
+    Stopped {
+        reason: String,
+    },
+}
+
+/// A note's thread: the note, its delivery, and the partner's responses.
+#[derive(Debug, Clone, Serialize)]
+pub struct NoteThread {
+    pub reference_id: ReferenceId,
+    pub tenant: TenantId,
+    pub partner: PartnerId,
+    pub created_at: String,
+    pub note: serde_json::Value,
+    pub delivery: DeliveryState,
+    pub responses: Vec<NoteResponse>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DeliveryState {
+    /// `pending`, `delivered`, `dead` or `stopped`.
+    pub state: String,
+    pub attempts: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivered_at: Option<String>,
+}
+
+/// A partner's reply, linked to the note it answers. Its content is dataset items only.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct NoteResponse {
+    pub reference_id: ReferenceId,
+    pub note: ReferenceId,
+    pub partner: PartnerId,
+    pub received_at: String,
+    /// The reply's FHIR status (e.g. `completed`, `in-progress`).
+    pub status: String,
+    /// Ids of the dataset items the reply carried (its next steps).
+    pub items: Vec<String>,
+}
+
+/// Care coordination notes and their durable outbox.
+#[async_trait]
+pub trait NoteStore: Send + Sync {
+    /// Stores the note, its outbox entry and its audit record in one transaction.
+    async fn queue_note(&self, note: NewNote) -> StoreResult<()>;
+    /// Pending deliveries due at `now_ms`, at most `per_partner` per partner, oldest first,
+    async fn due_deliveries(&self, now_ms: i64, per_partner: usize) -> StoreResult<Vec<Delivery>>;
+    /// Records an attempt's result and its audit record.
+    async fn record_attempt(
+        &self,
+        reference_id: ReferenceId,
+        result: AttemptResult,
+        at: String,
+        audit: AuditEntry,
+    ) -> StoreResult<()>;
+    async fn note_thread(&self, reference_id: &ReferenceId) -> StoreResult<Option<NoteThread>>;
+    /// Threads of a tenant (or all tenants), newest first.
+    async fn note_threads(&self, tenant: Option<&TenantId>) -> StoreResult<Vec<NoteThread>>;
+    /// Dead-lettered notes, for operators.
+    async fn dead_letters(&self) -> StoreResult<Vec<NoteThread>>;
+    /// Puts a dead-lettered note back in the queue (with a new deadline).
+    async fn replay_dead_letter(
+        &self,
+        reference_id: &ReferenceId,
+        now_ms: i64,
+        give_up_ms: i64,
+        audit: AuditEntry,
+    ) -> StoreResult<bool>;
+}
+
 /// Everything Hearth stores, in one handle.
-pub trait Store: TenantStore + ConsentStore + ExchangeStore + AuditStore + 'static {}
-impl<T: TenantStore + ConsentStore + ExchangeStore + AuditStore + 'static> Store for T {}
+pub trait Store:
+    TenantStore + ConsentStore + ExchangeStore + AuditStore + NoteStore + 'static
+{
+}
+impl<T: TenantStore + ConsentStore + ExchangeStore + AuditStore + NoteStore + 'static> Store for T {}

@@ -72,12 +72,37 @@ CREATE INDEX IF NOT EXISTS items_by_exchange ON items(reference_id);
 CREATE TABLE IF NOT EXISTS feed (
     seq          INTEGER PRIMARY KEY AUTOINCREMENT,
     tenant_id    TEXT NOT NULL,
-    change       TEXT NOT NULL CHECK (change IN ('added', 'superseded', 'retracted', 'renewal-due')),
+    change       TEXT NOT NULL CHECK (change IN ('added', 'superseded', 'retracted', 'renewal-due', 'response')),
     item_id      TEXT REFERENCES items(item_id),
     reference_id TEXT NOT NULL,
     at           TEXT NOT NULL,
-    renewal      TEXT
+    detail       TEXT
 );
+
+-- Care coordination notes and their outbox: one row per note, delivered at least once.
+CREATE TABLE IF NOT EXISTS notes (
+    reference_id    TEXT PRIMARY KEY,
+    tenant_id       TEXT NOT NULL REFERENCES tenants(tenant_id),
+    partner         TEXT NOT NULL,
+    created_at      TEXT NOT NULL,
+    note            TEXT NOT NULL,
+    payload         TEXT NOT NULL,
+    state           TEXT NOT NULL CHECK (state IN ('pending', 'delivered', 'dead', 'stopped')),
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_ms INTEGER NOT NULL,
+    give_up_ms      INTEGER NOT NULL,
+    last_error      TEXT,
+    delivered_at    TEXT
+);
+CREATE INDEX IF NOT EXISTS notes_due ON notes(state, next_attempt_ms);
+CREATE INDEX IF NOT EXISTS notes_by_tenant ON notes(tenant_id);
+
+CREATE TABLE IF NOT EXISTS note_responses (
+    reference_id TEXT PRIMARY KEY,
+    note_ref     TEXT NOT NULL REFERENCES notes(reference_id),
+    body         TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS note_responses_by_note ON note_responses(note_ref);
 
 -- Open and past renewal prompts; at most one open (cleared_at IS NULL) per tenant.
 CREATE TABLE IF NOT EXISTS renewals (
@@ -187,7 +212,7 @@ impl WriteCtx<'_> {
             .execute(params![tenant.as_str(), due.reason, due.since, due.reference_id])?;
         self.tx
             .prepare_cached(
-                "INSERT INTO feed (tenant_id, change, item_id, reference_id, at, renewal) VALUES (?1, 'renewal-due', NULL, ?2, ?3, ?4)",
+                "INSERT INTO feed (tenant_id, change, item_id, reference_id, at, detail) VALUES (?1, 'renewal-due', NULL, ?2, ?3, ?4)",
             )?
             .execute(params![tenant.as_str(), due.reference_id, due.since, serde_json::to_string(due)?])?;
         Ok(true)
@@ -866,6 +891,30 @@ fn commit_one(ctx: &mut WriteCtx<'_>, mut ex: NewExchange) -> StoreResult<Exchan
     {
         ctx.mark_renewal(&ex.tenant, due)?;
     }
+    if let (Some(note), false) = (&ex.in_response_to, ex.retract) {
+        let response = NoteResponse {
+            reference_id: ex.reference_id,
+            note: *note,
+            partner: ex.key.partner.clone(),
+            received_at: ex.received_at.clone(),
+            status: ex
+                .response_status
+                .clone()
+                .unwrap_or_else(|| "completed".into()),
+            items: ex.items.iter().map(|i| i.id.clone()).collect(),
+        };
+        let body = serde_json::to_string(&response)?;
+        ctx.tx
+            .prepare_cached(
+                "INSERT INTO note_responses (reference_id, note_ref, body) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![reference, note.to_string(), body])?;
+        ctx.tx
+            .prepare_cached(
+                "INSERT INTO feed (tenant_id, change, item_id, reference_id, at, detail) VALUES (?1, 'response', NULL, ?2, ?3, ?4)",
+            )?
+            .execute(params![ex.tenant.as_str(), reference, ex.received_at, body])?;
+    }
 
     match &outcome {
         ExchangeOutcome::Corrected { supersedes } => {
@@ -970,7 +1019,7 @@ impl ExchangeStore for SqliteStore {
     async fn feed(&self, after_seq: u64, limit: usize) -> StoreResult<Vec<FeedEntry>> {
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT f.seq, f.tenant_id, f.change, f.item_id, f.reference_id, f.at, i.body, f.renewal
+                "SELECT f.seq, f.tenant_id, f.change, f.item_id, f.reference_id, f.at, i.body, f.detail
                  FROM feed f LEFT JOIN items i ON i.item_id = f.item_id
                  WHERE f.seq > ?1 ORDER BY f.seq LIMIT ?2",
             )?;
@@ -987,7 +1036,12 @@ impl ExchangeStore for SqliteStore {
                 ))
             })?;
             rows.map(|row| {
-                let (seq, tenant, change, item_id, reference, at, body, renewal) = row?;
+                let (seq, tenant, change, item_id, reference, at, body, detail) = row?;
+                let (renewal, response) = match (change.as_str(), detail) {
+                    ("renewal-due", Some(d)) => (Some(serde_json::from_str(&d)?), None),
+                    ("response", Some(d)) => (None, Some(serde_json::from_str(&d)?)),
+                    _ => (None, None),
+                };
                 let item = match (change.as_str(), body) {
                     ("added", Some(body)) => Some(serde_json::from_str(&body)?),
                     _ => None,
@@ -1000,7 +1054,8 @@ impl ExchangeStore for SqliteStore {
                     reference_id: parse_ref(reference)?,
                     at,
                     item,
-                    renewal: renewal.map(|r| serde_json::from_str(&r)).transpose()?,
+                    renewal,
+                    response,
                     restricted: false,
                 })
             })
@@ -1072,6 +1127,198 @@ impl AuditStore for SqliteStore {
                 })
             })?;
             Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+}
+
+fn note_thread(conn: &Connection, reference: &str) -> StoreResult<Option<NoteThread>> {
+    let row = conn
+        .prepare_cached(
+            "SELECT tenant_id, partner, created_at, note, state, attempts, last_error, delivered_at
+             FROM notes WHERE reference_id = ?1",
+        )?
+        .query_row([reference], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, i64>(5)?,
+                r.get::<_, Option<String>>(6)?,
+                r.get::<_, Option<String>>(7)?,
+            ))
+        })
+        .optional()?;
+    let Some((tenant, partner, created_at, note, state, attempts, last_error, delivered_at)) = row
+    else {
+        return Ok(None);
+    };
+    let mut stmt = conn.prepare_cached(
+        "SELECT body FROM note_responses WHERE note_ref = ?1 ORDER BY reference_id",
+    )?;
+    let responses = stmt
+        .query_map([reference], |r| r.get::<_, String>(0))?
+        .map(|b| Ok(serde_json::from_str(&b?)?))
+        .collect::<StoreResult<Vec<NoteResponse>>>()?;
+    Ok(Some(NoteThread {
+        reference_id: parse_ref(reference.to_string())?,
+        tenant: TenantId::new(tenant),
+        partner: PartnerId::new(partner),
+        created_at,
+        note: serde_json::from_str(&note)?,
+        delivery: DeliveryState {
+            state,
+            attempts: attempts as u32,
+            last_error,
+            delivered_at,
+        },
+        responses,
+    }))
+}
+
+fn note_threads_where(
+    conn: &Connection,
+    clause: &str,
+    arg: Option<&str>,
+) -> StoreResult<Vec<NoteThread>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT reference_id FROM notes WHERE {clause} ORDER BY reference_id DESC"
+    ))?;
+    let refs: Vec<String> = match arg {
+        Some(a) => stmt
+            .query_map([a], |r| r.get(0))?
+            .collect::<Result<_, _>>()?,
+        None => stmt
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?,
+    };
+    refs.iter()
+        .filter_map(|r| note_thread(conn, r).transpose())
+        .collect()
+}
+
+#[async_trait]
+impl NoteStore for SqliteStore {
+    async fn queue_note(&self, note: NewNote) -> StoreResult<()> {
+        self.write(move |ctx| {
+            ctx.tx.execute(
+                "INSERT INTO notes (reference_id, tenant_id, partner, created_at, note, payload, state, attempts, next_attempt_ms, give_up_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', 0, ?7, ?8)",
+                params![
+                    note.reference_id.to_string(),
+                    note.tenant.as_str(),
+                    note.partner.as_str(),
+                    note.created_at,
+                    serde_json::to_string(&note.note)?,
+                    serde_json::to_string(&note.payload)?,
+                    note.created_ms,
+                    note.give_up_ms
+                ],
+            )?;
+            ctx.audit(&note.audit)
+        })
+        .await
+    }
+
+    async fn due_deliveries(&self, now_ms: i64, per_partner: usize) -> StoreResult<Vec<Delivery>> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT reference_id, tenant_id, partner, payload, attempts, give_up_ms, note FROM (
+                    SELECT *, ROW_NUMBER() OVER (PARTITION BY partner ORDER BY next_attempt_ms, reference_id) AS n
+                    FROM notes WHERE state = 'pending' AND next_attempt_ms <= ?1
+                 ) WHERE n <= ?2 ORDER BY next_attempt_ms, reference_id",
+            )?;
+            let rows = stmt.query_map(params![now_ms, per_partner as i64], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, i64>(5)?,
+                    r.get::<_, String>(6)?,
+                ))
+            })?;
+            rows.map(|row| {
+                let (reference, tenant, partner, payload, attempts, give_up_ms, note) = row?;
+                Ok(Delivery {
+                    reference_id: parse_ref(reference)?,
+                    tenant: TenantId::new(tenant),
+                    partner: PartnerId::new(partner),
+                    payload: serde_json::from_str(&payload)?,
+                    note: serde_json::from_str(&note)?,
+                    attempts: attempts as u32,
+                    give_up_ms,
+                })
+            })
+            .collect()
+        })
+        .await
+    }
+
+    async fn record_attempt(
+        &self,
+        reference_id: ReferenceId,
+        result: AttemptResult,
+        at: String,
+        audit: AuditEntry,
+    ) -> StoreResult<()> {
+        self.write(move |ctx| {
+            let reference = reference_id.to_string();
+            let counted = !matches!(result, AttemptResult::Stopped { .. });
+            let (state, next_ms, error, delivered_at): (&str, Option<i64>, Option<String>, Option<&str>) = match &result {
+                AttemptResult::Delivered => ("delivered", None, None, Some(at.as_str())),
+                AttemptResult::Retry { next_ms, error } => ("pending", Some(*next_ms), Some(error.clone()), None),
+                AttemptResult::Dead { error } => ("dead", None, Some(error.clone()), None),
+                AttemptResult::Stopped { reason } => ("stopped", None, Some(reason.clone()), None),
+            };
+            ctx.tx.execute(
+                "UPDATE notes SET state = ?1, attempts = attempts + ?2, next_attempt_ms = COALESCE(?3, next_attempt_ms),
+                        last_error = COALESCE(?4, last_error), delivered_at = COALESCE(?5, delivered_at)
+                 WHERE reference_id = ?6",
+                params![state, counted as i64, next_ms, error, delivered_at, reference],
+            )?;
+            ctx.audit(&audit)
+        })
+        .await
+    }
+
+    async fn note_thread(&self, reference_id: &ReferenceId) -> StoreResult<Option<NoteThread>> {
+        let reference = reference_id.to_string();
+        self.read(move |conn| note_thread(conn, &reference)).await
+    }
+
+    async fn note_threads(&self, tenant: Option<&TenantId>) -> StoreResult<Vec<NoteThread>> {
+        let tenant = tenant.map(|t| t.as_str().to_string());
+        self.read(move |conn| match &tenant {
+            Some(t) => note_threads_where(conn, "tenant_id = ?1", Some(t)),
+            None => note_threads_where(conn, "1 = 1", None),
+        })
+        .await
+    }
+
+    async fn dead_letters(&self) -> StoreResult<Vec<NoteThread>> {
+        self.read(move |conn| note_threads_where(conn, "state = 'dead'", None))
+            .await
+    }
+
+    async fn replay_dead_letter(
+        &self,
+        reference_id: &ReferenceId,
+        now_ms: i64,
+        give_up_ms: i64,
+        audit: AuditEntry,
+    ) -> StoreResult<bool> {
+        let reference = reference_id.to_string();
+        self.write(move |ctx| {
+            let n = ctx.tx.execute(
+                "UPDATE notes SET state = 'pending', next_attempt_ms = ?1, give_up_ms = ?2 WHERE reference_id = ?3 AND state = 'dead'",
+                params![now_ms, give_up_ms, reference],
+            )?;
+            ctx.audit(&audit)?;
+            Ok(n == 1)
         })
         .await
     }

@@ -2,6 +2,8 @@
 //! a clock the test controls, and known credentials.
 #![allow(dead_code)]
 
+pub mod partner;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -50,6 +52,15 @@ pub fn fixture(name: &str) -> Value {
 
 /// A config for tests: known tokens, three partners, data in `data_dir`.
 pub fn test_config(data_dir: &Path) -> Config {
+    test_config_with(data_dir, None)
+}
+
+/// As [`test_config`], with notes to the clinic and the MCO delivered to `partner_url`.
+/// Retries wait 30 s of (test-controlled) clock time; attempts time out after 300 ms.
+pub fn test_config_with(data_dir: &Path, partner_url: Option<&str>) -> Config {
+    let endpoint = partner_url
+        .map(|u| format!("fhir_base_url = \"{u}\"\nbearer_token = \"partner-secret\"\n"))
+        .unwrap_or_default();
     let h = hearth::auth::hash_token;
     let text = format!(
         r#"
@@ -66,18 +77,25 @@ identifier_system = "{TENANT_SYSTEM}"
 default_page = 100
 max_page = 500
 
+[relay]
+poll_interval_ms = 20
+initial_backoff_secs = 30
+max_backoff_secs = 600
+dead_letter_after_secs = 3600
+attempt_timeout_ms = 300
+
 [[partners]]
 id = "riverside-clinic"
 name = "Riverside Community Clinic"
 kind = "clinic"
 identifier_system = "{MRN_SYSTEM}"
-
+{endpoint}
 [[partners]]
 id = "bayview-health-plan"
 name = "Bayview Health Plan"
 kind = "mco"
 identifier_system = "{MEMBER_SYSTEM}"
-
+{endpoint}
 [[partners]]
 id = "eastside-clinic"
 name = "Eastside Clinic"
@@ -152,10 +170,15 @@ pub async fn spawn_app() -> TestApp {
 
 /// Starts Hearth on an existing data directory (to test restarts).
 pub async fn spawn_app_in(data: TempDir) -> TestApp {
+    spawn_app_with(data, None).await
+}
+
+/// Starts Hearth delivering notes to `partner_url`.
+pub async fn spawn_app_with(data: TempDir, partner_url: Option<&str>) -> TestApp {
     hearth::tls::install_crypto_provider();
     let (mappings, profiles) = shared().clone();
     let clock = Arc::new(ManualClock::new(datetime!(2026-11-23 10:00 UTC)));
-    let config = test_config(data.path());
+    let config = test_config_with(data.path(), partner_url);
     let app =
         hearth::startup::build_with(config, clock.clone(), mappings, profiles).expect("app builds");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

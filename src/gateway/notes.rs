@@ -1,0 +1,448 @@
+//! Care coordination notes: a housing worker's structured request to a partner, built
+//! into FHIR from dataset items only and queued for durable delivery.
+
+use std::collections::BTreeSet;
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{Call, Gateway};
+use crate::audit::{AuditEntry, ItemRef, Outcome};
+use crate::auth::Role;
+use crate::clock::rfc3339;
+use crate::consent::Flow;
+use crate::dataset::{DatasetItem, ItemKind, StoredItem};
+use crate::error::Error;
+use crate::fhir::{self, Issue, IssueCode};
+use crate::ids::{Identifier, PartnerId, TenantId};
+use crate::store::NewNote;
+
+/// Longest reason or requested action a worker may write.
+pub const MAX_TEXT: usize = 1000;
+
+/// `POST /housing/notes`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoteRequest {
+    pub tenant_id: TenantId,
+    /// The partner the note is for.
+    pub to: PartnerId,
+    /// Why the worker is getting in touch.
+    pub reason: String,
+    /// Relevant facts: dataset items, by id (`{"item_id": "…"}`) or written out
+    /// (`{"item": "next_appointment", "start": "…"}`). Nothing else is accepted.
+    #[serde(default)]
+    pub facts: Vec<Value>,
+    pub requested_action: Option<String>,
+    /// When the action is needed by (a FHIR date or dateTime).
+    pub deadline: Option<String>,
+    /// `routine` (default) or `urgent`.
+    #[serde(default)]
+    pub priority: Priority,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    #[default]
+    Routine,
+    Urgent,
+}
+
+impl Gateway {
+    /// Validates a note, decides consent for the receiving partner, builds the FHIR the
+    /// partner will receive, and queues it durably. Returns the stored note.
+    pub async fn queue_note(
+        &self,
+        call: &Call,
+        req: NoteRequest,
+        audit: &mut AuditEntry,
+    ) -> Result<Value, Error> {
+        audit.tenant = Some(req.tenant_id.clone());
+        audit.partner = Some(req.to.clone());
+        audit.resource_type = Some("Communication".into());
+        self.require_role(call, &[Role::Housing, Role::Admin])?;
+        let mut issues = Vec::new();
+        let partner = self.config.partner(&req.to);
+        match partner {
+            None => issues.push(
+                Issue::error(
+                    IssueCode::Value,
+                    format!("`{}` is not a configured partner", req.to),
+                )
+                .at("to"),
+            ),
+            Some(p) if p.fhir_base_url.is_none() => issues.push(
+                Issue::error(
+                    IssueCode::BusinessRule,
+                    format!("no delivery endpoint is configured for `{}`", req.to),
+                )
+                .at("to"),
+            ),
+            Some(_) => {}
+        }
+        for (field, text) in [
+            ("reason", Some(&req.reason)),
+            ("requested_action", req.requested_action.as_ref()),
+        ] {
+            if let Some(t) = text
+                && (t.trim().is_empty() || t.chars().count() > MAX_TEXT)
+            {
+                issues.push(
+                    Issue::error(IssueCode::Value, format!("1 to {MAX_TEXT} characters")).at(field),
+                );
+            }
+        }
+        let deadline = req
+            .deadline
+            .as_deref()
+            .map(|d| (d, crate::consent::parse_fhir_instant(d, true)));
+        if let Some((_, None)) = deadline {
+            issues.push(
+                Issue::error(IssueCode::Value, "expected a date such as 2026-11-27").at("deadline"),
+            );
+        }
+        if req.requested_action.is_none() && deadline.is_some() {
+            issues.push(
+                Issue::error(IssueCode::Invariant, "a deadline needs a requested_action")
+                    .at("deadline"),
+            );
+        }
+        if !self.store.tenant_exists(&req.tenant_id).await? {
+            issues.push(
+                Issue::error(
+                    IssueCode::BusinessRule,
+                    "no tenant is registered with this id",
+                )
+                .at("tenant_id"),
+            );
+        }
+        if !issues.is_empty() {
+            return Err(Error::Invalid(issues));
+        }
+        let facts = self.resolve_facts(&req.tenant_id, &req.facts).await?;
+
+        // Consent for the receiving partner, now; the relay asks again before each attempt.
+        let labels: Vec<BTreeSet<String>> = facts
+            .iter()
+            .map(|f| f.labels.iter().cloned().collect())
+            .collect();
+        let permit = match self
+            .decide(
+                call,
+                &req.tenant_id,
+                Flow::Outbound,
+                &req.to,
+                &labels,
+                audit,
+            )
+            .await
+        {
+            Ok(p) => p,
+            Err(_) => {
+                return Err(Error::Forbidden(format!(
+                    "the tenant's consent does not allow sharing with {} ({})",
+                    req.to,
+                    audit.reason.as_deref().unwrap_or("no consent")
+                )));
+            }
+        };
+        if !permit.withheld.is_empty() {
+            return Err(Error::Invalid(
+                permit
+                    .withheld
+                    .iter()
+                    .map(|i| {
+                        Issue::error(
+                            IssueCode::BusinessRule,
+                            format!("the tenant's consent restricts this item for {}", req.to),
+                        )
+                        .at(format!("facts[{i}]"))
+                    })
+                    .collect(),
+            ));
+        }
+
+        let identifiers = self.store.tenant_identifiers(&req.tenant_id).await?;
+        let partner = partner.expect("checked above");
+        let subject = partner
+            .identifier_system
+            .as_ref()
+            .and_then(|sys| identifiers.iter().find(|i| &i.system == sys))
+            .cloned()
+            .unwrap_or_else(|| {
+                Identifier::new(
+                    &self.config.tenancy.identifier_system,
+                    req.tenant_id.as_str(),
+                )
+            });
+        let reference = call.reference_id.to_string();
+        let note = json!({
+            "reason": req.reason,
+            "facts": facts,
+            "requested_action": req.requested_action,
+            "deadline": req.deadline,
+            "priority": req.priority,
+            "author": call.principal.id,
+        });
+        let payload = note_bundle(&NoteParts {
+            reference: &reference,
+            sent: &rfc3339(call.at),
+            subject: &subject,
+            partner: &partner.id,
+            partner_name: &partner.name,
+            sender_name: &self.housing_name(),
+            reason: &req.reason,
+            facts: &facts,
+            action: req.requested_action.as_deref(),
+            deadline: req.deadline.as_deref(),
+            priority: req.priority,
+        });
+        audit.items_written = facts
+            .iter()
+            .map(|f| ItemRef {
+                kind: f.item.kind().as_str().to_string(),
+                id: Some(f.id.clone()),
+                labels: f.labels.clone(),
+            })
+            .collect();
+        audit.outcome = Outcome::Accepted;
+        audit.status = 201;
+        let created_ms = unix_ms(call.at);
+        self.store
+            .queue_note(NewNote {
+                reference_id: call.reference_id,
+                tenant: req.tenant_id,
+                partner: req.to,
+                note: note.clone(),
+                payload,
+                created_at: rfc3339(call.at),
+                created_ms,
+                give_up_ms: created_ms + (self.config.relay.dead_letter_after_secs as i64) * 1000,
+                audit: audit.clone(),
+            })
+            .await?;
+        Ok(note)
+    }
+
+    async fn resolve_facts(
+        &self,
+        tenant: &TenantId,
+        facts: &[Value],
+    ) -> Result<Vec<StoredItem>, Error> {
+        let current = self.store.tenant_items(tenant).await?;
+        let mut out = Vec::new();
+        let mut issues = Vec::new();
+        for (i, fact) in facts.iter().enumerate() {
+            let at = format!("facts[{i}]");
+            let Some(obj) = fact.as_object() else {
+                issues.push(Issue::error(IssueCode::Structure, "a fact is an object").at(at));
+                continue;
+            };
+            if let Some(id) = obj.get("item_id").and_then(Value::as_str) {
+                match current.iter().find(|c| c.id == id) {
+                    Some(item) if obj.len() == 1 => out.push(item.clone()),
+                    Some(_) => issues.push(
+                        Issue::error(IssueCode::Structure, "a fact by id has only `item_id`")
+                            .at(at),
+                    ),
+                    None => issues.push(
+                        Issue::error(
+                            IssueCode::BusinessRule,
+                            "no current dataset item of this tenant has this id",
+                        )
+                        .at(at),
+                    ),
+                }
+                continue;
+            }
+            let mut fields = obj.clone();
+            let kind = fields
+                .remove("item")
+                .and_then(|k| k.as_str().and_then(ItemKind::parse));
+            let Some(kind) = kind else {
+                issues.push(
+                    Issue::error(IssueCode::Value, "a fact is `{\"item_id\": …}` or a dataset item with `item` naming its kind")
+                        .at(at),
+                );
+                continue;
+            };
+            match DatasetItem::from_fields(kind, Value::Object(fields)) {
+                Ok(item) => out.push(StoredItem {
+                    id: format!("fact-{i}"),
+                    item,
+                    labels: Vec::new(),
+                    provenance: crate::dataset::Provenance {
+                        partner: crate::ids::PartnerId::new("housing"),
+                        reference_id: crate::ids::ReferenceId::new(),
+                        received_at: String::new(),
+                        consent: None,
+                    },
+                }),
+                Err(e) => issues.push(
+                    Issue::error(
+                        IssueCode::BusinessRule,
+                        format!("not within the integration dataset: {e}"),
+                    )
+                    .at(at),
+                ),
+            }
+        }
+        if issues.is_empty() {
+            Ok(out)
+        } else {
+            Err(Error::Invalid(issues))
+        }
+    }
+}
+
+pub fn unix_ms(t: time::OffsetDateTime) -> i64 {
+    (t.unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+struct NoteParts<'a> {
+    reference: &'a str,
+    sent: &'a str,
+    subject: &'a Identifier,
+    partner: &'a PartnerId,
+    partner_name: &'a str,
+    sender_name: &'a str,
+    reason: &'a str,
+    facts: &'a [StoredItem],
+    action: Option<&'a str>,
+    deadline: Option<&'a str>,
+    priority: Priority,
+}
+
+/// The FHIR a partner receives: a transaction Bundle with the Communication and, when an
+/// action with a deadline is asked for, a Task — each created only if absent
+/// (`ifNoneExist` on Hearth's reference identifier), so a retry never duplicates.
+/// Built from the note and its dataset items; nothing from any inbound resource.
+fn note_bundle(n: &NoteParts) -> Value {
+    let id_of = |suffix: &str| json!({"system": fhir::REFERENCE_ID_SYSTEM, "value": format!("{}{suffix}", n.reference)});
+    let subject = json!({"identifier": {"system": n.subject.system, "value": n.subject.value}});
+    let recipient =
+        json!({"reference": format!("Organization/{}", n.partner), "display": n.partner_name});
+    let mut payload = vec![json!({"contentString": format!("Reason for contact: {}", n.reason)})];
+    payload.extend(
+        n.facts
+            .iter()
+            .map(|f| json!({"contentString": describe(&f.item)})),
+    );
+    if let Some(a) = n.action {
+        let due = n.deadline.map(|d| format!(" (by {d})")).unwrap_or_default();
+        payload.push(json!({"contentString": format!("Requested action: {a}{due}")}));
+    }
+    let communication_url = format!("urn:uuid:{}", uuid_like(n.reference, 'c'));
+    let communication = json!({
+        "resourceType": "Communication",
+        "identifier": [id_of("")],
+        "status": "completed",
+        "category": [{"coding": [{"system": format!("{}/CodeSystem/notice-kind", fhir::HEARTH_BASE), "code": "care-coordination-note"}]}],
+        "priority": match n.priority { Priority::Routine => "routine", Priority::Urgent => "urgent" },
+        "subject": subject,
+        "sent": n.sent,
+        "recipient": [recipient],
+        "sender": {"display": n.sender_name},
+        "payload": payload,
+    });
+    let mut entries = vec![json!({
+        "fullUrl": communication_url,
+        "resource": communication,
+        "request": {"method": "POST", "url": "Communication", "ifNoneExist": format!("identifier={}|{}", fhir::REFERENCE_ID_SYSTEM, n.reference)},
+    })];
+    if let (Some(action), Some(deadline)) = (n.action, n.deadline) {
+        entries.push(json!({
+            "fullUrl": format!("urn:uuid:{}", uuid_like(n.reference, 't')),
+            "resource": {
+                "resourceType": "Task",
+                "identifier": [id_of("-task")],
+                "status": "requested",
+                "intent": "order",
+                "priority": match n.priority { Priority::Routine => "routine", Priority::Urgent => "urgent" },
+                "code": {"coding": [{"system": "http://hl7.org/fhir/CodeSystem/task-code", "code": "fulfill"}]},
+                "description": action,
+                "focus": {"reference": communication_url},
+                "for": subject,
+                "authoredOn": n.sent,
+                "owner": recipient,
+                "restriction": {"period": {"end": deadline}},
+            },
+            "request": {"method": "POST", "url": "Task", "ifNoneExist": format!("identifier={}|{}-task", fhir::REFERENCE_ID_SYSTEM, n.reference)},
+        }));
+    }
+    json!({"resourceType": "Bundle", "type": "transaction", "entry": entries})
+}
+
+/// A stable UUID-shaped id derived from the reference ID, for `urn:uuid:` full URLs.
+fn uuid_like(reference: &str, salt: char) -> String {
+    use sha2::{Digest, Sha256};
+    let h = hex::encode(Sha256::digest(format!("{reference}{salt}").as_bytes()));
+    format!(
+        "{}-{}-4{}-8{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[13..16],
+        &h[17..20],
+        &h[20..32]
+    )
+}
+
+/// One line per fact, in plain words, from the dataset item's own fields.
+fn describe(item: &DatasetItem) -> String {
+    let opt = |label: &str, v: &Option<String>| {
+        v.as_ref()
+            .map(|v| format!("; {label} {v}"))
+            .unwrap_or_default()
+    };
+    match item {
+        DatasetItem::CareContact(c) => format!(
+            "Care contact: {}{}{}",
+            c.coordinator.as_deref().unwrap_or("(unnamed)"),
+            opt("organisation", &c.organization),
+            c.routes
+                .iter()
+                .find(|r| r.preferred)
+                .map(|r| format!("; preferred {} {}", r.system, r.value))
+                .unwrap_or_default()
+        ),
+        DatasetItem::NextAppointment(a) => format!(
+            "Next appointment: {}{}{}{}",
+            a.start,
+            opt("kind", &a.kind),
+            opt("at", &a.place),
+            match a.transport_needed {
+                Some(true) => "; transport support needed",
+                _ => "",
+            }
+        ),
+        DatasetItem::MedicationChange(m) => format!(
+            "Medication change: {} {:?}{}{}",
+            m.medication,
+            m.change,
+            opt("from", &m.effective),
+            opt("instruction:", &m.instruction)
+        ),
+        DatasetItem::Discharge(d) => format!(
+            "Discharge: {}{}{}",
+            d.status,
+            opt("on", &d.date),
+            opt("from", &d.facility)
+        ),
+        DatasetItem::RiskFlag(r) => format!(
+            "Risk flag: {:?} ({}){}",
+            r.flag,
+            r.status,
+            opt("since", &r.since)
+        ),
+        DatasetItem::AccommodationNeed(a) => format!(
+            "Accommodation need: {:?}{}{}",
+            a.need,
+            opt("language", &a.language),
+            match a.interpreter {
+                Some(true) => "; interpreter needed",
+                _ => "",
+            }
+        ),
+    }
+}

@@ -1,0 +1,331 @@
+//! Outbound delivery: the relay drains the durable outbox to partners' FHIR endpoints.
+//!
+//! At-least-once: a note stays `pending` until a partner answers 2xx, survives restarts
+//! (it is a row in the store), and is retried with exponential backoff and jitter. Each
+//! delivery is a conditional create (`ifNoneExist` on Hearth's reference identifier), so
+//! a retry after a lost answer creates nothing twice. Consent is decided again before
+//! every attempt: a revocation during an outage stops the note. A permanent refusal
+//! (4xx) or the configured deadline dead-letters it; the rest of the queue carries on.
+//! Every attempt is audited.
+//!
+//! Invariant: the relay reads the note's prepared payload; it never builds FHIR from
+//! anything inbound.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::Notify;
+
+use crate::audit::{AuditEntry, Direction, Outcome};
+use crate::auth::{Principal, Role};
+use crate::clock::rfc3339;
+use crate::consent::Flow;
+use crate::gateway::notes::unix_ms;
+use crate::gateway::{Call, Gateway};
+use crate::ids::{PartnerId, ReferenceId};
+use crate::store::{AttemptResult, Delivery};
+
+/// The relay: cheap to clone, shares its wake-up signal.
+#[derive(Clone)]
+pub struct Relay {
+    gateway: Arc<Gateway>,
+    clients: Arc<HashMap<PartnerId, reqwest::Client>>,
+    wake: Arc<Notify>,
+}
+
+impl Relay {
+    pub fn new(gateway: Arc<Gateway>) -> anyhow::Result<Self> {
+        crate::tls::install_crypto_provider();
+        let timeout = Duration::from_millis(gateway.config.relay.attempt_timeout_ms);
+        let mut clients = HashMap::new();
+        for p in gateway
+            .config
+            .partners
+            .iter()
+            .filter(|p| p.fhir_base_url.is_some())
+        {
+            let client = reqwest::Client::builder()
+                .timeout(timeout)
+                .connect_timeout(timeout)
+                .build()?;
+            clients.insert(p.id.clone(), client);
+        }
+        Ok(Self {
+            gateway,
+            clients: Arc::new(clients),
+            wake: Arc::new(Notify::new()),
+        })
+    }
+
+    /// Something was queued: look now rather than at the next poll.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Runs until `shutdown` resolves; attempts in flight finish first.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        let poll = Duration::from_millis(self.gateway.config.relay.poll_interval_ms);
+        tokio::pin!(shutdown);
+        loop {
+            self.tick().await;
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(poll) => {}
+            }
+        }
+    }
+
+    /// One pass: every delivery due now (at most `max_in_flight` per partner, attempted
+    /// concurrently). Returns how many were attempted.
+    pub async fn tick(&self) -> usize {
+        let g = &self.gateway;
+        let now = unix_ms(g.now());
+        let per_partner = g
+            .config
+            .partners
+            .iter()
+            .map(|p| p.max_in_flight)
+            .max()
+            .unwrap_or(1);
+        let due = match g.store.due_deliveries(now, per_partner).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(error = %e, "relay could not read the outbox");
+                return 0;
+            }
+        };
+        let mut counts: HashMap<PartnerId, usize> = HashMap::new();
+        let mut batch = Vec::new();
+        for d in due {
+            let limit = g.config.partner(&d.partner).map_or(1, |p| p.max_in_flight);
+            let n = counts.entry(d.partner.clone()).or_default();
+            if *n < limit {
+                *n += 1;
+                batch.push(d);
+            }
+        }
+        let attempted = batch.len();
+        let tasks: Vec<_> = batch
+            .into_iter()
+            .map(|d| {
+                let relay = self.clone();
+                tokio::spawn(async move { relay.attempt(d).await })
+            })
+            .collect();
+        for t in tasks {
+            let _ = t.await;
+        }
+        attempted
+    }
+
+    async fn attempt(&self, d: Delivery) {
+        let g = &self.gateway;
+        let at = g.now();
+        let call = Call {
+            reference_id: ReferenceId::new(),
+            principal: Principal {
+                id: "hearth-relay".into(),
+                org: PartnerId::new("hearth"),
+                role: Role::Admin,
+            },
+            at,
+            request: format!("DELIVER note {}", d.reference_id),
+            parent: Some(d.reference_id),
+            break_glass: None,
+        };
+        let mut audit = call.audit("deliver", Direction::Outbound);
+        audit.partner = Some(d.partner.clone());
+        audit.tenant = Some(d.tenant.clone());
+        audit.resource_type = Some("Bundle".into());
+        audit.related = Some(d.reference_id);
+
+        let labels = fact_labels(&d.note);
+        let decision = g
+            .decide(
+                &call,
+                &d.tenant,
+                Flow::Outbound,
+                &d.partner,
+                &labels,
+                &mut audit,
+            )
+            .await;
+        let restricted = decision.as_ref().is_ok_and(|p| !p.withheld.is_empty());
+        if restricted {
+            audit.reason = Some("a fact is now restricted by the tenant's consent".into());
+        }
+        let result = if decision.is_err() || restricted {
+            audit.outcome = Outcome::Refused;
+            audit.status = 403;
+            AttemptResult::Stopped {
+                reason: format!(
+                    "consent no longer covers this partner ({})",
+                    audit.reason.clone().unwrap_or_default()
+                ),
+            }
+        } else {
+            let outcome = self.send(&d).await;
+            audit.status = outcome.as_ref().map_or(0, |s| *s);
+            match outcome {
+                Ok(status) if (200..300).contains(&status) => {
+                    audit.outcome = Outcome::Accepted;
+                    AttemptResult::Delivered
+                }
+                Ok(status) if (400..500).contains(&status) && status != 408 && status != 429 => {
+                    audit.outcome = Outcome::Failed;
+                    audit.reason = Some(format!("partner refused with {status}"));
+                    AttemptResult::Dead {
+                        error: format!(
+                            "the partner refused the note with HTTP {status}; it will not be retried"
+                        ),
+                    }
+                }
+                other => {
+                    audit.outcome = Outcome::Failed;
+                    let error = match other {
+                        Ok(status) => format!("partner answered HTTP {status}"),
+                        Err(e) => e,
+                    };
+                    audit.reason = Some(error.clone());
+                    let next_ms = unix_ms(at) + self.backoff_ms(d.attempts);
+                    if next_ms > d.give_up_ms {
+                        AttemptResult::Dead {
+                            error: format!(
+                                "not delivered before the deadline; last error: {error}"
+                            ),
+                        }
+                    } else {
+                        AttemptResult::Retry { next_ms, error }
+                    }
+                }
+            }
+        };
+        tracing::info!(note = %d.reference_id, partner = %d.partner, result = ?result_kind(&result), "delivery attempt");
+        if let Err(e) = g
+            .store
+            .record_attempt(d.reference_id, result, rfc3339(at), audit)
+            .await
+        {
+            tracing::error!(error = %e, note = %d.reference_id, "could not record a delivery attempt; it will be retried");
+        }
+    }
+
+    /// Exponential backoff with ±25% jitter, capped.
+    fn backoff_ms(&self, attempts: u32) -> i64 {
+        let r = &self.gateway.config.relay;
+        let base = (r
+            .initial_backoff_secs
+            .saturating_mul(1u64 << attempts.min(20)))
+        .min(r.max_backoff_secs)
+            * 1000;
+        let jitter = rand::random_range(0.75..=1.25);
+        (base as f64 * jitter) as i64
+    }
+
+    /// Sends the note; the partner's HTTP status, or a transport error.
+    async fn send(&self, d: &Delivery) -> Result<u16, String> {
+        let partner = self
+            .gateway
+            .config
+            .partner(&d.partner)
+            .ok_or_else(|| format!("partner {} is no longer configured", d.partner))?;
+        let base = partner
+            .fhir_base_url
+            .as_deref()
+            .ok_or_else(|| format!("partner {} has no fhir_base_url", d.partner))?
+            .trim_end_matches('/');
+        let client = self
+            .clients
+            .get(&d.partner)
+            .ok_or("no client for this partner")?;
+        let request = |url: String, body: &Value, if_none_exist: Option<&str>| {
+            let mut r = client
+                .post(url)
+                .header("content-type", crate::fhir::FHIR_JSON)
+                .header("x-request-id", d.reference_id.to_string())
+                .body(body.to_string());
+            if let Some(t) = &partner.bearer_token {
+                r = r.bearer_auth(t.expose());
+            }
+            if let Some(c) = if_none_exist {
+                r = r.header("if-none-exist", c);
+            }
+            r
+        };
+        let describe = |e: reqwest::Error| {
+            if e.is_timeout() {
+                "the partner did not answer in time".to_string()
+            } else if e.is_connect() {
+                "could not connect to the partner".to_string()
+            } else {
+                format!("transport error: {e}")
+            }
+        };
+        if partner.supports_transactions {
+            let response = request(base.to_string(), &d.payload, None)
+                .send()
+                .await
+                .map_err(describe)?;
+            return Ok(response.status().as_u16());
+        }
+        // Plain POSTs, each conditional on the identifier, so duplicates are detectable.
+        let mut last = 200;
+        for entry in d.payload["entry"].as_array().into_iter().flatten() {
+            let ty = entry
+                .pointer("/request/url")
+                .and_then(Value::as_str)
+                .unwrap_or("Communication");
+            let cond = entry
+                .pointer("/request/ifNoneExist")
+                .and_then(Value::as_str);
+            let response = request(format!("{base}/{ty}"), &entry["resource"], cond)
+                .send()
+                .await
+                .map_err(describe)?;
+            last = response.status().as_u16();
+            if !(200..300).contains(&last) {
+                break;
+            }
+        }
+        Ok(last)
+    }
+}
+
+fn result_kind(r: &AttemptResult) -> &'static str {
+    match r {
+        AttemptResult::Delivered => "delivered",
+        AttemptResult::Retry { .. } => "retry",
+        AttemptResult::Dead { .. } => "dead-letter",
+        AttemptResult::Stopped { .. } => "stopped",
+    }
+}
+
+/// The labels of the facts a note carries, so a restriction added since it was queued
+/// stops it.
+fn fact_labels(note: &Value) -> Vec<BTreeSet<String>> {
+    note["facts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|f| {
+            f["labels"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|l| l.as_str().map(str::to_string))
+                .collect()
+        })
+        .collect()
+}
+
+/// Audit entry helper for operators replaying a dead letter.
+pub fn replay_audit(call: &Call, note: ReferenceId) -> AuditEntry {
+    let mut a = call.audit("replay-dead-letter", Direction::Internal);
+    a.related = Some(note);
+    a.outcome = Outcome::Accepted;
+    a.status = 200;
+    a
+}

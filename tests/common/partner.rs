@@ -1,0 +1,149 @@
+//! A partner's FHIR server, started by the test, that can be told to fail, stall, or
+//! come back. It honours `ifNoneExist`, as the partners Hearth expects do.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::post;
+use axum::{Json, Router};
+use serde_json::{Value, json};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Up,
+    /// Answers 503 without storing anything.
+    Down,
+    /// Stores the Bundle but answers 503: the answer is lost, the retry must not duplicate.
+    LoseAnswer,
+    /// Never answers within any sensible timeout.
+    Stall,
+    /// Refuses with this status.
+    Refuse(u16),
+}
+
+#[derive(Default)]
+struct Inner {
+    mode: Option<Mode>,
+    attempts: usize,
+    /// Resources created, by their identifier (`system|value`).
+    created: HashMap<String, Value>,
+    bundles: Vec<Value>,
+    headers: Vec<HashMap<String, String>>,
+}
+
+#[derive(Clone)]
+pub struct Partner {
+    pub base: String,
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl Partner {
+    pub async fn start() -> Self {
+        let inner = Arc::new(Mutex::new(Inner {
+            mode: Some(Mode::Up),
+            ..Default::default()
+        }));
+        let app = Router::new()
+            .route("/fhir", post(receive))
+            .with_state(inner.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Self {
+            base: format!("http://{addr}/fhir"),
+            inner,
+        }
+    }
+
+    pub fn set(&self, mode: Mode) {
+        self.inner.lock().unwrap().mode = Some(mode);
+    }
+
+    pub fn attempts(&self) -> usize {
+        self.inner.lock().unwrap().attempts
+    }
+
+    /// Resources created, keyed by identifier.
+    pub fn created(&self) -> HashMap<String, Value> {
+        self.inner.lock().unwrap().created.clone()
+    }
+
+    pub fn bundles(&self) -> Vec<Value> {
+        self.inner.lock().unwrap().bundles.clone()
+    }
+
+    pub fn last_headers(&self) -> HashMap<String, String> {
+        self.inner
+            .lock()
+            .unwrap()
+            .headers
+            .last()
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+async fn receive(
+    State(inner): State<Arc<Mutex<Inner>>>,
+    headers: axum::http::HeaderMap,
+    Json(bundle): Json<Value>,
+) -> (StatusCode, Json<Value>) {
+    let mode = {
+        let mut i = inner.lock().unwrap();
+        i.attempts += 1;
+        i.headers.push(
+            headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_string()))
+                .collect(),
+        );
+        i.mode.unwrap_or(Mode::Up)
+    };
+    match mode {
+        Mode::Down => {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"resourceType": "OperationOutcome"})),
+            );
+        }
+        Mode::Stall => {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({})));
+        }
+        Mode::Refuse(s) => {
+            return (
+                StatusCode::from_u16(s).unwrap(),
+                Json(json!({"resourceType": "OperationOutcome"})),
+            );
+        }
+        Mode::Up | Mode::LoseAnswer => {}
+    }
+    let mut i = inner.lock().unwrap();
+    let mut responses = Vec::new();
+    for entry in bundle["entry"].as_array().cloned().unwrap_or_default() {
+        let key = entry["request"]["ifNoneExist"]
+            .as_str()
+            .unwrap_or_default()
+            .trim_start_matches("identifier=")
+            .to_string();
+        let status = if i.created.contains_key(&key) {
+            "200 OK"
+        } else {
+            i.created.insert(key, entry["resource"].clone());
+            "201 Created"
+        };
+        responses.push(json!({"response": {"status": status}}));
+    }
+    i.bundles.push(bundle);
+    if mode == Mode::LoseAnswer {
+        i.mode = Some(Mode::Up);
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({})));
+    }
+    (
+        StatusCode::OK,
+        Json(json!({"resourceType": "Bundle", "type": "transaction-response", "entry": responses})),
+    )
+}

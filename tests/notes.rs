@@ -1,0 +1,396 @@
+//! Care coordination notes: structured, consented, built from dataset items, delivered
+//! durably to a real partner server that fails, stalls and comes back.
+
+mod common;
+
+use std::time::Duration;
+
+use common::partner::{Mode, Partner};
+use common::*;
+use serde_json::{Value, json};
+
+const CLINIC_ID: &str = "riverside-clinic";
+
+async fn ready(partner: &Partner) -> TestApp {
+    let app = spawn_app_with(tempfile::tempdir().unwrap(), Some(&partner.base)).await;
+    app.register_tenant().await;
+    let consent = json!({"tenant_id": "T-1001", "share_with": [CLINIC_ID, "bayview-health-plan"], "valid_until": "2027-05-31", "signed_at": "2026-11-23T09:00:00Z"});
+    assert_eq!(
+        app.post_json("/housing/consents", HOUSING, &consent)
+            .await
+            .status,
+        201
+    );
+    app
+}
+
+fn note(facts: Value) -> Value {
+    json!({
+        "tenant_id": "T-1001",
+        "to": CLINIC_ID,
+        "reason": "Tenant missed two pharmacy collections since discharge",
+        "facts": facts,
+        "requested_action": "Please confirm whether the new dose has started and if a blister pack can be arranged",
+        "deadline": "2026-11-27",
+        "priority": "urgent"
+    })
+}
+
+/// Waits for the relay (which runs in the background) to bring the note to `state`.
+async fn wait_for_state(app: &TestApp, reference: &str, state: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let t = app
+            .get(&format!("/housing/notes/{reference}"), HOUSING)
+            .await;
+        if t.body["delivery"]["state"] == state {
+            return t.body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "note never reached {state}: {:?}",
+            t.body
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn wait_for_attempts(partner: &Partner, n: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while partner.attempts() < n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the relay never tried the partner"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_note_is_delivered_as_valid_fhir_and_the_reply_is_threaded() {
+    let partner = Partner::start().await;
+    let app = ready(&partner).await;
+    assert_eq!(
+        app.post(
+            "/fhir/Communication",
+            CLINIC,
+            &fixture("appointment-notice.json")
+        )
+        .await
+        .status,
+        201
+    );
+    let items = app.get("/housing/tenants/T-1001", HOUSING).await.body["items"].clone();
+    let appointment_id = items[0]["id"].as_str().unwrap().to_string();
+
+    let sent = app
+        .post_json(
+            "/housing/notes",
+            HOUSING,
+            &note(json!([{"item_id": appointment_id}, {"item": "risk_flag", "flag": "falls", "status": "active"}])),
+        )
+        .await;
+    assert_eq!(sent.status, 201, "{sent:?}");
+    let reference = sent.body["reference_id"].as_str().unwrap().to_string();
+    assert_eq!(
+        sent.header("location").unwrap(),
+        format!("/housing/notes/{reference}")
+    );
+    wait_for_state(&app, &reference, "delivered").await;
+
+    // What the partner received: a transaction Bundle, valid against Hearth's profiles,
+    // addressed by the clinic's own MRN, carrying the reference ID, with a Task for the deadline.
+    let bundles = partner.bundles();
+    assert_eq!(bundles.len(), 1);
+    let bundle = &bundles[0];
+    let (_, profiles) = shared();
+    assert!(
+        profiles.validate(bundle).is_empty(),
+        "{:?}",
+        profiles.validate(bundle)
+    );
+    for entry in bundle["entry"].as_array().unwrap() {
+        let issues = profiles.validate(&entry["resource"]);
+        assert!(issues.is_empty(), "{issues:?}");
+        assert!(
+            entry["request"]["ifNoneExist"]
+                .as_str()
+                .unwrap()
+                .ends_with(&reference)
+                || entry["request"]["ifNoneExist"]
+                    .as_str()
+                    .unwrap()
+                    .ends_with("-task")
+        );
+    }
+    let comm = &bundle["entry"][0]["resource"];
+    assert_eq!(comm["identifier"][0]["value"], reference.as_str());
+    assert_eq!(comm["subject"]["identifier"]["value"], "MRN-448812");
+    assert_eq!(
+        comm["recipient"][0]["reference"],
+        "Organization/riverside-clinic"
+    );
+    assert_eq!(comm["priority"], "urgent");
+    let task = &bundle["entry"][1]["resource"];
+    assert_eq!(task["resourceType"], "Task");
+    assert_eq!(task["code"]["coding"][0]["code"], "fulfill");
+    assert_eq!(task["restriction"]["period"]["end"], "2026-11-27");
+    assert_eq!(task["owner"]["reference"], "Organization/riverside-clinic");
+    // Built from dataset items only: the practitioner named in the inbound appointment is not there.
+    let text = bundle.to_string();
+    let inbound = fixture("appointment-notice.json");
+    let practitioner = inbound["contained"][2]["participant"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["actor"]["display"].as_str())
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(!text.contains(&practitioner), "{practitioner} leaked");
+    assert_eq!(
+        partner.last_headers()["authorization"],
+        "Bearer partner-secret"
+    );
+    assert_eq!(partner.last_headers()["x-request-id"], reference);
+
+    // The clinic replies, with its next step (a booked appointment) in dataset form.
+    let mut reply = fixture("appointment-notice.json");
+    reply["identifier"][0]["value"] = json!("reply-to-note");
+    reply["inResponseTo"] = json!([{"reference": format!("Communication/{reference}")}]);
+    let r = app.post("/fhir/Communication", CLINIC, &reply).await;
+    assert_eq!(r.status, 201, "{r:?}");
+    let thread = app
+        .get(&format!("/housing/notes/{reference}"), HOUSING)
+        .await
+        .body;
+    assert_eq!(thread["responses"][0]["partner"], CLINIC_ID);
+    assert_eq!(thread["responses"][0]["reference_id"], r.reference_id());
+    assert_eq!(thread["responses"][0]["items"].as_array().unwrap().len(), 1);
+    assert_eq!(thread["open"], false);
+    assert!(
+        app.feed_all()
+            .await
+            .iter()
+            .any(|e| e["change"] == "response" && e["response"]["note"] == reference.as_str())
+    );
+    // Another partner cannot attach a reply to a note that was not sent to it.
+    let mut stray = reply.clone();
+    stray["identifier"][0]["value"] = json!("stray");
+    stray["subject"] = json!({"identifier": {"system": MEMBER_SYSTEM, "value": "BHP-20931"}});
+    let s = app.post("/fhir/Communication", MCO, &stray).await;
+    assert_eq!(
+        (s.status, s.error_expressions()),
+        (422, vec!["Communication.inResponseTo[0]".to_string()])
+    );
+
+    // Every attempt is audited.
+    let audit = app.get("/audit/records?limit=1000", AUDITOR).await;
+    let deliveries: Vec<&Value> = audit.body["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["record"]["action"] == "deliver")
+        .collect();
+    assert_eq!(deliveries.len(), 1);
+    assert_eq!(deliveries[0]["record"]["related"], reference.as_str());
+}
+
+#[tokio::test]
+async fn nothing_is_lost_or_duplicated_across_a_partner_outage_and_a_hearth_restart() {
+    let partner = Partner::start().await;
+    let app = ready(&partner).await;
+    partner.set(Mode::Down);
+    let sent = app
+        .post_json("/housing/notes", HOUSING, &note(json!([])))
+        .await;
+    assert_eq!(sent.status, 201, "{sent:?}");
+    let reference = sent.body["reference_id"].as_str().unwrap().to_string();
+    wait_for_attempts(&partner, 1).await;
+    let t = wait_for_state(&app, &reference, "pending").await;
+    assert!(
+        t["delivery"]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("503"),
+        "{t}"
+    );
+
+    // Hearth restarts while the partner is still down.
+    let data = app.stop().await;
+    let app = spawn_app_with(data, Some(&partner.base)).await;
+    // The partner stalls, then stores the note but its answer is lost.
+    partner.set(Mode::Stall);
+    app.clock.advance(time::Duration::minutes(2));
+    wait_for_attempts(&partner, 2).await;
+    partner.set(Mode::LoseAnswer);
+    app.clock.advance(time::Duration::minutes(10));
+    wait_for_attempts(&partner, 3).await;
+    // It comes back; the retry finds the note already there and creates nothing twice.
+    app.clock.advance(time::Duration::minutes(20));
+    let t = wait_for_state(&app, &reference, "delivered").await;
+    assert!(t["delivery"]["attempts"].as_u64().unwrap() >= 4, "{t}");
+    let created = partner.created();
+    assert_eq!(
+        created.len(),
+        2,
+        "one Communication and one Task: {:?}",
+        created.keys()
+    );
+    assert!(partner.bundles().len() >= 2, "the lost answer was retried");
+}
+
+#[tokio::test]
+async fn a_revocation_during_an_outage_stops_queued_notes() {
+    let partner = Partner::start().await;
+    let app = ready(&partner).await;
+    partner.set(Mode::Down);
+    let sent = app
+        .post_json("/housing/notes", HOUSING, &note(json!([])))
+        .await;
+    let reference = sent.body["reference_id"].as_str().unwrap().to_string();
+    wait_for_attempts(&partner, 1).await;
+    let consents = app.get("/housing/consents?tenant=T-1001", HOUSING).await;
+    let id = consents.body["consents"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        app.post_json(
+            &format!("/housing/consents/{id}/revoke"),
+            HOUSING,
+            &json!({})
+        )
+        .await
+        .status,
+        200
+    );
+    partner.set(Mode::Up);
+    app.clock.advance(time::Duration::minutes(5));
+    let t = wait_for_state(&app, &reference, "stopped").await;
+    assert!(
+        t["delivery"]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("consent-revoked"),
+        "{t}"
+    );
+    assert!(partner.created().is_empty());
+    assert_eq!(t["open"], false);
+}
+
+#[tokio::test]
+async fn a_refused_or_expired_note_is_dead_lettered_and_can_be_replayed() {
+    let partner = Partner::start().await;
+    let app = ready(&partner).await;
+    // A permanent refusal dead-letters at once; the queue carries on.
+    partner.set(Mode::Refuse(400));
+    let first = app
+        .post_json("/housing/notes", HOUSING, &note(json!([])))
+        .await;
+    let first_ref = first.body["reference_id"].as_str().unwrap().to_string();
+    let t = wait_for_state(&app, &first_ref, "dead").await;
+    assert!(
+        t["delivery"]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("400")
+    );
+
+    // An outage longer than the deadline (an hour in tests) dead-letters too.
+    partner.set(Mode::Down);
+    let second = app
+        .post_json("/housing/notes", HOUSING, &note(json!([])))
+        .await;
+    let second_ref = second.body["reference_id"].as_str().unwrap().to_string();
+    wait_for_attempts(&partner, 2).await;
+    for _ in 0..8 {
+        app.clock.advance(time::Duration::minutes(15));
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    wait_for_state(&app, &second_ref, "dead").await;
+    let dead = app.get("/housing/notes/dead-letters", HOUSING).await;
+    assert_eq!(dead.body["notes"].as_array().unwrap().len(), 2);
+
+    // The operator replays one once the partner is back.
+    partner.set(Mode::Up);
+    let r = app
+        .post_json(
+            &format!("/housing/notes/{first_ref}/replay"),
+            HOUSING,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    wait_for_state(&app, &first_ref, "delivered").await;
+    assert_eq!(
+        app.post_json(
+            &format!("/housing/notes/{first_ref}/replay"),
+            HOUSING,
+            &json!({})
+        )
+        .await
+        .status,
+        409
+    );
+}
+
+#[tokio::test]
+async fn a_note_carries_only_dataset_facts_and_needs_consent_for_its_partner() {
+    let partner = Partner::start().await;
+    let app = ready(&partner).await;
+    let mut bad = note(json!([]));
+    bad["diagnosis"] = json!("COPD");
+    let a = app.post_json("/housing/notes", HOUSING, &bad).await;
+    assert_eq!(a.status, 400);
+    assert!(a.body.to_string().contains("diagnosis"));
+
+    let outside = note(
+        json!([{"item": "medication_change", "medication": "x", "change": "started", "indication": "pain"}, {"item_id": "no-such-item"}, {"free": "text"}]),
+    );
+    let b = app.post_json("/housing/notes", HOUSING, &outside).await;
+    assert_eq!(b.status, 422, "{b:?}");
+    assert_eq!(b.error_expressions(), ["facts[0]", "facts[1]", "facts[2]"]);
+
+    let mut to_stranger = note(json!([]));
+    to_stranger["to"] = json!("eastside-clinic");
+    let c = app.post_json("/housing/notes", HOUSING, &to_stranger).await;
+    assert_eq!(
+        (c.status, c.error_expressions()),
+        (422, vec!["to".to_string()]),
+        "no endpoint configured"
+    );
+
+    assert_eq!(
+        app.post_json("/housing/notes", CLINIC, &note(json!([])))
+            .await
+            .status,
+        403
+    );
+    let listed = app
+        .get("/housing/notes?tenant=T-1001&open=true", HOUSING)
+        .await;
+    assert_eq!(listed.body["notes"], json!([]));
+    assert_eq!(partner.attempts(), 0);
+
+    // Past its deadline without a reply, a note shows as overdue.
+    partner.set(Mode::Down);
+    let d = app
+        .post_json("/housing/notes", HOUSING, &note(json!([])))
+        .await;
+    let reference = d.body["reference_id"].as_str().unwrap().to_string();
+    app.clock.set(time::macros::datetime!(2026-11-28 09:00 UTC));
+    let t = app
+        .get(&format!("/housing/notes/{reference}"), HOUSING)
+        .await;
+    assert_eq!(t.body["overdue"], true);
+    assert_eq!(
+        app.get("/housing/notes?tenant=T-1001&open=true", HOUSING)
+            .await
+            .body["notes"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}
