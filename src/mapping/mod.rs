@@ -83,6 +83,26 @@ const ENVELOPE: &[&str] = &[
 ];
 
 impl Mappings {
+    /// `meta.security` labels of a resource, as bare codes (`SUD`, `R`, …). Only known
+    /// label codes of the HL7 label systems count: a label is a code, never text a
+    /// sender wrote, so nothing else may ride along with the items into housing.
+    fn security_labels(&self, resource: &Value) -> BTreeSet<String> {
+        resource
+            .pointer("/meta/security")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter(|c| {
+                c.get("system")
+                    .and_then(Value::as_str)
+                    .is_some_and(|s| LABEL_SYSTEMS.contains(&s))
+            })
+            .filter_map(|c| c.get("code").and_then(Value::as_str))
+            .filter(|code| KNOWN_LABELS.contains(code) || self.sensitivity.names_label(code))
+            .map(str::to_string)
+            .collect()
+    }
+
     pub fn load(dir: &FsPath) -> Result<Self, MappingError> {
         let (sets, sensitivity, sources) = rules::load_dir(dir)?;
         Ok(Self {
@@ -130,7 +150,7 @@ impl Mappings {
                 used.push(format!("{}/{e}", target.ptr));
             }
         }
-        let root_labels = security_labels(resource);
+        let root_labels = self.security_labels(resource);
         let mut items = Vec::new();
         let mut problems = Vec::new();
 
@@ -174,6 +194,9 @@ impl Mappings {
                         if node.value.get("resourceType").is_some() {
                             used.push(format!("{}/resourceType", node.ptr));
                             used.push(format!("{}/id", node.ptr));
+                        }
+                        if !self.security_labels(node.value).is_empty() {
+                            used.push(format!("{}/meta/security", node.ptr));
                         }
                         let mut labels = root_labels.clone();
                         labels.extend(self.labels_for(&node, source, &fields));
@@ -321,7 +344,7 @@ impl Mappings {
         source: &Source,
         fields: &Map<String, Value>,
     ) -> BTreeSet<String> {
-        let mut labels = security_labels(node.value);
+        let mut labels = self.security_labels(node.value);
         let mut codings = Vec::new();
         collect_codings(node.value, &mut codings);
         for (set, set_labels) in &self.sensitivity.by_codes {
@@ -363,16 +386,18 @@ fn coding_ptrs(n: &Node) -> Vec<String> {
     vec![format!("{}/system", n.ptr), format!("{}/code", n.ptr)]
 }
 
-/// `meta.security` codes of a resource, as bare label codes (`SUD`, `R`, …).
-fn security_labels(resource: &Value) -> BTreeSet<String> {
-    resource
-        .pointer("/meta/security")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|c| c.get("code").and_then(Value::as_str).map(str::to_string))
-        .collect()
-}
+/// Systems whose codes are security labels.
+const LABEL_SYSTEMS: &[&str] = &[
+    "http://terminology.hl7.org/CodeSystem/v3-ActCode",
+    "http://terminology.hl7.org/CodeSystem/v3-Confidentiality",
+];
+
+/// HL7 confidentiality and sensitivity codes Hearth recognises in `meta.security`,
+/// besides those `sensitivity.toml` names.
+const KNOWN_LABELS: &[&str] = &[
+    "U", "L", "M", "N", "R", "V", "SUD", "ETH", "ETHUD", "OPIOIDUD", "PSY", "SDV", "HIV", "BH",
+    "SEX", "STD",
+];
 
 /// Every Coding in the subtree an item was read from (a medication's own code and
 /// reason, a flag's code). References are not followed: a discharge is not sensitive

@@ -197,6 +197,23 @@ pub struct Sensitivity {
     pub restrictions: BTreeMap<String, Vec<String>>,
 }
 
+impl Sensitivity {
+    /// Whether any rule or restriction names this label.
+    pub fn names_label(&self, code: &str) -> bool {
+        self.by_codes
+            .iter()
+            .any(|(_, l)| l.iter().any(|x| x == code))
+            || self
+                .by_item
+                .iter()
+                .any(|(_, _, _, l)| l.iter().any(|x| x == code))
+            || self
+                .restrictions
+                .values()
+                .any(|l| l.iter().any(|x| x == code))
+    }
+}
+
 struct Ctx<'a> {
     file: &'a str,
     sets: &'a ValueSets,
