@@ -20,6 +20,7 @@ pub mod consents;
 pub mod housing;
 pub mod inbound;
 pub mod notes;
+pub mod reviews;
 
 use std::sync::Arc;
 

@@ -119,7 +119,8 @@ async fn metadata(State(state): State<AppState>) -> Response {
 /// What one create produced, before it becomes a response or a Bundle entry.
 enum Created {
     Notice(Receipt),
-    Consent {
+    /// A Consent (or a joint case review CarePlan): the stored resource itself.
+    Resource {
         id: String,
         version: u32,
         resource: Value,
@@ -139,10 +140,18 @@ async fn create_one(
         let stored = g
             .record_consent(call, body.value, body.digest, audit)
             .await?;
-        return Ok(Created::Consent {
+        return Ok(Created::Resource {
             id: stored.version.id.clone(),
             version: stored.version.version,
             resource: stored.resource,
+        });
+    }
+    if rt == "CarePlan" && crate::gateway::reviews::is_review(&body.value) {
+        let stored = g.record_review_fhir(call, body.value, audit).await?;
+        return Ok(Created::Resource {
+            id: stored.id,
+            version: 1,
+            resource: stored.careplan,
         });
     }
     let receipt = g
@@ -171,9 +180,9 @@ fn status_and_location(rt: &str, created: &Created) -> (StatusCode, String, Stri
                 "W/\"1\"".to_string(),
             )
         }
-        Created::Consent { id, version, .. } => (
+        Created::Resource { id, version, .. } => (
             StatusCode::CREATED,
-            format!("/fhir/Consent/{id}"),
+            format!("/fhir/{rt}/{id}"),
             format!("W/\"{version}\""),
         ),
     }
@@ -234,7 +243,7 @@ async fn create(
         Created::Notice(r) => {
             outcome::operation_outcome(&call.reference_id.to_string(), &receipt_issues(r))
         }
-        Created::Consent { resource, .. } => resource.clone(),
+        Created::Resource { resource, .. } => resource.clone(),
     };
     let mut response = (status, fhir_json(body)).into_response();
     let h = response.headers_mut();
@@ -256,6 +265,27 @@ async fn read(
 ) -> Result<Response, Failure> {
     let mut audit = call.audit("read", Direction::Outbound);
     let g = &state.gateway;
+    if rt == "CarePlan"
+        && let Some(review) = g
+            .store
+            .review(&id)
+            .await
+            .map_err(|e| Failure::new(e.into(), audit.clone()))?
+    {
+        audit.resource_type = Some("CarePlan".into());
+        audit.tenant = Some(review.review.tenant_id.clone());
+        if !g.may_see_review(&call, &review) {
+            return Err(Failure::new(
+                Error::Forbidden(
+                    "joint case review notes are for the tenant's review team and auditors".into(),
+                ),
+                audit,
+            ));
+        }
+        let mut response = fhir_json(review.careplan);
+        response.extensions_mut().insert(AuditDraft(audit));
+        return Ok(response);
+    }
     let (body, etag) = if rt == "Consent" {
         audit.resource_type = Some("Consent".into());
         let not_found = || Error::NotFound(format!("Consent/{id} is not known here"));
@@ -448,7 +478,7 @@ async fn batch(state: &AppState, call: &Call, entries: Vec<Value>) -> Value {
                 let (status, location, etag) = status_and_location(rt, &created);
                 let issues = match &created {
                     Created::Notice(r) => receipt_issues(r),
-                    Created::Consent { .. } => vec![Issue::information("consent recorded")],
+                    Created::Resource { .. } => vec![Issue::information("recorded")],
                 };
                 out.push(entry_response(
                     status,

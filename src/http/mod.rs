@@ -16,6 +16,7 @@ pub mod fhir;
 pub mod housing;
 pub mod notes;
 pub mod ops;
+pub mod reviews;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -67,6 +68,7 @@ pub fn router(state: AppState) -> Router {
         .merge(fhir::router())
         .merge(housing::router())
         .merge(notes::router())
+        .merge(reviews::router())
         .merge(audit::router())
         .merge(ops::router())
         .fallback(|| async { Error::NotFound("there is nothing at this path".into()) })

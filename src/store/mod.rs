@@ -366,9 +366,25 @@ pub trait NoteStore: Send + Sync {
     ) -> StoreResult<bool>;
 }
 
+/// Joint case reviews (kept apart from the housing dataset).
+#[async_trait]
+pub trait ReviewStore: Send + Sync {
+    async fn save_review(
+        &self,
+        review: crate::gateway::reviews::StoredReview,
+        audit: AuditEntry,
+    ) -> StoreResult<()>;
+    async fn review(&self, id: &str) -> StoreResult<Option<crate::gateway::reviews::StoredReview>>;
+    /// The latest review of every tenant that has one.
+    async fn latest_reviews(&self) -> StoreResult<Vec<crate::gateway::reviews::StoredReview>>;
+}
+
 /// Everything Hearth stores, in one handle.
 pub trait Store:
-    TenantStore + ConsentStore + ExchangeStore + AuditStore + NoteStore + 'static
+    TenantStore + ConsentStore + ExchangeStore + AuditStore + NoteStore + ReviewStore + 'static
 {
 }
-impl<T: TenantStore + ConsentStore + ExchangeStore + AuditStore + NoteStore + 'static> Store for T {}
+impl<T: TenantStore + ConsentStore + ExchangeStore + AuditStore + NoteStore + ReviewStore + 'static>
+    Store for T
+{
+}

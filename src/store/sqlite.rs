@@ -104,6 +104,15 @@ CREATE TABLE IF NOT EXISTS note_responses (
 );
 CREATE INDEX IF NOT EXISTS note_responses_by_note ON note_responses(note_ref);
 
+-- Joint case reviews: readable only by the tenant's review team and auditors.
+CREATE TABLE IF NOT EXISTS reviews (
+    review_id   TEXT PRIMARY KEY,
+    tenant_id   TEXT NOT NULL REFERENCES tenants(tenant_id),
+    recorded_at TEXT NOT NULL,
+    body        TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS reviews_by_tenant ON reviews(tenant_id, review_id);
+
 -- Open and past renewal prompts; at most one open (cleared_at IS NULL) per tenant.
 CREATE TABLE IF NOT EXISTS renewals (
     tenant_id    TEXT NOT NULL REFERENCES tenants(tenant_id),
@@ -1319,6 +1328,52 @@ impl NoteStore for SqliteStore {
             )?;
             ctx.audit(&audit)?;
             Ok(n == 1)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl ReviewStore for SqliteStore {
+    async fn save_review(
+        &self,
+        review: crate::gateway::reviews::StoredReview,
+        audit: AuditEntry,
+    ) -> StoreResult<()> {
+        self.write(move |ctx| {
+            ctx.tx.execute(
+                "INSERT INTO reviews (review_id, tenant_id, recorded_at, body) VALUES (?1, ?2, ?3, ?4)",
+                params![review.id, review.review.tenant_id.as_str(), review.recorded_at, serde_json::to_string(&review)?],
+            )?;
+            ctx.audit(&audit)
+        })
+        .await
+    }
+
+    async fn review(&self, id: &str) -> StoreResult<Option<crate::gateway::reviews::StoredReview>> {
+        let id = id.to_string();
+        self.read(move |conn| {
+            conn.query_row(
+                "SELECT body FROM reviews WHERE review_id = ?1",
+                [&id],
+                |r| r.get::<_, String>(0),
+            )
+            .optional()?
+            .map(|b| Ok(serde_json::from_str(&b)?))
+            .transpose()
+        })
+        .await
+    }
+
+    async fn latest_reviews(&self) -> StoreResult<Vec<crate::gateway::reviews::StoredReview>> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT body FROM reviews r WHERE review_id = (SELECT MAX(review_id) FROM reviews WHERE tenant_id = r.tenant_id)
+                 ORDER BY tenant_id",
+            )?;
+            stmt.query_map([], |r| r.get::<_, String>(0))?
+                .map(|b| Ok(serde_json::from_str(&b?)?))
+                .collect()
         })
         .await
     }

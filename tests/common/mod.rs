@@ -20,6 +20,11 @@ pub const CLINIC: &str = "test-token-riverside-ehr";
 pub const MCO: &str = "test-token-bayview-care";
 pub const HOUSING: &str = "test-token-housing-worker";
 pub const AUDITOR: &str = "test-token-auditor";
+/// Review members (joint case reviews) at the housing provider, the clinic, and a clinic
+/// not on the tenant's review team.
+pub const HOUSING_REVIEW: &str = "test-token-housing-review";
+pub const CLINIC_REVIEW: &str = "test-token-riverside-review";
+pub const OTHER_REVIEW: &str = "test-token-eastside-review";
 /// A clinic no tenant has consented to share with.
 pub const OTHER_CLINIC: &str = "test-token-eastside-ehr";
 
@@ -131,6 +136,24 @@ role = "housing"
 token_sha256 = "{housing}"
 
 [[principals]]
+id = "housing-review"
+org = "northside-housing"
+role = "review-member"
+token_sha256 = "{housing_review}"
+
+[[principals]]
+id = "riverside-review"
+org = "riverside-clinic"
+role = "review-member"
+token_sha256 = "{clinic_review}"
+
+[[principals]]
+id = "eastside-review"
+org = "eastside-clinic"
+role = "review-member"
+token_sha256 = "{other_review}"
+
+[[principals]]
 id = "auditor"
 org = "northside-housing"
 role = "auditor"
@@ -144,6 +167,9 @@ token_sha256 = "{auditor}"
         other = h(OTHER_CLINIC),
         housing = h(HOUSING),
         auditor = h(AUDITOR),
+        housing_review = h(HOUSING_REVIEW),
+        clinic_review = h(CLINIC_REVIEW),
+        other_review = h(OTHER_REVIEW),
     );
     Config::from_toml(&text).expect("test config parses")
 }

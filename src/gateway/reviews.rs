@@ -1,0 +1,348 @@
+//! Joint case reviews: the monthly review of a high-risk tenant by the partners on the
+//! tenant's review team. Decisions (who does outreach, what clinical action, which
+//! housing accommodation, each with an owner and a due date) are kept as a FHIR CarePlan
+//! in the review record — not in the housing dataset — and only members of that tenant's
+//! review team and auditors may read it.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::{Call, Gateway};
+use crate::audit::{AuditEntry, Outcome};
+use crate::auth::Role;
+use crate::clock::rfc3339;
+use crate::consent::parse_fhir_instant;
+use crate::error::Error;
+use crate::fhir::{self, Issue, IssueCode};
+use crate::ids::{PartnerId, TenantId};
+
+/// The CarePlan category that marks a joint case review.
+pub const REVIEW_CATEGORY: &str = "joint-case-review";
+/// Code system of decision kinds.
+pub const DECISION_SYSTEM: &str = "https://hearth.example/fhir/CodeSystem/review-decision";
+/// A review is due monthly; the register lists tenants due within this many days.
+pub const DUE_WITHIN_DAYS: i64 = 7;
+
+/// `POST /housing/reviews`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Review {
+    pub tenant_id: TenantId,
+    /// The day the review met.
+    pub date: String,
+    /// The partners on the tenant's review team who attended.
+    pub attendees: Vec<PartnerId>,
+    pub decisions: Vec<Decision>,
+    /// When the team meets next.
+    pub next_review: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Decision {
+    pub kind: DecisionKind,
+    /// What is to be done, in the worker's words (length-limited).
+    pub action: String,
+    pub owner: PartnerId,
+    pub due: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DecisionKind {
+    Outreach,
+    ClinicalAction,
+    HousingAccommodation,
+}
+
+impl DecisionKind {
+    fn code(self) -> &'static str {
+        match self {
+            DecisionKind::Outreach => "outreach",
+            DecisionKind::ClinicalAction => "clinical-action",
+            DecisionKind::HousingAccommodation => "housing-accommodation",
+        }
+    }
+}
+
+/// A stored review.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredReview {
+    pub id: String,
+    pub review: Review,
+    pub recorded_at: String,
+    pub careplan: Value,
+}
+
+impl Gateway {
+    fn check_review(&self, r: &Review) -> Result<(), Error> {
+        let mut issues = Vec::new();
+        let date = |field: String, v: &str, issues: &mut Vec<Issue>| {
+            if parse_fhir_instant(v, false).is_none() {
+                issues.push(
+                    Issue::error(IssueCode::Value, "expected a date such as 2026-12-21").at(field),
+                );
+            }
+        };
+        date("date".into(), &r.date, &mut issues);
+        date("next_review".into(), &r.next_review, &mut issues);
+        if r.attendees.is_empty() {
+            issues.push(
+                Issue::error(IssueCode::Required, "name the partners who attended").at("attendees"),
+            );
+        }
+        for (i, a) in r.attendees.iter().enumerate() {
+            if self.config.partner(a).is_none() {
+                issues.push(
+                    Issue::error(
+                        IssueCode::Value,
+                        format!("`{a}` is not a configured partner"),
+                    )
+                    .at(format!("attendees[{i}]")),
+                );
+            }
+        }
+        for (i, d) in r.decisions.iter().enumerate() {
+            if d.action.trim().is_empty() || d.action.chars().count() > super::notes::MAX_TEXT {
+                issues.push(
+                    Issue::error(IssueCode::Value, "1 to 1000 characters")
+                        .at(format!("decisions[{i}].action")),
+                );
+            }
+            if !r.attendees.contains(&d.owner) {
+                issues.push(
+                    Issue::error(
+                        IssueCode::BusinessRule,
+                        "the owner must be one of the attendees",
+                    )
+                    .at(format!("decisions[{i}].owner")),
+                );
+            }
+            date(format!("decisions[{i}].due"), &d.due, &mut issues);
+        }
+        if issues.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Invalid(issues))
+        }
+    }
+
+    /// Records a review. The recorder must be a review member whose organisation attended.
+    pub async fn record_review(
+        &self,
+        call: &Call,
+        review: Review,
+        audit: &mut AuditEntry,
+    ) -> Result<StoredReview, Error> {
+        audit.tenant = Some(review.tenant_id.clone());
+        audit.resource_type = Some("CarePlan".into());
+        self.require_role(call, &[Role::ReviewMember])?;
+        self.check_review(&review)?;
+        if !review.attendees.contains(&call.principal.org) {
+            return Err(Error::Forbidden(
+                "only a member of this tenant's review team may record its review".into(),
+            ));
+        }
+        if !self.store.tenant_exists(&review.tenant_id).await? {
+            return Err(Error::Invalid(vec![
+                Issue::error(
+                    IssueCode::BusinessRule,
+                    "no tenant is registered with this id",
+                )
+                .at("tenant_id"),
+            ]));
+        }
+        let id = call.reference_id.to_string();
+        let careplan = review_careplan(
+            &id,
+            &review,
+            &self.config.tenancy.identifier_system,
+            &rfc3339(call.at),
+        );
+        let stored = StoredReview {
+            id,
+            review,
+            recorded_at: rfc3339(call.at),
+            careplan,
+        };
+        audit.outcome = Outcome::Accepted;
+        audit.status = 201;
+        self.store
+            .save_review(stored.clone(), audit.clone())
+            .await?;
+        Ok(stored)
+    }
+
+    /// Reads a CarePlan with the joint-case-review category into a review.
+    pub fn review_from_fhir(&self, careplan: &Value, tenant: TenantId) -> Result<Review, Error> {
+        let org = |v: &Value| {
+            v.get("reference")
+                .and_then(Value::as_str)
+                .and_then(|r| r.strip_prefix("Organization/"))
+                .map(PartnerId::new)
+        };
+        let attendees = careplan["contributor"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(org)
+            .collect();
+        let mut decisions = Vec::new();
+        let mut next_review = None;
+        for (i, a) in careplan["activity"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            let d = &a["detail"];
+            if d["kind"] == "Appointment" {
+                next_review = d
+                    .pointer("/scheduledPeriod/start")
+                    .and_then(Value::as_str)
+                    .map(str::to_string);
+                continue;
+            }
+            let code = d
+                .pointer("/code/coding/0/code")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let kind = serde_json::from_value(json!(code)).map_err(|_| {
+                Error::Invalid(vec![
+                    Issue::error(
+                        IssueCode::Value,
+                        "a decision's code is outreach, clinical-action or housing-accommodation",
+                    )
+                    .at(format!("CarePlan.activity[{i}].detail.code")),
+                ])
+            })?;
+            decisions.push(Decision {
+                kind,
+                action: d["description"].as_str().unwrap_or_default().to_string(),
+                owner: d["performer"]
+                    .as_array()
+                    .and_then(|p| p.first())
+                    .and_then(org)
+                    .unwrap_or_else(|| PartnerId::new("")),
+                due: d
+                    .pointer("/scheduledPeriod/end")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
+            });
+        }
+        Ok(Review {
+            tenant_id: tenant,
+            date: careplan["created"].as_str().unwrap_or_default().to_string(),
+            attendees,
+            decisions,
+            next_review: next_review.ok_or_else(|| {
+                Error::Invalid(vec![
+                    Issue::error(
+                        IssueCode::Required,
+                        "the next review is an activity of kind Appointment",
+                    )
+                    .at("CarePlan.activity"),
+                ])
+            })?,
+        })
+    }
+
+    /// `POST /fhir/CarePlan` with the joint-case-review category.
+    pub async fn record_review_fhir(
+        &self,
+        call: &Call,
+        careplan: Value,
+        audit: &mut AuditEntry,
+    ) -> Result<StoredReview, Error> {
+        audit.resource_type = Some("CarePlan".into());
+        self.require_role(call, &[Role::ReviewMember])?;
+        self.validate(&careplan)?;
+        let tenant = match self.link(&careplan, audit).await? {
+            Ok(t) => t,
+            Err(_) => {
+                return Err(Error::Invalid(vec![
+                    Issue::error(
+                        IssueCode::BusinessRule,
+                        "no registered tenant has this identifier",
+                    )
+                    .at("CarePlan.subject"),
+                ]));
+            }
+        };
+        let review = self.review_from_fhir(&careplan, tenant)?;
+        self.record_review(call, review, audit).await
+    }
+
+    /// Whether `call` may read a review: its team's review members, auditors, admins.
+    pub fn may_see_review(&self, call: &Call, r: &StoredReview) -> bool {
+        let p = &call.principal;
+        matches!(p.role, Role::Auditor | Role::Admin)
+            || (p.role == Role::ReviewMember && r.review.attendees.contains(&p.org))
+    }
+
+    /// The high-risk register: tenants whose next review is due within a week (or past),
+    /// for the caller's review teams.
+    pub async fn reviews_due(&self, call: &Call) -> Result<Vec<Value>, Error> {
+        let horizon = call.at + time::Duration::days(DUE_WITHIN_DAYS);
+        let latest = self.store.latest_reviews().await?;
+        Ok(latest
+            .into_iter()
+            .filter(|r| self.may_see_review(call, r))
+            .filter(|r| parse_fhir_instant(&r.review.next_review, false).is_some_and(|n| n <= horizon))
+            .map(|r| {
+                let overdue = parse_fhir_instant(&r.review.next_review, true).is_some_and(|n| n <= call.at);
+                json!({"tenant_id": r.review.tenant_id, "next_review": r.review.next_review, "overdue": overdue, "last_review": r.id})
+            })
+            .collect())
+    }
+}
+
+/// Whether a CarePlan is a joint case review.
+pub fn is_review(careplan: &Value) -> bool {
+    careplan["category"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|c| c["coding"].as_array().into_iter().flatten())
+        .any(|c| c["code"] == REVIEW_CATEGORY)
+}
+
+/// The review as a FHIR R4 CarePlan: one activity per decision, one for the next review.
+fn review_careplan(id: &str, r: &Review, tenant_system: &str, recorded: &str) -> Value {
+    let org = |p: &PartnerId| json!({"reference": format!("Organization/{p}")});
+    let mut activity: Vec<Value> = r
+        .decisions
+        .iter()
+        .map(|d| {
+            json!({"detail": {
+                "kind": "Task",
+                "code": {"coding": [{"system": DECISION_SYSTEM, "code": d.kind.code()}]},
+                "status": "not-started",
+                "description": d.action,
+                "performer": [org(&d.owner)],
+                "scheduledPeriod": {"end": d.due},
+            }})
+        })
+        .collect();
+    activity.push(json!({"detail": {
+        "kind": "Appointment",
+        "code": {"text": "next joint case review"},
+        "status": "scheduled",
+        "scheduledPeriod": {"start": r.next_review},
+    }}));
+    json!({
+        "resourceType": "CarePlan",
+        "id": id,
+        "meta": {"lastUpdated": recorded},
+        "identifier": [{"system": fhir::REFERENCE_ID_SYSTEM, "value": id}],
+        "status": "active",
+        "intent": "plan",
+        "category": [{"coding": [{"system": format!("{}/CodeSystem/plan-kind", fhir::HEARTH_BASE), "code": REVIEW_CATEGORY}]}],
+        "title": "Joint case review",
+        "subject": {"identifier": {"system": tenant_system, "value": r.tenant_id.as_str()}},
+        "created": r.date,
+        "contributor": r.attendees.iter().map(org).collect::<Vec<_>>(),
+        "activity": activity,
+    })
+}

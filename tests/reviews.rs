@@ -1,0 +1,155 @@
+//! Joint case reviews for high-risk tenants ("Operational example 3"): decisions with
+//! owners and due dates, kept as a CarePlan only the review team and auditors can read.
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+
+fn review() -> Value {
+    json!({
+        "tenant_id": "T-1001",
+        "date": "2026-11-23",
+        "attendees": ["northside-housing", "riverside-clinic", "bayview-health-plan"],
+        "decisions": [
+            {"kind": "outreach", "action": "Weekly welfare visit by the MCO care manager", "owner": "bayview-health-plan", "due": "2026-11-30"},
+            {"kind": "clinical-action", "action": "Falls clinic referral and medication review", "owner": "riverside-clinic", "due": "2026-12-07"},
+            {"kind": "housing-accommodation", "action": "Fit grab rails and move the tenant's bed downstairs", "owner": "northside-housing", "due": "2026-12-04"}
+        ],
+        "next_review": "2026-12-21"
+    })
+}
+
+#[tokio::test]
+async fn a_review_is_recorded_as_a_careplan_only_its_team_and_auditors_can_read() {
+    let app = spawn_app().await;
+    app.register_tenant().await;
+    let a = app
+        .post_json("/housing/reviews", HOUSING_REVIEW, &review())
+        .await;
+    assert_eq!(a.status, 201, "{a:?}");
+    let id = a.body["id"].as_str().unwrap().to_string();
+    let careplan = &a.body["fhir"];
+    let (_, profiles) = shared();
+    assert!(
+        profiles.validate(careplan).is_empty(),
+        "{:?}",
+        profiles.validate(careplan)
+    );
+    assert_eq!(careplan["activity"].as_array().unwrap().len(), 4);
+    assert_eq!(
+        careplan["activity"][0]["detail"]["performer"][0]["reference"],
+        "Organization/bayview-health-plan"
+    );
+    assert_eq!(careplan["activity"][3]["detail"]["kind"], "Appointment");
+
+    for (token, status) in [
+        (HOUSING_REVIEW, 200),
+        (CLINIC_REVIEW, 200),
+        (AUDITOR, 200),
+        (HOUSING, 403),
+        (CLINIC, 403),
+        (OTHER_REVIEW, 403),
+    ] {
+        let r = app.get(&format!("/fhir/CarePlan/{id}"), token).await;
+        assert_eq!(r.status, status, "{token}: {r:?}");
+        assert_eq!(
+            app.get(&format!("/housing/reviews/{id}"), token)
+                .await
+                .status,
+            status
+        );
+    }
+    // Refusals are audited.
+    let refused = app.get(&format!("/housing/reviews/{id}"), HOUSING).await;
+    let rec = app
+        .get(
+            &format!("/audit/records?reference_id={}", refused.reference_id()),
+            AUDITOR,
+        )
+        .await;
+    assert_eq!(rec.body["records"][0]["record"]["outcome"], "refused");
+    // Review notes never enter the housing dataset.
+    assert!(
+        app.get("/housing/tenants/T-1001", HOUSING).await.body["items"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        !app.feed_all()
+            .await
+            .iter()
+            .any(|e| e.to_string().contains("grab rails"))
+    );
+}
+
+#[tokio::test]
+async fn the_high_risk_register_lists_reviews_falling_due() {
+    let app = spawn_app().await;
+    app.register_tenant().await;
+    assert_eq!(
+        app.post_json("/housing/reviews", HOUSING_REVIEW, &review())
+            .await
+            .status,
+        201
+    );
+    assert_eq!(
+        app.get("/housing/reviews/due", HOUSING_REVIEW).await.body["due"],
+        json!([])
+    );
+    app.clock.set(time::macros::datetime!(2026-12-16 09:00 UTC));
+    let due = app.get("/housing/reviews/due", CLINIC_REVIEW).await;
+    assert_eq!(due.body["due"][0]["tenant_id"], "T-1001");
+    assert_eq!(due.body["due"][0]["overdue"], false);
+    app.clock.set(time::macros::datetime!(2026-12-22 09:00 UTC));
+    assert_eq!(
+        app.get("/housing/reviews/due", CLINIC_REVIEW).await.body["due"][0]["overdue"],
+        true
+    );
+    assert_eq!(
+        app.get("/housing/reviews/due", OTHER_REVIEW).await.body["due"],
+        json!([]),
+        "not on this tenant's team"
+    );
+    assert_eq!(app.get("/housing/reviews/due", HOUSING).await.status, 403);
+}
+
+#[tokio::test]
+async fn a_review_can_arrive_as_fhir_and_bad_reviews_are_refused() {
+    let app = spawn_app().await;
+    app.register_tenant().await;
+    let a = app
+        .post_json("/housing/reviews", HOUSING_REVIEW, &review())
+        .await;
+    let mut careplan = a.body["fhir"].clone();
+    careplan.as_object_mut().unwrap().remove("id");
+    careplan.as_object_mut().unwrap().remove("meta");
+    let b = app.post("/fhir/CarePlan", CLINIC_REVIEW, &careplan).await;
+    assert_eq!(b.status, 201, "{b:?}");
+    assert_eq!(b.body["activity"], careplan["activity"]);
+
+    let mut bad = review();
+    bad["decisions"][0]["owner"] = json!("eastside-clinic");
+    bad["next_review"] = json!("soon");
+    let c = app
+        .post_json("/housing/reviews", HOUSING_REVIEW, &bad)
+        .await;
+    assert_eq!(c.status, 422);
+    let mut at = c.error_expressions();
+    at.sort();
+    assert_eq!(at, ["decisions[0].owner", "next_review"]);
+    // Only a review member whose organisation attended may record it.
+    assert_eq!(
+        app.post_json("/housing/reviews", OTHER_REVIEW, &review())
+            .await
+            .status,
+        403
+    );
+    assert_eq!(
+        app.post_json("/housing/reviews", HOUSING, &review())
+            .await
+            .status,
+        403
+    );
+}
