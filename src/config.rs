@@ -35,6 +35,9 @@ pub struct Config {
     pub consent: ConsentPolicy,
     #[serde(default)]
     pub relay: Relay,
+    /// Routing rules: notices from one partner forwarded, minimised, to another.
+    #[serde(default)]
+    pub forward: Vec<ForwardRule>,
     #[serde(default)]
     pub partners: Vec<PartnerConfig>,
     #[serde(default)]
@@ -152,6 +155,18 @@ impl Serialize for Secret {
     }
 }
 
+/// Forward dataset items received from `from` to `to` (e.g. a clinic's discharge notices
+/// to the MCO care manager), when the tenant's consent covers both.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardRule {
+    pub from: PartnerId,
+    pub to: PartnerId,
+    /// Item kinds to forward (`discharge`, `medication_change`, …); empty means all.
+    #[serde(default)]
+    pub items: Vec<String>,
+}
+
 /// Outbound delivery: how often the relay looks for due work, backoff and deadlines.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -259,6 +274,25 @@ impl Config {
                 "principal `{}`: token_sha256 must be 64 hex digits",
                 p.id
             );
+        }
+        for f in &self.forward {
+            anyhow::ensure!(
+                self.partner(&f.from).is_some(),
+                "forward: `{}` is not a configured partner",
+                f.from
+            );
+            let to = self.partner(&f.to);
+            anyhow::ensure!(
+                to.is_some_and(|p| p.fhir_base_url.is_some()),
+                "forward: `{}` needs a configured partner with fhir_base_url",
+                f.to
+            );
+            for kind in &f.items {
+                anyhow::ensure!(
+                    crate::dataset::ItemKind::parse(kind).is_some(),
+                    "forward: `{kind}` is not a dataset item kind"
+                );
+            }
         }
         let mut ids: Vec<_> = self.partners.iter().map(|p| &p.id).collect();
         ids.sort();

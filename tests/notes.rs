@@ -394,3 +394,69 @@ async fn a_note_carries_only_dataset_facts_and_needs_consent_for_its_partner() {
         1
     );
 }
+
+#[tokio::test]
+async fn a_clinic_discharge_notice_is_forwarded_minimised_to_the_mco_when_consent_covers_both() {
+    let partner = Partner::start().await;
+    let app = ready(&partner).await;
+    let a = app
+        .post(
+            "/fhir/Communication",
+            CLINIC,
+            &fixture("discharge-notice-oversharing.json"),
+        )
+        .await;
+    assert_eq!(a.status, 201);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while partner.bundles().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nothing was forwarded"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let bundle = &partner.bundles()[0];
+    let comm = &bundle["entry"][0]["resource"];
+    assert_eq!(
+        comm["recipient"][0]["reference"],
+        "Organization/bayview-health-plan"
+    );
+    assert_eq!(
+        comm["subject"]["identifier"]["value"], "BHP-20931",
+        "the MCO's own member ID"
+    );
+    let text = bundle.to_string().to_lowercase();
+    assert!(text.contains("discharge"));
+    let inbound = fixture("discharge-notice-oversharing.json");
+    let note_text = inbound["note"][0]["text"].as_str().unwrap().to_lowercase();
+    for leak in ["methadone", "diagnos", note_text.as_str()] {
+        assert!(!text.contains(leak), "{leak} was forwarded");
+    }
+    // The forward is audited, linked to the notice that caused it.
+    let audit = app.get("/audit/records?limit=1000", AUDITOR).await;
+    let forward = audit.body["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["record"]["action"] == "forward")
+        .unwrap()
+        .clone();
+    assert_eq!(forward["record"]["related"], a.reference_id());
+
+    // Once the tenant narrows consent to the clinic only, nothing more is forwarded.
+    let narrow = json!({"tenant_id": "T-1001", "share_with": [CLINIC_ID], "valid_until": "2027-05-31", "signed_at": "2026-11-23T09:30:00Z"});
+    assert_eq!(
+        app.post_json("/housing/consents", HOUSING, &narrow)
+            .await
+            .status,
+        201
+    );
+    let mut again = fixture("discharge-notice.json");
+    again["identifier"][0]["value"] = json!("second-discharge");
+    assert_eq!(
+        app.post("/fhir/Communication", CLINIC, &again).await.status,
+        201
+    );
+    let threads = app.get("/housing/notes?tenant=T-1001", HOUSING).await;
+    assert_eq!(threads.body["notes"].as_array().unwrap().len(), 1);
+}

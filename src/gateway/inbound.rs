@@ -166,6 +166,11 @@ impl Gateway {
                 },
             });
         }
+        let forwards = if retract {
+            Vec::new()
+        } else {
+            self.forwards(call, &tenant, &items).await?
+        };
         let renewal = if retract {
             None
         } else {
@@ -181,6 +186,7 @@ impl Gateway {
                 consent,
                 renewal,
                 in_response_to,
+                forwards,
                 response_status: resource
                     .get("status")
                     .and_then(Value::as_str)
@@ -256,6 +262,100 @@ impl Gateway {
     }
 
     /// Records a FHIR Consent (a new consent; every version is kept).
+
+    /// Notes forwarding these items under the routing rules whose `from` is the sender.
+    /// Each is decided on its own: a forward the consent does not cover is not made, and
+    /// restricted items stay behind.
+    async fn forwards(
+        &self,
+        call: &Call,
+        tenant: &TenantId,
+        items: &[StoredItem],
+    ) -> Result<Vec<crate::store::NewNote>, Error> {
+        let mut out = Vec::new();
+        for rule in self
+            .config
+            .forward
+            .iter()
+            .filter(|r| r.from == call.principal.org)
+        {
+            let facts: Vec<StoredItem> = items
+                .iter()
+                .filter(|i| {
+                    rule.items.is_empty() || rule.items.iter().any(|k| k == i.item.kind().as_str())
+                })
+                .cloned()
+                .collect();
+            let Some(partner) = self.config.partner(&rule.to) else {
+                continue;
+            };
+            if facts.is_empty() {
+                continue;
+            }
+            let reference = ReferenceId::new();
+            let forward_call = Call {
+                reference_id: reference,
+                request: format!("FORWARD {} to {}", call.reference_id, rule.to),
+                parent: Some(call.reference_id),
+                ..call.clone()
+            };
+            let mut audit = forward_call.audit("forward", crate::audit::Direction::Outbound);
+            audit.tenant = Some(tenant.clone());
+            audit.partner = Some(rule.to.clone());
+            audit.related = Some(call.reference_id);
+            audit.resource_type = Some("Communication".into());
+            let labels: Vec<BTreeSet<String>> = facts
+                .iter()
+                .map(|f| f.labels.iter().cloned().collect())
+                .collect();
+            let Ok(permit) = self
+                .decide(
+                    &forward_call,
+                    tenant,
+                    Flow::Outbound,
+                    &rule.to,
+                    &labels,
+                    &mut audit,
+                )
+                .await
+            else {
+                tracing::info!(to = %rule.to, reason = audit.reason.as_deref().unwrap_or(""), "forward not made: consent");
+                continue;
+            };
+            let facts: Vec<StoredItem> = facts
+                .into_iter()
+                .enumerate()
+                .filter(|(i, _)| !permit.withheld.contains(i))
+                .map(|(_, f)| f)
+                .collect();
+            if facts.is_empty() {
+                continue;
+            }
+            let from = self
+                .config
+                .partner(&call.principal.org)
+                .map_or(call.principal.org.to_string(), |p| p.name.clone());
+            let reason = format!("Forwarded from {from} for care coordination");
+            let (_, note) = self
+                .outbound_note(
+                    &forward_call,
+                    reference,
+                    tenant,
+                    partner,
+                    crate::gateway::notes::OutboundText {
+                        reason: &reason,
+                        action: None,
+                        deadline: None,
+                        priority: crate::gateway::notes::Priority::Routine,
+                    },
+                    &facts,
+                    audit,
+                )
+                .await?;
+            out.push(note);
+        }
+        Ok(out)
+    }
 
     /// The note a partner's reply answers (`inResponseTo` naming `Communication/<ref>` or
     /// the note's reference identifier). Only notes sent to the replying partner about

@@ -163,26 +163,57 @@ impl Gateway {
             ));
         }
 
-        let identifiers = self.store.tenant_identifiers(&req.tenant_id).await?;
-        let partner = partner.expect("checked above");
+        let partner = partner.expect("checked above").clone();
+        let (note, new_note) = self
+            .outbound_note(
+                call,
+                call.reference_id,
+                &req.tenant_id,
+                &partner,
+                OutboundText {
+                    reason: &req.reason,
+                    action: req.requested_action.as_deref(),
+                    deadline: req.deadline.as_deref(),
+                    priority: req.priority,
+                },
+                &facts,
+                audit.clone(),
+            )
+            .await?;
+        *audit = new_note.audit.clone();
+        self.store.queue_note(new_note).await?;
+        Ok(note)
+    }
+
+    /// Builds a note for `partner` (its stored form and the FHIR it will receive) with
+    /// its audit record, ready to queue. Shared by notes and forwarded notices.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn outbound_note(
+        &self,
+        call: &Call,
+        reference_id: crate::ids::ReferenceId,
+        tenant: &TenantId,
+        partner: &crate::config::PartnerConfig,
+        text: OutboundText<'_>,
+        facts: &[StoredItem],
+        mut audit: AuditEntry,
+    ) -> Result<(Value, NewNote), Error> {
+        let identifiers = self.store.tenant_identifiers(tenant).await?;
         let subject = partner
             .identifier_system
             .as_ref()
             .and_then(|sys| identifiers.iter().find(|i| &i.system == sys))
             .cloned()
             .unwrap_or_else(|| {
-                Identifier::new(
-                    &self.config.tenancy.identifier_system,
-                    req.tenant_id.as_str(),
-                )
+                Identifier::new(&self.config.tenancy.identifier_system, tenant.as_str())
             });
-        let reference = call.reference_id.to_string();
+        let reference = reference_id.to_string();
         let note = json!({
-            "reason": req.reason,
+            "reason": text.reason,
             "facts": facts,
-            "requested_action": req.requested_action,
-            "deadline": req.deadline,
-            "priority": req.priority,
+            "requested_action": text.action,
+            "deadline": text.deadline,
+            "priority": text.priority,
             "author": call.principal.id,
         });
         let payload = note_bundle(&NoteParts {
@@ -192,11 +223,11 @@ impl Gateway {
             partner: &partner.id,
             partner_name: &partner.name,
             sender_name: &self.housing_name(),
-            reason: &req.reason,
-            facts: &facts,
-            action: req.requested_action.as_deref(),
-            deadline: req.deadline.as_deref(),
-            priority: req.priority,
+            reason: text.reason,
+            facts,
+            action: text.action,
+            deadline: text.deadline,
+            priority: text.priority,
         });
         audit.items_written = facts
             .iter()
@@ -209,20 +240,18 @@ impl Gateway {
         audit.outcome = Outcome::Accepted;
         audit.status = 201;
         let created_ms = unix_ms(call.at);
-        self.store
-            .queue_note(NewNote {
-                reference_id: call.reference_id,
-                tenant: req.tenant_id,
-                partner: req.to,
-                note: note.clone(),
-                payload,
-                created_at: rfc3339(call.at),
-                created_ms,
-                give_up_ms: created_ms + (self.config.relay.dead_letter_after_secs as i64) * 1000,
-                audit: audit.clone(),
-            })
-            .await?;
-        Ok(note)
+        let new_note = NewNote {
+            reference_id,
+            tenant: tenant.clone(),
+            partner: partner.id.clone(),
+            note: note.clone(),
+            payload,
+            created_at: rfc3339(call.at),
+            created_ms,
+            give_up_ms: created_ms + (self.config.relay.dead_letter_after_secs as i64) * 1000,
+            audit,
+        };
+        Ok((note, new_note))
     }
 
     async fn resolve_facts(
@@ -294,6 +323,14 @@ impl Gateway {
             Err(Error::Invalid(issues))
         }
     }
+}
+
+/// The words of an outbound note.
+pub(crate) struct OutboundText<'a> {
+    pub reason: &'a str,
+    pub action: Option<&'a str>,
+    pub deadline: Option<&'a str>,
+    pub priority: Priority,
 }
 
 pub fn unix_ms(t: time::OffsetDateTime) -> i64 {

@@ -159,6 +159,8 @@ async fn create_one(
         .await?;
     if receipt.items_written > 0 || matches!(receipt.outcome, ExchangeOutcome::Retracted { .. }) {
         state.feed_written();
+        // Routing rules may have queued forwards.
+        state.relay.wake();
     }
     Ok(Created::Notice(receipt))
 }

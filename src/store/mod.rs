@@ -74,6 +74,8 @@ pub struct NewExchange {
     /// The note this exchange answers, if it is a partner's reply, and the reply's status.
     pub in_response_to: Option<ReferenceId>,
     pub response_status: Option<String>,
+    /// Notes forwarding these items to other partners (routing rules), queued with it.
+    pub forwards: Vec<NewNote>,
     pub audit: AuditEntry,
 }
 

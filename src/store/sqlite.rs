@@ -900,6 +900,11 @@ fn commit_one(ctx: &mut WriteCtx<'_>, mut ex: NewExchange) -> StoreResult<Exchan
     {
         ctx.mark_renewal(&ex.tenant, due)?;
     }
+    if !ex.retract {
+        for note in &ex.forwards {
+            insert_note(ctx, note)?;
+        }
+    }
     if let (Some(note), false) = (&ex.in_response_to, ex.retract) {
         let response = NoteResponse {
             reference_id: ex.reference_id,
@@ -1141,6 +1146,26 @@ impl AuditStore for SqliteStore {
     }
 }
 
+/// Queues a note (its outbox row) and writes its audit record.
+fn insert_note(ctx: &mut WriteCtx<'_>, note: &NewNote) -> StoreResult<()> {
+    ctx.tx
+        .prepare_cached(
+            "INSERT INTO notes (reference_id, tenant_id, partner, created_at, note, payload, state, attempts, next_attempt_ms, give_up_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', 0, ?7, ?8)",
+        )?
+        .execute(params![
+            note.reference_id.to_string(),
+            note.tenant.as_str(),
+            note.partner.as_str(),
+            note.created_at,
+            serde_json::to_string(&note.note)?,
+            serde_json::to_string(&note.payload)?,
+            note.created_ms,
+            note.give_up_ms
+        ])?;
+    ctx.audit(&note.audit)
+}
+
 fn note_thread(conn: &Connection, reference: &str) -> StoreResult<Option<NoteThread>> {
     let row = conn
         .prepare_cached(
@@ -1211,24 +1236,7 @@ fn note_threads_where(
 #[async_trait]
 impl NoteStore for SqliteStore {
     async fn queue_note(&self, note: NewNote) -> StoreResult<()> {
-        self.write(move |ctx| {
-            ctx.tx.execute(
-                "INSERT INTO notes (reference_id, tenant_id, partner, created_at, note, payload, state, attempts, next_attempt_ms, give_up_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', 0, ?7, ?8)",
-                params![
-                    note.reference_id.to_string(),
-                    note.tenant.as_str(),
-                    note.partner.as_str(),
-                    note.created_at,
-                    serde_json::to_string(&note.note)?,
-                    serde_json::to_string(&note.payload)?,
-                    note.created_ms,
-                    note.give_up_ms
-                ],
-            )?;
-            ctx.audit(&note.audit)
-        })
-        .await
+        self.write(move |ctx| insert_note(ctx, &note)).await
     }
 
     async fn due_deliveries(&self, now_ms: i64, per_partner: usize) -> StoreResult<Vec<Delivery>> {

@@ -66,6 +66,12 @@ pub fn test_config_with(data_dir: &Path, partner_url: Option<&str>) -> Config {
     let endpoint = partner_url
         .map(|u| format!("fhir_base_url = \"{u}\"\nbearer_token = \"partner-secret\"\n"))
         .unwrap_or_default();
+    // With a partner endpoint, the clinic's discharge notices are forwarded to the MCO.
+    let forward = if partner_url.is_some() {
+        "[[forward]]\nfrom = \"riverside-clinic\"\nto = \"bayview-health-plan\"\nitems = [\"discharge\"]\n"
+    } else {
+        ""
+    };
     let h = hearth::auth::hash_token;
     let text = format!(
         r#"
@@ -82,6 +88,7 @@ identifier_system = "{TENANT_SYSTEM}"
 default_page = 100
 max_page = 500
 
+{forward}
 [relay]
 poll_interval_ms = 20
 initial_backoff_secs = 30
