@@ -136,8 +136,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             if let Some(d) = data_dir {
                 config.data_dir = d;
             }
-            if !config.listen.ip().is_loopback() {
-                tracing::warn!(listen = %config.listen, "serving plain HTTP on a non-loopback address; put TLS in front of it");
+            if config.tls.is_none() && !config.listen.ip().is_loopback() {
+                if !config.behind_proxy {
+                    bail!(
+                        "refusing to serve plain HTTP on {}: configure [tls], listen on loopback, or set behind_proxy = true when a trusted proxy terminates TLS",
+                        config.listen
+                    );
+                }
+                tracing::warn!(listen = %config.listen, "plain HTTP on a non-loopback address: TLS must be terminated by the proxy in front");
             }
             let listener = tokio::net::TcpListener::bind(config.listen)
                 .await

@@ -16,6 +16,9 @@ pub struct Config {
     /// Address to listen on.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// Allow plain HTTP on a non-loopback address because a trusted proxy terminates TLS.
+    #[serde(default)]
+    pub behind_proxy: bool,
     /// Where the store file lives.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
@@ -35,6 +38,10 @@ pub struct Config {
     pub consent: ConsentPolicy,
     #[serde(default)]
     pub relay: Relay,
+    /// HTTPS: without it Hearth serves plain HTTP, on loopback only (unless
+    /// `behind_proxy`).
+    #[serde(default)]
+    pub tls: Option<Tls>,
     /// Routing rules: notices from one partner forwarded, minimised, to another.
     #[serde(default)]
     pub forward: Vec<ForwardRule>,
@@ -123,6 +130,16 @@ pub struct PartnerConfig {
     /// If not, each resource is POSTed on its own with its identifier.
     #[serde(default = "yes")]
     pub supports_transactions: bool,
+    /// Mutual TLS: requests by this partner's principals must come over a connection
+    /// presenting the client certificate with this SHA-256 (hex, of the DER).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert_sha256: Option<String>,
+    /// Roots that verify this partner's server certificate (default: the system's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// PEM file with the client certificate and key Hearth presents to this partner.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_identity: Option<PathBuf>,
     /// Deliveries in flight to this partner at once.
     #[serde(default = "default_in_flight")]
     pub max_in_flight: usize,
@@ -153,6 +170,18 @@ impl Serialize for Secret {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str("***")
     }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    /// PEM certificate chain and private key Hearth serves.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Roots for partners' client certificates (mutual TLS). Partners pin theirs with
+    /// `client_cert_sha256`.
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
 }
 
 /// Forward dataset items received from `from` to `to` (e.g. a clinic's discharge notices

@@ -15,6 +15,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use serde_json::Value;
 use tokio::sync::Notify;
 
@@ -46,10 +47,20 @@ impl Relay {
             .iter()
             .filter(|p| p.fhir_base_url.is_some())
         {
-            let client = reqwest::Client::builder()
+            let mut builder = reqwest::Client::builder()
                 .timeout(timeout)
-                .connect_timeout(timeout)
-                .build()?;
+                .connect_timeout(timeout);
+            if let Some(ca) = &p.ca_file {
+                // Only the configured roots vouch for this partner.
+                let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
+                builder = builder.tls_certs_only(reqwest::Certificate::from_pem_bundle(&pem)?);
+            }
+            if let Some(identity) = &p.client_identity {
+                let pem = std::fs::read(identity)
+                    .with_context(|| format!("reading {}", identity.display()))?;
+                builder = builder.identity(reqwest::Identity::from_pem(&pem)?);
+            }
+            let client = builder.build()?;
             clients.insert(p.id.clone(), client);
         }
         Ok(Self {

@@ -69,12 +69,22 @@ pub async fn run(
         let mut rx = relay_stopped;
         let _ = rx.wait_for(|stop| *stop).await;
     }));
-    let result = axum::serve(listener, router)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            let _ = stop_relay.send(true);
-        })
-        .await;
+    let stop = async move {
+        shutdown.await;
+        let _ = stop_relay.send(true);
+    };
+    let result = match &app.state.gateway.config.tls {
+        Some(tls) => {
+            let config = crate::tls::server_config(tls)
+                .map_err(|e| std::io::Error::other(format!("{e:#}")))?;
+            crate::tls::serve(listener, router, config, stop).await
+        }
+        None => {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(stop)
+                .await
+        }
+    };
     let _ = relay.await;
     drop(app.state);
     let store = app.store;

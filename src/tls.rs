@@ -1,8 +1,133 @@
 //! TLS: one stack (rustls with the `ring` provider) for serving and for calling partners.
+//!
+//! When `[tls]` is configured, Hearth serves HTTPS and may ask clients for a certificate;
+//! a partner whose config pins `client_cert_sha256` must present that certificate on
+//! every request its principals make (mutual TLS). The certificate seen on a connection
+//! reaches the request as [`ClientCert`].
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::RootCertStore;
+use rustls::server::WebPkiClientVerifier;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+use tower::ServiceExt;
 
 /// Installs `ring` as rustls' process-wide crypto provider. Idempotent; call before
 /// building any TLS config or HTTP client.
 pub fn install_crypto_provider() {
     // Err means a provider is already installed, which is what we want.
     let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// The SHA-256 (hex) of the client certificate a connection presented, if any.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientCert(pub Option<String>);
+
+/// SHA-256 hex of a DER certificate: what `client_cert_sha256` pins.
+pub fn fingerprint(der: &[u8]) -> String {
+    hex::encode(Sha256::digest(der))
+}
+
+pub fn load_certs(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    CertificateDer::pem_file_iter(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("parsing certificates in {}", path.display()))
+}
+
+pub fn load_roots(path: &Path) -> anyhow::Result<RootCertStore> {
+    let mut roots = RootCertStore::empty();
+    for cert in load_certs(path)? {
+        roots
+            .add(cert)
+            .with_context(|| format!("a certificate in {} is not a usable root", path.display()))?;
+    }
+    Ok(roots)
+}
+
+/// The server config: our certificate, and (with `client_ca`) optional client
+/// certificates verified against those roots.
+pub fn server_config(tls: &crate::config::Tls) -> anyhow::Result<rustls::ServerConfig> {
+    install_crypto_provider();
+    let certs = load_certs(&tls.cert)?;
+    let key = PrivateKeyDer::from_pem_file(&tls.key)
+        .with_context(|| format!("reading the key {}", tls.key.display()))?;
+    let verifier = match &tls.client_ca {
+        Some(ca) => WebPkiClientVerifier::builder(Arc::new(load_roots(ca)?))
+            // Partners that are not pinned may connect without a certificate.
+            .allow_unauthenticated()
+            .build()
+            .context("client certificate roots")?,
+        None => WebPkiClientVerifier::no_client_auth(),
+    };
+    let mut config = rustls::ServerConfig::builder()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)
+        .context("the server certificate and key do not match")?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// Serves `router` over TLS until `shutdown` resolves, then lets open connections finish.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    config: rustls::ServerConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> std::io::Result<()> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let acceptor = acceptor.clone();
+        let router = router.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let tls = match acceptor.accept(tcp).await {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::debug!(error = %e, "TLS handshake failed");
+                    return;
+                }
+            };
+            let cert = ClientCert(
+                tls.get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .map(|c| fingerprint(c)),
+            );
+            let service = hyper::service::service_fn(
+                move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(cert.clone());
+                    router.clone().oneshot(req.map(axum::body::Body::new))
+                },
+            );
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let conn = builder.serve_connection(TokioIo::new(tls), service);
+            if let Err(e) = watcher.watch(conn).await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    graceful.shutdown().await;
+    Ok(())
 }

@@ -261,8 +261,6 @@ impl Gateway {
             .ok_or_else(|| Error::Internal("no receipt for a committed exchange".into()))
     }
 
-    /// Records a FHIR Consent (a new consent; every version is kept).
-
     /// Notes forwarding these items under the routing rules whose `from` is the sender.
     /// Each is decided on its own: a forward the consent does not cover is not made, and
     /// restricted items stay behind.
@@ -366,11 +364,12 @@ impl Gateway {
         call: &Call,
         tenant: &TenantId,
     ) -> Result<Option<ReferenceId>, Error> {
-        let Some(list) = resource.get("inResponseTo").and_then(Value::as_array) else {
+        // The first `inResponseTo` names the note; a reply answers one note.
+        let Some(r) = resource.pointer("/inResponseTo/0") else {
             return Ok(None);
         };
         let rt = fhir::resource_type(resource).unwrap_or("Communication");
-        for (i, r) in list.iter().enumerate() {
+        {
             let named = r
                 .get("reference")
                 .and_then(Value::as_str)
@@ -386,18 +385,16 @@ impl Gateway {
                 None => None,
             };
             match thread {
-                Some(t) if t.partner == call.principal.org && &t.tenant == tenant => {
-                    return Ok(Some(t.reference_id));
-                }
-                _ => {
-                    return Err(Error::Invalid(vec![
-                        Issue::error(IssueCode::BusinessRule, "inResponseTo does not name a note Hearth sent to your organisation about this subject")
-                            .at(format!("{rt}.inResponseTo[{i}]")),
-                    ]));
-                }
+                Some(t) if t.partner == call.principal.org && &t.tenant == tenant => Ok(Some(t.reference_id)),
+                _ => Err(Error::Invalid(vec![
+                    Issue::error(
+                        IssueCode::BusinessRule,
+                        "inResponseTo does not name a note Hearth sent to your organisation about this subject",
+                    )
+                    .at(format!("{rt}.inResponseTo[0]")),
+                ])),
             }
         }
-        Ok(None)
     }
 
     /// Whether this exchange should prompt consent renewal: a hospitalisation or

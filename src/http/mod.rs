@@ -144,8 +144,24 @@ async fn envelope(State(state): State<AppState>, mut req: Request, next: Next) -
         principal = principal.as_ref().map(|p| p.id.as_str()).unwrap_or("-"),
     );
 
+    let pinned_cert_missing = principal.as_ref().is_some_and(|p| {
+        let pinned = state
+            .gateway
+            .config
+            .partner(&p.org)
+            .and_then(|o| o.client_cert_sha256.as_deref());
+        let presented = req
+            .extensions()
+            .get::<crate::tls::ClientCert>()
+            .and_then(|c| c.0.as_deref());
+        pinned.is_some_and(|want| presented.is_none_or(|got| !got.eq_ignore_ascii_case(want)))
+    });
     let response = match (&principal, public, break_glass(&req)) {
         (None, false, _) => Error::Unauthenticated.into_response(),
+        (Some(_), _, _) if pinned_cert_missing => Error::Forbidden(
+            "this organisation must present its client certificate (mutual TLS)".into(),
+        )
+        .into_response(),
         (_, _, Err(e)) => e.into_response(),
         (_, _, Ok(break_glass)) => {
             if let Some(p) = &principal {

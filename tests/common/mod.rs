@@ -209,9 +209,20 @@ pub async fn spawn_app_in(data: TempDir) -> TestApp {
 /// Starts Hearth delivering notes to `partner_url`.
 pub async fn spawn_app_with(data: TempDir, partner_url: Option<&str>) -> TestApp {
     hearth::tls::install_crypto_provider();
+    let config = test_config_with(data.path(), partner_url);
+    spawn_configured(data, config, reqwest::Client::new(), "http").await
+}
+
+/// Starts Hearth with a config the test shaped itself, and the client to call it with.
+pub async fn spawn_configured(
+    data: TempDir,
+    config: Config,
+    client: reqwest::Client,
+    scheme: &str,
+) -> TestApp {
+    hearth::tls::install_crypto_provider();
     let (mappings, profiles) = shared().clone();
     let clock = Arc::new(ManualClock::new(datetime!(2026-11-23 10:00 UTC)));
-    let config = test_config_with(data.path(), partner_url);
     let app =
         hearth::startup::build_with(config, clock.clone(), mappings, profiles).expect("app builds");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -224,8 +235,8 @@ pub async fn spawn_app_with(data: TempDir, partner_url: Option<&str>) -> TestApp
     }));
     TestApp {
         addr,
-        base: format!("http://{addr}"),
-        client: reqwest::Client::new(),
+        base: format!("{scheme}://{addr}"),
+        client,
         clock,
         data,
         shutdown: Some(tx),

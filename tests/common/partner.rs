@@ -42,6 +42,11 @@ pub struct Partner {
 
 impl Partner {
     pub async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// A partner serving HTTPS with the given server config.
+    pub async fn start_with(tls: Option<rustls::ServerConfig>) -> Self {
         let inner = Arc::new(Mutex::new(Inner {
             mode: Some(Mode::Up),
             ..Default::default()
@@ -51,9 +56,22 @@ impl Partner {
             .with_state(inner.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        match tls {
+            Some(config) => {
+                tokio::spawn(hearth::tls::serve(
+                    listener,
+                    app,
+                    config,
+                    std::future::pending(),
+                ));
+            }
+            None => {
+                tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+            }
+        }
         Self {
-            base: format!("http://{addr}/fhir"),
+            base: format!("{scheme}://{addr}/fhir"),
             inner,
         }
     }
@@ -129,11 +147,12 @@ async fn receive(
             .unwrap_or_default()
             .trim_start_matches("identifier=")
             .to_string();
-        let status = if i.created.contains_key(&key) {
-            "200 OK"
-        } else {
-            i.created.insert(key, entry["resource"].clone());
-            "201 Created"
+        let status = match i.created.entry(key) {
+            std::collections::hash_map::Entry::Occupied(_) => "200 OK",
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(entry["resource"].clone());
+                "201 Created"
+            }
         };
         responses.push(json!({"response": {"status": status}}));
     }
