@@ -414,6 +414,15 @@ identifier_system = "https://housing.example.org/tenant-id"
 default_page = 100
 max_page = 1000
 
+[relay]
+# Outbound delivery: retries back off from initial_backoff_secs, doubling, up to
+# max_backoff_secs; a note not delivered within dead_letter_after_secs is dead-lettered.
+poll_interval_ms = 1000
+initial_backoff_secs = 5
+max_backoff_secs = 600
+dead_letter_after_secs = 172800
+attempt_timeout_ms = 10000
+
 [consent]
 # Keep sharing while a consent is marked renewal-due (after a hospitalisation, a change
 # of provider or a tenant request)? Sharing always stops when a consent expires.
@@ -426,6 +435,8 @@ id = "riverside-clinic"
 name = "Riverside Community Clinic"
 kind = "clinic"
 identifier_system = "https://riverside-clinic.example/fhir/mrn"
+# Where care coordination notes to this partner are delivered (the README's demo partner).
+fhir_base_url = "http://127.0.0.1:9090/fhir"
 
 [[partners]]
 id = "bayview-health-plan"
