@@ -148,6 +148,110 @@ impl AuditEntry {
     }
 }
 
+/// The record as a FHIR R4 `AuditEvent`, shaped after IHE BALP: import for a partner's
+/// push, export for a disclosure or delivery, a REST event otherwise. Values never enter
+/// it — only kinds, ids, paths and digests, as in the record itself.
+pub fn to_audit_event(seq: u64, hash: &str, e: &AuditEntry) -> serde_json::Value {
+    use serde_json::json;
+    const DCM: &str = "http://dicom.nema.org/resources/ontology/DCM";
+    let (ty, action) = match (e.direction, e.action.as_str()) {
+        (Direction::Inbound, _) => (
+            json!({"system": DCM, "code": "110107", "display": "Import"}),
+            "C",
+        ),
+        (
+            Direction::Outbound,
+            "read" | "read-feed" | "read-tenant" | "search" | "history" | "vread",
+        ) => (
+            json!({"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest"}),
+            "R",
+        ),
+        (Direction::Outbound, _) => (
+            json!({"system": DCM, "code": "110106", "display": "Export"}),
+            "R",
+        ),
+        (Direction::Internal, _) => (
+            json!({"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest"}),
+            "E",
+        ),
+    };
+    let outcome = match e.outcome {
+        Outcome::Accepted
+        | Outcome::Replayed
+        | Outcome::Corrected
+        | Outcome::Retracted
+        | Outcome::Read => "0",
+        Outcome::Refused | Outcome::Invalid => "4",
+        Outcome::Failed => "8",
+    };
+    let mut agents = Vec::new();
+    if let Some(a) = &e.actor {
+        agents.push(json!({
+            "type": {"coding": [{"system": DCM, "code": "110153", "display": "Source Role ID"}]},
+            "who": {"identifier": {"system": "https://hearth.example/fhir/principal", "value": a.principal}},
+            "role": [{"text": a.role}],
+            "requestor": true,
+            "purposeOfUse": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason",
+                "code": e.break_glass.as_deref().unwrap_or("COC")}]}],
+        }));
+    }
+    if let Some(p) = &e.partner {
+        agents.push(json!({
+            "type": {"coding": [{"system": DCM, "code": "110152", "display": "Destination Role ID"}]},
+            "who": {"reference": format!("Organization/{p}")},
+            "requestor": false,
+        }));
+    }
+    let mut entities = Vec::new();
+    if let Some(t) = &e.tenant {
+        entities.push(json!({
+            "what": {"identifier": {"value": t.as_str()}},
+            "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "1"},
+            "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1"},
+        }));
+    }
+    if let Some(c) = &e.consent {
+        entities.push(json!({
+            "what": {"reference": format!("Consent/{}/_history/{}", c.id, c.version)},
+            "type": {"system": "http://hl7.org/fhir/resource-types", "code": "Consent"},
+        }));
+    }
+    let mut detail = vec![
+        json!({"type": "reference-id", "valueString": e.reference_id.to_string()}),
+        json!({"type": "hash", "valueString": hash}),
+        json!({"type": "request", "valueString": e.request}),
+    ];
+    if let Some(d) = &e.payload_digest {
+        detail.push(json!({"type": "payload-digest", "valueString": d}));
+    }
+    for p in &e.dropped_paths {
+        detail.push(json!({"type": "dropped-path", "valueString": p}));
+    }
+    for i in &e.items_written {
+        detail.push(json!({"type": "item-written", "valueString": format!("{} {}", i.kind, i.id.as_deref().unwrap_or(""))}));
+    }
+    for i in &e.items_withheld {
+        detail.push(json!({"type": "item-withheld", "valueString": i.kind}));
+    }
+    entities.push(json!({
+        "what": {"identifier": {"system": crate::fhir::REFERENCE_ID_SYSTEM, "value": e.reference_id.to_string()}},
+        "type": {"system": "https://profiles.ihe.net/ITI/BALP/CodeSystem/BasicAuditEntityType", "code": "XrequestId"},
+        "detail": detail,
+    }));
+    json!({
+        "resourceType": "AuditEvent",
+        "id": seq.to_string(),
+        "type": ty,
+        "action": action,
+        "recorded": e.recorded,
+        "outcome": outcome,
+        "outcomeDesc": e.reason.clone().unwrap_or_else(|| format!("{:?}", e.outcome).to_lowercase()),
+        "agent": agents,
+        "source": {"observer": {"display": "Hearth"}},
+        "entity": entities,
+    })
+}
+
 /// The hash before the first record.
 pub const GENESIS: [u8; 32] = [0; 32];
 

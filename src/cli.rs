@@ -83,11 +83,21 @@ pub enum AuditCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
-    /// Write every record as JSON lines (with seq and hash) to stdout.
+    /// Write every record to stdout: JSON lines (with seq and hash), CSV, or FHIR
+    /// AuditEvent resources (IHE BALP shape) as a collection Bundle.
     Export {
         #[command(flatten)]
         store: StoreArgs,
+        #[arg(long, value_enum, default_value = "jsonl")]
+        format: ExportFormat,
     },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ExportFormat {
+    Jsonl,
+    Csv,
+    AuditEvent,
 }
 
 #[derive(Debug, clap::Args)]
@@ -238,17 +248,120 @@ fn audit(command: AuditCommand) -> anyhow::Result<i32> {
             println!("{seq} {hash}");
             Ok(0)
         }
-        AuditCommand::Export { store } => {
+        AuditCommand::Export { store, format } => {
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
-            SqliteStore::export_file(&store.db_path()?, &mut |row| {
-                serde_json::to_writer(&mut out, &row)?;
-                out.write_all(b"\n")
-            })?;
+            let path = store.db_path()?;
+            match format {
+                ExportFormat::Jsonl => {
+                    SqliteStore::export_file(&path, &mut |row| {
+                        serde_json::to_writer(&mut out, &row)?;
+                        out.write_all(b"\n")
+                    })?;
+                }
+                ExportFormat::Csv => {
+                    let mut csv = csv::Writer::from_writer(&mut out);
+                    csv.write_record(CSV_COLUMNS)?;
+                    SqliteStore::export_file(&path, &mut |row| {
+                        let cells = csv_row(&row);
+                        csv.write_record(&cells).map_err(std::io::Error::other)
+                    })?;
+                    csv.flush()?;
+                }
+                ExportFormat::AuditEvent => {
+                    out.write_all(
+                        b"{\"resourceType\":\"Bundle\",\"type\":\"collection\",\"entry\":[",
+                    )?;
+                    let mut first = true;
+                    SqliteStore::export_file(&path, &mut |row| {
+                        let entry: crate::audit::AuditEntry =
+                            serde_json::from_value(row.record).map_err(std::io::Error::other)?;
+                        let event = crate::audit::to_audit_event(row.seq, &row.hash, &entry);
+                        if !first {
+                            out.write_all(b",")?;
+                        }
+                        first = false;
+                        serde_json::to_writer(&mut out, &json!({"resource": event}))?;
+                        Ok(())
+                    })?;
+                    out.write_all(b"]}\n")?;
+                }
+            }
             out.flush()?;
             Ok(0)
         }
     }
+}
+
+const CSV_COLUMNS: [&str; 18] = [
+    "seq",
+    "recorded",
+    "reference_id",
+    "parent",
+    "action",
+    "direction",
+    "outcome",
+    "status",
+    "reason",
+    "principal",
+    "org",
+    "role",
+    "partner",
+    "tenant",
+    "resource_type",
+    "consent",
+    "items_written",
+    "hash",
+];
+
+/// One CSV row: the record's envelope; lists are `;`-separated kinds and ids.
+fn csv_row(row: &crate::store::AuditRow) -> Vec<String> {
+    let r = &row.record;
+    let s = |k: &str| match &r[k] {
+        serde_json::Value::Null => String::new(),
+        serde_json::Value::String(v) => v.clone(),
+        other => other.to_string(),
+    };
+    let consent = match (&r["consent"]["id"], &r["consent"]["version"]) {
+        (serde_json::Value::String(id), v) if !v.is_null() => format!("{id}/v{v}"),
+        _ => String::new(),
+    };
+    let items = r["items_written"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|i| {
+            format!(
+                "{} {}",
+                i["kind"].as_str().unwrap_or(""),
+                i["id"].as_str().unwrap_or("")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(";");
+    vec![
+        row.seq.to_string(),
+        s("recorded"),
+        s("reference_id"),
+        s("parent"),
+        s("action"),
+        s("direction"),
+        s("outcome"),
+        s("status"),
+        s("reason"),
+        r["actor"]["principal"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        r["actor"]["org"].as_str().unwrap_or_default().to_string(),
+        r["actor"]["role"].as_str().unwrap_or_default().to_string(),
+        s("partner"),
+        s("tenant"),
+        s("resource_type"),
+        consent,
+        items,
+        row.hash.clone(),
+    ]
 }
 
 /// The config `hearth serve` uses when given none: hearth-data/hearth.toml, created

@@ -65,6 +65,10 @@ async fn every_transaction_has_an_audit_record_with_its_reference_id() {
         .unwrap();
     let rec = &accepted["record"];
     assert_eq!(rec["actor"]["principal"], "riverside-ehr");
+    assert_eq!(
+        rec["status"], 201,
+        "the record states the status the caller was answered"
+    );
     assert_eq!(rec["actor"]["role"], "clinic");
     assert_eq!(rec["direction"], "inbound");
     assert_eq!(rec["partner"], "riverside-clinic");

@@ -126,6 +126,8 @@ impl Gateway {
             None
         };
         let clears = custodian && terms.status == ConsentStatus::Active;
+        audit.outcome = crate::audit::Outcome::Accepted;
+        audit.status = 201;
         Ok(self
             .store
             .save_consent(id, tenant, terms, resource, clears, audit.clone())
@@ -170,6 +172,8 @@ impl Gateway {
             ]));
         }
         let clears = terms.status == ConsentStatus::Active;
+        audit.outcome = crate::audit::Outcome::Accepted;
+        audit.status = 200;
         Ok(self
             .store
             .save_consent(
@@ -260,6 +264,8 @@ impl Gateway {
         let terms =
             consent::terms_from_fhir(&resource, self.partner_for()).map_err(Error::Invalid)?;
         let id = self.tenant_consent_id(&form.tenant_id).await?;
+        audit.outcome = crate::audit::Outcome::Accepted;
+        audit.status = 201;
         Ok(self
             .store
             .save_consent(id, form.tenant_id, terms, resource, true, audit.clone())
@@ -293,6 +299,8 @@ impl Gateway {
             obj.remove("meta");
         }
         let clears = status == ConsentStatus::Active;
+        audit.outcome = crate::audit::Outcome::Accepted;
+        audit.status = 200;
         Ok(self
             .store
             .save_consent(

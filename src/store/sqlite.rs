@@ -843,6 +843,7 @@ fn commit_one(ctx: &mut WriteCtx<'_>, mut ex: NewExchange) -> StoreResult<Exchan
     {
         let original = parse_ref(original.clone())?;
         ex.audit.outcome = Outcome::Replayed;
+        ex.audit.status = 200;
         ex.audit.related = Some(original);
         ex.audit.items_written.clear();
         ctx.audit(&ex.audit)?;
@@ -933,14 +934,19 @@ fn commit_one(ctx: &mut WriteCtx<'_>, mut ex: NewExchange) -> StoreResult<Exchan
     match &outcome {
         ExchangeOutcome::Corrected { supersedes } => {
             ex.audit.outcome = Outcome::Corrected;
+            ex.audit.status = 201;
             ex.audit.related = Some(*supersedes);
         }
         ExchangeOutcome::Retracted { of } => {
             ex.audit.outcome = Outcome::Retracted;
+            ex.audit.status = 200;
             ex.audit.related = *of;
             ex.audit.items_written.clear();
         }
-        _ => ex.audit.outcome = Outcome::Accepted,
+        _ => {
+            ex.audit.outcome = Outcome::Accepted;
+            ex.audit.status = 201;
+        }
     }
     ctx.audit(&ex.audit)?;
     Ok(outcome)

@@ -1,0 +1,96 @@
+//! `hearth audit export` in the three formats an auditor asks for.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+fn export(dir: &std::path::Path, format: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_hearth"))
+        .args([
+            "audit",
+            "export",
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "--format",
+            format,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn the_trail_exports_as_jsonl_csv_and_fhir_audit_events_without_clinical_values() {
+    let app = spawn_app().await.with_consenting_tenant().await;
+    let a = app
+        .post(
+            "/fhir/Communication",
+            CLINIC,
+            &fixture("risk-flag-update.json"),
+        )
+        .await;
+    assert_eq!(a.status, 201);
+    app.post(
+        "/fhir/Communication",
+        OTHER_CLINIC,
+        &fixture("risk-flag-update.json"),
+    )
+    .await;
+    let data = app.stop().await;
+
+    let jsonl = export(data.path(), "jsonl");
+    assert_eq!(
+        jsonl.lines().count(),
+        4,
+        "register, consent, accepted, refused… {jsonl}"
+    );
+
+    let csv = export(data.path(), "csv");
+    let mut lines = csv.lines();
+    assert!(
+        lines
+            .next()
+            .unwrap()
+            .starts_with("seq,recorded,reference_id")
+    );
+    let accepted = csv.lines().find(|l| l.contains(&a.reference_id())).unwrap();
+    assert!(
+        accepted.contains("accepted") && accepted.contains("risk_flag"),
+        "{accepted}"
+    );
+
+    let bundle: serde_json::Value =
+        serde_json::from_str(&export(data.path(), "audit-event")).unwrap();
+    let events = bundle["entry"].as_array().unwrap();
+    assert_eq!(events.len(), 4);
+    let import = events
+        .iter()
+        .map(|e| &e["resource"])
+        .find(|r| {
+            r["type"]["code"] == "110107"
+                && r["outcome"] == "0"
+                && r.to_string().contains(&a.reference_id())
+        })
+        .unwrap();
+    assert_eq!(import["action"], "C");
+    assert_eq!(
+        import["agent"][1]["who"]["reference"],
+        "Organization/riverside-clinic"
+    );
+    let refused = events
+        .iter()
+        .map(|e| &e["resource"])
+        .find(|r| r["outcome"] == "4")
+        .unwrap();
+    assert_eq!(refused["outcomeDesc"], "partner-not-covered");
+    for text in [&jsonl, &csv] {
+        assert!(!text.contains("At risk for falls"));
+    }
+}
