@@ -321,50 +321,88 @@ pub fn verify<E>(
     records: impl Iterator<Item = Result<StoredRecord, E>>,
     anchor: Option<&[u8]>,
 ) -> Result<Verification, E> {
-    let mut prev = GENESIS;
-    let mut count = 0u64;
-    let mut anchor_found = anchor.map(|_| false);
+    let mut walk = ChainWalk::new(anchor);
     for r in records {
         let r = r?;
-        let expected_seq = count + 1;
-        let broken = |problem: &str| BrokenLink {
-            seq: r.seq,
-            reference_id: r.reference_id.clone(),
-            problem: problem.to_string(),
-        };
-        let problem = if r.seq != expected_seq {
-            Some(broken(&format!(
-                "sequence jumps from {} to {}",
-                expected_seq - 1,
-                r.seq
-            )))
-        } else if r.prev_hash != prev {
-            Some(broken("does not link to the previous record's hash"))
-        } else if r.hash != record_hash(r.seq, &prev, &r.reference_id, &r.recorded, &r.body) {
-            Some(broken("content does not match its hash"))
+        if !walk.step(
+            r.seq,
+            &r.reference_id,
+            &r.recorded,
+            &r.prev_hash,
+            &r.hash,
+            &r.body,
+        ) {
+            break;
+        }
+    }
+    Ok(walk.finish())
+}
+
+/// Verification one record at a time, over borrowed bytes (the store feeds it rows
+/// straight from SQLite without copying them).
+pub struct ChainWalk<'a> {
+    prev: [u8; 32],
+    count: u64,
+    anchor: Option<&'a [u8]>,
+    anchor_found: Option<bool>,
+    broken: Option<BrokenLink>,
+}
+
+impl<'a> ChainWalk<'a> {
+    pub fn new(anchor: Option<&'a [u8]>) -> Self {
+        Self {
+            prev: GENESIS,
+            count: 0,
+            anchor,
+            anchor_found: anchor.map(|_| false),
+            broken: None,
+        }
+    }
+
+    /// Checks the next record; false once the chain is broken (stop walking).
+    pub fn step(
+        &mut self,
+        seq: u64,
+        reference_id: &str,
+        recorded: &str,
+        prev_hash: &[u8],
+        hash: &[u8],
+        body: &[u8],
+    ) -> bool {
+        let expected = self.count + 1;
+        let problem = if seq != expected {
+            Some(format!("sequence jumps from {} to {seq}", expected - 1))
+        } else if prev_hash != self.prev {
+            Some("does not link to the previous record's hash".to_string())
+        } else if hash != record_hash(seq, &self.prev, reference_id, recorded, body) {
+            Some("content does not match its hash".to_string())
         } else {
             None
         };
-        if let Some(b) = problem {
-            return Ok(Verification {
-                records: count,
-                head: hex::encode(prev),
-                first_broken: Some(b),
-                anchor_found,
+        if let Some(problem) = problem {
+            self.broken = Some(BrokenLink {
+                seq,
+                reference_id: reference_id.to_string(),
+                problem,
             });
+            return false;
         }
-        prev.copy_from_slice(&r.hash);
-        if anchor == Some(r.hash.as_slice()) {
-            anchor_found = Some(true);
+        self.prev.copy_from_slice(hash);
+        if self.anchor == Some(hash) {
+            self.anchor_found = Some(true);
         }
-        count += 1;
+        self.count += 1;
+        true
     }
-    Ok(Verification {
-        records: count,
-        head: hex::encode(prev),
-        first_broken: None,
-        anchor_found,
-    })
+
+    pub fn finish(self) -> Verification {
+        Verification {
+            records: self.count,
+            head: hex::encode(self.prev),
+            first_broken: self.broken,
+            anchor_found: self.anchor_found,
+        }
+    }
 }
 
 #[cfg(test)]

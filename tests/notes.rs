@@ -374,12 +374,13 @@ async fn a_note_carries_only_dataset_facts_and_needs_consent_for_its_partner() {
     assert_eq!(partner.attempts(), 0);
 
     // Past its deadline without a reply, a note shows as overdue.
+    // (Within the one-hour dead-letter window, so it is still open.)
     partner.set(Mode::Down);
-    let d = app
-        .post_json("/housing/notes", HOUSING, &note(json!([])))
-        .await;
+    let mut soon = note(json!([]));
+    soon["deadline"] = json!("2026-11-23T10:30:00Z");
+    let d = app.post_json("/housing/notes", HOUSING, &soon).await;
     let reference = d.body["reference_id"].as_str().unwrap().to_string();
-    app.clock.set(time::macros::datetime!(2026-11-28 09:00 UTC));
+    app.clock.set(time::macros::datetime!(2026-11-23 10:31 UTC));
     let t = app
         .get(&format!("/housing/notes/{reference}"), HOUSING)
         .await;

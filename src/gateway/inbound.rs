@@ -16,6 +16,7 @@ use crate::fhir::{self, Issue, IssueCode};
 use crate::ids::{Identifier, ReferenceId, TenantId};
 use crate::mapping::Translation;
 use crate::store::{ExchangeKey, ExchangeOutcome, NewExchange, StoredExchange};
+use crate::tenancy;
 
 /// An inbound resource that passed every check and is ready to store.
 #[derive(Debug)]
@@ -108,10 +109,25 @@ impl Gateway {
             }
         }
 
-        let tenant = match self.link(&resource, audit).await? {
-            Ok(t) => t,
-            Err(_) => return Err(Error::Forbidden(NO_AGREEMENT.into())),
+        // One read: who the subject is, and that tenant's consents.
+        let ids = tenancy::subject_identifiers(&resource).map_err(|i| Error::Invalid(vec![i]))?;
+        let (resolved, context) = self.store.inbound_context(&ids).await?;
+        let tenant = match (tenancy::decide_link(&resolved), context) {
+            (Ok(t), Some(context)) => {
+                audit.tenant = Some(t.clone());
+                (t, context)
+            }
+            (Err(f), _) => {
+                audit.reason = Some(f.as_str().to_string());
+                return Err(Error::Forbidden(NO_AGREEMENT.into()));
+            }
+            (Ok(_), None) => {
+                return Err(Error::Internal(
+                    "the store linked a tenant without its consents".into(),
+                ));
+            }
         };
+        let (tenant, context) = tenant;
         let retract = resource.get("status").and_then(Value::as_str) == Some("entered-in-error");
         let in_response_to = self.responding_to(&resource, call, &tenant).await?;
         let translation = self.mappings.translate(&resource);
@@ -123,16 +139,14 @@ impl Gateway {
         } else {
             let labels: Vec<BTreeSet<String>> =
                 translation.items.iter().map(|i| i.labels.clone()).collect();
-            let permit = self
-                .decide(
-                    call,
-                    &tenant,
-                    Flow::Inbound,
-                    &call.principal.org,
-                    &labels,
-                    audit,
-                )
-                .await?;
+            let permit = self.decide_with(
+                call,
+                &context,
+                Flow::Inbound,
+                &call.principal.org,
+                &labels,
+                audit,
+            )?;
             (permit.consent, permit.withheld)
         };
         check_translation(&translation, retract || in_response_to.is_some())?;

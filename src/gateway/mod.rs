@@ -164,10 +164,23 @@ impl Gateway {
         item_labels: &[std::collections::BTreeSet<String>],
         audit: &mut AuditEntry,
     ) -> Result<Permit, Error> {
-        let consents = self.store.consents(tenant).await?;
-        let renewal_due = self.store.renewal_due(tenant).await?.is_some();
+        let context = self.store.consent_context(tenant).await?;
+        self.decide_with(call, &context, flow, partner, item_labels, audit)
+    }
+
+    /// [`Gateway::decide`] with the tenant's consent context already read.
+    pub fn decide_with(
+        &self,
+        call: &Call,
+        context: &crate::store::ConsentContext,
+        flow: Flow,
+        partner: &PartnerId,
+        item_labels: &[std::collections::BTreeSet<String>],
+        audit: &mut AuditEntry,
+    ) -> Result<Permit, Error> {
+        let renewal_due = context.renewal_due.is_some();
         let decision = consent::decide(
-            &consents,
+            &context.consents,
             &ExchangeRequest {
                 flow,
                 partner,

@@ -397,11 +397,19 @@ async fn updates(
         .map_err(|e| fail(e, &audit))?;
     let next = entries.last().map_or(since, |e| e.seq);
     audit.count = Some(entries.len());
-    let mut response = axum::Json(json!({
-        "entries": entries,
-        "next": next.to_string(),
-        "more": entries.len() as u64 == limit,
-    }))
+    // Serialised straight from the entries: building a Value tree first cost a third of
+    // the feed's CPU in the benchmark profile.
+    #[derive(serde::Serialize)]
+    struct Page<'a> {
+        entries: &'a [crate::store::FeedEntry],
+        next: String,
+        more: bool,
+    }
+    let mut response = axum::Json(Page {
+        entries: &entries,
+        next: next.to_string(),
+        more: entries.len() as u64 == limit,
+    })
     .into_response();
     response.extensions_mut().insert(AuditDraft(audit));
     Ok(response)

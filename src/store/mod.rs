@@ -144,6 +144,13 @@ pub struct BreakGlassRecord {
     pub reason: String,
 }
 
+/// A tenant's consent versions and renewal prompt.
+#[derive(Debug, Clone, Default)]
+pub struct ConsentContext {
+    pub consents: Vec<ConsentVersion>,
+    pub renewal_due: Option<RenewalDue>,
+}
+
 /// A stored consent version with its FHIR form.
 #[derive(Debug, Clone)]
 pub struct StoredConsent {
@@ -216,6 +223,14 @@ pub trait ConsentStore: Send + Sync {
         audit: AuditEntry,
     ) -> StoreResult<bool>;
     async fn renewal_due(&self, tenant: &TenantId) -> StoreResult<Option<RenewalDue>>;
+    /// Everything a consent decision needs about a tenant, in one read.
+    async fn consent_context(&self, tenant: &TenantId) -> StoreResult<ConsentContext>;
+    /// For an inbound exchange: what each identifier names, and — when they name exactly
+    /// one tenant — that tenant's consent context, in one read.
+    async fn inbound_context(
+        &self,
+        identifiers: &[Identifier],
+    ) -> StoreResult<(Vec<Option<TenantId>>, Option<ConsentContext>)>;
     /// Every tenant whose consent is renewal-due.
     async fn renewals_due(&self) -> StoreResult<Vec<(TenantId, RenewalDue)>>;
 }
