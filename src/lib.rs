@@ -34,6 +34,7 @@ pub mod gateway;
 pub mod http;
 pub mod ids;
 pub mod mapping;
+pub mod metrics;
 pub mod relay;
 pub mod startup;
 pub mod store;

@@ -34,10 +34,14 @@ pub struct Relay {
     gateway: Arc<Gateway>,
     clients: Arc<HashMap<PartnerId, reqwest::Client>>,
     wake: Arc<Notify>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Relay {
-    pub fn new(gateway: Arc<Gateway>) -> anyhow::Result<Self> {
+    pub fn new(
+        gateway: Arc<Gateway>,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> anyhow::Result<Self> {
         crate::tls::install_crypto_provider();
         let timeout = Duration::from_millis(gateway.config.relay.attempt_timeout_ms);
         let mut clients = HashMap::new();
@@ -67,6 +71,7 @@ impl Relay {
             gateway,
             clients: Arc::new(clients),
             wake: Arc::new(Notify::new()),
+            metrics,
         })
     }
 
@@ -214,6 +219,8 @@ impl Relay {
                 }
             }
         };
+        self.metrics
+            .delivery(d.partner.as_str(), result_kind(&result));
         tracing::info!(note = %d.reference_id, partner = %d.partner, result = ?result_kind(&result), "delivery attempt");
         if let Err(e) = g
             .store

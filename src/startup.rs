@@ -48,9 +48,11 @@ pub fn build_with(
         config,
         clock,
     });
-    let relay = Relay::new(gateway.clone()).context("building the partner clients")?;
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let relay =
+        Relay::new(gateway.clone(), metrics.clone()).context("building the partner clients")?;
     Ok(App {
-        state: AppState::new(gateway, principals, relay),
+        state: AppState::new(gateway, principals, relay, metrics),
         store,
     })
 }

@@ -45,15 +45,22 @@ pub struct AppState {
     pub feed_changed: Arc<tokio::sync::watch::Sender<u64>>,
     /// The outbound relay, woken when a note is queued.
     pub relay: crate::relay::Relay,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl AppState {
-    pub fn new(gateway: Arc<Gateway>, principals: Principals, relay: crate::relay::Relay) -> Self {
+    pub fn new(
+        gateway: Arc<Gateway>,
+        principals: Principals,
+        relay: crate::relay::Relay,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Self {
         Self {
             gateway,
             principals: Arc::new(principals),
             feed_changed: Arc::new(tokio::sync::watch::channel(0).0),
             relay,
+            metrics,
         }
     }
 
@@ -80,7 +87,7 @@ pub fn router(state: AppState) -> Router {
 
 /// Paths anyone may call without credentials (and which are not audited).
 fn is_public(path: &str) -> bool {
-    matches!(path, "/healthz" | "/readyz" | "/fhir/metadata")
+    matches!(path, "/healthz" | "/readyz" | "/metrics" | "/fhir/metadata")
 }
 
 /// An emergency exchange is asked for with `X-Purpose-Of-Use: BTG` (or `ETREAT`) and a
@@ -131,6 +138,11 @@ async fn envelope(State(state): State<AppState>, mut req: Request, next: Next) -
     let reference_id = ReferenceId::new();
     let at = state.gateway.now();
     let path = req.uri().path().to_string();
+    let method = req.method().to_string();
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
     let request_line = format!("{} {}", req.method(), path);
     let public = is_public(&path);
     let principal: Option<Principal> = bearer(&req)
@@ -224,6 +236,12 @@ async fn envelope(State(state): State<AppState>, mut req: Request, next: Next) -
             }
             response = error::render(&e.0, &reference_id.to_string(), response);
         }
+        state.metrics.request(
+            &method,
+            &route,
+            response.status().as_u16(),
+            started.elapsed().as_secs_f64(),
+        );
         tracing::info!(
             status = response.status().as_u16(),
             elapsed_ms = started.elapsed().as_millis() as u64,
