@@ -60,27 +60,30 @@ echo "== CPU profile ($WORKLOAD, $CONNS connections, ${DURATION}s, perf record -
 perf script -i "$BENCH_DIR/perf.data" -F comm,tid,ip,sym 2>/dev/null >"$BENCH_DIR/perf.stacks"
 "$ROOT/bench/perf_inclusive.py" "$BENCH_DIR/perf.stacks" \
   'store writer thread (writer_loop)=hearth::store::sqlite::writer_loop' \
-  '  per-job SAVEPOINT/RELEASE (execute_batch)=rusqlite::Connection::execute_batch' \
-  '  statement journal copies (subjournalPageIfRequired)=subjournalPageIfRequired' \
-  '  commit: WAL write + fsync (sqlite3VdbeHalt)=sqlite3VdbeHalt' \
-  '  fsync=unixSync' \
+  '  jobs: commit_one (exchange, items, feed and audit rows)=hearth::store::sqlite::commit_one' \
+  '    audit record: serialise, chain hash, insert (WriteCtx::audit)=WriteCtx::audit' \
+  '    statement-journal page copies for per-job savepoints=subjournalPageIfRequired' \
+  '    B-tree inserts (sqlite3BtreeInsert)=sqlite3BtreeInsert' \
+  '  COMMIT: WAL frames, fsync, checkpoints (Transaction::commit)=commit \(inlined\)|Transaction::commit' \
+  '    fsync=unixSync' \
+  '    WAL frame writes (walWriteOneFrame)=walWriteOneFrame' \
+  '    checkpoints (walCheckpoint)=walCheckpoint' \
   'SQLite statement re-preparation (sqlite3Reprepare)=sqlite3Reprepare' \
+  'SQLite statement execution, any thread (sqlite3_step)=sqlite3_step' \
   'body read + parse + canonical digest (JsonBody extractor)=Rejection> as axum_core::extract::FromRequest<S>>::from_request' \
   '  JSON parse (serde_json::from_slice)=serde_json::de::from_slice' \
   'profile validation (static_checks)=gateway::static_checks' \
   'mapping (Mappings::translate)=Mappings::translate' \
-  'consent versions read (consent_versions)=sqlite::consent_versions' \
-  'tenant link read (TenantStore::resolve)=TenantStore.*resolve' \
+  'inbound read: link + consents + renewal (inbound_context)=inbound_context' \
+  '  consent versions (consent_versions)=sqlite::consent_versions' \
   'consent::decide=hearth::consent::decide' \
   'OperationOutcome building (operation_outcome)=fhir::outcome::operation_outcome' \
   'feed read: SQL + item JSON parse (sqlite feed closure)=hearth::store::sqlite::.*::feed::' \
-  'SQLite statement execution, any thread (sqlite3_step)=sqlite3_step' \
-  'feed page to a JSON Value (json! of FeedEntry)=Serialize for hearth::store::FeedEntry' \
+  '  stored item JSON parsed again (serde_json from_str)=serde_json::de::from_str|serde_json::de::from_trait' \
+  'feed entries serialised (Serialize for FeedEntry)=Serialize for hearth::store::FeedEntry' \
   'response body to bytes (axum Json into_response)=Json<T> as axum_core::response::into_response' \
   'audit append from the envelope (AuditStore::append)=AuditStore.*append' \
   'blocking-pool reads (spawn_blocking hand-offs)=blocking::pool::Inner::run' \
   'context switches (finish_task_switch)=finish_task_switch' \
   'request logging (tracing fmt)=tracing_subscriber::fmt' \
   'malloc/free=^(_int_malloc|malloc|_int_free|cfree|malloc_consolidate|_int_realloc|realloc)'
-
-

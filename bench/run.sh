@@ -85,6 +85,10 @@ MACHINE="$(nproc) cores ($CPU_MODEL), $(awk '/MemTotal/ {printf "%.0f GiB RAM", 
 STORAGE="$BENCH_DIR on $DEVICE ($MOUNT_FS; the block device reports rotational=${ROTA:-?})"
 WRK_VERSION="$( (wrk -v 2>&1 || true) | head -1 | awk '{print $1, $2}')"
 REVISION="$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)"
+# The revision names what is measured only if the binary is newer than every source file.
+stale_sources() { (cd "$ROOT" && find src mappings profiles Cargo.toml Cargo.lock -newer "$REL/hearth" -type f 2>/dev/null | head -3 | tr '\n' ' '); }
+STALE="$(stale_sources)"
+[[ -n "$STALE" ]] && say "WARNING: sources changed after target/release/hearth was built: $STALE"
 say "machine: $MACHINE"
 say "storage: $STORAGE"
 say "load generator: $WRK_VERSION, $THREADS threads, on the same machine"
@@ -285,6 +289,8 @@ row() { # label conns key floor_bare_key floor_durable_key ["cpu writer" overrid
 
 {
   echo "Hearth revision $REVISION, measured $(date -u +%Y-%m-%dT%H:%MZ)."
+  STALE_END="$(stale_sources)"
+  [[ -z "$STALE$STALE_END" ]] || echo "WARNING: the binary is older than these sources, so the revision is not exactly what ran: $STALE $STALE_END"
   echo "Machine: $MACHINE."
   echo "Store and floor file: $STORAGE."
   echo "Load: $WRK_VERSION, $THREADS threads, on the same $(nproc) cores, ${DURATION}s per row after a ${WARMUP}s warm-up per server."
