@@ -87,7 +87,10 @@ pub fn router(state: AppState) -> Router {
 
 /// Paths anyone may call without credentials (and which are not audited).
 fn is_public(path: &str) -> bool {
-    matches!(path, "/healthz" | "/readyz" | "/metrics" | "/openapi.json" | "/fhir/metadata")
+    matches!(
+        path,
+        "/healthz" | "/readyz" | "/metrics" | "/openapi.json" | "/fhir/metadata"
+    )
 }
 
 /// An emergency exchange is asked for with `X-Purpose-Of-Use: BTG` (or `ETREAT`) and a
