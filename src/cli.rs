@@ -147,9 +147,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 config.data_dir = d;
             }
             if config.tls.is_none() && !config.listen.ip().is_loopback() {
-                if !config.behind_proxy {
+                if config.proxy.is_none() {
                     bail!(
-                        "refusing to serve plain HTTP on {}: configure [tls], listen on loopback, or set behind_proxy = true when a trusted proxy terminates TLS",
+                        "refusing to serve plain HTTP on {}: configure [tls], listen on loopback, or configure [proxy] when a trusted proxy terminates TLS",
                         config.listen
                     );
                 }

@@ -16,9 +16,11 @@ pub struct Config {
     /// Address to listen on.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
-    /// Allow plain HTTP on a non-loopback address because a trusted proxy terminates TLS.
+    /// A trusted reverse proxy terminates TLS in front of Hearth: plain HTTP is then
+    /// allowed off loopback, and the client-certificate identity comes from the proxy's
+    /// header — believed only on connections from the proxy's address.
     #[serde(default)]
-    pub behind_proxy: bool,
+    pub proxy: Option<Proxy>,
     /// Where the store file lives.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
@@ -39,7 +41,7 @@ pub struct Config {
     #[serde(default)]
     pub relay: Relay,
     /// HTTPS: without it Hearth serves plain HTTP, on loopback only (unless
-    /// `behind_proxy`).
+    /// `[proxy]`).
     #[serde(default)]
     pub tls: Option<Tls>,
     /// Routing rules: notices from one partner forwarded, minimised, to another.
@@ -170,6 +172,17 @@ impl Serialize for Secret {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str("***")
     }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Proxy {
+    /// The proxy's address as Hearth sees it.
+    pub address: std::net::IpAddr,
+    /// Header in which the proxy passes the SHA-256 (hex) of the client certificate it
+    /// verified, e.g. `x-client-cert-sha256`.
+    #[serde(default)]
+    pub client_cert_header: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

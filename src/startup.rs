@@ -82,9 +82,14 @@ pub async fn run(
             crate::tls::serve(listener, router, config, stop).await
         }
         None => {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(stop)
-                .await
+            // The peer address lets the envelope believe a proxy's client-certificate
+            // header only from the proxy itself.
+            axum::serve(
+                listener,
+                router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            )
+            .with_graceful_shutdown(stop)
+            .await
         }
     };
     let _ = relay.await;

@@ -196,3 +196,51 @@ async fn outbound_delivery_trusts_only_the_partners_configured_roots() {
         "only the client that trusts the partner's CA delivered"
     );
 }
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_the_client_certificate_comes_from_its_header_and_only_from_it() {
+    hearth::tls::install_crypto_provider();
+    let pin = "ab".repeat(32);
+    for (proxy_address, believed) in [("127.0.0.1", true), ("10.9.8.7", false)] {
+        let data = tempfile::tempdir().unwrap();
+        let mut config = test_config(data.path());
+        config.proxy = Some(hearth::config::Proxy {
+            address: proxy_address.parse().unwrap(),
+            client_cert_header: Some("x-client-cert-sha256".into()),
+        });
+        let clinic = config
+            .partners
+            .iter_mut()
+            .find(|p| p.id.as_str() == "riverside-clinic")
+            .unwrap();
+        clinic.client_cert_sha256 = Some(pin.clone());
+        let app = spawn_configured(data, config, reqwest::Client::new(), "http").await;
+        let call = |header: Option<&str>| {
+            let mut r = app
+                .client
+                .get(format!("{}/housing/updates", app.base))
+                .bearer_auth(CLINIC);
+            if let Some(h) = header {
+                r = r.header("x-client-cert-sha256", h);
+            }
+            r.send()
+        };
+        // The clinic may not read the feed (403 for its role) — but only once its
+        // certificate is accepted; without it, the refusal is about mutual TLS.
+        let with_pin = call(Some(&pin)).await.unwrap().text().await.unwrap();
+        let without = call(None).await.unwrap().text().await.unwrap();
+        let wrong = call(Some(&"cd".repeat(32)))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(without.contains("client certificate"), "{without}");
+        assert!(wrong.contains("client certificate"), "{wrong}");
+        assert_eq!(
+            !with_pin.contains("client certificate"),
+            believed,
+            "{proxy_address}: {with_pin}"
+        );
+    }
+}

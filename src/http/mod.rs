@@ -159,6 +159,25 @@ async fn envelope(State(state): State<AppState>, mut req: Request, next: Next) -
         principal = principal.as_ref().map(|p| p.id.as_str()).unwrap_or("-"),
     );
 
+    // Behind a trusted proxy, the client certificate it verified arrives in a header;
+    // from any other peer that header is ignored.
+    if let Some(proxy) = &state.gateway.config.proxy
+        && let Some(header) = &proxy.client_cert_header
+    {
+        let from_proxy = req
+            .extensions()
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .is_some_and(|c| c.0.ip() == proxy.address);
+        let cert = from_proxy
+            .then(|| {
+                req.headers()
+                    .get(header.as_str())
+                    .and_then(|v| v.to_str().ok())
+            })
+            .flatten()
+            .map(|v| v.trim().to_ascii_lowercase());
+        req.extensions_mut().insert(crate::tls::ClientCert(cert));
+    }
     let pinned_cert_missing = principal.as_ref().is_some_and(|p| {
         let pinned = state
             .gateway
