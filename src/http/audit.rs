@@ -23,13 +23,7 @@ pub fn router() -> Router<AppState> {
 }
 
 fn auditors_only(call: &Call) -> Result<(), Error> {
-    if matches!(call.principal.role, Role::Auditor | Role::Admin) {
-        Ok(())
-    } else {
-        Err(Error::Forbidden(
-            "the audit trail needs the auditor role".into(),
-        ))
-    }
+    super::require_role(call, &[Role::Auditor, Role::Admin], "the audit trail")
 }
 
 #[derive(Debug, Deserialize)]
@@ -49,12 +43,7 @@ async fn records(
     let mut audit = call.audit("read-audit", Direction::Internal);
     let fail = |e: Error, a: &crate::audit::AuditEntry| Failure::new(e, a.clone());
     auditors_only(&call).map_err(|e| fail(e, &audit))?;
-    let Query(q) = query.map_err(|e| {
-        fail(
-            Error::malformed(format!("bad query: {}", e.body_text())),
-            &audit,
-        )
-    })?;
+    let q = super::extract::query(query).map_err(|e| fail(e, &audit))?;
     let limit = q.limit.unwrap_or(100);
     if limit == 0 || limit > 1000 {
         return Err(fail(
@@ -94,12 +83,7 @@ async fn verify(
     let mut audit = call.audit("verify-audit", Direction::Internal);
     let fail = |e: Error, a: &crate::audit::AuditEntry| Failure::new(e, a.clone());
     auditors_only(&call).map_err(|e| fail(e, &audit))?;
-    let Query(q) = query.map_err(|e| {
-        fail(
-            Error::malformed(format!("bad query: {}", e.body_text())),
-            &audit,
-        )
-    })?;
+    let q = super::extract::query(query).map_err(|e| fail(e, &audit))?;
     let anchor = q
         .anchor
         .map(|a| hex::decode(a).map_err(|_| Error::malformed("`anchor` must be a hex hash")))

@@ -58,3 +58,11 @@ impl FromRequest<AppState> for JsonBody {
         })
     }
 }
+
+/// A query string, or a 400 naming what is wrong with it.
+pub fn query<T>(
+    q: Result<axum::extract::Query<T>, axum::extract::rejection::QueryRejection>,
+) -> Result<T, Error> {
+    q.map(|axum::extract::Query(v)| v)
+        .map_err(|e| Error::malformed(format!("bad query: {}", e.body_text())))
+}

@@ -11,11 +11,10 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::AppState;
 use super::error::{AuditDraft, Audited, Failure};
 use super::extract::JsonBody;
+use super::{AppState, housing_only};
 use crate::audit::Direction;
-use crate::auth::Role;
 use crate::error::Error;
 use crate::gateway::Call;
 use crate::ids::TenantId;
@@ -36,16 +35,6 @@ pub fn router() -> Router<AppState> {
         .route("/housing/consents/due", get(consents_due))
         .route("/housing/consents/{id}/revoke", post(revoke_consent))
         .route("/housing/consents/{id}/confirm", post(confirm_consent))
-}
-
-fn housing_only(call: &Call) -> Result<(), Error> {
-    if matches!(call.principal.role, Role::Housing | Role::Admin) {
-        Ok(())
-    } else {
-        Err(Error::Forbidden(
-            "the housing API needs the housing role".into(),
-        ))
-    }
 }
 
 async fn register(
@@ -347,12 +336,7 @@ async fn updates(
     let mut audit = call.audit("read-feed", Direction::Outbound);
     let fail = |e: Error, a: &crate::audit::AuditEntry| Failure::new(e, a.clone());
     housing_only(&call).map_err(|e| fail(e, &audit))?;
-    let Query(q) = query.map_err(|e| {
-        fail(
-            Error::malformed(format!("bad query: {}", e.body_text())),
-            &audit,
-        )
-    })?;
+    let q = super::extract::query(query).map_err(|e| fail(e, &audit))?;
     let feed = &state.gateway.config.feed;
     let since = number(q.since.as_deref(), "since")
         .map_err(|e| fail(e, &audit))?

@@ -9,11 +9,10 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::AppState;
 use super::error::{AuditDraft, Audited, Failure};
 use super::extract::JsonBody;
+use super::{AppState, housing_only};
 use crate::audit::Direction;
-use crate::auth::Role;
 use crate::error::Error;
 use crate::gateway::Call;
 use crate::gateway::notes::{NoteRequest, unix_ms};
@@ -26,14 +25,6 @@ pub fn router() -> Router<AppState> {
         .route("/housing/notes/dead-letters", get(dead_letters))
         .route("/housing/notes/{reference}", get(thread))
         .route("/housing/notes/{reference}/replay", post(replay))
-}
-
-fn housing_only(call: &Call) -> Result<(), Error> {
-    if matches!(call.principal.role, Role::Housing | Role::Admin) {
-        Ok(())
-    } else {
-        Err(Error::Forbidden("notes need the housing role".into()))
-    }
 }
 
 /// A thread as housing sees it: with whether its deadline has passed unanswered.
@@ -123,12 +114,7 @@ async fn list(
     let mut audit = call.audit("list-notes", Direction::Internal);
     let fail = |e: Error, a: &crate::audit::AuditEntry| Failure::new(e, a.clone());
     housing_only(&call).map_err(|e| fail(e, &audit))?;
-    let Query(q) = query.map_err(|e| {
-        fail(
-            Error::malformed(format!("bad query: {}", e.body_text())),
-            &audit,
-        )
-    })?;
+    let q = super::extract::query(query).map_err(|e| fail(e, &audit))?;
     let tenant = q.tenant.map(TenantId::new);
     audit.tenant = tenant.clone();
     let threads = state
