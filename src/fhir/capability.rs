@@ -13,6 +13,8 @@ pub struct ResourceSupport {
     pub search: &'static [(&'static str, &'static str)],
     /// Hearth's profile for the type (served under `profiles/`).
     pub profile: &'static str,
+    /// Whether `If-None-Exist` is honoured on create.
+    pub conditional_create: bool,
 }
 
 /// The CapabilityStatement for the given resources and system interactions.
@@ -30,9 +32,10 @@ pub fn capability_statement(
                 "profile": r.profile,
                 "interaction": r.interactions.iter().map(|i| json!({"code": i})).collect::<Vec<_>>(),
                 "versioning": "versioned",
-                "readHistory": false,
+                "readHistory": r.interactions.contains(&"vread"),
                 "updateCreate": false,
-                "conditionalCreate": r.interactions.contains(&"create"),
+                // If-None-Exist is honoured for notices, the resources retries matter for.
+                "conditionalCreate": r.conditional_create,
             });
             if !r.search.is_empty() {
                 v["searchParam"] = r

@@ -331,6 +331,8 @@ impl Gateway {
         id: &str,
         audit: &mut AuditEntry,
     ) -> Result<StoredConsent, Error> {
+        // The role first: a partner must not learn whether a consent exists.
+        self.require_role(call, CUSTODIANS)?;
         let current = self
             .store
             .consent(id)

@@ -25,12 +25,14 @@ pub const RESOURCES: &[ResourceSupport] = &[
         interactions: &["create", "read"],
         search: &[],
         profile: "https://hearth.example/profiles/Communication",
+        conditional_create: true,
     },
     ResourceSupport {
         resource: "CarePlan",
         interactions: &["create", "read"],
         search: &[],
         profile: "https://hearth.example/profiles/CarePlan",
+        conditional_create: true,
     },
     ResourceSupport {
         resource: "Consent",
@@ -44,6 +46,7 @@ pub const RESOURCES: &[ResourceSupport] = &[
         ],
         search: &[("patient", "reference"), ("status", "token")],
         profile: "https://hearth.example/profiles/Consent",
+        conditional_create: false,
     },
 ];
 

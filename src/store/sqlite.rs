@@ -1415,7 +1415,10 @@ impl NoteStore for SqliteStore {
                 "UPDATE notes SET state = 'pending', next_attempt_ms = ?1, give_up_ms = ?2 WHERE reference_id = ?3 AND state = 'dead'",
                 params![now_ms, give_up_ms, reference],
             )?;
-            ctx.audit(&audit)?;
+            // Only a replay that happened is recorded here; a refusal is audited by the caller.
+            if n == 1 {
+                ctx.audit(&audit)?;
+            }
             Ok(n == 1)
         })
         .await
