@@ -252,10 +252,16 @@ pub fn governing(consents: &[ConsentVersion]) -> Option<&ConsentVersion> {
 
 /// The latest version of each consent.
 pub fn latest_versions(consents: &[ConsentVersion]) -> Vec<&ConsentVersion> {
-    let mut latest: Vec<&ConsentVersion> = Vec::new();
-    for c in consents {
-        match latest.iter_mut().find(|l| l.id == c.id) {
-            Some(l) if l.version < c.version => *l = c,
+    latest_by(consents, |c| (c.id.as_str(), c.version))
+}
+
+/// The latest version of each consent among `items`, whatever wraps the version.
+pub fn latest_by<T>(items: &[T], key: impl Fn(&T) -> (&str, u32)) -> Vec<&T> {
+    let mut latest: Vec<&T> = Vec::new();
+    for c in items {
+        let (id, version) = key(c);
+        match latest.iter_mut().find(|l| key(l).0 == id) {
+            Some(l) if key(l).1 < version => *l = c,
             Some(_) => {}
             None => latest.push(c),
         }

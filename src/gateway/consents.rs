@@ -372,6 +372,25 @@ impl Gateway {
             .await?)
     }
 
+    /// The latest version of each of the tenant's consents that the caller may see, with
+    /// the given status if one is asked for (FHIR search).
+    pub async fn search_consents(
+        &self,
+        call: &Call,
+        tenant: &TenantId,
+        status: Option<&str>,
+    ) -> Result<Vec<StoredConsent>, Error> {
+        let all = self.store.tenant_consents(tenant).await?;
+        Ok(
+            consent::latest_by(&all, |c| (c.version.id.as_str(), c.version.version))
+                .into_iter()
+                .filter(|c| status.is_none_or(|s| s == c.version.terms.status.as_str()))
+                .filter(|c| self.may_see_consent(call, c))
+                .cloned()
+                .collect(),
+        )
+    }
+
     /// Whether `call`'s principal may see consent `stored`: housing, auditors, admins,
     /// and partners the consent names.
     pub fn may_see_consent(&self, call: &Call, stored: &StoredConsent) -> bool {

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use super::{Call, Gateway};
 use crate::audit::{AuditEntry, Direction, Outcome};
 use crate::auth::Role;
-use crate::consent::{self, Decision, ExchangeRequest, Flow};
+use crate::consent::{self, Flow};
 use crate::dataset::StoredItem;
 use crate::error::Error;
 use crate::ids::{Identifier, PartnerId, TenantId};
@@ -237,25 +237,23 @@ impl Gateway {
             .iter()
             .map(|i| i.labels.iter().cloned().collect())
             .collect();
-        let consents = self.store.consents(tenant).await?;
-        let renewal_due = self.store.renewal_due(tenant).await?.is_some();
-        let decision = consent::decide(
-            &consents,
-            &ExchangeRequest {
-                flow: Flow::Outbound,
-                partner,
-                purpose: call.purpose(),
-                item_labels: &labels,
-                at: call.at,
-                renewal_due,
-                block_while_renewal_due: !self.config.consent.share_while_renewal_due,
-                break_glass: None,
-            },
+        // The same decision a delivery would get, without break-glass: a preview is routine.
+        let context = self.store.consent_context(tenant).await?;
+        let routine = Call {
+            break_glass: None,
+            ..call.clone()
+        };
+        let mut scratch = routine.audit("preview", crate::audit::Direction::Internal);
+        let decision = self.decide_with(
+            &routine,
+            &context,
+            Flow::Outbound,
+            partner,
+            &labels,
+            &mut scratch,
         );
         Ok(match decision {
-            Decision::Permit {
-                consent, withheld, ..
-            } => {
+            Ok(super::Permit { consent, withheld }) => {
                 let (kept, held): (Vec<_>, Vec<_>) = items
                     .into_iter()
                     .enumerate()
@@ -268,11 +266,11 @@ impl Gateway {
                     "withheld": held.into_iter().map(|(_, i)| json!({"id": i.id, "item": i.item.kind(), "labels": i.labels})).collect::<Vec<_>>(),
                 })
             }
-            Decision::Deny { reason, consent } => json!({
+            Err(_) => json!({
                 "partner": partner,
                 "decision": "deny",
-                "reason": reason.code(),
-                "consent": consent,
+                "reason": scratch.reason,
+                "consent": scratch.consent,
                 "would_receive": [],
             }),
         })

@@ -764,32 +764,20 @@ async fn search_consents(
     let mut entries = Vec::new();
     if let Some(tenant) = &tenant {
         audit.tenant = Some(tenant.clone());
-        let all = g
-            .store
-            .tenant_consents(tenant)
+        let found = g
+            .search_consents(&call, tenant, q.status.as_deref())
             .await
-            .map_err(|e| fail(e.into(), &audit))?;
-        let mut latest: Vec<&crate::store::StoredConsent> = Vec::new();
-        for c in &all {
-            match latest.iter_mut().find(|l| l.version.id == c.version.id) {
-                Some(l) if l.version.version < c.version.version => *l = c,
-                Some(_) => {}
-                None => latest.push(c),
-            }
-        }
-        for c in latest {
-            let status_ok = q
-                .status
-                .as_deref()
-                .is_none_or(|s| s == c.version.terms.status.as_str());
-            if status_ok && g.may_see_consent(&call, c) {
-                entries.push(json!({
+            .map_err(|e| fail(e, &audit))?;
+        entries = found
+            .into_iter()
+            .map(|c| {
+                json!({
                     "fullUrl": format!("Consent/{}", c.version.id),
                     "resource": c.resource,
                     "search": {"mode": "match"},
-                }));
-            }
-        }
+                })
+            })
+            .collect();
     }
     audit.count = Some(entries.len());
     let mut response = fhir_json(
