@@ -11,6 +11,7 @@
 //!   before `n` (no gaps, no duplicates across pages).
 //! * The audit log is append-only and hash-chained; nothing updates or deletes it.
 
+pub mod cache;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -147,7 +148,8 @@ pub struct BreakGlassRecord {
 /// A tenant's consent versions and renewal prompt.
 #[derive(Debug, Clone, Default)]
 pub struct ConsentContext {
-    pub consents: Vec<ConsentVersion>,
+    /// Shared, because the store keeps these in memory (see [`cache`]).
+    pub consents: std::sync::Arc<[ConsentVersion]>,
     pub renewal_due: Option<RenewalDue>,
 }
 

@@ -16,6 +16,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
 use serde_json::Value;
 use tokio::sync::oneshot;
 
+use super::cache::{Changes, ContextCache};
 use super::*;
 use crate::audit::{self, AuditEntry, GENESIS, Outcome, Verification};
 use crate::consent::{ConsentTerms, ConsentVersion, RenewalDue};
@@ -153,13 +154,31 @@ pub const DB_FILE: &str = "hearth.db";
 
 /// A write job: runs inside the writer's transaction, returns whether it succeeded and
 /// what to do once the commit outcome is known.
-type Job = Box<dyn FnOnce(&mut WriteCtx<'_>) -> (bool, Finish) + Send>;
+struct Job {
+    isolation: Isolation,
+    run: Box<dyn FnOnce(&mut WriteCtx<'_>) -> (bool, Finish) + Send>,
+}
 type Finish = Box<dyn FnOnce(Result<(), String>) + Send>;
 
-/// What a job sees: the open transaction and the audit chain head.
+/// How a failing job is kept from the rest of its batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Isolation {
+    /// In its own savepoint: a failure rolls back this job alone. Needed by jobs that
+    /// can refuse (a conflict, say) after they have written.
+    Savepoint,
+    /// No savepoint: a failure rolls back the whole batch and every job in it is
+    /// answered with an error. For jobs that fail only when the database does (disk
+    /// full, I/O error). A savepoint copies each page a job touches into the statement
+    /// journal, which profiling put at ~4% of an inbound notice's CPU.
+    Batch,
+}
+
+/// What a job sees: the open transaction, the audit chain head, and a list of what it
+/// changed that the in-memory context cache may hold.
 pub struct WriteCtx<'t> {
     tx: &'t Transaction<'t>,
     head: &'t mut ChainHead,
+    changes: &'t mut Changes,
 }
 
 #[derive(Debug, Clone)]
@@ -216,6 +235,7 @@ impl WriteCtx<'_> {
         if open.is_some() {
             return Ok(false);
         }
+        self.changes.tenants.push(tenant.clone());
         self.tx
             .prepare_cached("INSERT INTO renewals (tenant_id, reason, since, reference_id) VALUES (?1, ?2, ?3, ?4)")?
             .execute(params![tenant.as_str(), due.reason, due.since, due.reference_id])?;
@@ -275,6 +295,7 @@ fn consents_where(conn: &Connection, clause: &str, arg: &str) -> StoreResult<Vec
 
 struct Inner {
     path: PathBuf,
+    cache: Arc<ContextCache>,
     writer: Mutex<Option<mpsc::Sender<Job>>>,
     writer_thread: Mutex<Option<JoinHandle<()>>>,
     readers: Mutex<Vec<Connection>>,
@@ -353,10 +374,13 @@ fn load_head(conn: &Connection) -> rusqlite::Result<ChainHead> {
     })
 }
 
+/// Tenants (and, separately, identifiers) whose consent context is kept in memory.
+const CACHED_TENANTS: usize = 200_000;
+
 /// Most jobs one commit takes; bounds the latency one commit adds to the first job.
 const MAX_BATCH: usize = 512;
 
-fn writer_loop(mut conn: Connection, jobs: mpsc::Receiver<Job>) {
+fn writer_loop(mut conn: Connection, jobs: mpsc::Receiver<Job>, cache: Arc<ContextCache>) {
     let mut head = match load_head(&conn) {
         Ok(h) => h,
         Err(e) => {
@@ -373,35 +397,55 @@ fn writer_loop(mut conn: Connection, jobs: mpsc::Receiver<Job>) {
             }
         }
         let mut finishes = Vec::with_capacity(batch.len());
-        let outcome = (|| -> rusqlite::Result<()> {
+        let mut changes = Changes::default();
+        let outcome = (|| -> rusqlite::Result<Result<(), String>> {
             let tx = conn.transaction()?;
+            let mut batch_failed = false;
             for job in batch.drain(..) {
-                tx.prepare_cached("SAVEPOINT job")?.execute([])?;
+                let guarded = job.isolation == Isolation::Savepoint;
+                if guarded {
+                    tx.prepare_cached("SAVEPOINT job")?.execute([])?;
+                }
                 let saved = head.clone();
                 let mut ctx = WriteCtx {
                     tx: &tx,
                     head: &mut head,
+                    changes: &mut changes,
                 };
+                let run = job.run;
                 let (ok, finish) =
-                    match std::panic::catch_unwind(AssertUnwindSafe(|| job(&mut ctx))) {
+                    match std::panic::catch_unwind(AssertUnwindSafe(|| run(&mut ctx))) {
                         Ok(r) => r,
                         Err(_) => {
                             tracing::error!("a store job panicked; its writes were rolled back");
                             (false, Box::new(|_| {}) as Finish)
                         }
                     };
-                if ok {
-                    tx.prepare_cached("RELEASE job")?.execute([])?;
-                } else {
-                    tx.prepare_cached("ROLLBACK TO job")?.execute([])?;
-                    tx.prepare_cached("RELEASE job")?.execute([])?;
-                    head = saved;
+                match (ok, guarded) {
+                    (true, true) => {
+                        tx.prepare_cached("RELEASE job")?.execute([])?;
+                    }
+                    (false, true) => {
+                        tx.prepare_cached("ROLLBACK TO job")?.execute([])?;
+                        tx.prepare_cached("RELEASE job")?.execute([])?;
+                        head = saved;
+                    }
+                    (true, false) => {}
+                    (false, false) => batch_failed = true,
                 }
                 finishes.push(finish);
             }
-            tx.commit()
+            if batch_failed {
+                tx.rollback()?;
+                return Ok(Err(
+                    "another write in the same commit failed; nothing in it was stored".into(),
+                ));
+            }
+            tx.commit().map(Ok)
         })();
-        let result = outcome.map_err(|e| e.to_string());
+        let result = outcome.map_err(|e| e.to_string()).and_then(|r| r);
+        // Before anyone is answered, so no caller sees a cached answer older than its write.
+        cache.invalidate(&changes);
         if let Err(e) = &result {
             tracing::error!(error = %e, "store commit failed; every job in the batch is answered with an error");
             match load_head(&conn) {
@@ -422,14 +466,17 @@ impl SqliteStore {
             .map_err(|e| StoreError::Internal(format!("creating {}: {e}", data_dir.display())))?;
         let path = data_dir.join(DB_FILE);
         let conn = open_writer(&path)?;
+        let cache = Arc::new(ContextCache::new(CACHED_TENANTS));
         let (tx, rx) = mpsc::channel::<Job>();
+        let writer_cache = cache.clone();
         let thread = std::thread::Builder::new()
             .name("hearth-store-writer".into())
-            .spawn(move || writer_loop(conn, rx))
+            .spawn(move || writer_loop(conn, rx, writer_cache))
             .map_err(|e| StoreError::Internal(e.to_string()))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 path,
+                cache,
                 writer: Mutex::new(Some(tx)),
                 writer_thread: Mutex::new(Some(thread)),
                 readers: Mutex::new(Vec::new()),
@@ -455,14 +502,39 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&mut WriteCtx<'_>) -> StoreResult<T> + Send + 'static,
     {
+        self.write_with(Isolation::Savepoint, f).await
+    }
+
+    async fn write_with<T, F>(&self, isolation: Isolation, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut WriteCtx<'_>) -> StoreResult<T> + Send + 'static,
+    {
+        self.submit(isolation, f)?
+            .await
+            .map_err(|_| StoreError::Internal("the store writer dropped a job".into()))?
+    }
+
+    /// Queues `f` for the writer; the receiver answers once its commit is durable.
+    fn submit<T, F>(
+        &self,
+        isolation: Isolation,
+        f: F,
+    ) -> StoreResult<oneshot::Receiver<StoreResult<T>>>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut WriteCtx<'_>) -> StoreResult<T> + Send + 'static,
+    {
         let (reply, answer) = oneshot::channel();
-        let job: Job = Box::new(move |ctx| {
+        let run = Box::new(move |ctx: &mut WriteCtx<'_>| {
             let result = f(ctx);
             let ok = result.is_ok();
             let finish: Finish = Box::new(move |commit| {
                 let _ = reply.send(match commit {
-                    Ok(()) => result,
-                    Err(e) => Err(StoreError::Internal(format!("commit failed: {e}"))),
+                    Err(e) if result.is_ok() => {
+                        Err(StoreError::Internal(format!("commit failed: {e}")))
+                    }
+                    _ => result,
                 });
             });
             (ok, finish)
@@ -475,11 +547,9 @@ impl SqliteStore {
             .clone()
             .ok_or_else(|| StoreError::Internal("the store is closed".into()))?;
         sender
-            .send(job)
+            .send(Job { isolation, run })
             .map_err(|_| StoreError::Internal("the store writer has stopped".into()))?;
-        answer
-            .await
-            .map_err(|_| StoreError::Internal("the store writer dropped a job".into()))?
+        Ok(answer)
     }
 
     /// Runs `f` on a read connection on the blocking pool.
@@ -625,6 +695,7 @@ impl TenantStore for SqliteStore {
                     }
                 }
             }
+            ctx.changes.identifiers.extend(identifiers.iter().cloned());
             ctx.audit(&audit)?;
             Ok(created)
         })
@@ -632,22 +703,7 @@ impl TenantStore for SqliteStore {
     }
 
     async fn resolve(&self, identifiers: &[Identifier]) -> StoreResult<Vec<Option<TenantId>>> {
-        let identifiers = identifiers.to_vec();
-        self.read(move |conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT tenant_id FROM tenant_identifiers WHERE system = ?1 AND value = ?2",
-            )?;
-            identifiers
-                .iter()
-                .map(|i| {
-                    Ok(stmt
-                        .query_row(params![i.system, i.value], |r| r.get::<_, String>(0))
-                        .optional()?
-                        .map(TenantId::new))
-                })
-                .collect()
-        })
-        .await
+        Ok(self.inbound_context(identifiers).await?.0)
     }
 
     async fn tenant_exists(&self, tenant: &TenantId) -> StoreResult<bool> {
@@ -698,12 +754,17 @@ fn consent_versions(conn: &Connection, tenant: &str) -> StoreResult<Vec<ConsentV
     .collect()
 }
 
+fn load_context(conn: &Connection, tenant: &str) -> StoreResult<ConsentContext> {
+    Ok(ConsentContext {
+        consents: consent_versions(conn, tenant)?.into(),
+        renewal_due: open_renewal(conn, tenant)?,
+    })
+}
+
 #[async_trait]
 impl ConsentStore for SqliteStore {
     async fn consents(&self, tenant: &TenantId) -> StoreResult<Vec<ConsentVersion>> {
-        let tenant = tenant.clone();
-        self.read(move |conn| consent_versions(conn, tenant.as_str()))
-            .await
+        Ok(self.consent_context(tenant).await?.consents.to_vec())
     }
 
     async fn save_consent(
@@ -747,6 +808,7 @@ impl ConsentStore for SqliteStore {
                     audit.reference_id.to_string()
                 ],
             )?;
+            ctx.changes.tenants.push(tenant.clone());
             if clears_renewal {
                 ctx.tx.execute(
                     "UPDATE renewals SET cleared_at = ?1 WHERE tenant_id = ?2 AND cleared_at IS NULL",
@@ -813,49 +875,66 @@ impl ConsentStore for SqliteStore {
     }
 
     async fn consent_context(&self, tenant: &TenantId) -> StoreResult<ConsentContext> {
-        let tenant = tenant.as_str().to_string();
-        self.read(move |conn| {
-            Ok(ConsentContext {
-                consents: consent_versions(conn, &tenant)?,
-                renewal_due: open_renewal(conn, &tenant)?,
-            })
-        })
-        .await
+        let cache = &self.inner.cache;
+        if let Some(context) = cache.context(tenant) {
+            return Ok(context);
+        }
+        let stamp = cache.stamp();
+        let owned = tenant.clone();
+        let context = self
+            .read(move |conn| load_context(conn, owned.as_str()))
+            .await?;
+        cache.fill_context(stamp, tenant, &context);
+        Ok(context)
     }
 
     async fn inbound_context(
         &self,
         identifiers: &[Identifier],
     ) -> StoreResult<(Vec<Option<TenantId>>, Option<ConsentContext>)> {
-        let identifiers = identifiers.to_vec();
-        self.read(move |conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT tenant_id FROM tenant_identifiers WHERE system = ?1 AND value = ?2",
-            )?;
-            let resolved = identifiers
-                .iter()
-                .map(|i| {
-                    Ok(stmt
-                        .query_row(params![i.system, i.value], |r| r.get::<_, String>(0))
-                        .optional()?
-                        .map(TenantId::new))
-                })
-                .collect::<StoreResult<Vec<_>>>()?;
-            let context = match crate::tenancy::decide_link(&resolved) {
-                Ok(t) => Some(ConsentContext {
-                    consents: consent_versions(conn, t.as_str())?,
-                    renewal_due: open_renewal(conn, t.as_str())?,
-                }),
-                Err(_) => None,
-            };
-            Ok((resolved, context))
-        })
-        .await
+        let cache = &self.inner.cache;
+        if let Some(resolved) = cache.resolve(identifiers) {
+            match crate::tenancy::decide_link(&resolved) {
+                Ok(t) => {
+                    if let Some(context) = cache.context(&t) {
+                        return Ok((resolved, Some(context)));
+                    }
+                }
+                Err(_) => return Ok((resolved, None)),
+            }
+        }
+        let stamp = cache.stamp();
+        let owned = identifiers.to_vec();
+        let (resolved, context) = self
+            .read(move |conn| {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT tenant_id FROM tenant_identifiers WHERE system = ?1 AND value = ?2",
+                )?;
+                let resolved = owned
+                    .iter()
+                    .map(|i| {
+                        Ok(stmt
+                            .query_row(params![i.system, i.value], |r| r.get::<_, String>(0))
+                            .optional()?
+                            .map(TenantId::new))
+                    })
+                    .collect::<StoreResult<Vec<_>>>()?;
+                let context = match crate::tenancy::decide_link(&resolved) {
+                    Ok(t) => Some(load_context(conn, t.as_str())?),
+                    Err(_) => None,
+                };
+                Ok((resolved, context))
+            })
+            .await?;
+        cache.fill_identifiers(stamp, identifiers, &resolved);
+        if let (Ok(t), Some(context)) = (crate::tenancy::decide_link(&resolved), &context) {
+            cache.fill_context(stamp, &t, context);
+        }
+        Ok((resolved, context))
     }
 
     async fn renewal_due(&self, tenant: &TenantId) -> StoreResult<Option<RenewalDue>> {
-        let tenant = tenant.as_str().to_string();
-        self.read(move |conn| open_renewal(conn, &tenant)).await
+        Ok(self.consent_context(tenant).await?.renewal_due)
     }
 
     async fn renewals_due(&self) -> StoreResult<Vec<(TenantId, RenewalDue)>> {
@@ -1033,7 +1112,8 @@ impl ExchangeStore for SqliteStore {
         &self,
         exchanges: Vec<NewExchange>,
     ) -> StoreResult<Vec<ExchangeOutcome>> {
-        self.write(move |ctx| {
+        // Fails only when the database does: `commit_one` refuses nothing after writing.
+        self.write_with(Isolation::Batch, move |ctx| {
             exchanges
                 .into_iter()
                 .map(|ex| commit_one(ctx, ex))
@@ -1175,7 +1255,8 @@ impl ExchangeStore for SqliteStore {
 #[async_trait]
 impl AuditStore for SqliteStore {
     async fn append(&self, entry: AuditEntry) -> StoreResult<()> {
-        self.write(move |ctx| ctx.audit(&entry)).await
+        self.write_with(Isolation::Batch, move |ctx| ctx.audit(&entry))
+            .await
     }
 
     async fn query(&self, q: AuditQuery) -> StoreResult<Vec<AuditRow>> {
@@ -1468,5 +1549,150 @@ impl ReviewStore for SqliteStore {
                 .collect()
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::Direction;
+    use crate::consent::ConsentTerms;
+
+    fn entry(n: u32) -> AuditEntry {
+        AuditEntry::new(
+            ReferenceId::new(),
+            format!("2026-11-23T10:00:{n:02}Z"),
+            "POST /test".into(),
+            "test",
+            Direction::Internal,
+        )
+    }
+
+    /// Holds the writer inside one job (committed alone) until the returned sender is
+    /// dropped, so the jobs submitted meanwhile are committed together in the next batch.
+    fn hold_writer(
+        store: &SqliteStore,
+    ) -> (
+        std::sync::mpsc::Sender<()>,
+        oneshot::Receiver<StoreResult<()>>,
+    ) {
+        let (release, gate) = std::sync::mpsc::channel::<()>();
+        let (started, running) = std::sync::mpsc::channel::<()>();
+        let held = store
+            .submit(Isolation::Savepoint, move |_| {
+                let _ = started.send(());
+                let _ = gate.recv();
+                Ok(())
+            })
+            .unwrap();
+        running.recv().unwrap();
+        (release, held)
+    }
+
+    fn failing(
+        e: AuditEntry,
+    ) -> impl FnOnce(&mut WriteCtx<'_>) -> StoreResult<()> + Send + 'static {
+        move |ctx| {
+            ctx.audit(&e)?;
+            Err(StoreError::Conflict("refused after writing".into()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_job_in_a_savepoint_fails_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let (release, held) = hold_writer(&store);
+        let bad = store
+            .submit(Isolation::Savepoint, failing(entry(1)))
+            .unwrap();
+        let good = store
+            .submit(Isolation::Batch, {
+                let e = entry(2);
+                move |ctx| ctx.audit(&e)
+            })
+            .unwrap();
+        drop(release);
+        held.await.unwrap().unwrap();
+        assert!(matches!(bad.await.unwrap(), Err(StoreError::Conflict(_))));
+        good.await.unwrap().unwrap();
+        let v = store.verify(None).await.unwrap();
+        assert_eq!((v.records, v.first_broken.is_none()), (1, true));
+    }
+
+    #[tokio::test]
+    async fn a_failing_job_without_a_savepoint_fails_its_whole_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        store.append(entry(0)).await.unwrap();
+        let (release, held) = hold_writer(&store);
+        let bad = store.submit(Isolation::Batch, failing(entry(1))).unwrap();
+        let innocent = store
+            .submit(Isolation::Batch, {
+                let e = entry(2);
+                move |ctx| ctx.audit(&e)
+            })
+            .unwrap();
+        drop(release);
+        held.await.unwrap().unwrap(); // committed alone, in the batch before
+
+        assert!(matches!(bad.await.unwrap(), Err(StoreError::Conflict(_))));
+        assert!(matches!(
+            innocent.await.unwrap(),
+            Err(StoreError::Internal(_))
+        ));
+        // Nothing of that batch is stored, and the chain goes on from the right head.
+        store.append(entry(3)).await.unwrap();
+        let v = store.verify(None).await.unwrap();
+        assert_eq!((v.records, v.first_broken.is_none()), (2, true));
+    }
+
+    #[tokio::test]
+    async fn cached_consent_contexts_follow_every_committed_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let mrn = Identifier::new("urn:test:mrn", "M-1");
+        let tenant = TenantId::new("t-1");
+
+        // An unknown identifier is cached as unknown until a registration names it.
+        let (resolved, context) = store
+            .inbound_context(std::slice::from_ref(&mrn))
+            .await
+            .unwrap();
+        assert_eq!((resolved, context.is_none()), (vec![None], true));
+        store
+            .register_tenant(tenant.clone(), vec![mrn.clone()], entry(1))
+            .await
+            .unwrap();
+        let (resolved, context) = store
+            .inbound_context(std::slice::from_ref(&mrn))
+            .await
+            .unwrap();
+        assert_eq!(resolved, vec![Some(tenant.clone())]);
+        assert!(context.unwrap().consents.is_empty());
+
+        // A new consent version is seen by the next decision, not a cached empty list.
+        let terms: ConsentTerms = serde_json::from_value(serde_json::json!({
+            "status": "active",
+            "recorded": "2026-11-23T10:00:00Z"
+        }))
+        .unwrap();
+        store
+            .save_consent(
+                None,
+                tenant.clone(),
+                terms,
+                serde_json::json!({"resourceType": "Consent"}),
+                false,
+                entry(2),
+            )
+            .await
+            .unwrap();
+        let (_, context) = store
+            .inbound_context(std::slice::from_ref(&mrn))
+            .await
+            .unwrap();
+        assert_eq!(context.unwrap().consents.len(), 1);
+        assert_eq!(store.consents(&tenant).await.unwrap().len(), 1);
     }
 }
