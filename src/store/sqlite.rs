@@ -156,8 +156,9 @@ pub const DB_FILE: &str = "hearth.db";
 /// what to do once the commit outcome is known.
 struct Job {
     isolation: Isolation,
-    run: Box<dyn FnOnce(&mut WriteCtx<'_>) -> (bool, Finish) + Send>,
+    run: RunJob,
 }
+type RunJob = Box<dyn FnOnce(&mut WriteCtx<'_>) -> (bool, Finish) + Send>;
 type Finish = Box<dyn FnOnce(Result<(), String>) + Send>;
 
 /// How a failing job is kept from the rest of its batch.
