@@ -236,7 +236,9 @@ impl WriteCtx<'_> {
         if open.is_some() {
             return Ok(false);
         }
-        self.changes.tenants.push(tenant.clone());
+        self.changes
+            .renewals_opened
+            .push((tenant.clone(), due.clone()));
         self.tx
             .prepare_cached("INSERT INTO renewals (tenant_id, reason, since, reference_id) VALUES (?1, ?2, ?3, ?4)")?
             .execute(params![tenant.as_str(), due.reason, due.since, due.reference_id])?;
@@ -408,6 +410,7 @@ fn writer_loop(mut conn: Connection, jobs: mpsc::Receiver<Job>, cache: Arc<Conte
                     tx.prepare_cached("SAVEPOINT job")?.execute([])?;
                 }
                 let saved = head.clone();
+                let mark = changes.mark();
                 let mut ctx = WriteCtx {
                     tx: &tx,
                     head: &mut head,
@@ -430,6 +433,7 @@ fn writer_loop(mut conn: Connection, jobs: mpsc::Receiver<Job>, cache: Arc<Conte
                         tx.prepare_cached("ROLLBACK TO job")?.execute([])?;
                         tx.prepare_cached("RELEASE job")?.execute([])?;
                         head = saved;
+                        changes.rolled_back_to(mark);
                     }
                     (true, false) => {}
                     (false, false) => batch_failed = true,
@@ -445,6 +449,9 @@ fn writer_loop(mut conn: Connection, jobs: mpsc::Receiver<Job>, cache: Arc<Conte
             tx.commit().map(Ok)
         })();
         let result = outcome.map_err(|e| e.to_string()).and_then(|r| r);
+        if result.is_err() {
+            changes.rolled_back_to(0);
+        }
         // Before anyone is answered, so no caller sees a cached answer older than its write.
         cache.invalidate(&changes);
         if let Err(e) = &result {
@@ -1695,5 +1702,19 @@ mod tests {
             .unwrap();
         assert_eq!(context.unwrap().consents.len(), 1);
         assert_eq!(store.consents(&tenant).await.unwrap().len(), 1);
+
+        // A renewal prompt opened by a write shows in the next (cached) context.
+        let due = RenewalDue {
+            reason: "hospitalisation".into(),
+            since: "2026-11-23T10:00:03Z".into(),
+            reference_id: "01JTEST".into(),
+        };
+        assert!(
+            store
+                .mark_renewal_due(&tenant, due.clone(), entry(3))
+                .await
+                .unwrap()
+        );
+        assert_eq!(store.renewal_due(&tenant).await.unwrap(), Some(due));
     }
 }
