@@ -299,6 +299,8 @@ fn consents_where(conn: &Connection, clause: &str, arg: &str) -> StoreResult<Vec
 struct Inner {
     path: PathBuf,
     cache: Arc<ContextCache>,
+    /// Held while this process may write: see [`lock_data_dir`].
+    lock: Mutex<Option<std::fs::File>>,
     writer: Mutex<Option<mpsc::Sender<Job>>>,
     writer_thread: Mutex<Option<JoinHandle<()>>>,
     readers: Mutex<Vec<Connection>>,
@@ -375,6 +377,33 @@ fn load_head(conn: &Connection) -> rusqlite::Result<ChainHead> {
             hash: GENESIS,
         },
     })
+}
+
+/// The name of the lock file in the data directory.
+pub const LOCK_FILE: &str = "hearth.lock";
+
+/// One writing process per data directory: the in-memory context cache (`store::cache`)
+/// is kept right by this process's writer, so a second writer would leave it stale and
+/// consent decisions with it. Read-only uses (`hearth audit verify`) take no lock.
+fn lock_data_dir(data_dir: &Path) -> StoreResult<std::fs::File> {
+    let path = data_dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| StoreError::Internal(format!("opening {}: {e}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Internal(format!(
+            "another Hearth process is using {} (it holds {LOCK_FILE})",
+            data_dir.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(StoreError::Internal(format!(
+            "locking {}: {e}",
+            path.display()
+        ))),
+    }
 }
 
 /// Tenants (and, separately, identifiers) whose consent context is kept in memory.
@@ -473,6 +502,7 @@ impl SqliteStore {
         std::fs::create_dir_all(data_dir)
             .map_err(|e| StoreError::Internal(format!("creating {}: {e}", data_dir.display())))?;
         let path = data_dir.join(DB_FILE);
+        let lock = lock_data_dir(data_dir)?;
         let conn = open_writer(&path)?;
         let cache = Arc::new(ContextCache::new(CACHED_TENANTS));
         let (tx, rx) = mpsc::channel::<Job>();
@@ -485,6 +515,7 @@ impl SqliteStore {
             inner: Arc::new(Inner {
                 path,
                 cache,
+                lock: Mutex::new(Some(lock)),
                 writer: Mutex::new(Some(tx)),
                 writer_thread: Mutex::new(Some(thread)),
                 readers: Mutex::new(Vec::new()),
@@ -502,6 +533,7 @@ impl SqliteStore {
         if let Some(t) = self.inner.writer_thread.lock().expect("writer lock").take() {
             let _ = t.join();
         }
+        self.inner.lock.lock().expect("lock").take();
     }
 
     /// Runs `f` in the writer's transaction; resolves once the commit is durable.
@@ -1604,6 +1636,16 @@ mod tests {
             ctx.audit(&e)?;
             Err(StoreError::Conflict("refused after writing".into()))
         }
+    }
+
+    #[tokio::test]
+    async fn a_second_writer_on_the_same_data_directory_is_refused_until_the_first_closes() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = SqliteStore::open(dir.path()).unwrap();
+        let err = SqliteStore::open(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("another Hearth process"), "{err}");
+        first.close();
+        SqliteStore::open(dir.path()).unwrap();
     }
 
     #[tokio::test]
