@@ -1,7 +1,7 @@
 //! OperationOutcome issues, the one way Hearth reports a problem to a FHIR client.
 
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -82,15 +82,42 @@ impl Issue {
 /// Renders an OperationOutcome. The reference ID is both the resource id and the last
 /// issue, so a person reading the response can quote it.
 pub fn operation_outcome(reference_id: &str, issues: &[Issue]) -> Value {
-    let mut list: Vec<Value> = issues.iter().map(|i| json!(i)).collect();
-    list.push(json!({
-        "severity": "information",
-        "code": "informational",
-        "diagnostics": format!("reference ID {reference_id}"),
-    }));
-    json!({
-        "resourceType": "OperationOutcome",
-        "id": reference_id,
-        "issue": list,
+    serde_json::to_value(OperationOutcome {
+        reference_id,
+        issues,
     })
+    .unwrap_or(Value::Null)
+}
+
+/// An OperationOutcome that serialises straight from its issues (no intermediate JSON
+/// tree): the receipt of every inbound notice is one, with an issue per dropped path.
+#[derive(Debug, Clone, Copy)]
+pub struct OperationOutcome<'a> {
+    pub reference_id: &'a str,
+    pub issues: &'a [Issue],
+}
+
+impl Serialize for OperationOutcome<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeMap, SerializeSeq};
+        struct Issues<'a>(&'a OperationOutcome<'a>);
+        impl Serialize for Issues<'_> {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                let mut seq = serializer.serialize_seq(Some(self.0.issues.len() + 1))?;
+                for issue in self.0.issues {
+                    seq.serialize_element(issue)?;
+                }
+                seq.serialize_element(&Issue::information(format!(
+                    "reference ID {}",
+                    self.0.reference_id
+                )))?;
+                seq.end()
+            }
+        }
+        let mut map = serializer.serialize_map(Some(3))?;
+        map.serialize_entry("resourceType", "OperationOutcome")?;
+        map.serialize_entry("id", self.reference_id)?;
+        map.serialize_entry("issue", &Issues(self))?;
+        map.end()
+    }
 }

@@ -124,7 +124,7 @@ pub fn render(e: &Error, reference_id: &str, response: Response) -> Response {
 }
 
 /// A JSON body served as `application/fhir+json`.
-pub fn fhir_json(body: serde_json::Value) -> Response {
+pub fn fhir_json(body: impl serde::Serialize) -> Response {
     (
         [(
             header::CONTENT_TYPE,

@@ -244,13 +244,22 @@ async fn create(
     .await
     .map_err(|e| Failure::new(e, audit))?;
     let (status, location, etag) = status_and_location(rt, &created);
-    let body = match &created {
+    let reference = call.reference_id.to_string();
+    let issues;
+    let mut response = match &created {
         Created::Notice(r) => {
-            outcome::operation_outcome(&call.reference_id.to_string(), &receipt_issues(r))
+            issues = receipt_issues(r);
+            (
+                status,
+                fhir_json(outcome::OperationOutcome {
+                    reference_id: &reference,
+                    issues: &issues,
+                }),
+            )
+                .into_response()
         }
-        Created::Resource { resource, .. } => resource.clone(),
+        Created::Resource { resource, .. } => (status, fhir_json(resource)).into_response(),
     };
-    let mut response = (status, fhir_json(body)).into_response();
     let h = response.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&location) {
         h.insert(header::LOCATION, v);
