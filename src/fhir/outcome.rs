@@ -86,7 +86,7 @@ pub fn operation_outcome(reference_id: &str, issues: &[Issue]) -> Value {
         reference_id,
         issues,
     })
-    .unwrap_or(Value::Null)
+    .expect("an OperationOutcome has only string keys, so it always serialises")
 }
 
 /// An OperationOutcome that serialises straight from its issues (no intermediate JSON

@@ -244,22 +244,14 @@ async fn create(
     .await
     .map_err(|e| Failure::new(e, audit))?;
     let (status, location, etag) = status_and_location(rt, &created);
-    let reference = call.reference_id.to_string();
-    let issues;
-    let mut response = match &created {
-        Created::Notice(r) => {
-            issues = receipt_issues(r);
-            (
-                status,
-                fhir_json(outcome::OperationOutcome {
-                    reference_id: &reference,
-                    issues: &issues,
-                }),
-            )
-                .into_response()
-        }
-        Created::Resource { resource, .. } => (status, fhir_json(resource)).into_response(),
+    let body = match &created {
+        Created::Notice(r) => fhir_json(outcome::OperationOutcome {
+            reference_id: &call.reference_id.to_string(),
+            issues: &receipt_issues(r),
+        }),
+        Created::Resource { resource, .. } => fhir_json(resource),
     };
+    let mut response = (status, body).into_response();
     let h = response.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&location) {
         h.insert(header::LOCATION, v);

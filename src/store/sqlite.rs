@@ -8,6 +8,7 @@
 
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 
@@ -617,12 +618,13 @@ impl SqliteStore {
     /// (for `hearth audit verify` beside a running server).
     pub fn verify_file(path: &Path, anchor: Option<&[u8]>) -> StoreResult<Verification> {
         let conn = open_reader(path)?;
-        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let reader = read_ahead(path, done.clone());
-        let result = verify_chain(&conn, anchor);
-        done.store(true, std::sync::atomic::Ordering::Relaxed);
-        let _ = reader.join();
-        result
+        let done = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| read_ahead(path, &done));
+            let result = verify_chain(&conn, anchor);
+            done.store(true, Ordering::Relaxed);
+            result
+        })
     }
 
     /// The latest audit record's sequence number and hash, read from the file at `path`.
@@ -654,21 +656,18 @@ impl SqliteStore {
 /// With a cold page cache the walk otherwise waits for each page fault in turn (measured:
 /// 359,000 records/s cold against 713,000 warm on a 2.2 GB store); reading ahead in large
 /// sequential chunks lets the disk and the hashing overlap. Stops when the walk is done.
-fn read_ahead(path: &Path, done: Arc<std::sync::atomic::AtomicBool>) -> JoinHandle<()> {
-    let path = path.to_path_buf();
-    std::thread::spawn(move || {
-        use std::io::Read;
-        let Ok(mut file) = std::fs::File::open(&path) else {
-            return;
-        };
-        let mut chunk = vec![0u8; 4 << 20];
-        while !done.load(std::sync::atomic::Ordering::Relaxed) {
-            match file.read(&mut chunk) {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
+fn read_ahead(path: &Path, done: &AtomicBool) {
+    use std::io::Read;
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return;
+    };
+    let mut chunk = vec![0u8; 4 << 20];
+    while !done.load(Ordering::Relaxed) {
+        match file.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
         }
-    })
+    }
 }
 
 fn verify_chain(conn: &Connection, anchor: Option<&[u8]>) -> StoreResult<Verification> {
@@ -769,7 +768,17 @@ impl TenantStore for SqliteStore {
     }
 
     async fn resolve(&self, identifiers: &[Identifier]) -> StoreResult<Vec<Option<TenantId>>> {
-        Ok(self.inbound_context(identifiers).await?.0)
+        let cache = &self.inner.cache;
+        if let Some(resolved) = cache.resolve(identifiers) {
+            return Ok(resolved);
+        }
+        let stamp = cache.stamp();
+        let owned = identifiers.to_vec();
+        let resolved = self
+            .read(move |conn| resolve_identifiers(conn, &owned))
+            .await?;
+        cache.fill_identifiers(stamp, identifiers, &resolved);
+        Ok(resolved)
     }
 
     async fn tenant_exists(&self, tenant: &TenantId) -> StoreResult<bool> {
@@ -818,6 +827,25 @@ fn consent_versions(conn: &Connection, tenant: &str) -> StoreResult<Vec<ConsentV
         })
     })
     .collect()
+}
+
+/// The tenant each identifier names, if any.
+fn resolve_identifiers(
+    conn: &Connection,
+    identifiers: &[Identifier],
+) -> StoreResult<Vec<Option<TenantId>>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT tenant_id FROM tenant_identifiers WHERE system = ?1 AND value = ?2",
+    )?;
+    identifiers
+        .iter()
+        .map(|i| {
+            Ok(stmt
+                .query_row(params![i.system, i.value], |r| r.get::<_, String>(0))
+                .optional()?
+                .map(TenantId::new))
+        })
+        .collect()
 }
 
 fn load_context(conn: &Connection, tenant: &str) -> StoreResult<ConsentContext> {
@@ -973,18 +1001,7 @@ impl ConsentStore for SqliteStore {
         let owned = identifiers.to_vec();
         let (resolved, context) = self
             .read(move |conn| {
-                let mut stmt = conn.prepare_cached(
-                    "SELECT tenant_id FROM tenant_identifiers WHERE system = ?1 AND value = ?2",
-                )?;
-                let resolved = owned
-                    .iter()
-                    .map(|i| {
-                        Ok(stmt
-                            .query_row(params![i.system, i.value], |r| r.get::<_, String>(0))
-                            .optional()?
-                            .map(TenantId::new))
-                    })
-                    .collect::<StoreResult<Vec<_>>>()?;
+                let resolved = resolve_identifiers(conn, &owned)?;
                 let context = match crate::tenancy::decide_link(&resolved) {
                     Ok(t) => Some(load_context(conn, t.as_str())?),
                     Err(_) => None,
