@@ -14,6 +14,8 @@ async fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| "hearth=info,tower_http=warn".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, not in an operator's log file.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     hearth::tls::install_crypto_provider();
     match hearth::cli::run(hearth::cli::Cli::parse()).await {

@@ -124,6 +124,11 @@ impl Profiles {
             );
             return;
         };
+        // Almost every resource is valid: the short-circuiting check is several times
+        // cheaper than collecting (no) errors.
+        if validator.is_valid(value) {
+            return;
+        }
         for error in validator.iter_errors(value) {
             let mut ptr = format!("{prefix}{}", error.instance_path().as_str());
             let code = match error.kind() {

@@ -39,18 +39,16 @@ impl Gateway {
     }
 
     /// Housing's own use of what it holds: items the tenant's current consent restricts
-    /// are withheld from view. Returns the indexes withheld.
-    async fn housing_use(
+    /// are withheld from view. Takes each item's labels; returns the indexes withheld.
+    async fn housing_use<'a>(
         &self,
         call: &Call,
         tenant: &TenantId,
-        items: &[&StoredItem],
+        item_labels: impl Iterator<Item = &'a [String]>,
         audit: &mut AuditEntry,
     ) -> Result<Vec<usize>, Error> {
-        let labels: Vec<BTreeSet<String>> = items
-            .iter()
-            .map(|i| i.labels.iter().cloned().collect())
-            .collect();
+        let labels: Vec<BTreeSet<String>> =
+            item_labels.map(|l| l.iter().cloned().collect()).collect();
         let permit = self
             .decide(
                 call,
@@ -77,7 +75,12 @@ impl Gateway {
         let identifiers = self.store.tenant_identifiers(tenant).await?;
         let items = self.store.tenant_items(tenant).await?;
         let withheld = self
-            .housing_use(call, tenant, &items.iter().collect::<Vec<_>>(), audit)
+            .housing_use(
+                call,
+                tenant,
+                items.iter().map(|i| i.labels.as_slice()),
+                audit,
+            )
             .await?;
         let visible: Vec<StoredItem> = items
             .into_iter()
@@ -109,14 +112,14 @@ impl Gateway {
             }
         }
         for (tenant, positions) in by_tenant {
-            let items: Vec<&StoredItem> = positions
+            let labels = positions
                 .iter()
                 .filter_map(|&i| entries[i].item.as_ref())
-                .collect();
+                .map(|item| item.labels.as_slice());
             // The feed read is audited as one record; per-tenant decisions are not.
             let mut scratch = call.audit("read-feed", Direction::Outbound);
             let withheld = self
-                .housing_use(call, &tenant, &items, &mut scratch)
+                .housing_use(call, &tenant, labels, &mut scratch)
                 .await?;
             for w in withheld {
                 let e = &mut entries[positions[w]];

@@ -41,6 +41,8 @@ pub struct Receipt {
     pub location: ReferenceId,
     pub dropped: Vec<String>,
     pub items_written: usize,
+    /// Notes queued for other partners under routing rules: the relay needs waking.
+    pub forwards_queued: usize,
 }
 
 impl Gateway {
@@ -215,41 +217,75 @@ impl Gateway {
 
     /// Stores prepared notices in one transaction (all or nothing) and reports each.
     pub async fn commit(&self, prepared: Vec<Prepared>) -> Result<Vec<Receipt>, Error> {
+        // What each receipt needs once the store has answered; the exchanges themselves
+        // move to the store rather than being copied.
+        enum Pending {
+            Replay(ReferenceId, String),
+            Store {
+                reference_id: ReferenceId,
+                resource_type: String,
+                items: usize,
+                forwards: usize,
+                dropped: Vec<String>,
+            },
+        }
         let mut to_store = Vec::new();
-        for p in &prepared {
+        let mut pending = Vec::with_capacity(prepared.len());
+        for p in prepared {
             match p {
-                Prepared::Store { exchange, .. } => to_store.push((**exchange).clone()),
-                Prepared::Replay { audit, .. } => self.store.append((**audit).clone()).await?,
+                Prepared::Store { exchange, dropped } => {
+                    pending.push(Pending::Store {
+                        reference_id: exchange.reference_id,
+                        resource_type: exchange.key.resource_type.clone(),
+                        items: exchange.items.len(),
+                        forwards: exchange.forwards.len(),
+                        dropped,
+                    });
+                    to_store.push(*exchange);
+                }
+                Prepared::Replay { original, audit } => {
+                    let resource_type = audit.resource_type.clone().unwrap_or_default();
+                    self.store.append(*audit).await?;
+                    pending.push(Pending::Replay(original, resource_type));
+                }
             }
         }
         let mut outcomes = self.store.commit_exchanges(to_store).await?.into_iter();
-        prepared
+        pending
             .into_iter()
             .map(|p| match p {
-                Prepared::Replay { original, audit } => Ok(Receipt {
+                Pending::Replay(original, resource_type) => Ok(Receipt {
                     outcome: ExchangeOutcome::Replayed { original },
-                    resource_type: audit.resource_type.clone().unwrap_or_default(),
+                    resource_type,
                     location: original,
                     dropped: Vec::new(),
                     items_written: 0,
+                    forwards_queued: 0,
                 }),
-                Prepared::Store { exchange, dropped } => {
+                Pending::Store {
+                    reference_id,
+                    resource_type,
+                    items,
+                    forwards,
+                    dropped,
+                } => {
                     let outcome = outcomes.next().ok_or_else(|| {
                         Error::Internal(
                             "the store answered fewer exchanges than it was given".into(),
                         )
                     })?;
-                    let (location, written) = match &outcome {
-                        ExchangeOutcome::Replayed { original } => (*original, 0),
-                        ExchangeOutcome::Retracted { .. } => (exchange.reference_id, 0),
-                        _ => (exchange.reference_id, exchange.items.len()),
+                    let (location, written, forwarded) = match &outcome {
+                        ExchangeOutcome::Replayed { original } => (*original, 0, 0),
+                        ExchangeOutcome::Retracted { .. } => (reference_id, 0, 0),
+                        _ => (reference_id, items, forwards),
                     };
                     Ok(Receipt {
                         outcome,
-                        resource_type: exchange.key.resource_type.clone(),
+                        resource_type,
                         location,
                         dropped,
                         items_written: written,
+                        forwards_queued: forwarded,
                     })
                 }
             })

@@ -162,7 +162,9 @@ async fn create_one(
         .await?;
     if receipt.items_written > 0 || matches!(receipt.outcome, ExchangeOutcome::Retracted { .. }) {
         state.feed_written();
-        // Routing rules may have queued forwards.
+    }
+    // Only when routing rules queued something: each wake is an outbox query.
+    if receipt.forwards_queued > 0 {
         state.relay.wake();
     }
     Ok(Created::Notice(receipt))
@@ -584,8 +586,14 @@ async fn transaction(
     let receipts = g
         .commit(prepared.into_iter().map(|(_, _, _, p)| p).collect())
         .await?;
-    if receipts.iter().any(|r| r.items_written > 0) {
+    if receipts
+        .iter()
+        .any(|r| r.items_written > 0 || matches!(r.outcome, ExchangeOutcome::Retracted { .. }))
+    {
         state.feed_written();
+    }
+    if receipts.iter().any(|r| r.forwards_queued > 0) {
+        state.relay.wake();
     }
     let out: Vec<Value> = order
         .iter()
