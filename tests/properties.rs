@@ -1038,3 +1038,41 @@ async fn a_free_text_security_label_never_reaches_housing() {
     }
     app.stop().await;
 }
+
+// TEMPORARY: the compact-path rewrite of `translate` against the old implementation, on
+// mutated fixtures and random envelopes. Removed with `mapping::legacy`.
+fn same_as_legacy(input: &Value) -> Result<(), TestCaseError> {
+    let new = format!("{:#?}", mappings().translate(input));
+    let old = format!(
+        "{:#?}",
+        hearth::mapping::legacy::Legacy(mappings()).translate(input)
+    );
+    prop_assert_eq!(new, old);
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(config(512))]
+
+    #[test]
+    fn rewrite_agrees_on_mutated_fixtures(
+        which in any::<Index>(),
+        mutations in prop::collection::vec(arb_mutation(), 1..12),
+    ) {
+        let mut input = fixtures()[which.index(FIXTURES.len())].1.clone();
+        for m in &mutations {
+            apply(&mut input, m);
+        }
+        same_as_legacy(&input)?;
+    }
+
+    #[test]
+    fn rewrite_agrees_on_envelopes(input in arb_envelope()) {
+        same_as_legacy(&input)?;
+    }
+
+    #[test]
+    fn rewrite_agrees_on_any_json(input in arb_json(prop_oneof![2 => arb_key(), 1 => any::<String>()].boxed())) {
+        same_as_legacy(&input)?;
+    }
+}
