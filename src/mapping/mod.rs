@@ -13,7 +13,7 @@ pub mod path;
 mod rules;
 
 use std::borrow::Cow;
-use std::collections::{BTreeSet, HashSet};
+use std::collections::BTreeSet;
 use std::path::Path as FsPath;
 
 use serde::Serialize;
@@ -508,27 +508,32 @@ fn dropped_paths(resource: &Value, resource_type: &str, reads: &[Read]) -> Vec<S
     for read in reads {
         match read {
             Read::Whole(n) => {
-                seen.whole.insert(address(n.value));
+                seen.whole.push(address(n.value));
                 seen.inside.extend(n.ancestors().map(address));
             }
             Read::Inside(n) => {
-                seen.inside.insert(address(n.value));
+                seen.inside.push(address(n.value));
                 seen.inside.extend(n.ancestors().map(address));
             }
         }
+    }
+    // A few dozen addresses: sorted and binary-searched, cheaper than hashing them.
+    for list in [&mut seen.whole, &mut seen.inside] {
+        list.sort_unstable();
+        list.dedup();
     }
     let mut out = Vec::new();
     walk_dropped(resource, &mut resource_type.to_string(), &seen, &mut out);
     out
 }
 
-/// What translation read, by node address.
+/// What translation read, by node address (each list sorted).
 #[derive(Default)]
 struct Seen {
     /// Nodes read as a whole.
-    whole: HashSet<usize>,
+    whole: Vec<usize>,
     /// Nodes something below was read from (or looked for in).
-    inside: HashSet<usize>,
+    inside: Vec<usize>,
 }
 
 fn address(v: &Value) -> usize {
@@ -540,12 +545,12 @@ fn address(v: &Value) -> usize {
 fn walk_dropped(v: &Value, expr: &mut String, seen: &Seen, out: &mut Vec<String>) {
     let mut visit = |expr: &mut String, seg: Seg, child: &Value| {
         let at = address(child);
-        if seen.whole.contains(&at) {
+        if seen.whole.binary_search(&at).is_ok() {
             return;
         }
         let len = expr.len();
         path::push_expression_step(expr, seg);
-        if seen.inside.contains(&at) {
+        if seen.inside.binary_search(&at).is_ok() {
             walk_dropped(child, expr, seen, out);
         } else {
             out.push(expr.clone());

@@ -106,11 +106,12 @@ pub enum Seg<'a> {
 /// most nodes navigation reaches are never output, and the values along the way are the
 /// node's ancestors, which the dropped-path report needs (see [`Read`]). A pointer or a
 /// FHIRPath expression is rendered only when one is output. Resources are shallow, so
-/// the steps live inline; deeper nodes spill to the heap.
+/// the steps live inline (nodes are moved and copied a lot: keep them small); deeper
+/// nodes spill to the heap.
 #[derive(Debug, Clone)]
 pub struct Node<'a> {
     pub value: &'a Value,
-    steps: SmallVec<[(Seg<'a>, &'a Value); 8]>,
+    steps: SmallVec<[(Seg<'a>, &'a Value); 6]>,
 }
 
 impl<'a> Node<'a> {
