@@ -7,8 +7,6 @@
 //! Invariant: `mapping` performs no I/O after [`Mappings::load`] and knows nothing of
 //! HTTP, storage or consent.
 
-#[doc(hidden)]
-pub mod legacy;
 pub mod path;
 mod rules;
 
@@ -701,19 +699,6 @@ mod tests {
             mismatched.is_empty(),
             "translation differs from src/mapping/snapshots/ for {mismatched:?}"
         );
-    }
-
-    /// TEMPORARY: the rewrite against the old implementation.
-    #[test]
-    fn the_rewrite_agrees_with_the_old_translation() {
-        let m = mappings();
-        for (name, input) in pinned_inputs() {
-            assert_eq!(
-                format!("{:#?}", m.translate(&input)),
-                format!("{:#?}", legacy::Legacy(&m).translate(&input)),
-                "{name}"
-            );
-        }
     }
 
     #[test]

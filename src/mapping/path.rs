@@ -6,7 +6,7 @@ use smallvec::SmallVec;
 use std::collections::HashMap;
 
 #[derive(Debug, Clone, PartialEq)]
-pub(super) enum Step {
+enum Step {
     Field(String),
     OfType(String),
     Resolve,
@@ -16,8 +16,8 @@ pub(super) enum Step {
 /// A parsed path such as `participant.actor.resolve().ofType(Location).name`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Path {
-    pub(super) from_resource: bool,
-    pub(super) steps: Vec<Step>,
+    from_resource: bool,
+    steps: Vec<Step>,
     text: String,
 }
 
