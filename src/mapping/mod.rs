@@ -10,14 +10,15 @@
 pub mod path;
 mod rules;
 
-use std::collections::{BTreeSet, HashSet};
+use std::borrow::Cow;
+use std::collections::BTreeSet;
 use std::path::Path as FsPath;
 
 use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::dataset::DatasetItem;
-use path::{Doc, Node, pointer_to_expression};
+use path::{Doc, Node, Read, Seg};
 pub use rules::MappingError;
 use rules::{FieldRule, Op, Rule, Sensitivity, Source, ValueSets};
 
@@ -69,18 +70,25 @@ pub struct Problem {
 
 /// Elements every resource carries for Hearth itself (linking, idempotency, notice kind,
 /// labels) rather than for housing. They are read, so not reported as dropped.
-const ENVELOPE: &[&str] = &[
-    "/resourceType",
-    "/id",
-    "/identifier",
-    "/status",
-    "/intent",
-    "/subject",
-    "/patient",
-    "/category",
-    "/meta/security",
-    "/inResponseTo",
+const ENVELOPE: &[&[&str]] = &[
+    &["resourceType"],
+    &["id"],
+    &["identifier"],
+    &["status"],
+    &["intent"],
+    &["subject"],
+    &["patient"],
+    &["category"],
+    &["meta", "security"],
+    &["inResponseTo"],
 ];
+
+/// Where a value came from: an element of the resource, or the mapping file itself
+/// (constants, code translations).
+enum Origin<'a> {
+    Resource(Node<'a>),
+    Mapping,
+}
 
 impl Mappings {
     /// `meta.security` labels of a resource, as bare codes (`SUD`, `R`, …). Only known
@@ -88,7 +96,8 @@ impl Mappings {
     /// sender wrote, so nothing else may ride along with the items into housing.
     fn security_labels(&self, resource: &Value) -> BTreeSet<String> {
         resource
-            .pointer("/meta/security")
+            .get("meta")
+            .and_then(|m| m.get("security"))
             .and_then(Value::as_array)
             .into_iter()
             .flatten()
@@ -135,19 +144,21 @@ impl Mappings {
             .unwrap_or_default();
         let doc = Doc::new(resource);
         let root = doc.root_node();
-        let mut used: Vec<String> = ENVELOPE.iter().map(|s| s.to_string()).collect();
+        // Everything translation relied on, for the dropped-path report. Reads are
+        // appended as rules run and rolled back (truncated) when what they were for is
+        // not produced: a rejected item's reads do not count.
+        let mut reads = Vec::new();
+        for keys in ENVELOPE {
+            root.read(keys, &mut reads);
+        }
         // A subject given as a contained Patient: its identity is read for linking.
         if let Some(target) = ["subject", "patient"]
             .iter()
-            .find_map(|k| {
-                resource
-                    .pointer(&format!("/{k}/reference"))
-                    .and_then(Value::as_str)
-            })
+            .find_map(|k| resource.get(k)?.get("reference")?.as_str())
             .and_then(|r| doc.resolve_local(r))
         {
             for e in ["resourceType", "id", "identifier"] {
-                used.push(format!("{}/{e}", target.ptr));
+                target.read(&[e], &mut reads);
             }
         }
         let root_labels = self.security_labels(resource);
@@ -155,92 +166,132 @@ impl Mappings {
         let mut problems = Vec::new();
 
         for source in self.sources.iter().filter(|s| s.resource == resource_type) {
-            let mut scratch = Vec::new();
+            let source_start = reads.len();
             if let Some(when) = &source.when
-                && !holds(self.eval_rule(&doc, when, &root, &source.file, &mut scratch))
+                && !holds(self.eval_rule(&doc, when, &root, &mut reads))
             {
+                reads.truncate(source_start);
                 continue;
             }
             let nodes = match &source.each {
-                Some(each) => doc.eval(each, &root, &mut scratch),
+                Some(each) => doc.eval(each, &root, &mut reads),
                 None => vec![root.clone()],
             };
+            let mut produced = false;
             for node in nodes {
-                let mut local = scratch.clone();
-                if let Some(filter) = &source.filter
-                    && !holds(self.eval_rule(&doc, filter, &node, &source.file, &mut local))
-                {
-                    continue;
-                }
-                let mut trace = Vec::new();
-                let fields = self.eval_fields(
-                    &doc,
-                    &source.fields,
-                    &node,
-                    &source.file,
-                    &mut local,
-                    "",
-                    &mut trace,
-                );
-                // An item needs at least one value read from the resource; constants
-                // alone (e.g. a plan kind with nothing under it) say nothing.
-                if !trace.iter().any(|t| t.from.starts_with('/')) {
-                    continue;
-                }
-                let node_expr = pointer_to_expression(resource_type, &node.ptr);
-                match DatasetItem::from_fields(source.kind, Value::Object(fields.clone())) {
-                    Ok(item) => {
-                        used.extend(local);
-                        if node.value.get("resourceType").is_some() {
-                            used.push(format!("{}/resourceType", node.ptr));
-                            used.push(format!("{}/id", node.ptr));
-                        }
-                        if !self.security_labels(node.value).is_empty() {
-                            used.push(format!("{}/meta/security", node.ptr));
-                        }
-                        let mut labels = root_labels.clone();
-                        labels.extend(self.labels_for(&node, source, &fields));
-                        items.push(MappedItem {
-                            item,
-                            labels,
-                            source: node_expr,
-                            trace,
-                        });
+                let node_start = reads.len();
+                match self.item_at(&doc, source, &node, resource_type, &root_labels, &mut reads) {
+                    Some(Ok(item)) => {
+                        items.push(item);
+                        produced = true;
                     }
-                    Err(e) => problems.push(problem_for(source, &node_expr, &e)),
+                    Some(Err(problem)) => {
+                        problems.push(problem);
+                        reads.truncate(node_start);
+                    }
+                    None => reads.truncate(node_start),
                 }
+            }
+            // `when` and `each` were read only if they led to an item.
+            if !produced {
+                reads.truncate(source_start);
             }
         }
 
         Translation {
             items,
-            dropped: dropped_paths(resource, resource_type, &used),
+            dropped: dropped_paths(resource, resource_type, &reads),
             problems,
         }
     }
 
+    /// The item `source` makes of `node`: none if its filter fails or it reads nothing
+    /// from the resource, a problem if the values read do not make a valid item.
+    #[allow(clippy::too_many_arguments)]
+    fn item_at<'a>(
+        &'a self,
+        doc: &Doc<'a>,
+        source: &'a Source,
+        node: &Node<'a>,
+        resource_type: &str,
+        root_labels: &BTreeSet<String>,
+        reads: &mut Vec<Read<'a>>,
+    ) -> Option<Result<MappedItem, Problem>> {
+        if let Some(filter) = &source.filter
+            && !holds(self.eval_rule(doc, filter, node, reads))
+        {
+            return None;
+        }
+        let mut trace = Vec::new();
+        let fields = self.eval_fields(
+            doc,
+            &source.fields,
+            node,
+            &source.file,
+            reads,
+            "",
+            &mut trace,
+        );
+        // An item needs at least one value read from the resource; constants alone (e.g.
+        // a plan kind with nothing under it) say nothing.
+        if !trace.iter().any(|t| t.from.starts_with('/')) {
+            return None;
+        }
+        let expression = node.expression(resource_type);
+        // Taken before `from_fields` consumes the fields.
+        let item_labels = self.item_labels(source, &fields);
+        let item = match DatasetItem::from_fields(source.kind, Value::Object(fields)) {
+            Ok(item) => item,
+            Err(e) => return Some(Err(problem_for(source, &expression, &e))),
+        };
+        if node.value.get("resourceType").is_some() {
+            node.read(&["resourceType"], reads);
+            node.read(&["id"], reads);
+        }
+        let node_labels = self.security_labels(node.value);
+        if !node_labels.is_empty() {
+            node.read(&["meta", "security"], reads);
+        }
+        let mut labels = root_labels.clone();
+        labels.extend(node_labels);
+        labels.extend(self.code_labels(node.value));
+        labels.extend(item_labels);
+        Some(Ok(MappedItem {
+            item,
+            labels,
+            source: expression,
+            trace,
+        }))
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn eval_fields<'a>(
-        &self,
+        &'a self,
         doc: &Doc<'a>,
-        fields: &[(String, FieldRule)],
+        fields: &'a [(String, FieldRule)],
         node: &Node<'a>,
         file: &str,
-        used: &mut Vec<String>,
+        reads: &mut Vec<Read<'a>>,
         prefix: &str,
         trace: &mut Vec<Trace>,
     ) -> Map<String, Value> {
         let mut out = Map::new();
         for (name, rule) in fields {
-            let field = format!("{prefix}{name}");
             match rule {
                 FieldRule::FirstOf(rules) => {
-                    if let Some((value, from)) = rules
+                    if let Some((value, origin)) = rules
                         .iter()
-                        .find_map(|r| self.eval_rule(doc, r, node, file, used))
+                        .find_map(|r| self.eval_rule(doc, r, node, reads))
                     {
-                        trace.push(Trace { field, from });
-                        out.insert(name.clone(), value);
+                        let from = match origin {
+                            Origin::Resource(n) => n.pointer(),
+                            Origin::Mapping => format!("mapping:{file}"),
+                        };
+                        trace.push(Trace {
+                            field: format!("{prefix}{name}"),
+                            from,
+                        });
+                        out.insert(name.clone(), value.clone());
                     }
                 }
                 FieldRule::Each {
@@ -249,31 +300,33 @@ impl Mappings {
                     fields,
                 } => {
                     let mut list = Vec::new();
-                    for entry in doc.eval(each, node, used) {
-                        let mut local = Vec::new();
+                    for entry in doc.eval(each, node, reads) {
+                        let entry_start = reads.len();
                         if let Some(f) = filter
-                            && !holds(self.eval_rule(doc, f, &entry, file, &mut local))
+                            && !holds(self.eval_rule(doc, f, &entry, reads))
                         {
+                            reads.truncate(entry_start);
                             continue;
                         }
-                        let entry_prefix = format!("{field}[{}].", list.len());
+                        let entry_prefix = format!("{prefix}{name}[{}].", list.len());
                         let obj = self.eval_fields(
                             doc,
                             fields,
                             &entry,
                             file,
-                            &mut local,
+                            reads,
                             &entry_prefix,
                             trace,
                         );
-                        if !obj.is_empty() {
-                            used.extend(local);
-                            if entry.value.get("resourceType").is_some() {
-                                used.push(format!("{}/resourceType", entry.ptr));
-                                used.push(format!("{}/id", entry.ptr));
-                            }
-                            list.push(Value::Object(obj));
+                        if obj.is_empty() {
+                            reads.truncate(entry_start);
+                            continue;
                         }
+                        if entry.value.get("resourceType").is_some() {
+                            entry.read(&["resourceType"], reads);
+                            entry.read(&["id"], reads);
+                        }
+                        list.push(Value::Object(obj));
                     }
                     if !list.is_empty() {
                         out.insert(name.clone(), Value::Array(list));
@@ -284,74 +337,76 @@ impl Mappings {
         out
     }
 
-    /// Evaluates one rule at `node`: the value and where it came from.
+    /// Evaluates one rule at `node`: the value and where it came from. What it read goes
+    /// to `reads` only if it yields.
     fn eval_rule<'a>(
-        &self,
+        &'a self,
         doc: &Doc<'a>,
-        rule: &Rule,
+        rule: &'a Rule,
         node: &Node<'a>,
-        file: &str,
-        used: &mut Vec<String>,
-    ) -> Option<(Value, String)> {
-        let from_mapping = || format!("mapping:{file}");
+        reads: &mut Vec<Read<'a>>,
+    ) -> Option<(&'a Value, Origin<'a>)> {
         let (path, op) = match rule {
-            Rule::Const(v) => return Some((v.clone(), from_mapping())),
+            Rule::Const(v) => return Some((v, Origin::Mapping)),
             Rule::Path { path, op } => (path, op),
         };
-        let mut nav = Vec::new();
-        let nodes = doc.eval(path, node, &mut nav);
+        let start = reads.len();
+        let nodes = doc.eval(path, node, reads);
         let found = match op {
-            Op::First => nodes
-                .iter()
-                .find(|n| is_primitive(n.value))
-                .map(|n| (n.value.clone(), vec![n.ptr.clone()], n.ptr.clone())),
-            Op::Map(table) => nodes.iter().find_map(|n| {
-                let key = primitive_text(n.value)?;
-                table
-                    .get(&key)
-                    .map(|v| (v.clone(), vec![n.ptr.clone()], from_mapping()))
+            Op::First => nodes.into_iter().find(|n| is_primitive(n.value)).map(|n| {
+                reads.push(Read::Whole(n.clone()));
+                (n.value, Origin::Resource(n))
+            }),
+            Op::Map(table) => nodes.into_iter().find_map(|n| {
+                let value = table.get(primitive_text(n.value)?.as_ref())?;
+                reads.push(Read::Whole(n));
+                Some((value, Origin::Mapping))
             }),
             Op::Classify(outputs) => nodes.iter().find_map(|n| {
                 let (system, code) = coding(n.value)?;
-                outputs
+                let (out, _) = outputs
                     .iter()
-                    .find(|(_, set)| self.sets.contains(set, system, code))
-                    .map(|(out, _)| (out.clone(), coding_ptrs(n), from_mapping()))
+                    .find(|(_, set)| self.sets.contains(set, system, code))?;
+                n.read(&["system"], reads);
+                n.read(&["code"], reads);
+                Some((out, Origin::Mapping))
             }),
             Op::In { set, value } => nodes.iter().find_map(|n| {
                 let (system, code) = coding(n.value)?;
-                self.sets
-                    .contains(set, system, code)
-                    .then(|| (value.clone(), coding_ptrs(n), from_mapping()))
+                if !self.sets.contains(set, system, code) {
+                    return None;
+                }
+                n.read(&["system"], reads);
+                n.read(&["code"], reads);
+                Some((value, Origin::Mapping))
             }),
             Op::Exists(value) => (!nodes.is_empty()).then(|| {
-                (
-                    value.clone(),
-                    nodes.iter().map(|n| n.ptr.clone()).collect(),
-                    from_mapping(),
-                )
+                reads.extend(nodes.into_iter().map(Read::Whole));
+                (value, Origin::Mapping)
             }),
         };
-        let (value, ptrs, from) = found?;
-        used.extend(nav);
-        used.extend(ptrs);
-        Some((value, from))
+        if found.is_none() {
+            reads.truncate(start);
+        }
+        found
     }
 
-    fn labels_for(
-        &self,
-        node: &Node,
-        source: &Source,
-        fields: &Map<String, Value>,
-    ) -> BTreeSet<String> {
-        let mut labels = self.security_labels(node.value);
+    /// Labels from the codes of the subtree an item was read from.
+    fn code_labels(&self, node: &Value) -> BTreeSet<String> {
         let mut codings = Vec::new();
-        collect_codings(node.value, &mut codings);
+        collect_codings(node, &mut codings);
+        let mut labels = BTreeSet::new();
         for (set, set_labels) in &self.sensitivity.by_codes {
             if codings.iter().any(|(s, c)| self.sets.contains(set, s, c)) {
                 labels.extend(set_labels.iter().cloned());
             }
         }
+        labels
+    }
+
+    /// Labels an item carries for what it says (a withdrawal-risk flag).
+    fn item_labels(&self, source: &Source, fields: &Map<String, Value>) -> BTreeSet<String> {
+        let mut labels = BTreeSet::new();
         for (kind, field, equals, item_labels) in &self.sensitivity.by_item {
             if *kind == source.kind && fields.get(field) == Some(equals) {
                 labels.extend(item_labels.iter().cloned());
@@ -361,7 +416,7 @@ impl Mappings {
     }
 }
 
-fn holds(result: Option<(Value, String)>) -> bool {
+fn holds(result: Option<(&Value, Origin)>) -> bool {
     matches!(result, Some((v, _)) if !matches!(v, Value::Null | Value::Bool(false)))
 }
 
@@ -369,21 +424,17 @@ fn is_primitive(v: &Value) -> bool {
     matches!(v, Value::String(_) | Value::Number(_) | Value::Bool(_))
 }
 
-fn primitive_text(v: &Value) -> Option<String> {
+fn primitive_text(v: &Value) -> Option<Cow<'_, str>> {
     match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
+        Value::String(s) => Some(Cow::Borrowed(s)),
+        Value::Number(n) => Some(Cow::Owned(n.to_string())),
+        Value::Bool(b) => Some(Cow::Owned(b.to_string())),
         _ => None,
     }
 }
 
 fn coding(v: &Value) -> Option<(&str, &str)> {
     Some((v.get("system")?.as_str()?, v.get("code")?.as_str()?))
-}
-
-fn coding_ptrs(n: &Node) -> Vec<String> {
-    vec![format!("{}/system", n.ptr), format!("{}/code", n.ptr)]
 }
 
 /// Systems whose codes are security labels.
@@ -448,58 +499,68 @@ fn problem_for(source: &Source, node_expr: &str, e: &serde_json::Error) -> Probl
 }
 
 /// Maximal subtrees of `resource` that no rule read, as FHIRPath expressions.
-fn dropped_paths(resource: &Value, resource_type: &str, used: &[String]) -> Vec<String> {
-    let used: HashSet<&str> = used.iter().map(String::as_str).collect();
-    let mut ancestors: HashSet<&str> = HashSet::new();
-    for p in &used {
-        let mut cut = p.len();
-        loop {
-            ancestors.insert(&p[..cut]);
-            match p[..cut].rfind('/') {
-                Some(i) => cut = i,
-                None => break,
+fn dropped_paths(resource: &Value, resource_type: &str, reads: &[Read]) -> Vec<String> {
+    // Nodes are told apart by address: every `&Value` of the borrowed resource has its
+    // own, so no pointer strings need building or comparing.
+    let mut seen = Seen::default();
+    for read in reads {
+        match read {
+            Read::Whole(n) => {
+                seen.whole.push(address(n.value));
+                seen.inside.extend(n.ancestors().map(address));
+            }
+            Read::Inside(n) => {
+                seen.inside.push(address(n.value));
+                seen.inside.extend(n.ancestors().map(address));
             }
         }
     }
+    // A few dozen addresses: sorted and binary-searched, cheaper than hashing them.
+    for list in [&mut seen.whole, &mut seen.inside] {
+        list.sort_unstable();
+        list.dedup();
+    }
     let mut out = Vec::new();
-    walk_dropped(
-        resource,
-        &mut String::new(),
-        resource_type,
-        &used,
-        &ancestors,
-        &mut out,
-    );
+    walk_dropped(resource, &mut resource_type.to_string(), &seen, &mut out);
     out
 }
 
-fn walk_dropped(
-    v: &Value,
-    ptr: &mut String,
-    rt: &str,
-    used: &HashSet<&str>,
-    ancestors: &HashSet<&str>,
-    out: &mut Vec<String>,
-) {
-    let mut visit = |ptr: &mut String, seg: &str, child: &Value| {
-        let len = ptr.len();
-        ptr.push('/');
-        ptr.push_str(&path::escape(seg));
-        if used.contains(ptr.as_str()) {
-            // read as a whole
-        } else if ancestors.contains(ptr.as_str()) {
-            walk_dropped(child, ptr, rt, used, ancestors, out);
-        } else {
-            out.push(pointer_to_expression(rt, ptr));
+/// What translation read, by node address (each list sorted).
+#[derive(Default)]
+struct Seen {
+    /// Nodes read as a whole.
+    whole: Vec<usize>,
+    /// Nodes something below was read from (or looked for in).
+    inside: Vec<usize>,
+}
+
+fn address(v: &Value) -> usize {
+    v as *const Value as usize
+}
+
+/// Reports each child of `v` that was not read at all, and descends into those that were
+/// read in part. `expr` is `v`'s expression, extended in place as the walk descends.
+fn walk_dropped(v: &Value, expr: &mut String, seen: &Seen, out: &mut Vec<String>) {
+    let mut visit = |expr: &mut String, seg: Seg, child: &Value| {
+        let at = address(child);
+        if seen.whole.binary_search(&at).is_ok() {
+            return;
         }
-        ptr.truncate(len);
+        let len = expr.len();
+        path::push_expression_step(expr, seg);
+        if seen.inside.binary_search(&at).is_ok() {
+            walk_dropped(child, expr, seen, out);
+        } else {
+            out.push(expr.clone());
+        }
+        expr.truncate(len);
     };
     match v {
-        Value::Object(map) => map.iter().for_each(|(k, c)| visit(ptr, k, c)),
+        Value::Object(map) => map.iter().for_each(|(k, c)| visit(expr, Seg::Key(k), c)),
         Value::Array(list) => list
             .iter()
             .enumerate()
-            .for_each(|(i, c)| visit(ptr, &i.to_string(), c)),
+            .for_each(|(i, c)| visit(expr, Seg::Index(i), c)),
         _ => {}
     }
 }
@@ -570,6 +631,73 @@ mod tests {
         assert_eq!(
             t.problems[0].expression,
             "Communication.contained[0].priorPrescription"
+        );
+    }
+
+    /// Inputs whose translation is pinned: every fixture, each Bundle entry's resource,
+    /// and one notice with awkward shapes (keys that are digits or need pointer escapes,
+    /// `meta` without `security`, a contained resource without an id).
+    fn pinned_inputs() -> Vec<(String, Value)> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+        let mut names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.ends_with(".json"))
+            .collect();
+        names.sort();
+        let mut out = Vec::new();
+        for name in names {
+            let v: Value =
+                serde_json::from_str(&std::fs::read_to_string(dir.join(&name)).unwrap()).unwrap();
+            let stem = name.trim_end_matches(".json").to_string();
+            if let Some(entries) = v.get("entry").and_then(Value::as_array) {
+                for (i, e) in entries.iter().enumerate() {
+                    out.push((format!("{stem}.entry{i}"), e["resource"].clone()));
+                }
+            }
+            out.push((stem, v));
+        }
+        let mut odd = out
+            .iter()
+            .find(|(n, _)| n == "discharge-notice-oversharing")
+            .unwrap()
+            .1
+            .clone();
+        odd["meta"] = json!({"profile": ["urn:p"], "0": {"x": 1}});
+        odd["a/b~c"] = json!({"~1": [1, {"2": "x"}], "": true});
+        odd["123"] = json!(["y"]);
+        odd["subject"] = json!({"reference": "#nobody"});
+        odd["contained"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"resourceType": "Location", "name": "No id"}));
+        odd["contained"][1]["serviceProvider"] = json!({"reference": "#missing", "display": "RGH"});
+        out.push(("edge-shapes".into(), odd));
+        out
+    }
+
+    /// Translation output is pinned byte for byte in `src/mapping/snapshots/`. After an
+    /// intended change, regenerate with `UPDATE_SNAPSHOTS=1 cargo test --lib mapping` and
+    /// review the diff.
+    #[test]
+    fn translations_match_the_pinned_snapshots() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/mapping/snapshots");
+        let update = std::env::var_os("UPDATE_SNAPSHOTS").is_some();
+        let m = mappings();
+        let mut mismatched = Vec::new();
+        for (name, input) in pinned_inputs() {
+            let got = serde_json::to_string_pretty(&m.translate(&input)).unwrap() + "\n";
+            let file = dir.join(format!("{name}.json"));
+            if update {
+                std::fs::create_dir_all(&dir).unwrap();
+                std::fs::write(&file, &got).unwrap();
+            } else if std::fs::read_to_string(&file).ok().as_deref() != Some(got.as_str()) {
+                mismatched.push(name);
+            }
+        }
+        assert!(
+            mismatched.is_empty(),
+            "translation differs from src/mapping/snapshots/ for {mismatched:?}"
         );
     }
 

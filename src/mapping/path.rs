@@ -1,7 +1,8 @@
-//! A small FHIRPath subset for mapping files, evaluated over `serde_json::Value` with the
-//! JSON pointer of every node kept, so Hearth knows exactly which elements it read.
+//! A small FHIRPath subset for mapping files, evaluated over `serde_json::Value`. Every
+//! node keeps where it sits in the resource, so Hearth knows exactly which elements it read.
 
 use serde_json::Value;
+use smallvec::SmallVec;
 use std::collections::HashMap;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -91,11 +92,115 @@ impl Path {
     }
 }
 
-/// A node of the inbound resource and where it sits (a JSON pointer).
+/// One step from a node down to a child: an object key or an array index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seg<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+/// A node of the inbound resource and where it sits.
+///
+/// The location is the list of steps from the resource down to the node, each with the
+/// value it reached (the last one is `value` itself). It is not a formatted JSON pointer:
+/// most nodes navigation reaches are never output, and the values along the way are the
+/// node's ancestors, which the dropped-path report needs (see [`Read`]). A pointer or a
+/// FHIRPath expression is rendered only when one is output. Resources are shallow, so
+/// the steps live inline (nodes are moved and copied a lot: keep them small); deeper
+/// nodes spill to the heap.
 #[derive(Debug, Clone)]
 pub struct Node<'a> {
     pub value: &'a Value,
-    pub ptr: String,
+    steps: SmallVec<[(Seg<'a>, &'a Value); 6]>,
+}
+
+impl<'a> Node<'a> {
+    /// The resource itself.
+    pub fn root(value: &'a Value) -> Self {
+        Self {
+            value,
+            steps: SmallVec::new(),
+        }
+    }
+
+    /// The child at `seg`, whose value is `value`.
+    fn child(&self, seg: Seg<'a>, value: &'a Value) -> Self {
+        let mut steps = self.steps.clone();
+        steps.push((seg, value));
+        Self { value, steps }
+    }
+
+    /// The child under object key `key`, if this is an object that has one.
+    pub fn get(&self, key: &str) -> Option<Self> {
+        // The key is borrowed from the document, so the node does not borrow `key`.
+        let (key, value) = self.value.as_object()?.get_key_value(key)?;
+        Some(self.child(Seg::Key(key), value))
+    }
+
+    /// The values between the resource and this node, outermost first: its ancestors,
+    /// not counting the resource itself.
+    pub fn ancestors(&self) -> impl Iterator<Item = &'a Value> + '_ {
+        let n = self.steps.len().saturating_sub(1);
+        self.steps[..n].iter().map(|(_, v)| *v)
+    }
+
+    /// Records that the element at `keys` below this node was read (see [`Read`]).
+    pub fn read(&self, keys: &[&str], reads: &mut Vec<Read<'a>>) {
+        let mut node = self.clone();
+        for key in keys {
+            match node.get(key) {
+                Some(child) => node = child,
+                None => {
+                    reads.push(Read::Inside(node));
+                    return;
+                }
+            }
+        }
+        reads.push(Read::Whole(node));
+    }
+
+    /// The node's JSON pointer (RFC 6901), e.g. `/contained/1/name`.
+    pub fn pointer(&self) -> String {
+        let mut out = String::new();
+        for (seg, _) in &self.steps {
+            out.push('/');
+            match seg {
+                Seg::Key(key) => {
+                    for c in key.chars() {
+                        match c {
+                            '~' => out.push_str("~0"),
+                            '/' => out.push_str("~1"),
+                            c => out.push(c),
+                        }
+                    }
+                }
+                Seg::Index(i) => out.push_str(&i.to_string()),
+            }
+        }
+        out
+    }
+
+    /// The node as a FHIRPath-style expression, e.g. `Communication.contained[1].name`.
+    pub fn expression(&self, resource_type: &str) -> String {
+        let mut out = resource_type.to_string();
+        for (seg, _) in &self.steps {
+            push_expression_step(&mut out, *seg);
+        }
+        out
+    }
+}
+
+/// An element translation relied on, for the dropped-path report: everything a resource
+/// carries that no read covers is reported as dropped.
+#[derive(Debug, Clone)]
+pub enum Read<'a> {
+    /// This node, as a whole.
+    Whole(Node<'a>),
+    /// An element looked for below this node that is not there (a contained resource
+    /// without an `id`, `meta` without `security`). Nothing of the node was read, but it
+    /// counts as looked into: what it holds is reported element by element, not as one
+    /// dropped whole.
+    Inside(Node<'a>),
 }
 
 /// The posted resource, indexed for `resolve()`.
@@ -120,25 +225,20 @@ impl<'a> Doc<'a> {
     }
 
     pub fn root_node(&self) -> Node<'a> {
-        Node {
-            value: self.root,
-            ptr: String::new(),
-        }
+        Node::root(self.root)
     }
 
     /// The contained resource a local reference (`#id`) points at.
     pub fn resolve_local(&self, reference: &str) -> Option<Node<'a>> {
         let id = reference.strip_prefix('#')?;
         let i = *self.contained.get(id)?;
-        Some(Node {
-            value: &self.root["contained"][i],
-            ptr: format!("/contained/{i}"),
-        })
+        let list = self.root_node().get("contained")?;
+        Some(list.child(Seg::Index(i), &list.value[i]))
     }
 
-    /// Evaluates `path` from `from`. Pointers of the elements navigation relied on
-    /// (reference strings, extension urls, resolved resources' type and id) go to `used`.
-    pub fn eval(&self, path: &Path, from: &Node<'a>, used: &mut Vec<String>) -> Vec<Node<'a>> {
+    /// Evaluates `path` from `from`. The elements navigation relied on (reference
+    /// strings, extension urls, resolved resources' type and id) go to `reads`.
+    pub fn eval(&self, path: &Path, from: &Node<'a>, reads: &mut Vec<Read<'a>>) -> Vec<Node<'a>> {
         let mut nodes = vec![if path.from_resource {
             self.root_node()
         } else {
@@ -149,9 +249,8 @@ impl<'a> Doc<'a> {
             for node in nodes {
                 match step {
                     Step::Field(name) => {
-                        if let Some(child) = node.value.get(name.as_str()) {
-                            let ptr = format!("{}/{}", node.ptr, escape(name));
-                            push_flat(child, ptr, &mut next);
+                        if let Some(child) = node.get(name) {
+                            push_flat(child, &mut next);
                         }
                     }
                     Step::OfType(ty) => {
@@ -162,19 +261,21 @@ impl<'a> Doc<'a> {
                     Step::Resolve => {
                         let reference = node.value.get("reference").and_then(Value::as_str);
                         if let Some(target) = reference.and_then(|r| self.resolve_local(r)) {
-                            used.push(format!("{}/reference", node.ptr));
-                            used.push(format!("{}/resourceType", target.ptr));
-                            used.push(format!("{}/id", target.ptr));
+                            node.read(&["reference"], reads);
+                            target.read(&["resourceType"], reads);
+                            target.read(&["id"], reads);
                             next.push(target);
                         }
                     }
                     Step::Extension(url) => {
-                        if let Some(list) = node.value.get("extension").and_then(Value::as_array) {
-                            for (i, ext) in list.iter().enumerate() {
+                        if let Some(list) = node.get("extension")
+                            && let Value::Array(exts) = list.value
+                        {
+                            for (i, ext) in exts.iter().enumerate() {
                                 if ext.get("url").and_then(Value::as_str) == Some(url) {
-                                    let ptr = format!("{}/extension/{i}", node.ptr);
-                                    used.push(format!("{ptr}/url"));
-                                    next.push(Node { value: ext, ptr });
+                                    let ext = list.child(Seg::Index(i), ext);
+                                    ext.read(&["url"], reads);
+                                    next.push(ext);
                                 }
                             }
                         }
@@ -187,23 +288,38 @@ impl<'a> Doc<'a> {
     }
 }
 
-fn push_flat<'a>(value: &'a Value, ptr: String, out: &mut Vec<Node<'a>>) {
-    match value {
+/// Pushes `node`, or each of its entries if it is an array (FHIRPath flattens lists).
+fn push_flat<'a>(node: Node<'a>, out: &mut Vec<Node<'a>>) {
+    match node.value {
         Value::Array(items) => {
             for (i, item) in items.iter().enumerate() {
-                out.push(Node {
-                    value: item,
-                    ptr: format!("{ptr}/{i}"),
-                });
+                out.push(node.child(Seg::Index(i), item));
             }
         }
-        _ => out.push(Node { value, ptr }),
+        _ => out.push(node),
     }
 }
 
-/// Escapes a JSON pointer segment (RFC 6901).
-pub fn escape(segment: &str) -> String {
-    segment.replace('~', "~0").replace('/', "~1")
+/// Appends one step as FHIRPath writes it: `.name`, or `[n]` for an array index. A key
+/// made only of digits is written `[n]` too: a JSON pointer cannot tell the two apart,
+/// and [`pointer_to_expression`] must agree with [`Node::expression`].
+pub fn push_expression_step(out: &mut String, seg: Seg) {
+    match seg {
+        Seg::Index(i) => {
+            out.push('[');
+            out.push_str(&i.to_string());
+            out.push(']');
+        }
+        Seg::Key(key) if !key.is_empty() && key.bytes().all(|b| b.is_ascii_digit()) => {
+            out.push('[');
+            out.push_str(key);
+            out.push(']');
+        }
+        Seg::Key(key) => {
+            out.push('.');
+            out.push_str(key);
+        }
+    }
 }
 
 /// Turns a JSON pointer into a FHIRPath-style expression rooted at the resource type:
@@ -212,14 +328,7 @@ pub fn pointer_to_expression(resource_type: &str, ptr: &str) -> String {
     let mut out = resource_type.to_string();
     for seg in ptr.split('/').skip(1) {
         let seg = seg.replace("~1", "/").replace("~0", "~");
-        if seg.chars().all(|c| c.is_ascii_digit()) && !seg.is_empty() {
-            out.push('[');
-            out.push_str(&seg);
-            out.push(']');
-        } else {
-            out.push('.');
-            out.push_str(&seg);
-        }
+        push_expression_step(&mut out, Seg::Key(&seg));
     }
     out
 }
@@ -248,13 +357,31 @@ mod tests {
             "participant": [{"actor": {"display": "Dr Who"}}, {"actor": {"reference": "#loc"}}]
         });
         let doc = Doc::new(&r);
-        let mut used = Vec::new();
+        let mut reads = Vec::new();
         let path = Path::parse("participant.actor.resolve().ofType(Location).name").unwrap();
-        let nodes = doc.eval(&path, &doc.root_node(), &mut used);
+        let nodes = doc.eval(&path, &doc.root_node(), &mut reads);
         assert_eq!(nodes.len(), 1);
         assert_eq!(nodes[0].value, "Suite 4");
-        assert_eq!(nodes[0].ptr, "/contained/0/name");
-        assert!(used.contains(&"/participant/1/actor/reference".to_string()));
+        assert_eq!(nodes[0].pointer(), "/contained/0/name");
+        assert_eq!(
+            nodes[0].expression("Appointment"),
+            "Appointment.contained[0].name"
+        );
+        let read: Vec<String> = reads
+            .iter()
+            .map(|r| match r {
+                Read::Whole(n) => n.pointer(),
+                Read::Inside(n) => format!("inside {}", n.pointer()),
+            })
+            .collect();
+        assert_eq!(
+            read,
+            [
+                "/participant/1/actor/reference",
+                "/contained/0/resourceType",
+                "/contained/0/id"
+            ]
+        );
     }
 
     #[test]
@@ -263,5 +390,17 @@ mod tests {
             pointer_to_expression("Communication", "/contained/2/note/0"),
             "Communication.contained[2].note[0]"
         );
+        // Keys that need escaping, or are all digits, render as the walk renders them.
+        let r = json!({"a/b": {"~": {"7": 1}}});
+        let node = Node::root(&r)
+            .get("a/b")
+            .unwrap()
+            .get("~")
+            .unwrap()
+            .get("7")
+            .unwrap();
+        assert_eq!(node.pointer(), "/a~1b/~0/7");
+        assert_eq!(node.expression("X"), "X.a/b.~[7]");
+        assert_eq!(pointer_to_expression("X", &node.pointer()), "X.a/b.~[7]");
     }
 }
