@@ -13,7 +13,9 @@
 //!   starts with its exchange's reference ID (`<ref>-<n>`), so the primary key already
 //!   finds an exchange's items; `feed` drops `AUTOINCREMENT` (rows are never deleted, so
 //!   `max(seq) + 1` never reuses a number a reader saw) and with it a `sqlite_sequence`
-//!   update per row.
+//!   update per row. Their `CHECK`s on state and change are written as `=`/`OR` chains:
+//!   SQLite evaluates `x IN (three or more constants)` by building a temporary B-tree on
+//!   every INSERT, ~3% of an inbound notice's CPU in the profile.
 
 use rusqlite::Connection;
 
@@ -54,7 +56,7 @@ CREATE TABLE IF NOT EXISTS exchanges (
     ident_value   TEXT NOT NULL,
     digest        TEXT NOT NULL,
     tenant_id     TEXT NOT NULL REFERENCES tenants(tenant_id),
-    state         TEXT NOT NULL CHECK (state IN ('current', 'superseded', 'retracted')),
+    state         TEXT NOT NULL CHECK (state = 'current' OR state = 'superseded' OR state = 'retracted'),
     received_at   TEXT NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS exchanges_by_key ON exchanges(partner, resource_type, ident_value, ident_system);
@@ -64,7 +66,7 @@ CREATE TABLE IF NOT EXISTS items (
     item_id      TEXT PRIMARY KEY,
     reference_id TEXT NOT NULL REFERENCES exchanges(reference_id),
     tenant_id    TEXT NOT NULL,
-    state        TEXT NOT NULL CHECK (state IN ('current', 'superseded', 'retracted')),
+    state        TEXT NOT NULL CHECK (state = 'current' OR state = 'superseded' OR state = 'retracted'),
     body         TEXT NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS items_by_tenant ON items(tenant_id, state);
@@ -72,7 +74,8 @@ CREATE INDEX IF NOT EXISTS items_by_tenant ON items(tenant_id, state);
 CREATE TABLE IF NOT EXISTS feed (
     seq          INTEGER PRIMARY KEY,
     tenant_id    TEXT NOT NULL,
-    change       TEXT NOT NULL CHECK (change IN ('added', 'superseded', 'retracted', 'renewal-due', 'response')),
+    change       TEXT NOT NULL CHECK (
+        change = 'added' OR change = 'superseded' OR change = 'retracted' OR change = 'renewal-due' OR change = 'response'),
     item_id      TEXT REFERENCES items(item_id),
     reference_id TEXT NOT NULL,
     at           TEXT NOT NULL,
@@ -159,7 +162,7 @@ CREATE TABLE exchanges_v2 (
     ident_value   TEXT NOT NULL,
     digest        TEXT NOT NULL,
     tenant_id     TEXT NOT NULL REFERENCES tenants(tenant_id),
-    state         TEXT NOT NULL CHECK (state IN ('current', 'superseded', 'retracted')),
+    state         TEXT NOT NULL CHECK (state = 'current' OR state = 'superseded' OR state = 'retracted'),
     received_at   TEXT NOT NULL
 ) WITHOUT ROWID;
 INSERT INTO exchanges_v2 (reference_id, partner, resource_type, ident_system, ident_value, digest, tenant_id, state, received_at)
@@ -169,7 +172,7 @@ CREATE TABLE items_v2 (
     item_id      TEXT PRIMARY KEY,
     reference_id TEXT NOT NULL REFERENCES exchanges(reference_id),
     tenant_id    TEXT NOT NULL,
-    state        TEXT NOT NULL CHECK (state IN ('current', 'superseded', 'retracted')),
+    state        TEXT NOT NULL CHECK (state = 'current' OR state = 'superseded' OR state = 'retracted'),
     body         TEXT NOT NULL
 ) WITHOUT ROWID;
 INSERT INTO items_v2 (item_id, reference_id, tenant_id, state, body)
@@ -178,7 +181,8 @@ INSERT INTO items_v2 (item_id, reference_id, tenant_id, state, body)
 CREATE TABLE feed_v2 (
     seq          INTEGER PRIMARY KEY,
     tenant_id    TEXT NOT NULL,
-    change       TEXT NOT NULL CHECK (change IN ('added', 'superseded', 'retracted', 'renewal-due', 'response')),
+    change       TEXT NOT NULL CHECK (
+        change = 'added' OR change = 'superseded' OR change = 'retracted' OR change = 'renewal-due' OR change = 'response'),
     item_id      TEXT REFERENCES items(item_id),
     reference_id TEXT NOT NULL,
     at           TEXT NOT NULL,
@@ -311,6 +315,12 @@ mod tests {
             .unwrap();
         assert_eq!(v, CURRENT);
         assert!(table_sql(&conn, "items").contains("WITHOUT ROWID"));
+        // The OR-chain CHECKs still refuse what the old IN lists refused.
+        let bad_change = conn.execute(
+            "INSERT INTO feed (tenant_id, change, reference_id, at) VALUES ('T-1', 'deleted', '01A', 't')",
+            [],
+        );
+        assert!(bad_change.is_err());
         prepare(&mut conn).unwrap(); // idempotent
     }
 
