@@ -239,12 +239,18 @@ fn start_checkpointer(
 ) -> StoreResult<(mpsc::SyncSender<()>, JoinHandle<()>)> {
     let (wake, woken) = mpsc::sync_channel::<()>(1);
     let hook_wake = wake.clone();
+    // Wake the background every half threshold of new log, not after every commit: each
+    // checkpoint fsyncs the database file, and back-to-back ones recopy the same pages.
+    let mut next_wake = CHECKPOINT_PAGES;
     conn.wal_hook(Some(move |wal: &mut rusqlite::hooks::Wal, pages: i32| {
-        if pages >= 2 * CHECKPOINT_PAGES {
+        if pages < CHECKPOINT_PAGES {
+            next_wake = CHECKPOINT_PAGES; // the log has started over
+        } else if pages >= 2 * CHECKPOINT_PAGES {
             // Busy when the background checkpoint is running; the next commit tries
             // again. Never an error from here: the commit it follows is already durable.
             let _ = wal.checkpoint_v2(CheckpointMode::PASSIVE);
-        } else if pages >= CHECKPOINT_PAGES {
+        } else if pages >= next_wake {
+            next_wake = pages + CHECKPOINT_PAGES / 2;
             // Full means a wake-up is already pending: nothing to add.
             let _ = hook_wake.try_send(());
         }
