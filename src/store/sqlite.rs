@@ -239,8 +239,10 @@ fn start_checkpointer(
 ) -> StoreResult<(mpsc::SyncSender<()>, JoinHandle<()>)> {
     let (wake, woken) = mpsc::sync_channel::<()>(1);
     let hook_wake = wake.clone();
-    // Wake the background every half threshold of new log, not after every commit: each
-    // checkpoint fsyncs the database file, and back-to-back ones recopy the same pages.
+    // Wake the background every eighth of the threshold of new log, not after every
+    // commit: each checkpoint fsyncs the database file, and back-to-back ones recopy the
+    // same pages. Often enough that the writer's own share at twice the threshold is a
+    // short tail.
     let mut next_wake = CHECKPOINT_PAGES;
     conn.wal_hook(Some(move |wal: &mut rusqlite::hooks::Wal, pages: i32| {
         if pages < CHECKPOINT_PAGES {
@@ -250,7 +252,7 @@ fn start_checkpointer(
             // again. Never an error from here: the commit it follows is already durable.
             let _ = wal.checkpoint_v2(CheckpointMode::PASSIVE);
         } else if pages >= next_wake {
-            next_wake = pages + CHECKPOINT_PAGES / 2;
+            next_wake = pages + CHECKPOINT_PAGES / 8;
             // Full means a wake-up is already pending: nothing to add.
             let _ = hook_wake.try_send(());
         }
