@@ -26,13 +26,16 @@ fn err(file: &str, message: impl Into<String>) -> MappingError {
 
 /// Named sets of `system|code`.
 #[derive(Debug, Default)]
-pub struct ValueSets(HashMap<String, HashSet<String>>);
+/// Set name → system → codes: a lookup allocates nothing (it runs for every Coding an
+/// item carries, against every sensitivity set).
+pub struct ValueSets(HashMap<String, HashMap<String, HashSet<String>>>);
 
 impl ValueSets {
     pub fn contains(&self, set: &str, system: &str, code: &str) -> bool {
         self.0
             .get(set)
-            .is_some_and(|codes| codes.contains(&format!("{system}|{code}")))
+            .and_then(|systems| systems.get(system))
+            .is_some_and(|codes| codes.contains(code))
     }
 
     pub fn has(&self, set: &str) -> bool {
@@ -87,7 +90,7 @@ impl ValueSets {
         }
         let mut out = HashMap::new();
         for name in direct.keys() {
-            let mut codes = HashSet::new();
+            let mut codes: HashMap<String, HashSet<String>> = HashMap::new();
             let mut stack = vec![name.clone()];
             let mut seen = HashSet::new();
             while let Some(n) = stack.pop() {
@@ -97,7 +100,15 @@ impl ValueSets {
                 let (c, inc) = direct.get(&n).ok_or_else(|| {
                     err(file, format!("valueset `{name}` includes unknown `{n}`"))
                 })?;
-                codes.extend(c.iter().cloned());
+                for entry in c {
+                    // Checked above: every entry is `system|code`.
+                    if let Some((system, code)) = entry.split_once('|') {
+                        codes
+                            .entry(system.to_string())
+                            .or_default()
+                            .insert(code.to_string());
+                    }
+                }
                 stack.extend(inc.iter().cloned());
             }
             out.insert(name.clone(), codes);
