@@ -152,53 +152,28 @@ BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 "#;
 
 /// Version 1 → 2: rebuild `exchanges`, `items` and `feed` in their new shape, keeping
-/// every row (and every feed sequence number, so housing's cursors stay valid).
-const V1_TO_V2: &str = r#"
-CREATE TABLE exchanges_v2 (
-    reference_id  TEXT PRIMARY KEY,
-    partner       TEXT NOT NULL,
-    resource_type TEXT NOT NULL,
-    ident_system  TEXT NOT NULL,
-    ident_value   TEXT NOT NULL,
-    digest        TEXT NOT NULL,
-    tenant_id     TEXT NOT NULL REFERENCES tenants(tenant_id),
-    state         TEXT NOT NULL CHECK (state = 'current' OR state = 'superseded' OR state = 'retracted'),
-    received_at   TEXT NOT NULL
-) WITHOUT ROWID;
-INSERT INTO exchanges_v2 (reference_id, partner, resource_type, ident_system, ident_value, digest, tenant_id, state, received_at)
-    SELECT reference_id, partner, resource_type, ident_system, ident_value, digest, tenant_id, state, received_at FROM exchanges;
-
-CREATE TABLE items_v2 (
-    item_id      TEXT PRIMARY KEY,
-    reference_id TEXT NOT NULL REFERENCES exchanges(reference_id),
-    tenant_id    TEXT NOT NULL,
-    state        TEXT NOT NULL CHECK (state = 'current' OR state = 'superseded' OR state = 'retracted'),
-    body         TEXT NOT NULL
-) WITHOUT ROWID;
-INSERT INTO items_v2 (item_id, reference_id, tenant_id, state, body)
-    SELECT item_id, reference_id, tenant_id, state, body FROM items;
-
-CREATE TABLE feed_v2 (
-    seq          INTEGER PRIMARY KEY,
-    tenant_id    TEXT NOT NULL,
-    change       TEXT NOT NULL CHECK (
-        change = 'added' OR change = 'superseded' OR change = 'retracted' OR change = 'renewal-due' OR change = 'response'),
-    item_id      TEXT REFERENCES items(item_id),
-    reference_id TEXT NOT NULL,
-    at           TEXT NOT NULL,
-    detail       TEXT
-);
-INSERT INTO feed_v2 (seq, tenant_id, change, item_id, reference_id, at, detail)
-    SELECT seq, tenant_id, change, item_id, reference_id, at, detail FROM feed;
-
-DROP TABLE feed;
-DROP TABLE items;
-DROP TABLE exchanges;
-ALTER TABLE exchanges_v2 RENAME TO exchanges;
-ALTER TABLE items_v2 RENAME TO items;
-ALTER TABLE feed_v2 RENAME TO feed;
-CREATE INDEX exchanges_by_key ON exchanges(partner, resource_type, ident_value, ident_system);
-CREATE INDEX items_by_tenant ON items(tenant_id, state);
+/// every row (and every feed sequence number, so housing's cursors stay valid). The old
+/// tables step aside under a `_v1` name, [`SCHEMA`] creates the new ones (the shapes are
+/// written once, there), and the rows are copied across. Their indexes go first, or
+/// `CREATE INDEX IF NOT EXISTS` would find the old ones by name and skip the new.
+const V1_TO_V2_SET_ASIDE: &str = r#"
+DROP INDEX exchanges_by_key;
+DROP INDEX items_by_tenant;
+DROP INDEX items_by_exchange;
+ALTER TABLE exchanges RENAME TO exchanges_v1;
+ALTER TABLE items RENAME TO items_v1;
+ALTER TABLE feed RENAME TO feed_v1;
+"#;
+const V1_TO_V2_COPY: &str = r#"
+INSERT INTO exchanges (reference_id, partner, resource_type, ident_system, ident_value, digest, tenant_id, state, received_at)
+    SELECT reference_id, partner, resource_type, ident_system, ident_value, digest, tenant_id, state, received_at FROM exchanges_v1;
+INSERT INTO items (item_id, reference_id, tenant_id, state, body)
+    SELECT item_id, reference_id, tenant_id, state, body FROM items_v1;
+INSERT INTO feed (seq, tenant_id, change, item_id, reference_id, at, detail)
+    SELECT seq, tenant_id, change, item_id, reference_id, at, detail FROM feed_v1;
+DROP TABLE feed_v1;
+DROP TABLE items_v1;
+DROP TABLE exchanges_v1;
 "#;
 
 /// Brings the file to [`CURRENT`]: creates it when empty, migrates it when older.
@@ -227,7 +202,11 @@ pub fn prepare(conn: &mut Connection) -> rusqlite::Result<()> {
         (v, _) => {
             // Files from before versions were recorded are version 1.
             if v.max(1) < 2 {
-                migrate(conn, V1_TO_V2, 2)?;
+                migrate(
+                    conn,
+                    &format!("{V1_TO_V2_SET_ASIDE}{SCHEMA}{V1_TO_V2_COPY}"),
+                    2,
+                )?;
             }
             conn.execute_batch(SCHEMA)?;
         }
@@ -338,6 +317,17 @@ mod tests {
             assert!(table_sql(&conn, t).contains("WITHOUT ROWID"), "{t}");
         }
         assert!(!table_sql(&conn, "feed").contains("AUTOINCREMENT"));
+        let leftovers: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_schema WHERE name LIKE '%_v1' OR sql LIKE '%_v1%'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(
+            leftovers, 0,
+            "the set-aside tables are gone and nothing refers to them"
+        );
         let indexes: Vec<String> = conn
             .prepare("SELECT name FROM sqlite_schema WHERE type = 'index' AND name NOT LIKE 'sqlite_%' ORDER BY name")
             .unwrap()
