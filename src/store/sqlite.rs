@@ -233,12 +233,11 @@ const CHECKPOINT_PAGES: i32 = 4096;
 /// manages. So when the log reaches twice the threshold the writer finishes the job
 /// itself: by then the background has copied most of it, and the writer's short copy of
 /// the rest lets the next commit restart the log.
-fn start_checkpointer(
-    conn: &mut Connection,
-    path: &Path,
-) -> StoreResult<(mpsc::SyncSender<()>, JoinHandle<()>)> {
+///
+/// Only the hook holds the wake-up sender: when the writer's connection closes, the
+/// checkpointer's `recv` fails and the thread ends.
+fn start_checkpointer(conn: &mut Connection, path: &Path) -> StoreResult<JoinHandle<()>> {
     let (wake, woken) = mpsc::sync_channel::<()>(1);
-    let hook_wake = wake.clone();
     // Wake the background every eighth of the threshold of new log, not after every
     // commit: each checkpoint fsyncs the database file, and back-to-back ones recopy the
     // same pages. Often enough that the writer's own share at twice the threshold is a
@@ -254,7 +253,7 @@ fn start_checkpointer(
         } else if pages >= next_wake {
             next_wake = pages + CHECKPOINT_PAGES / 8;
             // Full means a wake-up is already pending: nothing to add.
-            let _ = hook_wake.try_send(());
+            let _ = wake.try_send(());
         }
         Ok(())
     }))?;
@@ -272,7 +271,7 @@ fn start_checkpointer(
             }
         })
         .map_err(|e| StoreError::Internal(e.to_string()))?;
-    Ok((wake, thread))
+    Ok(thread)
 }
 
 /// Keeps compiled statements compiled: the bundled SQLite (STAT4) otherwise re-prepares a
@@ -453,11 +452,9 @@ impl SqliteStore {
             .name("hearth-store-writer".into())
             .spawn(move || {
                 writer_loop(conn, rx, writer_cache);
-                // The writer and its connection are gone: stop the checkpointer. Its
-                // connection, closing last, checkpoints what is left of the log.
-                let (wake, thread) = checkpointer;
-                drop(wake);
-                let _ = thread.join();
+                // The writer's connection (and with it the hook) is gone, so the
+                // checkpointer stops; its connection, closing last, checkpoints the rest.
+                let _ = checkpointer.join();
             })
             .map_err(|e| StoreError::Internal(e.to_string()))?;
         Ok(Self {
