@@ -338,28 +338,46 @@ pub fn verify<E>(
     Ok(walk.finish())
 }
 
-/// Verification one record at a time, over borrowed bytes (the store feeds it rows
-/// straight from SQLite without copying them).
+/// Verification of a contiguous run of records, one at a time, over borrowed bytes (the
+/// store feeds it rows straight from SQLite without copying them).
+///
+/// Every link inside the run is checked as it is walked. The run's first record is
+/// taken on trust (its sequence number and the predecessor hash it names) and checked
+/// afterwards by [`stitch`] against the end of the run before it. Each record's hash
+/// depends only on its own row, so runs can be walked in parallel and the result is the
+/// same as one walk from the genesis.
 pub struct ChainWalk<'a> {
+    /// The run's first record, as found (None until one is seen).
+    entry: Option<RunEntry>,
+    /// The last record verified: its sequence number and hash.
+    last_seq: u64,
     prev: [u8; 32],
-    count: u64,
     anchor: Option<&'a [u8]>,
-    anchor_found: Option<bool>,
+    anchor_found: bool,
     broken: Option<BrokenLink>,
 }
 
+/// What the first record of a run says about the record before it.
+struct RunEntry {
+    seq: u64,
+    reference_id: String,
+    prev_hash: Vec<u8>,
+}
+
 impl<'a> ChainWalk<'a> {
+    /// A walk of one run; `anchor` is the hash looked for in it.
     pub fn new(anchor: Option<&'a [u8]>) -> Self {
         Self {
+            entry: None,
+            last_seq: 0,
             prev: GENESIS,
-            count: 0,
             anchor,
-            anchor_found: anchor.map(|_| false),
+            anchor_found: false,
             broken: None,
         }
     }
 
-    /// Checks the next record; false once the chain is broken (stop walking).
+    /// Checks the next record; false once the run is broken (stop walking).
     pub fn step(
         &mut self,
         seq: u64,
@@ -369,9 +387,19 @@ impl<'a> ChainWalk<'a> {
         hash: &[u8],
         body: &[u8],
     ) -> bool {
-        let expected = self.count + 1;
-        let problem = if seq != expected {
-            Some(format!("sequence jumps from {} to {seq}", expected - 1))
+        if self.entry.is_none() {
+            self.entry = Some(RunEntry {
+                seq,
+                reference_id: reference_id.to_string(),
+                prev_hash: prev_hash.to_vec(),
+            });
+            self.last_seq = seq.wrapping_sub(1);
+            if let Ok(prev) = <[u8; 32]>::try_from(prev_hash) {
+                self.prev = prev;
+            }
+        }
+        let problem = if seq != self.last_seq.wrapping_add(1) {
+            Some(format!("sequence jumps from {} to {seq}", self.last_seq))
         } else if prev_hash != self.prev {
             Some("does not link to the previous record's hash".to_string())
         } else if hash != record_hash(seq, &self.prev, reference_id, recorded, body) {
@@ -388,20 +416,61 @@ impl<'a> ChainWalk<'a> {
             return false;
         }
         self.prev.copy_from_slice(hash);
-        if self.anchor == Some(hash) {
-            self.anchor_found = Some(true);
-        }
-        self.count += 1;
+        self.anchor_found |= self.anchor == Some(hash);
+        self.last_seq = seq;
         true
     }
 
+    /// The verification of this run as the whole chain.
     pub fn finish(self) -> Verification {
-        Verification {
-            records: self.count,
-            head: hex::encode(self.prev),
-            first_broken: self.broken,
-            anchor_found: self.anchor_found,
+        let anchor = self.anchor;
+        stitch([self], anchor)
+    }
+}
+
+/// Joins runs walked separately, in sequence order, into the verification of the whole
+/// chain: each run's first record must follow on from the end of the run before it (the
+/// first from the genesis), and the first broken link in order is the one reported.
+pub fn stitch<'a>(
+    runs: impl IntoIterator<Item = ChainWalk<'a>>,
+    anchor: Option<&[u8]>,
+) -> Verification {
+    let mut last_seq = 0;
+    let mut prev = GENESIS;
+    let mut anchor_found = false;
+    let mut first_broken = None;
+    for run in runs {
+        // A run with no records (its range was empty) joins nothing.
+        let Some(entry) = run.entry else { continue };
+        let problem = if entry.seq != last_seq + 1 {
+            Some(format!("sequence jumps from {last_seq} to {}", entry.seq))
+        } else if entry.prev_hash != prev {
+            Some("does not link to the previous record's hash".to_string())
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            first_broken = Some(BrokenLink {
+                seq: entry.seq,
+                reference_id: entry.reference_id,
+                problem,
+            });
+            break;
         }
+        // The link held, so a run that verified nothing ends where it began.
+        anchor_found |= run.anchor_found;
+        last_seq = run.last_seq;
+        prev = run.prev;
+        if run.broken.is_some() {
+            first_broken = run.broken;
+            break;
+        }
+    }
+    Verification {
+        records: last_seq,
+        head: hex::encode(prev),
+        first_broken,
+        anchor_found: anchor.map(|_| anchor_found),
     }
 }
 
@@ -465,5 +534,129 @@ mod tests {
         let rewritten = chain(2);
         let v = run(rewritten, Some(&anchor));
         assert!(!v.ok());
+    }
+
+    /// The definition: one walk from the genesis, stopping at the first bad record.
+    fn reference(records: &[StoredRecord], anchor: Option<&[u8]>) -> Verification {
+        let (mut count, mut prev, mut found) = (0u64, GENESIS, false);
+        for r in records {
+            let problem = if r.seq != count + 1 {
+                Some(format!("sequence jumps from {count} to {}", r.seq))
+            } else if r.prev_hash != prev {
+                Some("does not link to the previous record's hash".to_string())
+            } else if r.hash != record_hash(r.seq, &prev, &r.reference_id, &r.recorded, &r.body) {
+                Some("content does not match its hash".to_string())
+            } else {
+                None
+            };
+            if let Some(problem) = problem {
+                return Verification {
+                    records: count,
+                    head: hex::encode(prev),
+                    first_broken: Some(BrokenLink {
+                        seq: r.seq,
+                        reference_id: r.reference_id.clone(),
+                        problem,
+                    }),
+                    anchor_found: anchor.map(|_| found),
+                };
+            }
+            prev.copy_from_slice(&r.hash);
+            found |= anchor == Some(&r.hash[..]);
+            count += 1;
+        }
+        Verification {
+            records: count,
+            head: hex::encode(prev),
+            first_broken: None,
+            anchor_found: anchor.map(|_| found),
+        }
+    }
+
+    /// Walks `records` as separate runs cut at `cuts` (indices), then stitches them.
+    fn in_runs(records: &[StoredRecord], cuts: &[usize], anchor: Option<&[u8]>) -> Verification {
+        let mut bounds: Vec<usize> = cuts.iter().map(|c| c % (records.len() + 1)).collect();
+        bounds.extend([0, records.len()]);
+        bounds.sort_unstable();
+        let runs = bounds.windows(2).map(|w| {
+            let mut walk = ChainWalk::new(anchor);
+            for r in &records[w[0]..w[1]] {
+                if !walk.step(
+                    r.seq,
+                    &r.reference_id,
+                    &r.recorded,
+                    &r.prev_hash,
+                    &r.hash,
+                    &r.body,
+                ) {
+                    break;
+                }
+            }
+            walk
+        });
+        stitch(runs.collect::<Vec<_>>(), anchor)
+    }
+
+    #[derive(Debug, Clone)]
+    enum Tamper {
+        None,
+        EditBody(usize),
+        Delete(usize),
+        DeleteRange(usize, usize),
+        Swap(usize, usize),
+        EditPrev(usize),
+        Renumber(usize, u64),
+    }
+
+    fn tamper(mut c: Vec<StoredRecord>, t: &Tamper) -> Vec<StoredRecord> {
+        let n = c.len();
+        match *t {
+            Tamper::None => {}
+            Tamper::EditBody(i) => c[i % n].body.push(b' '),
+            Tamper::Delete(i) => {
+                c.remove(i % n);
+            }
+            Tamper::DeleteRange(i, len) => {
+                let i = i % n;
+                c.drain(i..(i + len).min(n));
+            }
+            Tamper::Swap(i, j) => c.swap(i % n, j % n),
+            Tamper::EditPrev(i) => c[i % n].prev_hash[0] ^= 1,
+            Tamper::Renumber(i, seq) => c[i % n].seq = seq,
+        }
+        c
+    }
+
+    fn any_tamper() -> impl Strategy<Value = Tamper> {
+        prop_oneof![
+            Just(Tamper::None),
+            any::<usize>().prop_map(Tamper::EditBody),
+            any::<usize>().prop_map(Tamper::Delete),
+            (any::<usize>(), 1usize..20).prop_map(|(i, l)| Tamper::DeleteRange(i, l)),
+            (any::<usize>(), any::<usize>()).prop_map(|(i, j)| Tamper::Swap(i, j)),
+            any::<usize>().prop_map(Tamper::EditPrev),
+            (any::<usize>(), 0u64..70).prop_map(|(i, s)| Tamper::Renumber(i, s)),
+        ]
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        /// However the chain is cut into runs, and whatever was done to it, stitching
+        /// the runs finds exactly what one walk from the genesis finds.
+        #[test]
+        fn runs_stitched_together_verify_like_one_walk(
+            n in 1u64..60,
+            t in any_tamper(),
+            cuts in proptest::collection::vec(any::<usize>(), 0..6),
+            anchor_at in any::<usize>(),
+        ) {
+            let original = chain(n);
+            let anchor = original[anchor_at % original.len()].hash.clone();
+            let records = tamper(original, &t);
+            for anchor in [None, Some(&anchor[..])] {
+                prop_assert_eq!(in_runs(&records, &cuts, anchor), reference(&records, anchor));
+            }
+        }
     }
 }
