@@ -1133,8 +1133,14 @@ fn commit_one(ctx: &mut WriteCtx<'_>, mut ex: NewExchange) -> StoreResult<Exchan
     if !ex.retract {
         for item in &ex.items {
             ctx.tx
-                .prepare_cached("INSERT INTO items (item_id, reference_id, tenant_id, state, body) VALUES (?1, ?2, ?3, 'current', ?4)")?
-                .execute(params![item.id, reference, ex.tenant.as_str(), serde_json::to_string(item)?])?;
+                .prepare_cached("INSERT INTO items (item_id, reference_id, tenant_id, state, body, labels) VALUES (?1, ?2, ?3, 'current', ?4, ?5)")?
+                .execute(params![
+                    item.id,
+                    reference,
+                    ex.tenant.as_str(),
+                    serde_json::to_string(item)?,
+                    serde_json::to_string(&item.labels)?
+                ])?;
             ctx.tx
                 .prepare_cached("INSERT INTO feed (tenant_id, change, item_id, reference_id, at) VALUES (?1, 'added', ?2, ?3, ?4)")?
                 .execute(params![ex.tenant.as_str(), item.id, reference, ex.received_at])?;
@@ -1288,7 +1294,7 @@ impl ExchangeStore for SqliteStore {
     async fn feed(&self, after_seq: u64, limit: usize) -> StoreResult<Vec<FeedEntry>> {
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT f.seq, f.tenant_id, f.change, f.item_id, f.reference_id, f.at, i.body, f.detail
+                "SELECT f.seq, f.tenant_id, f.change, f.item_id, f.reference_id, f.at, i.body, f.detail, i.labels
                  FROM feed f LEFT JOIN items i ON i.item_id = f.item_id
                  WHERE f.seq > ?1 ORDER BY f.seq LIMIT ?2",
             )?;
@@ -1302,17 +1308,21 @@ impl ExchangeStore for SqliteStore {
                     r.get::<_, String>(5)?,
                     r.get::<_, Option<String>>(6)?,
                     r.get::<_, Option<String>>(7)?,
+                    r.get::<_, Option<String>>(8)?,
                 ))
             })?;
             rows.map(|row| {
-                let (seq, tenant, change, item_id, reference, at, body, detail) = row?;
+                let (seq, tenant, change, item_id, reference, at, body, detail, labels) = row?;
                 let (renewal, response) = match (change.as_str(), detail) {
                     ("renewal-due", Some(d)) => (Some(serde_json::from_str(&d)?), None),
                     ("response", Some(d)) => (None, Some(serde_json::from_str(&d)?)),
                     _ => (None, None),
                 };
                 let item = match (change.as_str(), body) {
-                    ("added", Some(body)) => Some(FeedItem::from_stored(body)?),
+                    ("added", Some(body)) => Some(FeedItem::from_stored(
+                        body,
+                        labels.as_deref().unwrap_or("[]"),
+                    )?),
                     _ => None,
                 };
                 Ok(FeedEntry {
