@@ -627,22 +627,56 @@ impl SqliteStore {
     }
 }
 
-/// Reads the store file front to back on another thread while the chain is walked.
-/// With a cold page cache the walk otherwise waits for each page fault in turn (measured:
-/// 359,000 records/s cold against 713,000 warm on a 2.2 GB store); reading ahead in large
-/// sequential chunks lets the disk and the hashing overlap. Stops when the walk is done.
+/// Pulls the store file into the page cache front to back on another thread while the
+/// chain is walked. With a cold page cache the walk otherwise waits for each page fault
+/// in turn (measured: 359,000 records/s cold against 713,000 warm on a 2.2 GB store);
+/// asking for large sequential chunks ahead lets the disk and the hashing overlap.
+/// Stops when the walk is done.
 fn read_ahead(path: &Path, done: &AtomicBool) {
-    use std::io::Read;
-    let Ok(mut file) = std::fs::File::open(path) else {
+    const CHUNK: u64 = 4 << 20;
+    let Ok(file) = std::fs::File::open(path) else {
         return;
     };
-    let mut chunk = vec![0u8; 4 << 20];
-    while !done.load(Ordering::Relaxed) {
-        match file.read(&mut chunk) {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
+    let len = file.metadata().map_or(0, |m| m.len());
+    let mut buffer = Vec::new();
+    let mut offset = 0;
+    while offset < len && !done.load(Ordering::Relaxed) {
+        if prefetch(&file, offset, CHUNK, &mut buffer).is_err() {
+            return;
         }
+        offset += CHUNK;
     }
+}
+
+/// Asks the kernel to read `len` bytes at `offset` into the page cache. On Linux that is
+/// `posix_fadvise(WILLNEED)`, which copies nothing into this process: reading into a
+/// throwaway buffer instead was 8% of `hearth audit verify`'s CPU with a warm cache.
+#[cfg(target_os = "linux")]
+fn prefetch(
+    file: &std::fs::File,
+    offset: u64,
+    len: u64,
+    _buffer: &mut Vec<u8>,
+) -> std::io::Result<()> {
+    use rustix::fs::{Advice, fadvise};
+    Ok(fadvise(
+        file,
+        offset,
+        std::num::NonZeroU64::new(len),
+        Advice::WillNeed,
+    )?)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn prefetch(
+    file: &std::fs::File,
+    offset: u64,
+    len: u64,
+    buffer: &mut Vec<u8>,
+) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    buffer.resize(len as usize, 0);
+    file.read_at(buffer, offset).map(|_| ())
 }
 
 /// More threads than this only contend for the one file.
