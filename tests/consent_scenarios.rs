@@ -26,6 +26,12 @@ async fn audit_record(app: &TestApp, reference: &str) -> Value {
     a.body["records"][0]["record"].clone()
 }
 
+async fn feed(app: &TestApp) -> Vec<Value> {
+    let a = app.get("/housing/updates?since=0", HOUSING).await;
+    assert_eq!(a.status, 200, "{a:?}");
+    a.body["entries"].as_array().unwrap().clone()
+}
+
 async fn housing_items(app: &TestApp) -> Vec<Value> {
     app.get("/housing/tenants/T-1001", HOUSING).await.body["items"]
         .as_array()
@@ -410,6 +416,75 @@ async fn a_restriction_on_substance_use_detail() {
     assert!(!bup.body.to_string().to_lowercase().contains("withheld"));
     let rec = audit_record(&app, &bup.reference_id()).await;
     assert_eq!(rec["items_withheld"].as_array().unwrap().len(), 2);
+}
+
+/// What housing already received stays in the feed's order, but once the tenant restricts
+/// substance-use detail its content is no longer shown there: the entry says `restricted`
+/// and carries no item, while everything else reads as before.
+#[tokio::test]
+async fn a_restriction_added_later_hides_earlier_feed_items() {
+    let app = spawn_app().await;
+    app.register_tenant().await;
+    assert_eq!(
+        record(&app, share_with(&[CLINIC_ID, MCO_ID])).await.status,
+        201
+    );
+    for f in [
+        "medication-change-buprenorphine-start.json",
+        "appointment-notice.json",
+    ] {
+        assert_eq!(
+            app.post("/fhir/Communication", CLINIC, &fixture(f))
+                .await
+                .status,
+            201
+        );
+    }
+    let before = feed(&app).await;
+    let sud_items: Vec<u64> = before
+        .iter()
+        .filter(|e| {
+            e["item"]["labels"]
+                .as_array()
+                .is_some_and(|l| l.iter().any(|x| x == "SUD"))
+        })
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        sud_items.len(),
+        2,
+        "the start and the withdrawal-risk flag: {before:?}"
+    );
+    assert!(before.iter().all(|e| e.get("restricted").is_none()));
+
+    let mut narrower = share_with(&[CLINIC_ID, MCO_ID]);
+    narrower["restrictions"] = json!(["substance-use"]);
+    narrower["signed_at"] = json!("2026-11-23T09:30:00Z");
+    assert_eq!(record(&app, narrower).await.status, 201);
+
+    let after = feed(&app).await;
+    let seqs = |entries: &[Value]| {
+        entries
+            .iter()
+            .map(|e| e["seq"].as_u64().unwrap())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        seqs(&after),
+        seqs(&before),
+        "the same entries, in the same order"
+    );
+    for e in &after {
+        let seq = e["seq"].as_u64().unwrap();
+        if sud_items.contains(&seq) {
+            assert_eq!(e["restricted"], true, "{e}");
+            assert!(e.get("item").is_none(), "restricted content shown: {e}");
+        } else {
+            assert!(e.get("restricted").is_none(), "{e}");
+            let original = before.iter().find(|b| b["seq"] == seq).unwrap();
+            assert_eq!(e, original);
+        }
+    }
 }
 
 #[tokio::test]
