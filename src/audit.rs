@@ -323,15 +323,7 @@ pub fn verify<E>(
 ) -> Result<Verification, E> {
     let mut walk = ChainWalk::new(anchor);
     for r in records {
-        let r = r?;
-        if !walk.step(
-            r.seq,
-            &r.reference_id,
-            &r.recorded,
-            &r.prev_hash,
-            &r.hash,
-            &r.body,
-        ) {
+        if !walk.step_record(&r?) {
             break;
         }
     }
@@ -419,6 +411,18 @@ impl<'a> ChainWalk<'a> {
         self.anchor_found |= self.anchor == Some(hash);
         self.last_seq = seq;
         true
+    }
+
+    /// [`Self::step`] for a record read back whole.
+    pub fn step_record(&mut self, r: &StoredRecord) -> bool {
+        self.step(
+            r.seq,
+            &r.reference_id,
+            &r.recorded,
+            &r.prev_hash,
+            &r.hash,
+            &r.body,
+        )
     }
 
     /// The verification of this run as the whole chain.
@@ -581,14 +585,7 @@ mod tests {
         let runs = bounds.windows(2).map(|w| {
             let mut walk = ChainWalk::new(anchor);
             for r in &records[w[0]..w[1]] {
-                if !walk.step(
-                    r.seq,
-                    &r.reference_id,
-                    &r.recorded,
-                    &r.prev_hash,
-                    &r.hash,
-                    &r.body,
-                ) {
+                if !walk.step_record(r) {
                     break;
                 }
             }

@@ -160,7 +160,7 @@ async fn create_one(
     let receipt = g
         .receive(call, rt, body.value, body.digest, if_none_exist, audit)
         .await?;
-    if receipt.items_written > 0 || matches!(receipt.outcome, ExchangeOutcome::Retracted { .. }) {
+    if receipt.changed_feed() {
         state.feed_written();
     }
     // Only when routing rules queued something: each wake is an outbox query.
@@ -586,10 +586,7 @@ async fn transaction(
     let receipts = g
         .commit(prepared.into_iter().map(|(_, _, _, p)| p).collect())
         .await?;
-    if receipts
-        .iter()
-        .any(|r| r.items_written > 0 || matches!(r.outcome, ExchangeOutcome::Retracted { .. }))
-    {
+    if receipts.iter().any(Receipt::changed_feed) {
         state.feed_written();
     }
     if receipts.iter().any(|r| r.forwards_queued > 0) {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Extension, Path, Query, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
@@ -383,14 +383,7 @@ async fn updates(
     audit.count = Some(entries.len());
     let body = page_json(&entries, next, entries.len() as u64 == limit)
         .map_err(|e| fail(Error::Internal(e.to_string()), &audit))?;
-    let mut response = (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        body,
-    )
-        .into_response();
+    let mut response = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
     response.extensions_mut().insert(AuditDraft(audit));
     Ok(response)
 }

@@ -300,6 +300,20 @@ mod tests {
     INSERT INTO feed (tenant_id, change, item_id, reference_id, at) VALUES ('T-1', 'superseded', '01A-0', '01B', 't');
     "#;
 
+    /// Every row `sql` returns, each read by `row`.
+    fn all<T>(
+        conn: &Connection,
+        sql: &str,
+        row: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Vec<T> {
+        conn.prepare(sql)
+            .unwrap()
+            .query_map([], row)
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
     fn table_sql(conn: &Connection, name: &str) -> String {
         conn.query_row(
             "SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = ?1",
@@ -352,24 +366,19 @@ mod tests {
             leftovers, 0,
             "the set-aside tables are gone and nothing refers to them"
         );
-        let indexes: Vec<String> = conn
-            .prepare("SELECT name FROM sqlite_schema WHERE type = 'index' AND name NOT LIKE 'sqlite_%' ORDER BY name")
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let indexes: Vec<String> = all(
+            &conn,
+            "SELECT name FROM sqlite_schema WHERE type = 'index' AND name NOT LIKE 'sqlite_%' ORDER BY name",
+            |r| r.get(0),
+        );
         assert!(indexes.contains(&"exchanges_by_key".to_string()));
         assert!(indexes.contains(&"items_by_tenant".to_string()));
         assert!(!indexes.contains(&"items_by_exchange".to_string()));
 
-        let feed: Vec<(i64, String)> = conn
-            .prepare("SELECT seq, item_id FROM feed ORDER BY seq")
-            .unwrap()
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let feed: Vec<(i64, String)> =
+            all(&conn, "SELECT seq, item_id FROM feed ORDER BY seq", |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            });
         assert_eq!(
             feed,
             vec![
@@ -378,13 +387,11 @@ mod tests {
                 (3, "01A-0".to_string())
             ]
         );
-        let labels: Vec<(String, String)> = conn
-            .prepare("SELECT item_id, labels FROM items ORDER BY item_id")
-            .unwrap()
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let labels: Vec<(String, String)> = all(
+            &conn,
+            "SELECT item_id, labels FROM items ORDER BY item_id",
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        );
         assert_eq!(
             labels,
             vec![
@@ -427,13 +434,9 @@ mod tests {
         )
         .unwrap();
         prepare(&mut conn).unwrap();
-        let labels: Vec<String> = conn
-            .prepare("SELECT labels FROM items ORDER BY item_id")
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let labels: Vec<String> = all(&conn, "SELECT labels FROM items ORDER BY item_id", |r| {
+            r.get(0)
+        });
         assert_eq!(labels, [r#"["SUD","HIV"]"#, "[]"]);
         let v: i64 = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
