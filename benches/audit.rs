@@ -4,6 +4,10 @@
 //!
 //! `cargo bench --bench audit`
 
+// The allocator the server runs with, so the figures are the server's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::hint::black_box;
 use std::time::Duration;
 

@@ -5,6 +5,10 @@
 //!
 //! `cargo bench --bench pipeline`
 
+// The allocator the server runs with, so the figures are the server's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::collections::BTreeSet;
 use std::hint::black_box;
 use std::path::PathBuf;

@@ -149,7 +149,7 @@ impl Mappings {
         // not produced: a rejected item's reads do not count.
         let mut reads = Vec::new();
         for keys in ENVELOPE {
-            root.read(keys, &mut reads);
+            doc.read(root, keys, &mut reads);
         }
         // A subject given as a contained Patient: its identity is read for linking.
         if let Some(target) = ["subject", "patient"]
@@ -158,7 +158,7 @@ impl Mappings {
             .and_then(|r| doc.resolve_local(r))
         {
             for e in ["resourceType", "id", "identifier"] {
-                target.read(&[e], &mut reads);
+                doc.read(target, &[e], &mut reads);
             }
         }
         let root_labels = self.security_labels(resource);
@@ -175,7 +175,7 @@ impl Mappings {
             }
             let nodes = match &source.each {
                 Some(each) => doc.eval(each, &root, &mut reads),
-                None => vec![root.clone()],
+                None => vec![root],
             };
             let mut produced = false;
             for node in nodes {
@@ -200,7 +200,7 @@ impl Mappings {
 
         Translation {
             items,
-            dropped: dropped_paths(resource, resource_type, &reads),
+            dropped: dropped_paths(&doc, resource_type, &reads),
             problems,
         }
     }
@@ -237,7 +237,7 @@ impl Mappings {
         if !trace.iter().any(|t| t.from.starts_with('/')) {
             return None;
         }
-        let expression = node.expression(resource_type);
+        let expression = doc.expression(*node, resource_type);
         // Taken before `from_fields` consumes the fields.
         let item_labels = self.item_labels(source, &fields);
         let item = match DatasetItem::from_fields(source.kind, Value::Object(fields)) {
@@ -245,12 +245,12 @@ impl Mappings {
             Err(e) => return Some(Err(problem_for(source, &expression, &e))),
         };
         if node.value.get("resourceType").is_some() {
-            node.read(&["resourceType"], reads);
-            node.read(&["id"], reads);
+            doc.read(*node, &["resourceType"], reads);
+            doc.read(*node, &["id"], reads);
         }
         let node_labels = self.security_labels(node.value);
         if !node_labels.is_empty() {
-            node.read(&["meta", "security"], reads);
+            doc.read(*node, &["meta", "security"], reads);
         }
         let mut labels = root_labels.clone();
         labels.extend(node_labels);
@@ -284,7 +284,7 @@ impl Mappings {
                         .find_map(|r| self.eval_rule(doc, r, node, reads))
                     {
                         let from = match origin {
-                            Origin::Resource(n) => n.pointer(),
+                            Origin::Resource(n) => doc.pointer(n),
                             Origin::Mapping => format!("mapping:{file}"),
                         };
                         trace.push(Trace {
@@ -323,8 +323,8 @@ impl Mappings {
                             continue;
                         }
                         if entry.value.get("resourceType").is_some() {
-                            entry.read(&["resourceType"], reads);
-                            entry.read(&["id"], reads);
+                            doc.read(entry, &["resourceType"], reads);
+                            doc.read(entry, &["id"], reads);
                         }
                         list.push(Value::Object(obj));
                     }
@@ -354,7 +354,7 @@ impl Mappings {
         let nodes = doc.eval(path, node, reads);
         let found = match op {
             Op::First => nodes.into_iter().find(|n| is_primitive(n.value)).map(|n| {
-                reads.push(Read::Whole(n.clone()));
+                reads.push(Read::Whole(n));
                 (n.value, Origin::Resource(n))
             }),
             Op::Map(table) => nodes.into_iter().find_map(|n| {
@@ -367,8 +367,8 @@ impl Mappings {
                 let (out, _) = outputs
                     .iter()
                     .find(|(_, set)| self.sets.contains(set, system, code))?;
-                n.read(&["system"], reads);
-                n.read(&["code"], reads);
+                doc.read(*n, &["system"], reads);
+                doc.read(*n, &["code"], reads);
                 Some((out, Origin::Mapping))
             }),
             Op::In { set, value } => nodes.iter().find_map(|n| {
@@ -376,8 +376,8 @@ impl Mappings {
                 if !self.sets.contains(set, system, code) {
                     return None;
                 }
-                n.read(&["system"], reads);
-                n.read(&["code"], reads);
+                doc.read(*n, &["system"], reads);
+                doc.read(*n, &["code"], reads);
                 Some((value, Origin::Mapping))
             }),
             Op::Exists(value) => (!nodes.is_empty()).then(|| {
@@ -498,22 +498,18 @@ fn problem_for(source: &Source, node_expr: &str, e: &serde_json::Error) -> Probl
     }
 }
 
-/// Maximal subtrees of `resource` that no rule read, as FHIRPath expressions.
-fn dropped_paths(resource: &Value, resource_type: &str, reads: &[Read]) -> Vec<String> {
+/// Maximal subtrees of the resource that no rule read, as FHIRPath expressions.
+fn dropped_paths<'a>(doc: &Doc<'a>, resource_type: &str, reads: &[Read<'a>]) -> Vec<String> {
     // Nodes are told apart by address: every `&Value` of the borrowed resource has its
     // own, so no pointer strings need building or comparing.
     let mut seen = Seen::default();
     for read in reads {
         match read {
-            Read::Whole(n) => {
-                seen.whole.push(address(n.value));
-                seen.inside.extend(n.ancestors().map(address));
-            }
-            Read::Inside(n) => {
-                seen.inside.push(address(n.value));
-                seen.inside.extend(n.ancestors().map(address));
-            }
+            Read::Whole(n) => seen.whole.push(address(n.value)),
+            Read::Inside(n) => seen.inside.push(address(n.value)),
         }
+        let (Read::Whole(n) | Read::Inside(n)) = read;
+        doc.ancestors(*n, |v| seen.inside.push(address(v)));
     }
     // A few dozen addresses: sorted and binary-searched, cheaper than hashing them.
     for list in [&mut seen.whole, &mut seen.inside] {
@@ -521,7 +517,7 @@ fn dropped_paths(resource: &Value, resource_type: &str, reads: &[Read]) -> Vec<S
         list.dedup();
     }
     let mut out = Vec::new();
-    walk_dropped(resource, &mut resource_type.to_string(), &seen, &mut out);
+    walk_dropped(doc.root, &mut resource_type.to_string(), &seen, &mut out);
     out
 }
 

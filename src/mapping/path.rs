@@ -3,6 +3,7 @@
 
 use serde_json::Value;
 use smallvec::SmallVec;
+use std::cell::RefCell;
 use std::collections::HashMap;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -101,54 +102,126 @@ pub enum Seg<'a> {
 
 /// A node of the inbound resource and where it sits.
 ///
-/// The location is the list of steps from the resource down to the node, each with the
-/// value it reached (the last one is `value` itself). It is not a formatted JSON pointer:
-/// most nodes navigation reaches are never output, and the values along the way are the
-/// node's ancestors, which the dropped-path report needs (see [`Read`]). A pointer or a
-/// FHIRPath expression is rendered only when one is output. Resources are shallow, so
-/// the steps live inline (nodes are moved and copied a lot: keep them small); deeper
-/// nodes spill to the heap.
-#[derive(Debug, Clone)]
+/// Where it sits is an index into its [`Doc`]'s locations: each location is one step
+/// (an object key or an array index) from a parent location, with the value it reached.
+/// Walking the parents gives the node's ancestors, which the dropped-path report needs
+/// (see [`Read`]), and a pointer or a FHIRPath expression, rendered only for the few
+/// nodes that are output. A node is two words and `Copy`: evaluation moves and keeps
+/// many of them, and the profile showed copying a node's whole path (the earlier
+/// design) as the largest cost of translation.
+#[derive(Debug, Clone, Copy)]
 pub struct Node<'a> {
     pub value: &'a Value,
-    steps: SmallVec<[(Seg<'a>, &'a Value); 6]>,
+    at: u32,
 }
 
-impl<'a> Node<'a> {
-    /// The resource itself.
-    pub fn root(value: &'a Value) -> Self {
+/// The location of the resource itself: it has no parent and no step.
+const ROOT: u32 = u32::MAX;
+
+/// One step down from the location `parent`.
+#[derive(Debug)]
+struct Location<'a> {
+    seg: Seg<'a>,
+    value: &'a Value,
+    parent: u32,
+}
+
+/// An element translation relied on, for the dropped-path report: everything a resource
+/// carries that no read covers is reported as dropped.
+#[derive(Debug, Clone, Copy)]
+pub enum Read<'a> {
+    /// This node, as a whole.
+    Whole(Node<'a>),
+    /// An element looked for below this node that is not there (a contained resource
+    /// without an `id`, `meta` without `security`). Nothing of the node was read, but it
+    /// counts as looked into: what it holds is reported element by element, not as one
+    /// dropped whole.
+    Inside(Node<'a>),
+}
+
+/// The posted resource, indexed for `resolve()`, and the locations of the nodes
+/// evaluation has reached.
+pub struct Doc<'a> {
+    pub root: &'a Value,
+    contained: HashMap<&'a str, usize, foldhash::fast::RandomState>,
+    /// Append-only: a node's index stays valid for the document's life.
+    locations: RefCell<Vec<Location<'a>>>,
+}
+
+impl<'a> Doc<'a> {
+    pub fn new(root: &'a Value) -> Self {
+        let contained = root
+            .get("contained")
+            .and_then(Value::as_array)
+            .map(|list| {
+                list.iter()
+                    .enumerate()
+                    .filter_map(|(i, r)| r.get("id").and_then(Value::as_str).map(|id| (id, i)))
+                    .collect()
+            })
+            .unwrap_or_default();
         Self {
-            value,
-            steps: SmallVec::new(),
+            root,
+            contained,
+            locations: RefCell::new(Vec::with_capacity(256)),
         }
     }
 
-    /// The child at `seg`, whose value is `value`.
-    fn child(&self, seg: Seg<'a>, value: &'a Value) -> Self {
-        let mut steps = self.steps.clone();
-        steps.push((seg, value));
-        Self { value, steps }
+    pub fn root_node(&self) -> Node<'a> {
+        Node {
+            value: self.root,
+            at: ROOT,
+        }
     }
 
-    /// The child under object key `key`, if this is an object that has one.
-    pub fn get(&self, key: &str) -> Option<Self> {
+    /// The child of `node` at `seg`, whose value is `value`.
+    fn child(&self, node: Node<'a>, seg: Seg<'a>, value: &'a Value) -> Node<'a> {
+        let mut locations = self.locations.borrow_mut();
+        let at = u32::try_from(locations.len()).expect("fewer than 2^32 nodes per resource");
+        locations.push(Location {
+            seg,
+            value,
+            parent: node.at,
+        });
+        Node { value, at }
+    }
+
+    /// The child of `node` under object key `key`, if it is an object that has one.
+    pub fn get(&self, node: Node<'a>, key: &str) -> Option<Node<'a>> {
         // The key is borrowed from the document, so the node does not borrow `key`.
-        let (key, value) = self.value.as_object()?.get_key_value(key)?;
-        Some(self.child(Seg::Key(key), value))
+        let (key, value) = node.value.as_object()?.get_key_value(key)?;
+        Some(self.child(node, Seg::Key(key), value))
     }
 
-    /// The values between the resource and this node, outermost first: its ancestors,
-    /// not counting the resource itself.
-    pub fn ancestors(&self) -> impl Iterator<Item = &'a Value> + '_ {
-        let n = self.steps.len().saturating_sub(1);
-        self.steps[..n].iter().map(|(_, v)| *v)
+    /// Calls `f` with each value between the resource and `node` (its ancestors, not
+    /// counting the resource itself), innermost first.
+    pub fn ancestors(&self, node: Node<'a>, mut f: impl FnMut(&'a Value)) {
+        let locations = self.locations.borrow();
+        let mut at = locations.get(node.at as usize).map_or(ROOT, |l| l.parent);
+        while let Some(l) = locations.get(at as usize) {
+            f(l.value);
+            at = l.parent;
+        }
     }
 
-    /// Records that the element at `keys` below this node was read (see [`Read`]).
-    pub fn read(&self, keys: &[&str], reads: &mut Vec<Read<'a>>) {
-        let mut node = self.clone();
+    /// The steps from the resource down to `node`, outermost first.
+    fn steps(&self, node: Node<'a>) -> SmallVec<[Seg<'a>; 8]> {
+        let locations = self.locations.borrow();
+        let mut steps = SmallVec::new();
+        let mut at = node.at;
+        while let Some(l) = locations.get(at as usize) {
+            steps.push(l.seg);
+            at = l.parent;
+        }
+        steps.reverse();
+        steps
+    }
+
+    /// Records that the element at `keys` below `node` was read (see [`Read`]).
+    pub fn read(&self, node: Node<'a>, keys: &[&str], reads: &mut Vec<Read<'a>>) {
+        let mut node = node;
         for key in keys {
-            match node.get(key) {
+            match self.get(node, key) {
                 Some(child) => node = child,
                 None => {
                     reads.push(Read::Inside(node));
@@ -159,10 +232,10 @@ impl<'a> Node<'a> {
         reads.push(Read::Whole(node));
     }
 
-    /// The node's JSON pointer (RFC 6901), e.g. `/contained/1/name`.
-    pub fn pointer(&self) -> String {
+    /// `node`'s JSON pointer (RFC 6901), e.g. `/contained/1/name`.
+    pub fn pointer(&self, node: Node<'a>) -> String {
         let mut out = String::new();
-        for (seg, _) in &self.steps {
+        for seg in self.steps(node) {
             out.push('/');
             match seg {
                 Seg::Key(key) => {
@@ -180,60 +253,21 @@ impl<'a> Node<'a> {
         out
     }
 
-    /// The node as a FHIRPath-style expression, e.g. `Communication.contained[1].name`.
-    pub fn expression(&self, resource_type: &str) -> String {
+    /// `node` as a FHIRPath-style expression, e.g. `Communication.contained[1].name`.
+    pub fn expression(&self, node: Node<'a>, resource_type: &str) -> String {
         let mut out = resource_type.to_string();
-        for (seg, _) in &self.steps {
-            push_expression_step(&mut out, *seg);
+        for seg in self.steps(node) {
+            push_expression_step(&mut out, seg);
         }
         out
-    }
-}
-
-/// An element translation relied on, for the dropped-path report: everything a resource
-/// carries that no read covers is reported as dropped.
-#[derive(Debug, Clone)]
-pub enum Read<'a> {
-    /// This node, as a whole.
-    Whole(Node<'a>),
-    /// An element looked for below this node that is not there (a contained resource
-    /// without an `id`, `meta` without `security`). Nothing of the node was read, but it
-    /// counts as looked into: what it holds is reported element by element, not as one
-    /// dropped whole.
-    Inside(Node<'a>),
-}
-
-/// The posted resource, indexed for `resolve()`.
-pub struct Doc<'a> {
-    pub root: &'a Value,
-    contained: HashMap<&'a str, usize>,
-}
-
-impl<'a> Doc<'a> {
-    pub fn new(root: &'a Value) -> Self {
-        let contained = root
-            .get("contained")
-            .and_then(Value::as_array)
-            .map(|list| {
-                list.iter()
-                    .enumerate()
-                    .filter_map(|(i, r)| r.get("id").and_then(Value::as_str).map(|id| (id, i)))
-                    .collect()
-            })
-            .unwrap_or_default();
-        Self { root, contained }
-    }
-
-    pub fn root_node(&self) -> Node<'a> {
-        Node::root(self.root)
     }
 
     /// The contained resource a local reference (`#id`) points at.
     pub fn resolve_local(&self, reference: &str) -> Option<Node<'a>> {
         let id = reference.strip_prefix('#')?;
         let i = *self.contained.get(id)?;
-        let list = self.root_node().get("contained")?;
-        Some(list.child(Seg::Index(i), &list.value[i]))
+        let list = self.get(self.root_node(), "contained")?;
+        Some(self.child(list, Seg::Index(i), &list.value[i]))
     }
 
     /// Evaluates `path` from `from`. The elements navigation relied on (reference
@@ -242,15 +276,15 @@ impl<'a> Doc<'a> {
         let mut nodes = vec![if path.from_resource {
             self.root_node()
         } else {
-            from.clone()
+            *from
         }];
         for step in &path.steps {
             let mut next = Vec::new();
             for node in nodes {
                 match step {
                     Step::Field(name) => {
-                        if let Some(child) = node.get(name) {
-                            push_flat(child, &mut next);
+                        if let Some(child) = self.get(node, name) {
+                            self.push_flat(child, &mut next);
                         }
                     }
                     Step::OfType(ty) => {
@@ -261,20 +295,20 @@ impl<'a> Doc<'a> {
                     Step::Resolve => {
                         let reference = node.value.get("reference").and_then(Value::as_str);
                         if let Some(target) = reference.and_then(|r| self.resolve_local(r)) {
-                            node.read(&["reference"], reads);
-                            target.read(&["resourceType"], reads);
-                            target.read(&["id"], reads);
+                            self.read(node, &["reference"], reads);
+                            self.read(target, &["resourceType"], reads);
+                            self.read(target, &["id"], reads);
                             next.push(target);
                         }
                     }
                     Step::Extension(url) => {
-                        if let Some(list) = node.get("extension")
+                        if let Some(list) = self.get(node, "extension")
                             && let Value::Array(exts) = list.value
                         {
                             for (i, ext) in exts.iter().enumerate() {
                                 if ext.get("url").and_then(Value::as_str) == Some(url) {
-                                    let ext = list.child(Seg::Index(i), ext);
-                                    ext.read(&["url"], reads);
+                                    let ext = self.child(list, Seg::Index(i), ext);
+                                    self.read(ext, &["url"], reads);
                                     next.push(ext);
                                 }
                             }
@@ -286,23 +320,23 @@ impl<'a> Doc<'a> {
         }
         nodes
     }
-}
 
-/// Pushes `node`, or each of its entries if it is an array (FHIRPath flattens lists).
-fn push_flat<'a>(node: Node<'a>, out: &mut Vec<Node<'a>>) {
-    match node.value {
-        Value::Array(items) => {
-            for (i, item) in items.iter().enumerate() {
-                out.push(node.child(Seg::Index(i), item));
+    /// Pushes `node`, or each of its entries if it is an array (FHIRPath flattens lists).
+    fn push_flat(&self, node: Node<'a>, out: &mut Vec<Node<'a>>) {
+        match node.value {
+            Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    out.push(self.child(node, Seg::Index(i), item));
+                }
             }
+            _ => out.push(node),
         }
-        _ => out.push(node),
     }
 }
 
 /// Appends one step as FHIRPath writes it: `.name`, or `[n]` for an array index. A key
 /// made only of digits is written `[n]` too: a JSON pointer cannot tell the two apart,
-/// and [`pointer_to_expression`] must agree with [`Node::expression`].
+/// and [`pointer_to_expression`] must agree with [`Doc::expression`].
 pub fn push_expression_step(out: &mut String, seg: Seg) {
     match seg {
         Seg::Index(i) => {
@@ -362,16 +396,16 @@ mod tests {
         let nodes = doc.eval(&path, &doc.root_node(), &mut reads);
         assert_eq!(nodes.len(), 1);
         assert_eq!(nodes[0].value, "Suite 4");
-        assert_eq!(nodes[0].pointer(), "/contained/0/name");
+        assert_eq!(doc.pointer(nodes[0]), "/contained/0/name");
         assert_eq!(
-            nodes[0].expression("Appointment"),
+            doc.expression(nodes[0], "Appointment"),
             "Appointment.contained[0].name"
         );
         let read: Vec<String> = reads
             .iter()
             .map(|r| match r {
-                Read::Whole(n) => n.pointer(),
-                Read::Inside(n) => format!("inside {}", n.pointer()),
+                Read::Whole(n) => doc.pointer(*n),
+                Read::Inside(n) => format!("inside {}", doc.pointer(*n)),
             })
             .collect();
         assert_eq!(
@@ -392,15 +426,13 @@ mod tests {
         );
         // Keys that need escaping, or are all digits, render as the walk renders them.
         let r = json!({"a/b": {"~": {"7": 1}}});
-        let node = Node::root(&r)
-            .get("a/b")
-            .unwrap()
-            .get("~")
-            .unwrap()
-            .get("7")
+        let doc = Doc::new(&r);
+        let node = ["a/b", "~", "7"]
+            .iter()
+            .try_fold(doc.root_node(), |n, k| doc.get(n, k))
             .unwrap();
-        assert_eq!(node.pointer(), "/a~1b/~0/7");
-        assert_eq!(node.expression("X"), "X.a/b.~[7]");
-        assert_eq!(pointer_to_expression("X", &node.pointer()), "X.a/b.~[7]");
+        assert_eq!(doc.pointer(node), "/a~1b/~0/7");
+        assert_eq!(doc.expression(node, "X"), "X.a/b.~[7]");
+        assert_eq!(pointer_to_expression("X", &doc.pointer(node)), "X.a/b.~[7]");
     }
 }

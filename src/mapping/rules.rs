@@ -27,8 +27,13 @@ fn err(file: &str, message: impl Into<String>) -> MappingError {
 /// Named sets of `system|code`.
 #[derive(Debug, Default)]
 /// Set name → system → codes: a lookup allocates nothing (it runs for every Coding an
-/// item carries, against every sensitivity set).
-pub struct ValueSets(HashMap<String, HashMap<String, HashSet<String>>>);
+/// item carries, against every sensitivity set). Hashed with foldhash rather than
+/// SipHash, which showed in translation's profile: the keys come from the mapping
+/// files and lookups never insert, so there is no flooding to defend against.
+pub struct ValueSets(FastMap<String, FastMap<String, HashSet<String, FastHash>>>);
+
+type FastHash = foldhash::fast::RandomState;
+type FastMap<K, V> = HashMap<K, V, FastHash>;
 
 impl ValueSets {
     pub fn contains(&self, set: &str, system: &str, code: &str) -> bool {
@@ -88,9 +93,9 @@ impl ValueSets {
             }
             direct.insert(name.clone(), (codes, include));
         }
-        let mut out = HashMap::new();
+        let mut out = FastMap::default();
         for name in direct.keys() {
-            let mut codes: HashMap<String, HashSet<String>> = HashMap::new();
+            let mut codes: FastMap<String, HashSet<String, FastHash>> = FastMap::default();
             let mut stack = vec![name.clone()];
             let mut seen = HashSet::new();
             while let Some(n) = stack.pop() {
