@@ -83,7 +83,7 @@ perf script -i "$BENCH_DIR/perf.data" -F comm,tid,ip,sym 2>/dev/null >"$BENCH_DI
   'feed entries serialised (Serialize for FeedEntry)=Serialize for hearth::store::FeedEntry' \
   'response body to bytes (axum Json into_response)=Json<T> as axum_core::response::into_response' \
   'audit append from the envelope (AuditStore::append)=AuditStore.*append' \
-  'blocking-pool reads (spawn_blocking hand-offs)=blocking::pool::Inner::run' \
+  'store reads on the blocking pool (SqliteStore::read)=sqlite::\{impl#[0-9]+\}::read::' \
   'context switches (finish_task_switch)=finish_task_switch' \
   'request logging (tracing fmt)=tracing_subscriber::fmt' \
   'malloc/free=^(_int_malloc|malloc|_int_free|cfree|malloc_consolidate|_int_realloc|realloc)'
