@@ -5,6 +5,7 @@
 #
 #   bench/run.sh && bench/profile.sh          # inbound notices, 64 connections
 #   WORKLOAD=feed bench/profile.sh            # feed pages of 100, 4 connections
+#   CONNS=8 bench/profile.sh                  # another connection count
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BENCH_DIR="${BENCH_DIR:-/var/tmp/hearth-bench}"
@@ -27,9 +28,9 @@ PID=$!
 until curl -sf -o /dev/null http://127.0.0.1:18080/readyz; do sleep 0.05; done
 
 case "$WORKLOAD" in
-  notice) CONNS=64; ARGS=(-s "$ROOT/bench/post.lua" http://127.0.0.1:18080/fhir/Communication)
+  notice) CONNS=${CONNS:-64}; ARGS=(-s "$ROOT/bench/post.lua" http://127.0.0.1:18080/fhir/Communication)
           ENVS=(TEMPLATE="$BENCH_DIR/notice.tmpl" TENANTS="${TENANTS:-10000}" TOKEN=bench-token-riverside-ehr) ;;
-  feed)   CONNS=4; ARGS=(-s "$ROOT/bench/feed.lua" http://127.0.0.1:18080/)
+  feed)   CONNS=${CONNS:-4}; ARGS=(-s "$ROOT/bench/feed.lua" http://127.0.0.1:18080/)
           ENVS=(MAXSEQ=50000 TOKEN=bench-token-housing-worker) ;;
   *) echo "WORKLOAD is notice or feed" >&2; exit 1 ;;
 esac

@@ -168,19 +168,19 @@ impl Mappings {
         for source in self.sources.iter().filter(|s| s.resource == resource_type) {
             let source_start = reads.len();
             if let Some(when) = &source.when
-                && !holds(self.eval_rule(&doc, when, &root, &mut reads))
+                && !holds(self.eval_rule(&doc, when, root, &mut reads))
             {
                 reads.truncate(source_start);
                 continue;
             }
             let nodes = match &source.each {
-                Some(each) => doc.eval(each, &root, &mut reads),
+                Some(each) => doc.eval(each, root, &mut reads),
                 None => vec![root],
             };
             let mut produced = false;
             for node in nodes {
                 let node_start = reads.len();
-                match self.item_at(&doc, source, &node, resource_type, &root_labels, &mut reads) {
+                match self.item_at(&doc, source, node, resource_type, &root_labels, &mut reads) {
                     Some(Ok(item)) => {
                         items.push(item);
                         produced = true;
@@ -212,7 +212,7 @@ impl Mappings {
         &'a self,
         doc: &Doc<'a>,
         source: &'a Source,
-        node: &Node<'a>,
+        node: Node<'a>,
         resource_type: &str,
         root_labels: &BTreeSet<String>,
         reads: &mut Vec<Read<'a>>,
@@ -237,7 +237,7 @@ impl Mappings {
         if !trace.iter().any(|t| t.from.starts_with('/')) {
             return None;
         }
-        let expression = doc.expression(*node, resource_type);
+        let expression = doc.expression(node, resource_type);
         // Taken before `from_fields` consumes the fields.
         let item_labels = self.item_labels(source, &fields);
         let item = match DatasetItem::from_fields(source.kind, Value::Object(fields)) {
@@ -245,12 +245,12 @@ impl Mappings {
             Err(e) => return Some(Err(problem_for(source, &expression, &e))),
         };
         if node.value.get("resourceType").is_some() {
-            doc.read(*node, &["resourceType"], reads);
-            doc.read(*node, &["id"], reads);
+            doc.read(node, &["resourceType"], reads);
+            doc.read(node, &["id"], reads);
         }
         let node_labels = self.security_labels(node.value);
         if !node_labels.is_empty() {
-            doc.read(*node, &["meta", "security"], reads);
+            doc.read(node, &["meta", "security"], reads);
         }
         let mut labels = root_labels.clone();
         labels.extend(node_labels);
@@ -269,7 +269,7 @@ impl Mappings {
         &'a self,
         doc: &Doc<'a>,
         fields: &'a [(String, FieldRule)],
-        node: &Node<'a>,
+        node: Node<'a>,
         file: &str,
         reads: &mut Vec<Read<'a>>,
         prefix: &str,
@@ -303,21 +303,14 @@ impl Mappings {
                     for entry in doc.eval(each, node, reads) {
                         let entry_start = reads.len();
                         if let Some(f) = filter
-                            && !holds(self.eval_rule(doc, f, &entry, reads))
+                            && !holds(self.eval_rule(doc, f, entry, reads))
                         {
                             reads.truncate(entry_start);
                             continue;
                         }
                         let entry_prefix = format!("{prefix}{name}[{}].", list.len());
-                        let obj = self.eval_fields(
-                            doc,
-                            fields,
-                            &entry,
-                            file,
-                            reads,
-                            &entry_prefix,
-                            trace,
-                        );
+                        let obj =
+                            self.eval_fields(doc, fields, entry, file, reads, &entry_prefix, trace);
                         if obj.is_empty() {
                             reads.truncate(entry_start);
                             continue;
@@ -343,7 +336,7 @@ impl Mappings {
         &'a self,
         doc: &Doc<'a>,
         rule: &'a Rule,
-        node: &Node<'a>,
+        node: Node<'a>,
         reads: &mut Vec<Read<'a>>,
     ) -> Option<(&'a Value, Origin<'a>)> {
         let (path, op) = match rule {
@@ -362,22 +355,22 @@ impl Mappings {
                 reads.push(Read::Whole(n));
                 Some((value, Origin::Mapping))
             }),
-            Op::Classify(outputs) => nodes.iter().find_map(|n| {
+            Op::Classify(outputs) => nodes.into_iter().find_map(|n| {
                 let (system, code) = coding(n.value)?;
                 let (out, _) = outputs
                     .iter()
                     .find(|(_, set)| self.sets.contains(set, system, code))?;
-                doc.read(*n, &["system"], reads);
-                doc.read(*n, &["code"], reads);
+                doc.read(n, &["system"], reads);
+                doc.read(n, &["code"], reads);
                 Some((out, Origin::Mapping))
             }),
-            Op::In { set, value } => nodes.iter().find_map(|n| {
+            Op::In { set, value } => nodes.into_iter().find_map(|n| {
                 let (system, code) = coding(n.value)?;
                 if !self.sets.contains(set, system, code) {
                     return None;
                 }
-                doc.read(*n, &["system"], reads);
-                doc.read(*n, &["code"], reads);
+                doc.read(n, &["system"], reads);
+                doc.read(n, &["code"], reads);
                 Some((value, Origin::Mapping))
             }),
             Op::Exists(value) => (!nodes.is_empty()).then(|| {
@@ -504,12 +497,12 @@ fn dropped_paths<'a>(doc: &Doc<'a>, resource_type: &str, reads: &[Read<'a>]) -> 
     // own, so no pointer strings need building or comparing.
     let mut seen = Seen::default();
     for read in reads {
-        match read {
-            Read::Whole(n) => seen.whole.push(address(n.value)),
-            Read::Inside(n) => seen.inside.push(address(n.value)),
-        }
-        let (Read::Whole(n) | Read::Inside(n)) = read;
-        doc.ancestors(*n, |v| seen.inside.push(address(v)));
+        let (list, n) = match *read {
+            Read::Whole(n) => (&mut seen.whole, n),
+            Read::Inside(n) => (&mut seen.inside, n),
+        };
+        list.push(address(n.value));
+        seen.inside.extend(doc.ancestors(n).map(address));
     }
     // A few dozen addresses: sorted and binary-searched, cheaper than hashing them.
     for list in [&mut seen.whole, &mut seen.inside] {

@@ -1,5 +1,6 @@
-//! A small FHIRPath subset for mapping files, evaluated over `serde_json::Value`. Every
-//! node keeps where it sits in the resource, so Hearth knows exactly which elements it read.
+//! A small FHIRPath subset for mapping files, evaluated over `serde_json::Value`. The
+//! [`Doc`] keeps where every node it reached sits in the resource, so Hearth knows
+//! exactly which elements it read.
 
 use serde_json::Value;
 use smallvec::SmallVec;
@@ -106,9 +107,8 @@ pub enum Seg<'a> {
 /// (an object key or an array index) from a parent location, with the value it reached.
 /// Walking the parents gives the node's ancestors, which the dropped-path report needs
 /// (see [`Read`]), and a pointer or a FHIRPath expression, rendered only for the few
-/// nodes that are output. A node is two words and `Copy`: evaluation moves and keeps
-/// many of them, and the profile showed copying a node's whole path (the earlier
-/// design) as the largest cost of translation.
+/// nodes that are output. A node is two words and `Copy`, because evaluation moves and
+/// keeps many of them (docs/PERFORMANCE.md). A node belongs to the `Doc` that made it.
 #[derive(Debug, Clone, Copy)]
 pub struct Node<'a> {
     pub value: &'a Value,
@@ -143,8 +143,11 @@ pub enum Read<'a> {
 /// evaluation has reached.
 pub struct Doc<'a> {
     pub root: &'a Value,
+    /// Ids come from the sender: foldhash is seeded per process, and the body size limit
+    /// bounds how many there are.
     contained: HashMap<&'a str, usize, foldhash::fast::RandomState>,
-    /// Append-only: a node's index stays valid for the document's life.
+    /// Append-only, one entry per step taken (the same element reached twice is two
+    /// entries): a node's index stays valid for the document's life.
     locations: RefCell<Vec<Location<'a>>>,
 }
 
@@ -177,7 +180,10 @@ impl<'a> Doc<'a> {
     /// The child of `node` at `seg`, whose value is `value`.
     fn child(&self, node: Node<'a>, seg: Seg<'a>, value: &'a Value) -> Node<'a> {
         let mut locations = self.locations.borrow_mut();
-        let at = u32::try_from(locations.len()).expect("fewer than 2^32 nodes per resource");
+        let at = u32::try_from(locations.len())
+            .ok()
+            .filter(|&at| at != ROOT)
+            .expect("fewer than 2^32 - 1 nodes per resource");
         locations.push(Location {
             seg,
             value,
@@ -193,28 +199,30 @@ impl<'a> Doc<'a> {
         Some(self.child(node, Seg::Key(key), value))
     }
 
-    /// Calls `f` with each value between the resource and `node` (its ancestors, not
-    /// counting the resource itself), innermost first.
-    pub fn ancestors(&self, node: Node<'a>, mut f: impl FnMut(&'a Value)) {
+    /// `f` of each location from `node` up to (not including) the resource, innermost
+    /// first. A node of another `Doc` panics rather than reading someone else's path.
+    fn walk_up<T>(&self, node: Node<'a>, f: impl Fn(&Location<'a>) -> T) -> SmallVec<[T; 8]> {
         let locations = self.locations.borrow();
-        let mut at = locations.get(node.at as usize).map_or(ROOT, |l| l.parent);
-        while let Some(l) = locations.get(at as usize) {
-            f(l.value);
+        let mut out = SmallVec::new();
+        let mut at = node.at;
+        while at != ROOT {
+            let l = &locations[at as usize];
+            debug_assert!(std::ptr::eq(l.value, node.value) || !out.is_empty());
+            out.push(f(l));
             at = l.parent;
         }
+        out
+    }
+
+    /// The values between the resource and `node`: its ancestors, not counting the
+    /// resource itself, innermost first.
+    pub fn ancestors(&self, node: Node<'a>) -> impl Iterator<Item = &'a Value> {
+        self.walk_up(node, |l| l.value).into_iter().skip(1)
     }
 
     /// The steps from the resource down to `node`, outermost first.
-    fn steps(&self, node: Node<'a>) -> SmallVec<[Seg<'a>; 8]> {
-        let locations = self.locations.borrow();
-        let mut steps = SmallVec::new();
-        let mut at = node.at;
-        while let Some(l) = locations.get(at as usize) {
-            steps.push(l.seg);
-            at = l.parent;
-        }
-        steps.reverse();
-        steps
+    fn segs(&self, node: Node<'a>) -> impl Iterator<Item = Seg<'a>> {
+        self.walk_up(node, |l| l.seg).into_iter().rev()
     }
 
     /// Records that the element at `keys` below `node` was read (see [`Read`]).
@@ -235,7 +243,7 @@ impl<'a> Doc<'a> {
     /// `node`'s JSON pointer (RFC 6901), e.g. `/contained/1/name`.
     pub fn pointer(&self, node: Node<'a>) -> String {
         let mut out = String::new();
-        for seg in self.steps(node) {
+        for seg in self.segs(node) {
             out.push('/');
             match seg {
                 Seg::Key(key) => {
@@ -256,7 +264,7 @@ impl<'a> Doc<'a> {
     /// `node` as a FHIRPath-style expression, e.g. `Communication.contained[1].name`.
     pub fn expression(&self, node: Node<'a>, resource_type: &str) -> String {
         let mut out = resource_type.to_string();
-        for seg in self.steps(node) {
+        for seg in self.segs(node) {
             push_expression_step(&mut out, seg);
         }
         out
@@ -272,11 +280,11 @@ impl<'a> Doc<'a> {
 
     /// Evaluates `path` from `from`. The elements navigation relied on (reference
     /// strings, extension urls, resolved resources' type and id) go to `reads`.
-    pub fn eval(&self, path: &Path, from: &Node<'a>, reads: &mut Vec<Read<'a>>) -> Vec<Node<'a>> {
+    pub fn eval(&self, path: &Path, from: Node<'a>, reads: &mut Vec<Read<'a>>) -> Vec<Node<'a>> {
         let mut nodes = vec![if path.from_resource {
             self.root_node()
         } else {
-            *from
+            from
         }];
         for step in &path.steps {
             let mut next = Vec::new();
@@ -393,7 +401,7 @@ mod tests {
         let doc = Doc::new(&r);
         let mut reads = Vec::new();
         let path = Path::parse("participant.actor.resolve().ofType(Location).name").unwrap();
-        let nodes = doc.eval(&path, &doc.root_node(), &mut reads);
+        let nodes = doc.eval(&path, doc.root_node(), &mut reads);
         assert_eq!(nodes.len(), 1);
         assert_eq!(nodes[0].value, "Suite 4");
         assert_eq!(doc.pointer(nodes[0]), "/contained/0/name");

@@ -25,11 +25,12 @@ fn err(file: &str, message: impl Into<String>) -> MappingError {
 }
 
 /// Named sets of `system|code`.
-#[derive(Debug, Default)]
+///
 /// Set name → system → codes: a lookup allocates nothing (it runs for every Coding an
 /// item carries, against every sensitivity set). Hashed with foldhash rather than
 /// SipHash, which showed in translation's profile: the keys come from the mapping
 /// files and lookups never insert, so there is no flooding to defend against.
+#[derive(Debug, Default)]
 pub struct ValueSets(FastMap<String, FastMap<String, HashSet<String, FastHash>>>);
 
 type FastHash = foldhash::fast::RandomState;
