@@ -420,26 +420,41 @@ async fn a_restriction_on_substance_use_detail() {
 
 /// What housing already received stays in the feed's order, but once the tenant restricts
 /// substance-use detail its content is no longer shown there: the entry says `restricted`
-/// and carries no item, while everything else reads as before.
+/// and carries no item, while everything else reads as before. Reading the exchange
+/// itself (`GET /fhir/Communication/{id}`) shows housing the same: none of those items.
 #[tokio::test]
-async fn a_restriction_added_later_hides_earlier_feed_items() {
+async fn a_restriction_added_later_hides_earlier_items_from_housing() {
     let app = spawn_app().await;
     app.register_tenant().await;
     assert_eq!(
         record(&app, share_with(&[CLINIC_ID, MCO_ID])).await.status,
         201
     );
+    let mut posted = Vec::new();
     for f in [
         "medication-change-buprenorphine-start.json",
         "appointment-notice.json",
     ] {
-        assert_eq!(
-            app.post("/fhir/Communication", CLINIC, &fixture(f))
-                .await
-                .status,
-            201
-        );
+        let a = app.post("/fhir/Communication", CLINIC, &fixture(f)).await;
+        assert_eq!(a.status, 201, "{a:?}");
+        posted.push(a.headers["x-reference-id"].to_str().unwrap().to_string());
     }
+    // The housing worker's read of one exchange: its items, as housing is shown them.
+    let exchange_items = |reference: String| {
+        let app = &app;
+        async move {
+            let a = app
+                .get(&format!("/fhir/Communication/{reference}"), HOUSING)
+                .await;
+            assert_eq!(a.status, 200, "{a:?}");
+            a.body["extension"].as_array().map_or(0, Vec::len)
+        }
+    };
+    assert_eq!(
+        exchange_items(posted[0].clone()).await,
+        2,
+        "the start and its flag"
+    );
     let before = feed(&app).await;
     let sud_items: Vec<u64> = before
         .iter()
@@ -461,6 +476,11 @@ async fn a_restriction_added_later_hides_earlier_feed_items() {
     narrower["restrictions"] = json!(["substance-use"]);
     narrower["signed_at"] = json!("2026-11-23T09:30:00Z");
     assert_eq!(record(&app, narrower).await.status, 201);
+
+    // Read one at a time, the buprenorphine notice now shows housing none of its
+    // items; the appointment notice, which carries no SUD label, is unchanged.
+    assert_eq!(exchange_items(posted[0].clone()).await, 0);
+    assert_eq!(exchange_items(posted[1].clone()).await, 1);
 
     let after = feed(&app).await;
     let seqs = |entries: &[Value]| {

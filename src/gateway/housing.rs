@@ -40,7 +40,7 @@ impl Gateway {
 
     /// Housing's own use of what it holds: items the tenant's current consent restricts
     /// are withheld from view. Takes each item's labels; returns the indexes withheld.
-    async fn housing_use<'a>(
+    pub(super) async fn housing_use<'a>(
         &self,
         call: &Call,
         tenant: &TenantId,

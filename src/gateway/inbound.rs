@@ -513,7 +513,7 @@ impl Gateway {
         audit.resource_type = Some(resource_type.to_string());
         let not_found = || Error::NotFound(format!("{resource_type}/{id} is not known here"));
         let reference: ReferenceId = id.parse().map_err(|_| not_found())?;
-        let ex = self
+        let mut ex = self
             .store
             .exchange(&reference)
             .await?
@@ -528,6 +528,24 @@ impl Gateway {
         }
         audit.tenant = Some(ex.tenant.clone());
         audit.related = Some(ex.reference_id);
+        // Housing reads under the tenant's consent as it stands now, as the tenant view
+        // and the feed do: a restriction added since the exchange hides its items here
+        // too. The sender sees what it sent; auditors and admins see for oversight.
+        if call.principal.role == Role::Housing {
+            let withheld = self
+                .housing_use(
+                    call,
+                    &ex.tenant,
+                    ex.items.iter().map(|i| i.labels.as_slice()),
+                    audit,
+                )
+                .await?;
+            let mut i = 0;
+            ex.items.retain(|_| {
+                i += 1;
+                !withheld.contains(&(i - 1))
+            });
+        }
         audit.count = Some(ex.items.len());
         Ok(minimised_copy(&ex, &self.config.tenancy.identifier_system))
     }
