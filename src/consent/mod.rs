@@ -300,6 +300,18 @@ pub fn decide(consents: &[ConsentVersion], req: &ExchangeRequest) -> Decision {
             consent: citation,
             break_glass: false,
         },
+        // The first refusal found may be one an emergency overrides (expired, say) while
+        // a later row would not be: the partner the tenant never named stays refused.
+        Some(reason)
+            if req.break_glass.is_some()
+                && reason.break_glass_may_override()
+                && governing.is_some_and(|c| !partner_covered(&c.terms, req)) =>
+        {
+            Decision::Deny {
+                reason: DenyReason::PartnerNotCovered,
+                consent: citation,
+            }
+        }
         Some(reason) if req.break_glass.is_some() && reason.break_glass_may_override() => {
             Decision::Permit {
                 // Restrictions the tenant stated still hold in an emergency.
@@ -313,6 +325,15 @@ pub fn decide(consents: &[ConsentVersion], req: &ExchangeRequest) -> Decision {
             consent: citation,
         },
     }
+}
+
+/// Row 7: the consent names this partner in the role the exchange's direction needs.
+fn partner_covered(t: &ConsentTerms, req: &ExchangeRequest) -> bool {
+    let covered = match req.flow {
+        Flow::Inbound => &t.senders,
+        Flow::Outbound | Flow::HousingUse => &t.recipients,
+    };
+    covered.contains(req.partner)
 }
 
 /// Rows 2–8 of the decision table for the governing consent.
@@ -336,11 +357,7 @@ fn check(t: &ConsentTerms, req: &ExchangeRequest) -> Option<DenyReason> {
     if req.renewal_due && req.block_while_renewal_due {
         return Some(DenyReason::RenewalDue);
     }
-    let covered = match req.flow {
-        Flow::Inbound => &t.senders,
-        Flow::Outbound | Flow::HousingUse => &t.recipients,
-    };
-    if !covered.contains(req.partner) {
+    if !partner_covered(t, req) {
         return Some(DenyReason::PartnerNotCovered);
     }
     // An emergency purpose the consent does not list is refused here and then, with a
@@ -538,6 +555,28 @@ mod tests {
                 ..
             }
         ));
+        // An emergency overrides the expiry, never the tenant's choice of partners: the
+        // expired consent names only the clinic.
+        let emergency_elsewhere = Ask {
+            at: datetime!(2027-01-01 00:00 UTC),
+            partner: "mco",
+            glass: glass(),
+            ..Default::default()
+        };
+        assert_eq!(
+            reason(ask(&c, emergency_elsewhere)),
+            Some("partner-not-covered")
+        );
+        let early_elsewhere = Ask {
+            at: datetime!(2025-12-31 23:59 UTC),
+            partner: "mco",
+            glass: glass(),
+            ..Default::default()
+        };
+        assert_eq!(
+            reason(ask(&c, early_elsewhere)),
+            Some("partner-not-covered")
+        );
     }
 
     #[test]
