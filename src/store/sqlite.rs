@@ -1,9 +1,9 @@
 //! The embedded store: one SQLite file (WAL, `synchronous=FULL`).
 //!
 //! All writes go through one writer thread that owns the write connection. It takes
-//! every job waiting in its queue, runs each inside its own savepoint (a failing job
-//! rolls back alone), commits once, and only then answers the callers: group commit
-//! without a timer. Reads use a small pool of read-only connections on the blocking
+//! every job waiting in its queue, runs them in one transaction, commits once, and only
+//! then answers the callers: group commit without a timer. How a failing job is kept
+//! from the rest of its batch is its [`Isolation`]. Reads use a small pool of read-only connections on the blocking
 //! thread pool; WAL lets them run beside the writer.
 
 use std::panic::AssertUnwindSafe;
@@ -431,7 +431,16 @@ fn writer_loop(mut conn: Connection, jobs: mpsc::Receiver<Job>, cache: Arc<Conte
             tracing::error!(error = %e, "store commit failed; every job in the batch is answered with an error");
             match load_head(&conn) {
                 Ok(h) => head = h,
-                Err(e) => tracing::error!(error = %e, "cannot reload the audit chain head"),
+                Err(e) => {
+                    // The head in memory still counts the rolled-back records: chaining
+                    // on from it would leave a gap and a dangling link in the stored
+                    // chain. Stop, as at start-up; later writes then fail.
+                    tracing::error!(error = %e, "cannot reload the audit chain head; store writer stopped");
+                    for finish in finishes {
+                        finish(result.clone());
+                    }
+                    return;
+                }
             }
         }
         for finish in finishes {
