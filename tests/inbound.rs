@@ -271,6 +271,18 @@ async fn if_none_exist_matching_one_is_a_replay_and_matching_several_is_412() {
         .await;
     assert_eq!(replay.status, 200, "{replay:?}");
     assert_eq!(replay.header("location"), first.header("location"));
+    // The trail records what the partner was answered.
+    let records = app.get("/audit/records?limit=1000", AUDITOR).await;
+    let record = records.body["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| &r["record"])
+        .find(|r| r["reference_id"] == replay.reference_id())
+        .unwrap_or_else(|| panic!("no audit record for {replay:?}"))
+        .clone();
+    assert_eq!(record["outcome"], "replayed", "{record}");
+    assert_eq!(record["status"], 200, "{record}");
 
     // Same value under a second system: `identifier=value` now matches two.
     let mut other = notice.clone();

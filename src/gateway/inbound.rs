@@ -103,6 +103,7 @@ impl Gateway {
                 [] => {}
                 [original] => {
                     audit.outcome = crate::audit::Outcome::Replayed;
+                    audit.status = 200;
                     audit.related = Some(*original);
                     return Ok(Prepared::Replay {
                         original: *original,
