@@ -494,6 +494,14 @@ async fn an_unknown_tenant_and_a_tenant_without_consent_look_the_same_to_a_partn
     assert_eq!(no_consent.status, 403);
     assert_eq!(unknown.status, 403);
     assert_eq!(no_consent.body["issue"][0], unknown.body["issue"][0]);
+    // The same when the notice claims to answer a note: whether that note exists is
+    // checked only once the partner may share about the subject at all.
+    let mut reply = notice.clone();
+    reply["identifier"][0]["value"] = json!("claimed-reply");
+    reply["inResponseTo"] = json!([{"reference": "Communication/01KAQZ3D0000000000000000N1"}]);
+    let claimed = app.post("/fhir/Communication", OTHER_CLINIC, &reply).await;
+    assert_eq!(claimed.status, 403, "{claimed:?}");
+    assert_eq!(claimed.body["issue"][0], unknown.body["issue"][0]);
     assert!(feed_items(&app).await.is_empty());
 
     // The audit keeps the real reasons.

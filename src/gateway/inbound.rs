@@ -139,7 +139,6 @@ impl Gateway {
         };
         let (tenant, context) = tenant;
         let retract = resource.get("status").and_then(Value::as_str) == Some("entered-in-error");
-        let in_response_to = self.responding_to(&resource, call, &tenant).await?;
         let translation = self.mappings.translate(&resource);
         audit.dropped_paths = translation.dropped.clone();
 
@@ -159,6 +158,9 @@ impl Gateway {
             )?;
             (permit.consent, permit.withheld)
         };
+        // After the consent decision: a 422 here for a linked subject, against a 403 for
+        // anyone else, would tell a partner without consent who is a tenant.
+        let in_response_to = self.responding_to(&resource, call, &tenant).await?;
         check_translation(&translation, retract || in_response_to.is_some())?;
 
         let received_at = rfc3339(call.at);
