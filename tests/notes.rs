@@ -396,6 +396,36 @@ async fn a_note_carries_only_dataset_facts_and_needs_consent_for_its_partner() {
     );
 }
 
+/// An emergency lets the clinic's own notice in past an expired consent; it does not
+/// carry on to the MCO the notice would be routed to, whose sharing the consent decides.
+#[tokio::test]
+async fn a_break_glass_notice_is_not_forwarded_under_the_same_emergency() {
+    let partner = Partner::start().await;
+    let app = ready(&partner).await;
+    app.clock.set(time::macros::datetime!(2027-06-02 09:00 UTC));
+    let a = app
+        .post_with(
+            "/fhir/Communication",
+            CLINIC,
+            &fixture("discharge-notice.json"),
+            &[
+                ("X-Purpose-Of-Use", "BTG"),
+                (
+                    "X-Break-Glass-Reason",
+                    "readmitted overnight, housing team must know",
+                ),
+            ],
+        )
+        .await;
+    assert_eq!(a.status, 201, "{a:?}");
+    let threads = app.get("/housing/notes?tenant=T-1001", HOUSING).await;
+    assert_eq!(
+        threads.body["notes"].as_array().unwrap().len(),
+        0,
+        "forwarded under the clinic's emergency: {threads:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_clinic_discharge_notice_is_forwarded_minimised_to_the_mco_when_consent_covers_both() {
     let partner = Partner::start().await;

@@ -351,10 +351,13 @@ impl Gateway {
                 continue;
             }
             let reference = ReferenceId::new();
+            // The sender's emergency let its own notice in; whether the tenant shares
+            // with the next partner is for the consent alone.
             let forward_call = Call {
                 reference_id: reference,
                 request: format!("FORWARD {} to {}", call.reference_id, rule.to),
                 parent: Some(call.reference_id),
+                break_glass: None,
                 ..call.clone()
             };
             let mut audit = forward_call.audit("forward", crate::audit::Direction::Outbound);
