@@ -141,16 +141,36 @@ pub fn terms_from_fhir(
         );
     }
     let purposes = codes(provision.get("purpose"));
+    // What Hearth does not enforce is refused, never stored and ignored: a consent that
+    // reads "deny the MCO" or "not these codes" must not be taken to permit them.
+    if consent.get("modifierExtension").is_some() {
+        issues.push(unenforceable("Consent.modifierExtension"));
+    }
+    if let Some(map) = provision.as_object() {
+        for key in map.keys().filter(|k| !ROOT_PROVISION.contains(&k.as_str())) {
+            issues.push(unenforceable(&format!("Consent.provision.{key}")));
+        }
+    }
     let mut denied_labels = Vec::new();
-    for nested in provision
+    for (i, nested) in provision
         .get("provision")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
+        .enumerate()
     {
-        if nested.get("type").and_then(Value::as_str) == Some("deny") {
-            denied_labels.extend(codes(nested.get("securityLabel")));
+        let labels = codes(nested.get("securityLabel"));
+        let only_labels = nested
+            .as_object()
+            .is_some_and(|m| m.keys().all(|k| NESTED_PROVISION.contains(&k.as_str())));
+        if nested.get("type").and_then(Value::as_str) != Some("deny")
+            || labels.is_empty()
+            || !only_labels
+        {
+            issues.push(unenforceable(&format!("Consent.provision.provision[{i}]")));
+            continue;
         }
+        denied_labels.extend(labels);
     }
     match (issues.is_empty(), recorded) {
         (true, Some(recorded)) => Ok(ConsentTerms {
@@ -166,6 +186,29 @@ pub fn terms_from_fhir(
         }),
         _ => Err(issues),
     }
+}
+
+/// Elements of the root provision Hearth reads (`action` is always disclosure here).
+const ROOT_PROVISION: &[&str] = &[
+    "id",
+    "extension",
+    "type",
+    "period",
+    "actor",
+    "action",
+    "purpose",
+    "provision",
+];
+
+/// A nested provision Hearth enforces: a deny of security labels, nothing else.
+const NESTED_PROVISION: &[&str] = &["id", "extension", "type", "securityLabel"];
+
+fn unenforceable(at: &str) -> Issue {
+    Issue::error(
+        IssueCode::NotSupported,
+        "Hearth cannot enforce this part of a consent, so it does not accept it: it reads who may share (actor), when (period), why (purpose) and nested deny provisions by securityLabel",
+    )
+    .at(at)
 }
 
 fn codes(list: Option<&Value>) -> Vec<String> {
@@ -322,6 +365,44 @@ mod tests {
                 "Consent.provision.actor[0].reference",
                 "Consent.provision.actor[1].role"
             ]
+        );
+    }
+
+    /// A restriction Hearth could not enforce is refused where it is written, rather
+    /// than stored and then ignored (which would permit what the tenant denied).
+    #[test]
+    fn restrictions_hearth_cannot_enforce_are_refused_where_they_are_written() {
+        let actor = json!({"role": {"coding": [{"system": PARTICIPATION_TYPE, "code": "INF"}]}, "reference": {"reference": "Organization/clinic"}});
+        let sud =
+            json!({"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "SUD"});
+        let fhir = json!({"resourceType": "Consent", "status": "active", "dateTime": "2026-01-01",
+        "modifierExtension": [{"url": "https://example.org/only-on-weekdays", "valueBoolean": true}],
+        "provision": {"type": "permit", "actor": [actor], "securityLabel": [sud],
+            "provision": [
+                {"type": "deny", "securityLabel": [sud]},
+                {"type": "deny", "actor": [{"role": {"coding": [{"system": PARTICIPATION_TYPE, "code": "IRCP"}]}, "reference": {"reference": "Organization/mco"}}]},
+                {"type": "deny", "securityLabel": [sud], "dataPeriod": {"start": "2026-01-01"}},
+                {"type": "permit", "securityLabel": [sud]}
+            ]}});
+        let issues = terms_from_fhir(&fhir, partner).unwrap_err();
+        let at: Vec<&str> = issues.iter().map(|i| i.expression[0].as_str()).collect();
+        assert_eq!(
+            at,
+            [
+                "Consent.modifierExtension",
+                "Consent.provision.securityLabel",
+                "Consent.provision.provision[1]",
+                "Consent.provision.provision[2]",
+                "Consent.provision.provision[3]"
+            ]
+        );
+        // The supported shape on its own is accepted.
+        let plain = json!({"resourceType": "Consent", "status": "active", "dateTime": "2026-01-01",
+            "provision": {"type": "permit", "actor": [fhir["provision"]["actor"][0]],
+                "provision": [{"type": "deny", "securityLabel": [sud]}]}});
+        assert_eq!(
+            terms_from_fhir(&plain, partner).unwrap().denied_labels,
+            ["SUD"]
         );
     }
 
