@@ -48,6 +48,21 @@ pub enum Outcome {
     Failed,
 }
 
+impl Outcome {
+    /// The outcome of a request that ended with HTTP `status`, when the handler did not
+    /// say (a replayed 2xx stays a replay). One rule for whole requests and for a batch's
+    /// entries, so the trail reads the same for both.
+    pub fn of_status(status: u16, said: Outcome) -> Outcome {
+        match status {
+            200..=299 if said == Outcome::Replayed => Outcome::Replayed,
+            200..=299 => Outcome::Read,
+            400 | 404 | 405 | 413 | 415 | 422 => Outcome::Invalid,
+            401 | 403 | 409 | 412 => Outcome::Refused,
+            _ => Outcome::Failed,
+        }
+    }
+}
+
 /// A dataset item named in the audit: kind and id, never its values.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ItemRef {

@@ -301,6 +301,32 @@ async fn if_none_exist_matching_one_is_a_replay_and_matching_several_is_412() {
         )
         .await;
     assert_eq!(ambiguous.status, 412, "{ambiguous:?}");
+
+    // The same refusal inside a batch is audited as a refusal too, like a whole request.
+    let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [{
+        "resource": changed,
+        "request": {"method": "POST", "url": "Communication", "ifNoneExist": format!("identifier={value}")}
+    }]});
+    let b = app.post("/fhir", CLINIC, &batch).await;
+    assert_eq!(b.status, 200, "{b:?}");
+    let entry = &b.body["entry"][0]["response"];
+    assert_eq!(entry["status"], "412 Precondition Failed", "{b:?}");
+    let records = app.get("/audit/records?limit=1000", AUDITOR).await;
+    let outcome_of = |reference: &str| {
+        records.body["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| &r["record"])
+            .find(|r| r["reference_id"] == reference)
+            .unwrap_or_else(|| panic!("no audit record for {reference}"))["outcome"]
+            .clone()
+    };
+    assert_eq!(outcome_of(&ambiguous.reference_id()), "refused");
+    assert_eq!(
+        outcome_of(entry["outcome"]["id"].as_str().unwrap()),
+        "refused"
+    );
 }
 
 #[tokio::test]

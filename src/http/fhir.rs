@@ -501,11 +501,10 @@ async fn batch(state: &AppState, call: &Call, entries: Vec<Value>) -> Value {
                 audit
                     .reason
                     .get_or_insert_with(|| e.audit_reason().to_string());
-                audit.outcome = if status == StatusCode::FORBIDDEN {
-                    crate::audit::Outcome::Refused
-                } else {
-                    crate::audit::Outcome::Invalid
-                };
+                audit.outcome = crate::audit::Outcome::of_status(status.as_u16(), audit.outcome);
+                if let Error::Internal(cause) = &e {
+                    tracing::error!(cause = %cause, "internal error in a batch entry");
+                }
                 if let Err(store_error) = state.gateway.store.append(audit).await {
                     tracing::error!(error = %store_error, "could not audit a failed batch entry");
                 }

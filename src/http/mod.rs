@@ -261,13 +261,7 @@ async fn envelope(State(state): State<AppState>, mut req: Request, next: Next) -
                     .reason
                     .get_or_insert_with(|| e.0.audit_reason().to_string());
             }
-            entry.outcome = match status.as_u16() {
-                200..=299 if entry.outcome == Outcome::Replayed => Outcome::Replayed,
-                200..=299 => Outcome::Read,
-                400 | 404 | 405 | 413 | 415 | 422 => Outcome::Invalid,
-                401 | 403 | 409 | 412 => Outcome::Refused,
-                _ => Outcome::Failed,
-            };
+            entry.outcome = Outcome::of_status(status.as_u16(), entry.outcome);
             if let Err(e) = state.gateway.store.append(entry).await {
                 tracing::error!(error = %e, "could not write the audit record; answering 500");
                 response = Error::Internal(e.to_string()).into_response();
