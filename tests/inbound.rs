@@ -649,6 +649,31 @@ async fn a_transaction_whose_third_entry_fails_leaves_the_store_unchanged() {
     assert!(!feed_items(&app).await.is_empty());
 }
 
+/// A notice with nothing the dataset carries is refused at the element that decides what
+/// a notice is, in a single request and inside a batch alike.
+#[tokio::test]
+async fn a_notice_with_nothing_to_map_is_refused_at_its_category() {
+    let app = spawn_app().await.with_consenting_tenant().await;
+    let mut empty = fixture("risk-flag-update.json");
+    empty["contained"] = json!([]);
+    empty["category"] = json!([{"text": "general correspondence"}]);
+    let a = app.post("/fhir/Communication", CLINIC, &empty).await;
+    assert_eq!(
+        (a.status, a.error_expressions()),
+        (422, vec!["Communication.category".to_string()]),
+        "{a:?}"
+    );
+    let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [{
+        "resource": empty, "request": {"method": "POST", "url": "Communication"}
+    }]});
+    let b = app.post("/fhir", CLINIC, &batch).await;
+    assert_eq!(
+        b.body["entry"][0]["response"]["outcome"]["issue"][0]["expression"][0],
+        "Bundle.entry[0].resource.category",
+        "{b:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_batch_answers_each_entry_on_its_own() {
     let app = spawn_app().await.with_consenting_tenant().await;

@@ -161,7 +161,11 @@ impl Gateway {
         // After the consent decision: a 422 here for a linked subject, against a 403 for
         // anyone else, would tell a partner without consent who is a tenant.
         let in_response_to = self.responding_to(&resource, call, &tenant).await?;
-        check_translation(&translation, retract || in_response_to.is_some())?;
+        check_translation(
+            &translation,
+            endpoint_type,
+            retract || in_response_to.is_some(),
+        )?;
 
         let received_at = rfc3339(call.at);
         let mut items = Vec::new();
@@ -588,7 +592,7 @@ fn parse_identifier_query(query: &str) -> Result<(Option<String>, String), Error
     })
 }
 
-fn check_translation(t: &Translation, retract: bool) -> Result<(), Error> {
+fn check_translation(t: &Translation, resource_type: &str, retract: bool) -> Result<(), Error> {
     if !t.problems.is_empty() {
         return Err(Error::Invalid(
             t.problems
@@ -606,7 +610,7 @@ fn check_translation(t: &Translation, retract: bool) -> Result<(), Error> {
                 IssueCode::BusinessRule,
                 "nothing in this resource maps to the integration dataset; check its category and contained resources",
             )
-            .at("category"),
+            .at(format!("{resource_type}.category")),
         ]));
     }
     Ok(())
