@@ -484,10 +484,21 @@ async fn a_clinic_discharge_notice_is_forwarded_minimised_to_the_mco_when_consen
     );
     let mut again = fixture("discharge-notice.json");
     again["identifier"][0]["value"] = json!("second-discharge");
-    assert_eq!(
-        app.post("/fhir/Communication", CLINIC, &again).await.status,
-        201
-    );
+    let second = app.post("/fhir/Communication", CLINIC, &again).await;
+    assert_eq!(second.status, 201);
     let threads = app.get("/housing/notes?tenant=T-1001", HOUSING).await;
     assert_eq!(threads.body["notes"].as_array().unwrap().len(), 1);
+    // The forward the routing rule asked for is in the trail as refused, with why.
+    let audit = app.get("/audit/records?limit=1000", AUDITOR).await;
+    let refused: Vec<&Value> = audit.body["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| &r["record"])
+        .filter(|r| r["action"] == "forward" && r["related"] == second.reference_id().as_str())
+        .collect();
+    assert_eq!(refused.len(), 1, "{audit:?}");
+    assert_eq!(refused[0]["outcome"], "refused");
+    assert_eq!(refused[0]["reason"], "partner-not-covered");
+    assert_eq!(refused[0]["partner"], "bayview-health-plan");
 }

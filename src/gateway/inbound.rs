@@ -196,8 +196,8 @@ impl Gateway {
                 },
             });
         }
-        let forwards = if retract {
-            Vec::new()
+        let (forwards, refused_forwards) = if retract {
+            (Vec::new(), Vec::new())
         } else {
             self.forwards(call, &tenant, &items).await?
         };
@@ -217,6 +217,7 @@ impl Gateway {
                 renewal,
                 in_response_to,
                 forwards,
+                refused_forwards,
                 response_status: resource
                     .get("status")
                     .and_then(Value::as_str)
@@ -333,8 +334,9 @@ impl Gateway {
         call: &Call,
         tenant: &TenantId,
         items: &[StoredItem],
-    ) -> Result<Vec<crate::store::NewNote>, Error> {
+    ) -> Result<(Vec<crate::store::NewNote>, Vec<AuditEntry>), Error> {
         let mut out = Vec::new();
+        let mut refused = Vec::new();
         for rule in self
             .config
             .forward
@@ -385,6 +387,9 @@ impl Gateway {
                 .await
             else {
                 tracing::info!(to = %rule.to, reason = audit.reason.as_deref().unwrap_or(""), "forward not made: consent");
+                audit.outcome = crate::audit::Outcome::Refused;
+                audit.status = 403;
+                refused.push(audit);
                 continue;
             };
             let facts: Vec<StoredItem> = facts
@@ -419,7 +424,7 @@ impl Gateway {
                 .await?;
             out.push(note);
         }
-        Ok(out)
+        Ok((out, refused))
     }
 
     /// The note a partner's reply answers (`inResponseTo` naming `Communication/<ref>` or

@@ -78,6 +78,9 @@ pub struct NewExchange {
     pub response_status: Option<String>,
     /// Notes forwarding these items to other partners (routing rules), queued with it.
     pub forwards: Vec<NewNote>,
+    /// Audit records of forwards a routing rule asked for and consent refused, written
+    /// with the exchange.
+    pub refused_forwards: Vec<AuditEntry>,
     pub audit: AuditEntry,
 }
 

@@ -1218,6 +1218,9 @@ fn commit_one(ctx: &mut WriteCtx<'_>, mut ex: NewExchange) -> StoreResult<Exchan
         for note in &ex.forwards {
             insert_note(ctx, note)?;
         }
+        for refused in &ex.refused_forwards {
+            ctx.audit(refused)?;
+        }
     }
     if let (Some(note), false) = (&ex.in_response_to, ex.retract) {
         let response = NoteResponse {
