@@ -5,10 +5,14 @@
 //! * [`consents`] — record, change, revoke, confirm consents; renewal prompts.
 //! * [`housing`] — register tenants; the tenant view, feed filtering, accounting of
 //!   disclosures and the sharing preview.
+//! * [`notes`] — care coordination notes to partners and their replies.
+//! * [`reviews`] — joint case reviews and the high-risk register.
 //!
 //! Order of work for an inbound resource (fixed by design):
-//! authenticate (done by the caller) → parse → validate → link tenant → map and classify
-//! → consent decision → store + audit (one durable transaction) → answer.
+//! authenticate (done by the caller) → parse → validate → (an `If-None-Exist` replay
+//! answers here) → link tenant → map and classify → consent decision → `inResponseTo`
+//! and the "nothing maps" check (after consent, so neither reveals who is a tenant) →
+//! store + audit (one durable transaction) → answer.
 //! The original resource is never stored; only its digest.
 //!
 //! Each operation fills the audit draft it is given as it learns things (tenant,

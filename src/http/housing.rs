@@ -1,5 +1,7 @@
 //! `/housing`: the housing JSON API — register tenants, poll the updates feed, view a
-//! tenant's current dataset. All of it needs the housing (or admin) role.
+//! tenant's current dataset, its disclosures and a sharing preview, request a consent
+//! renewal, and record, list, revoke and confirm consents. Notes and reviews have their
+//! own modules. All of it needs the housing (or admin) role.
 
 use std::time::Duration;
 

@@ -1,7 +1,8 @@
 //! The HTTP surface: a thin translation between requests and [`Gateway`] calls.
 //!
-//! Layout: `fhir` (the FHIR REST API), `housing` (the housing JSON API), `audit`
-//! (query and verify), `ops` (health). `error` renders every failure; `extract` reads
+//! Layout: `fhir` (the FHIR REST API), `housing` (the housing JSON API: tenants, the
+//! feed, consents), `notes` (care coordination notes), `reviews` (joint case reviews),
+//! `audit` (query and verify), `ops` (health). `error` renders every failure; `extract` reads
 //! bodies. The envelope middleware wraps every request: reference ID, authentication,
 //! tracing span, audit record for anything a handler did not audit itself, and the
 //! `X-Reference-Id` header.
