@@ -255,6 +255,12 @@ impl Mappings {
         let mut labels = root_labels.clone();
         labels.extend(node_labels);
         labels.extend(self.code_labels(node.value));
+        // A value read through a reference (a medication's name from the Medication it
+        // points at) carries that resource's sensitivity too.
+        for contained in referenced_resources(doc.root, node.value, &trace) {
+            labels.extend(self.code_labels(contained));
+            labels.extend(self.security_labels(contained));
+        }
         labels.extend(item_labels);
         Some(Ok(MappedItem {
             item,
@@ -443,9 +449,37 @@ const KNOWN_LABELS: &[&str] = &[
     "SEX", "STD",
 ];
 
+/// The contained resources, other than `node` itself, that the item's values were read
+/// from (`/contained/N/...` in its trace).
+fn referenced_resources<'a>(
+    root: &'a Value,
+    node: &Value,
+    trace: &[Trace],
+) -> impl Iterator<Item = &'a Value> {
+    let mut indexes: Vec<usize> = trace
+        .iter()
+        .filter_map(|t| {
+            t.from
+                .strip_prefix("/contained/")?
+                .split('/')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    indexes.sort_unstable();
+    indexes.dedup();
+    let node = address(node);
+    indexes
+        .into_iter()
+        .filter_map(|i| root.get("contained")?.get(i))
+        .filter(move |c| address(c) != node)
+}
+
 /// Every Coding in the subtree an item was read from (a medication's own code and
-/// reason, a flag's code). References are not followed: a discharge is not sensitive
-/// because the Encounter lists a sensitive diagnosis the item never carries.
+/// reason, a flag's code). References are followed only to resources a value was read
+/// from (see [`referenced_resources`]): a discharge is not sensitive because the
+/// Encounter lists a sensitive diagnosis the item never carries.
 fn collect_codings<'a>(v: &'a Value, out: &mut Vec<(&'a str, &'a str)>) {
     match v {
         Value::Object(map) => {
@@ -607,6 +641,31 @@ mod tests {
                 .contains(&"Communication.contained[0].intent".to_string())
         );
         // The rxnorm coding's system/code were read for sensitivity only, not kept.
+        assert!(t.items[0].labels.contains("SUD"), "{:?}", t.items[0].labels);
+    }
+
+    /// The medication named through `medicationReference` labels the item as if it were
+    /// named inline: a substance-use restriction must withhold it either way.
+    #[test]
+    fn a_medication_named_by_reference_carries_its_sensitivity() {
+        let mut r = med_notice(json!({}));
+        let request = &mut r["contained"][0];
+        request
+            .as_object_mut()
+            .unwrap()
+            .remove("medicationCodeableConcept");
+        request["medicationReference"] = json!({"reference": "#med"});
+        r["contained"].as_array_mut().unwrap().push(json!({
+            "resourceType": "Medication", "id": "med",
+            "code": {"text": "Methadone 10 mg/mL oral solution",
+                     "coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "6813"}]}
+        }));
+        let t = mappings().translate(&r);
+        assert!(t.problems.is_empty(), "{:?}", t.problems);
+        let DatasetItem::MedicationChange(m) = &t.items[0].item else {
+            panic!("expected a medication change")
+        };
+        assert_eq!(m.medication, "Methadone 10 mg/mL oral solution");
         assert!(t.items[0].labels.contains("SUD"), "{:?}", t.items[0].labels);
     }
 
