@@ -51,9 +51,13 @@ impl Relay {
             .iter()
             .filter(|p| p.fhir_base_url.is_some())
         {
+            // No redirects: reqwest would repeat a POST as a bodiless GET after a 301-303,
+            // and that GET's 2xx would record a note as delivered that never arrived. A
+            // 3xx is retried like any other failure, and shows in the note's last error.
             let mut builder = reqwest::Client::builder()
                 .timeout(timeout)
-                .connect_timeout(timeout);
+                .connect_timeout(timeout)
+                .redirect(reqwest::redirect::Policy::none());
             if let Some(ca) = &p.ca_file {
                 // Only the configured roots vouch for this partner.
                 let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
@@ -173,7 +177,25 @@ impl Relay {
         if restricted {
             audit.reason = Some("a fact is now restricted by the tenant's consent".into());
         }
-        let result = if decision.is_err() || restricted {
+        // Only a refusal stops a note; failing to read the consent (the store busy or
+        // failing) is retried like a failed send.
+        let retry = |error: String, audit: &mut AuditEntry| {
+            audit.outcome = Outcome::Failed;
+            audit.reason = Some(error.clone());
+            let next_ms = unix_ms(at) + self.backoff_ms(d.attempts);
+            if next_ms > d.give_up_ms {
+                AttemptResult::Dead {
+                    error: format!("not delivered before the deadline; last error: {error}"),
+                }
+            } else {
+                AttemptResult::Retry { next_ms, error }
+            }
+        };
+        let result = if let Err(e) = &decision
+            && !matches!(e, crate::error::Error::Forbidden(_))
+        {
+            retry(format!("could not decide consent: {e}"), &mut audit)
+        } else if decision.is_err() || restricted {
             audit.outcome = Outcome::Refused;
             audit.status = 403;
             AttemptResult::Stopped {
@@ -200,22 +222,11 @@ impl Relay {
                     }
                 }
                 other => {
-                    audit.outcome = Outcome::Failed;
                     let error = match other {
                         Ok(status) => format!("partner answered HTTP {status}"),
                         Err(e) => e,
                     };
-                    audit.reason = Some(error.clone());
-                    let next_ms = unix_ms(at) + self.backoff_ms(d.attempts);
-                    if next_ms > d.give_up_ms {
-                        AttemptResult::Dead {
-                            error: format!(
-                                "not delivered before the deadline; last error: {error}"
-                            ),
-                        }
-                    } else {
-                        AttemptResult::Retry { next_ms, error }
-                    }
+                    retry(error, &mut audit)
                 }
             }
         };

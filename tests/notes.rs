@@ -196,6 +196,30 @@ async fn a_note_is_delivered_as_valid_fhir_and_the_reply_is_threaded() {
     assert_eq!(deliveries[0]["record"]["related"], reference.as_str());
 }
 
+/// A partner (or a proxy before it) that redirects has not received the note: it stays
+/// pending with the redirect as its last error, never "delivered" by a follow-up GET.
+#[tokio::test]
+async fn a_redirect_is_not_a_delivery() {
+    let partner = Partner::start().await;
+    let app = ready(&partner).await;
+    partner.set(Mode::Redirect);
+    let sent = app
+        .post_json("/housing/notes", HOUSING, &note(json!([])))
+        .await;
+    assert_eq!(sent.status, 201, "{sent:?}");
+    let reference = sent.body["reference_id"].as_str().unwrap().to_string();
+    wait_for_attempts(&partner, 1).await;
+    let t = wait_for_state(&app, &reference, "pending").await;
+    assert!(
+        t["delivery"]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("302"),
+        "{t}"
+    );
+    assert!(partner.bundles().is_empty());
+}
+
 #[tokio::test]
 async fn nothing_is_lost_or_duplicated_across_a_partner_outage_and_a_hearth_restart() {
     let partner = Partner::start().await;

@@ -6,8 +6,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::StatusCode;
-use axum::routing::post;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{Value, json};
 
@@ -22,6 +23,8 @@ pub enum Mode {
     Stall,
     /// Refuses with this status.
     Refuse(u16),
+    /// Answers 302 to `/fhir/moved`, where a GET answers 200 (a misconfigured proxy).
+    Redirect,
 }
 
 #[derive(Default)]
@@ -53,6 +56,10 @@ impl Partner {
         }));
         let app = Router::new()
             .route("/fhir", post(receive))
+            .route(
+                "/fhir/moved",
+                get(|| async { Json(json!({"resourceType": "Bundle"})) }),
+            )
             .with_state(inner.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -108,7 +115,7 @@ async fn receive(
     State(inner): State<Arc<Mutex<Inner>>>,
     headers: axum::http::HeaderMap,
     Json(bundle): Json<Value>,
-) -> (StatusCode, Json<Value>) {
+) -> Response {
     let mode = {
         let mut i = inner.lock().unwrap();
         i.attempts += 1;
@@ -125,17 +132,22 @@ async fn receive(
             return (
                 StatusCode::SERVICE_UNAVAILABLE,
                 Json(json!({"resourceType": "OperationOutcome"})),
-            );
+            )
+                .into_response();
         }
         Mode::Stall => {
             tokio::time::sleep(Duration::from_secs(30)).await;
-            return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({})));
+            return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({}))).into_response();
         }
         Mode::Refuse(s) => {
             return (
                 StatusCode::from_u16(s).unwrap(),
                 Json(json!({"resourceType": "OperationOutcome"})),
-            );
+            )
+                .into_response();
+        }
+        Mode::Redirect => {
+            return (StatusCode::FOUND, [(header::LOCATION, "/fhir/moved")]).into_response();
         }
         Mode::Up | Mode::LoseAnswer => {}
     }
@@ -159,10 +171,11 @@ async fn receive(
     i.bundles.push(bundle);
     if mode == Mode::LoseAnswer {
         i.mode = Some(Mode::Up);
-        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({})));
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({}))).into_response();
     }
     (
         StatusCode::OK,
         Json(json!({"resourceType": "Bundle", "type": "transaction-response", "entry": responses})),
     )
+        .into_response()
 }
