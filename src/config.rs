@@ -224,7 +224,8 @@ pub struct Relay {
     /// A note not delivered this long after it was queued is dead-lettered.
     #[serde(default = "default_dead_letter")]
     pub dead_letter_after_secs: u64,
-    /// One delivery attempt may take this long.
+    /// Each HTTP request of a delivery attempt may take this long (an attempt that sends
+    /// a batch's entries one by one makes one request per entry).
     #[serde(default = "default_attempt_timeout")]
     pub attempt_timeout_ms: u64,
 }
@@ -347,6 +348,49 @@ impl Config {
             self.feed.default_page >= 1 && self.feed.default_page <= self.feed.max_page,
             "feed.default_page must be between 1 and feed.max_page"
         );
+        // Two principals with one token: the last would silently win, authenticating as
+        // another organisation or role.
+        let mut tokens: Vec<_> = self
+            .principals
+            .iter()
+            .map(|p| p.token_sha256.to_ascii_lowercase())
+            .collect();
+        tokens.sort();
+        tokens.dedup();
+        anyhow::ensure!(
+            tokens.len() == self.principals.len(),
+            "principals' token_sha256 must be unique"
+        );
+        let mut principal_ids: Vec<_> = self.principals.iter().map(|p| &p.id).collect();
+        principal_ids.sort();
+        principal_ids.dedup();
+        anyhow::ensure!(
+            principal_ids.len() == self.principals.len(),
+            "principal ids must be unique"
+        );
+        let r = &self.relay;
+        anyhow::ensure!(
+            r.poll_interval_ms >= 1 && r.attempt_timeout_ms >= 1 && r.initial_backoff_secs >= 1,
+            "relay.poll_interval_ms, attempt_timeout_ms and initial_backoff_secs must be at least 1"
+        );
+        anyhow::ensure!(
+            r.max_backoff_secs >= r.initial_backoff_secs && r.max_backoff_secs <= 7 * 24 * 3600,
+            "relay.max_backoff_secs must be between initial_backoff_secs and a week"
+        );
+        for p in &self.partners {
+            anyhow::ensure!(
+                p.max_in_flight >= 1,
+                "partner `{}`: max_in_flight must be at least 1, or no note is ever sent",
+                p.id
+            );
+            if let Some(pin) = &p.client_cert_sha256 {
+                anyhow::ensure!(
+                    pin.len() == 64 && pin.chars().all(|c| c.is_ascii_hexdigit()),
+                    "partner `{}`: client_cert_sha256 must be 64 hex digits",
+                    p.id
+                );
+            }
+        }
         Ok(())
     }
 
@@ -509,6 +553,38 @@ mod tests {
         let p = config.principals();
         assert_eq!(p.authenticate(&creds[0].token).unwrap().role, Role::Clinic);
         assert!(write_sample(&path, dir.path(), Path::new("m"), Path::new("p")).is_err());
+    }
+
+    /// Settings that would silently misroute or stall are refused at start-up.
+    #[test]
+    fn dangerous_settings_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hearth.toml");
+        write_sample(&path, dir.path(), Path::new("m"), Path::new("p")).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(Config::from_toml(&text).is_ok());
+        let refused = |changed: String, why: &str| {
+            let err = Config::from_toml(&changed).unwrap_err();
+            assert!(format!("{err:#}").contains(why), "{err:#}");
+        };
+        // One token for two principals: the second would sign in as the first.
+        let hashes: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("token_sha256 = "))
+            .collect();
+        assert!(hashes.len() >= 2);
+        refused(
+            text.replacen(hashes[1], hashes[0], 1),
+            "token_sha256 must be unique",
+        );
+        refused(
+            text.replace("initial_backoff_secs = 5", "initial_backoff_secs = 0"),
+            "at least 1",
+        );
+        refused(
+            text.replace("max_backoff_secs = 600", "max_backoff_secs = 99999999999"),
+            "max_backoff_secs",
+        );
     }
 
     #[test]

@@ -38,6 +38,12 @@ impl TenantRegistration {
             if i.system.trim().is_empty() || i.value.trim().is_empty() {
                 return Err("each identifier needs a system and a value".into());
             }
+            // Another housing tenant ID would route that tenant's notices here.
+            if i.system == tenant_system && i.value != id {
+                return Err(format!(
+                    "an identifier in {tenant_system} must be this tenant's own ID, {id}"
+                ));
+            }
             if !all.contains(i) {
                 all.push(i.clone());
             }
@@ -140,6 +146,31 @@ pub fn decide_link(resolved: &[Option<TenantId>]) -> Result<TenantId, LinkFailur
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// A registration may not claim another tenant's housing ID: that tenant's notices
+    /// would be linked here.
+    #[test]
+    fn a_registration_cannot_claim_another_tenants_housing_id() {
+        let reg = |system: &str, value: &str| TenantRegistration {
+            tenant_id: TenantId::new("T-1"),
+            identifiers: vec![Identifier::new(system, value)],
+        };
+        assert!(
+            reg("urn:housing", "T-2")
+                .identifiers_to_link("urn:housing")
+                .is_err()
+        );
+        assert_eq!(
+            reg("urn:housing", "T-1").identifiers_to_link("urn:housing"),
+            Ok(vec![Identifier::new("urn:housing", "T-1")])
+        );
+        assert_eq!(
+            reg("urn:mrn", "T-2")
+                .identifiers_to_link("urn:housing")
+                .map(|l| l.len()),
+            Ok(2)
+        );
+    }
 
     #[test]
     fn links_through_a_contained_patient() {
