@@ -644,6 +644,20 @@ mod tests {
         assert!(t.items[0].labels.contains("SUD"), "{:?}", t.items[0].labels);
     }
 
+    /// A replacement order that is itself stopped is a stop, not a dose change.
+    #[test]
+    fn a_stopped_replacement_order_is_a_stop() {
+        let mut r = med_notice(json!({}));
+        r["contained"][0]["priorPrescription"] = json!({"reference": "MedicationRequest/old"});
+        let change = |r: &Value| match &mappings().translate(r).items[0].item {
+            DatasetItem::MedicationChange(m) => m.change,
+            other => panic!("expected a medication change, got {other:?}"),
+        };
+        assert_eq!(change(&r), ChangeKind::DoseChanged);
+        r["contained"][0]["status"] = json!("stopped");
+        assert_eq!(change(&r), ChangeKind::Stopped);
+    }
+
     /// The medication named through `medicationReference` labels the item as if it were
     /// named inline: a substance-use restriction must withhold it either way.
     #[test]
@@ -676,9 +690,10 @@ mod tests {
         let t = mappings().translate(&r);
         assert!(t.items.is_empty());
         assert_eq!(t.problems.len(), 1);
+        // `change` is read from the status first; a draft order says no change.
         assert_eq!(
             t.problems[0].expression,
-            "Communication.contained[0].priorPrescription"
+            "Communication.contained[0].status"
         );
     }
 

@@ -1,7 +1,7 @@
 //! Mapping files, parsed: value sets, sensitivity rules and one item file per dataset item.
 //! See `mappings/README.md` for the format.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path as FsPath;
 
 use serde_json::Value;
@@ -507,6 +507,14 @@ pub fn parse_sensitivity(
     for r in f.items {
         let kind = ItemKind::parse(&r.item)
             .ok_or_else(|| err(file, format!("unknown item `{}`", r.item)))?;
+        // A misspelt field would never match, and the label it should add would
+        // silently never be added.
+        if !kind.fields().iter().any(|(f, _)| *f == r.field) {
+            return Err(err(
+                file,
+                format!("`{}` has no field `{}`", r.item, r.field),
+            ));
+        }
         out.by_item
             .push((kind, r.field, to_json(&r.equals), r.labels));
     }
@@ -529,11 +537,8 @@ pub fn load_dir(dir: &FsPath) -> Result<(ValueSets, Sensitivity, Vec<Source>), M
         .collect();
     names.sort();
     let mut sources = Vec::new();
-    let mut kinds = BTreeSet::new();
     for name in names {
-        let parsed = parse_item_file(&name, &read(&name)?, &sets)?;
-        kinds.extend(parsed.iter().map(|s| s.kind));
-        sources.extend(parsed);
+        sources.extend(parse_item_file(&name, &read(&name)?, &sets)?);
     }
     if sources.is_empty() {
         return Err(err(
@@ -542,4 +547,23 @@ pub fn load_dir(dir: &FsPath) -> Result<(ValueSets, Sensitivity, Vec<Source>), M
         ));
     }
     Ok((sets, sensitivity, sources))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A misspelt field in an item rule is a start-up error, not a label never added.
+    #[test]
+    fn an_item_rule_naming_no_field_of_its_item_is_refused() {
+        let rule = |field: &str| {
+            format!(
+                "[[items]]\nitem = \"risk_flag\"\nfield = \"{field}\"\nequals = \"withdrawal-risk\"\nlabels = [\"SUD\"]\n"
+            )
+        };
+        let sets = ValueSets::default();
+        assert!(parse_sensitivity("sensitivity.toml", &rule("flag"), &sets).is_ok());
+        let e = parse_sensitivity("sensitivity.toml", &rule("flags"), &sets).unwrap_err();
+        assert!(e.message.contains("has no field `flags`"), "{e}");
+    }
 }
