@@ -195,6 +195,22 @@ pub struct Tls {
     /// `client_cert_sha256`.
     #[serde(default)]
     pub client_ca: Option<PathBuf>,
+    /// A client that has not finished the TLS handshake by then is dropped, so idle
+    /// connections cannot pile up.
+    #[serde(default = "default_handshake_timeout")]
+    pub handshake_timeout_ms: u64,
+    /// Pause after a failed `accept` (out of file descriptors, say) before the next, so
+    /// the server does not spin while connections in flight close.
+    #[serde(default = "default_accept_error_pause")]
+    pub accept_error_pause_ms: u64,
+}
+
+fn default_accept_error_pause() -> u64 {
+    100
+}
+
+fn default_handshake_timeout() -> u64 {
+    10_000
 }
 
 /// Forward dataset items received from `from` to `to` (e.g. a clinic's discharge notices

@@ -79,7 +79,7 @@ pub async fn run(
         Some(tls) => {
             let config = crate::tls::server_config(tls)
                 .map_err(|e| std::io::Error::other(format!("{e:#}")))?;
-            crate::tls::serve(listener, router, config, stop).await
+            crate::tls::serve(listener, router, config, tls.into(), stop).await
         }
         None => {
             // The peer address lets the envelope believe a proxy's client-certificate

@@ -77,12 +77,33 @@ pub fn server_config(tls: &crate::config::Tls) -> anyhow::Result<rustls::ServerC
 }
 
 /// Serves `router` over TLS until `shutdown` resolves, then lets open connections finish.
+/// The server's own deadlines (see [`crate::config::Tls`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub handshake: std::time::Duration,
+    pub accept_error_pause: std::time::Duration,
+}
+
+impl From<&crate::config::Tls> for Timeouts {
+    fn from(tls: &crate::config::Tls) -> Self {
+        Self {
+            handshake: std::time::Duration::from_millis(tls.handshake_timeout_ms),
+            accept_error_pause: std::time::Duration::from_millis(tls.accept_error_pause_ms),
+        }
+    }
+}
+
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     config: rustls::ServerConfig,
+    timeouts: Timeouts,
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
+    let Timeouts {
+        handshake,
+        accept_error_pause,
+    } = timeouts;
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
@@ -92,6 +113,7 @@ pub async fn serve(
                 Ok(a) => a,
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(accept_error_pause).await;
                     continue;
                 }
             },
@@ -101,10 +123,14 @@ pub async fn serve(
         let router = router.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let tls = match acceptor.accept(tcp).await {
-                Ok(t) => t,
-                Err(e) => {
+            let tls = match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
+                Ok(Ok(t)) => t,
+                Ok(Err(e)) => {
                     tracing::debug!(error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!("TLS handshake not finished in time; connection dropped");
                     return;
                 }
             };

@@ -69,6 +69,8 @@ async fn hearth_serves_https_and_a_pinned_partner_must_present_its_client_certif
         cert: write(dir.path(), "server.pem", &server_cert),
         key: write(dir.path(), "server.key", &server_key),
         client_ca: Some(write(dir.path(), "ca.pem", &pki.ca_pem)),
+        handshake_timeout_ms: 300,
+        accept_error_pause_ms: 100,
     });
     let clinic = config
         .partners
@@ -86,6 +88,21 @@ async fn hearth_serves_https_and_a_pinned_partner_must_present_its_client_certif
         .await
         .unwrap();
     assert_eq!(meta.status(), 200);
+
+    // A client that connects and never starts the handshake is dropped once the
+    // configured handshake time (300 ms here) has passed; it cannot hold the slot.
+    let addr = app.base.trim_start_matches("https://").to_string();
+    let mut silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    let closed = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read(&mut silent, &mut buf),
+    )
+    .await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "a silent client was kept: {closed:?}"
+    );
 
     app.register_tenant().await;
     app.consent("consent-share-with-clinic.json").await;
@@ -149,6 +166,8 @@ async fn outbound_delivery_trusts_only_the_partners_configured_roots() {
         cert: write(dir.path(), "partner.pem", &cert),
         key: write(dir.path(), "partner.key", &key),
         client_ca: None,
+        handshake_timeout_ms: 10_000,
+        accept_error_pause_ms: 100,
     };
     let partner = Partner::start_with(Some(hearth::tls::server_config(&server).unwrap())).await;
 

@@ -70,6 +70,10 @@ impl Partner {
                     listener,
                     app,
                     config,
+                    hearth::tls::Timeouts {
+                        handshake: Duration::from_secs(10),
+                        accept_error_pause: Duration::from_millis(100),
+                    },
                     std::future::pending(),
                 ));
             }
