@@ -307,6 +307,24 @@ fn default_max_page() -> usize {
     1000
 }
 
+/// Notes carry health information and the partner's bearer token: HTTPS, except to a
+/// partner on this machine (a local proxy or a test server).
+fn check_partner_url(url: &str) -> anyhow::Result<()> {
+    let parsed = reqwest::Url::parse(url)?;
+    let host = parsed.host_str().unwrap_or_default();
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let local = host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" if local => Ok(()),
+        "http" => anyhow::bail!("{url} is plain HTTP off this machine; use https"),
+        other => anyhow::bail!("{url}: scheme {other} is not http(s)"),
+    }
+}
+
 impl Config {
     pub fn from_toml(text: &str) -> anyhow::Result<Self> {
         let config: Config = toml::from_str(text)?;
@@ -394,6 +412,10 @@ impl Config {
             "relay.max_backoff_secs must be between initial_backoff_secs and a week"
         );
         for p in &self.partners {
+            if let Some(url) = &p.fhir_base_url {
+                check_partner_url(url)
+                    .with_context(|| format!("partner `{}`: fhir_base_url", p.id))?;
+            }
             anyhow::ensure!(
                 p.max_in_flight >= 1,
                 "partner `{}`: max_in_flight must be at least 1, or no note is ever sent",
@@ -601,6 +623,18 @@ mod tests {
             text.replace("max_backoff_secs = 600", "max_backoff_secs = 99999999999"),
             "max_backoff_secs",
         );
+        // Notes in plain HTTP across the network; on this machine it is allowed.
+        refused(
+            text.replace("http://127.0.0.1:9090/fhir", "http://mco.example:9090/fhir"),
+            "plain HTTP",
+        );
+        for fine in [
+            "https://mco.example/fhir",
+            "http://localhost:9/fhir",
+            "http://[::1]:9/fhir",
+        ] {
+            assert!(check_partner_url(fine).is_ok(), "{fine}");
+        }
     }
 
     #[test]
