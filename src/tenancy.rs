@@ -107,7 +107,8 @@ pub fn subject_identifiers(resource: &Value) -> Result<Vec<Identifier>, Issue> {
     Ok(ids)
 }
 
-fn identifier(v: &Value) -> Option<Identifier> {
+/// A FHIR Identifier with both `system` and `value`.
+pub fn identifier(v: &Value) -> Option<Identifier> {
     Some(Identifier::new(
         v.get("system")?.as_str()?,
         v.get("value")?.as_str()?,

@@ -283,41 +283,31 @@ fn withheld(terms: Option<&ConsentTerms>, item_labels: &[BTreeSet<String>]) -> V
 pub fn decide(consents: &[ConsentVersion], req: &ExchangeRequest) -> Decision {
     let governing = governing(consents);
     let citation = governing.map(ConsentVersion::citation);
+    // Restrictions the tenant stated hold on every permit, an emergency's included.
+    let permit = |break_glass| Decision::Permit {
+        withheld: withheld(governing.map(|c| &c.terms), req.item_labels),
+        consent: citation.clone(),
+        break_glass,
+    };
     if req.flow == Flow::HousingUse {
-        return Decision::Permit {
-            withheld: withheld(governing.map(|c| &c.terms), req.item_labels),
-            consent: citation,
-            break_glass: false,
-        };
+        return permit(false);
     }
     let refusal = match governing {
         None => Some(DenyReason::NoConsent),
         Some(c) => check(&c.terms, req),
     };
     match refusal {
-        None => Decision::Permit {
-            withheld: withheld(governing.map(|c| &c.terms), req.item_labels),
-            consent: citation,
-            break_glass: false,
-        },
+        None => permit(false),
         // The first refusal found may be one an emergency overrides (expired, say) while
         // a later row would not be: the partner the tenant never named stays refused.
-        Some(reason)
-            if req.break_glass.is_some()
-                && reason.break_glass_may_override()
-                && governing.is_some_and(|c| !partner_covered(&c.terms, req)) =>
-        {
-            Decision::Deny {
-                reason: DenyReason::PartnerNotCovered,
-                consent: citation,
-            }
-        }
         Some(reason) if req.break_glass.is_some() && reason.break_glass_may_override() => {
-            Decision::Permit {
-                // Restrictions the tenant stated still hold in an emergency.
-                withheld: withheld(governing.map(|c| &c.terms), req.item_labels),
-                consent: citation,
-                break_glass: true,
+            if governing.is_some_and(|c| !partner_covered(&c.terms, req)) {
+                Decision::Deny {
+                    reason: DenyReason::PartnerNotCovered,
+                    consent: citation,
+                }
+            } else {
+                permit(true)
             }
         }
         Some(reason) => Decision::Deny {

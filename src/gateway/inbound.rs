@@ -567,11 +567,7 @@ impl Gateway {
 }
 
 fn first_identifier(resource: &Value) -> Option<Identifier> {
-    let i = resource.get("identifier")?.as_array()?.first()?;
-    Some(Identifier::new(
-        i.get("system")?.as_str()?,
-        i.get("value")?.as_str()?,
-    ))
+    tenancy::identifier(resource.get("identifier")?.as_array()?.first()?)
 }
 
 /// `identifier=system|value` or `identifier=value` (the only search Hearth matches).
