@@ -2,7 +2,8 @@
 //!
 //! Six item kinds, exactly those the operating model names. Each struct rejects unknown
 //! fields, so a mapping file cannot smuggle anything else through: if it is not a field
-//! here, it does not leave Hearth.
+//! here, it does not leave Hearth. Statuses, contact systems and language tags are
+//! [`Code`]s, so no rule can carry prose through them either.
 //!
 //! Invariant: this module knows nothing of FHIR, HTTP or storage.
 
@@ -146,7 +147,7 @@ pub struct CareContact {
 #[serde(deny_unknown_fields)]
 pub struct ContactRoute {
     /// FHIR ContactPoint system: phone, email, sms, …
-    pub system: String,
+    pub system: Code,
     pub value: String,
     #[serde(default)]
     pub preferred: bool,
@@ -164,7 +165,7 @@ pub struct NextAppointment {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transport_needed: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<String>,
+    pub status: Option<Code>,
 }
 
 /// 3. A medication change notice — never the history.
@@ -192,7 +193,7 @@ pub enum ChangeKind {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Discharge {
-    pub status: String,
+    pub status: Code,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub date: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -216,7 +217,7 @@ pub struct FollowUp {
 #[serde(deny_unknown_fields)]
 pub struct RiskFlag {
     pub flag: RiskFlagKind,
-    pub status: String,
+    pub status: Code,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since: Option<String>,
 }
@@ -237,11 +238,11 @@ pub struct AccommodationNeed {
     pub need: NeedKind,
     /// BCP-47 language code, for `need = language`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub language: Option<String>,
+    pub language: Option<Code>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interpreter: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<String>,
+    pub status: Option<Code>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -251,6 +252,62 @@ pub enum NeedKind {
     Hearing,
     Cognitive,
     Other,
+}
+
+/// A coded value (a status, a contact system, a language tag): letters, digits and `-`,
+/// at most 40 characters. The field names alone do not stop a mapping rule from putting
+/// narrative text in a status; this does, so a rule like `status = { path = "note.text" }`
+/// makes a problem, not a stored item.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Code(String);
+
+impl TryFrom<String> for Code {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let ok = !s.is_empty()
+            && s.len() <= 40
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        if ok {
+            Ok(Self(s))
+        } else {
+            Err(format!(
+                "a code is letters, digits and '-', at most 40 characters; not {} characters of text",
+                s.chars().count()
+            ))
+        }
+    }
+}
+
+impl From<Code> for String {
+    fn from(c: Code) -> Self {
+        c.0
+    }
+}
+
+impl Code {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for Code {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl PartialEq<&str> for Code {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
+impl std::fmt::Display for Code {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 /// Where a stored item came from and what authorised it.
@@ -339,5 +396,29 @@ mod tests {
             let item = DatasetItem::from_fields(kind, fields).unwrap();
             assert_eq!(item.kind(), kind);
         }
+    }
+
+    /// Coded fields take codes, not prose: a mapping rule that reads a note into a
+    /// status makes a problem instead of an item.
+    #[test]
+    fn coded_fields_refuse_narrative_text() {
+        let flag = |status: &str| {
+            DatasetItem::from_fields(
+                ItemKind::RiskFlag,
+                json!({"flag": "falls", "status": status}),
+            )
+        };
+        assert!(flag("active").is_ok());
+        assert!(flag("entered-in-error").is_ok());
+        assert!(flag("Fell twice at home; daughter worried about her drinking").is_err());
+        assert!(flag("").is_err());
+        let route = |system: &str| {
+            DatasetItem::from_fields(
+                ItemKind::CareContact,
+                json!({"routes": [{"system": system, "value": "555-0142"}]}),
+            )
+        };
+        assert!(route("phone").is_ok());
+        assert!(route("call after 5pm, not her mobile").is_err());
     }
 }

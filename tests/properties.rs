@@ -642,7 +642,7 @@ fn the_check_catches_values_that_do_not_trace() {
     // A "constant" the mapping file never wrote.
     let mut t = fresh();
     let mut d = discharge(&mut t);
-    d.status = "deceased".into();
+    d.status = hearth::dataset::Code::try_from("deceased".to_string()).unwrap();
     t.items[0].item = DatasetItem::Discharge(d);
     assert!(
         t.items[0]

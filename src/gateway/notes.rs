@@ -475,7 +475,7 @@ fn describe(item: &DatasetItem) -> String {
         DatasetItem::AccommodationNeed(a) => format!(
             "Accommodation need: {:?}{}{}",
             a.need,
-            opt("language", &a.language),
+            opt("language", &a.language.as_ref().map(|c| c.to_string())),
             match a.interpreter {
                 Some(true) => "; interpreter needed",
                 _ => "",
