@@ -399,6 +399,11 @@ impl Gateway {
                 .map(|(_, f)| f)
                 .collect();
             if facts.is_empty() {
+                // Permitted, but every item it would carry is restricted: nothing goes.
+                audit.outcome = crate::audit::Outcome::Refused;
+                audit.status = 403;
+                audit.reason = Some("every item is restricted by the tenant's consent".into());
+                refused.push(audit);
                 continue;
             }
             let from = self
