@@ -644,6 +644,22 @@ mod tests {
         assert!(t.items[0].labels.contains("SUD"), "{:?}", t.items[0].labels);
     }
 
+    /// A "no mental health details" restriction has codes to act on: an antipsychotic
+    /// start is labelled PSY without the sender having to label it.
+    #[test]
+    fn an_antipsychotic_start_is_labelled_mental_health() {
+        let mut r = med_notice(json!({}));
+        r["contained"][0]["medicationCodeableConcept"] = json!({"text": "Olanzapine 10 mg",
+            "coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "61381"}]});
+        let t = mappings().translate(&r);
+        assert!(t.items[0].labels.contains("PSY"), "{:?}", t.items[0].labels);
+        assert!(
+            !t.items[0].labels.contains("SUD"),
+            "{:?}",
+            t.items[0].labels
+        );
+    }
+
     /// A replacement order that is itself stopped is a stop, not a dose change.
     #[test]
     fn a_stopped_replacement_order_is_a_stop() {
