@@ -115,7 +115,7 @@ impl StoreArgs {
         let dir = match (&self.data_dir, &self.config) {
             (Some(d), _) => d.clone(),
             (None, Some(c)) => Config::load(c)?.data_dir,
-            (None, None) => PathBuf::from("hearth-data"),
+            (None, None) => PathBuf::from(crate::config::DEFAULT_DATA_DIR),
         };
         let path = dir.join(DB_FILE);
         if !path.exists() {
@@ -126,7 +126,7 @@ impl StoreArgs {
 }
 
 /// Where `hearth serve` keeps its generated config when given none.
-const DEFAULT_DIR: &str = "hearth-data";
+const DEFAULT_DIR: &str = crate::config::DEFAULT_DATA_DIR;
 
 /// Runs a command; returns the process exit code.
 pub async fn run(cli: Cli) -> anyhow::Result<i32> {

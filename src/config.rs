@@ -288,8 +288,11 @@ pub struct PrincipalConfig {
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8080))
 }
+/// Where the store lives when neither the config nor the command line says.
+pub const DEFAULT_DATA_DIR: &str = "hearth-data";
+
 fn default_data_dir() -> PathBuf {
-    PathBuf::from("hearth-data")
+    PathBuf::from(DEFAULT_DATA_DIR)
 }
 fn default_mappings_dir() -> PathBuf {
     PathBuf::from("mappings")
