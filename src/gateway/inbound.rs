@@ -245,6 +245,7 @@ impl Gateway {
             },
         }
         let mut to_store = Vec::new();
+        let mut replays = Vec::new();
         let mut pending = Vec::with_capacity(prepared.len());
         for p in prepared {
             match p {
@@ -260,12 +261,16 @@ impl Gateway {
                 }
                 Prepared::Replay { original, audit } => {
                     let resource_type = audit.resource_type.clone().unwrap_or_default();
-                    self.store.append(*audit).await?;
+                    replays.push(*audit);
                     pending.push(Pending::Replay(original, resource_type));
                 }
             }
         }
-        let mut outcomes = self.store.commit_exchanges(to_store).await?.into_iter();
+        let mut outcomes = self
+            .store
+            .commit_exchanges(to_store, replays)
+            .await?
+            .into_iter();
         pending
             .into_iter()
             .map(|p| match p {

@@ -322,10 +322,12 @@ pub trait ConsentStore: Send + Sync {
 #[async_trait]
 pub trait ExchangeStore: Send + Sync {
     /// Stores all exchanges and their audit records in one transaction, all or nothing
-    /// (a transaction Bundle passes several).
+    /// (a transaction Bundle passes several), with `audits` — records of entries that
+    /// needed no write of their own (an `If-None-Exist` replay) — in the same commit.
     async fn commit_exchanges(
         &self,
         exchanges: Vec<NewExchange>,
+        audits: Vec<AuditEntry>,
     ) -> StoreResult<Vec<ExchangeOutcome>>;
     /// Current exchanges of `partner` with an identifier matching `system` (any when
     /// `None`) and `value`.

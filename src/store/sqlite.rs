@@ -1273,9 +1273,13 @@ impl ExchangeStore for SqliteStore {
     async fn commit_exchanges(
         &self,
         exchanges: Vec<NewExchange>,
+        audits: Vec<AuditEntry>,
     ) -> StoreResult<Vec<ExchangeOutcome>> {
         // Fails only when the database does: `commit_one` refuses nothing after writing.
         self.write_with(Isolation::Batch, move |ctx| {
+            for audit in &audits {
+                ctx.audit(audit)?;
+            }
             exchanges
                 .into_iter()
                 .map(|ex| commit_one(ctx, ex))
