@@ -424,17 +424,27 @@ fn entry_body(entry: &Value) -> JsonBody {
 fn in_entry(mut issues: Vec<Issue>, index: usize) -> Vec<Issue> {
     for issue in &mut issues {
         for x in &mut issue.expression {
-            if x.starts_with("Bundle.") {
-                continue;
-            }
-            let rest = x
-                .split_once('.')
-                .map(|(_, r)| format!(".{r}"))
-                .unwrap_or_default();
-            *x = format!("Bundle.entry[{index}].resource{rest}");
+            *x = entry_expression(x, index);
         }
     }
     issues
+}
+
+/// `expression` about an entry's resource, rooted at the Bundle: `Communication.status`
+/// or a bare `status` becomes `Bundle.entry[i].resource.status`.
+fn entry_expression(expression: &str, index: usize) -> String {
+    if expression.starts_with("Bundle.") {
+        return expression.to_string();
+    }
+    // A leading resource type (capitalised, as FHIR types are) is the entry's resource.
+    let rest = match expression.split_once('.') {
+        _ if expression.starts_with(|c: char| !c.is_ascii_uppercase()) => {
+            format!(".{expression}")
+        }
+        Some((_, rest)) => format!(".{rest}"),
+        None => String::new(),
+    };
+    format!("Bundle.entry[{index}].resource{rest}")
 }
 
 fn entry_response(
@@ -569,9 +579,15 @@ async fn transaction(
                 bundle_audit.tenant = audit.tenant.clone();
                 return Err(match e {
                     Error::Invalid(issues) => Error::Invalid(in_entry(issues, i)),
-                    Error::Malformed { message, .. } => Error::Malformed {
+                    Error::Malformed {
                         message,
-                        expression: Some(format!("Bundle.entry[{i}].resource")),
+                        expression,
+                    } => Error::Malformed {
+                        message,
+                        expression: Some(entry_expression(
+                            expression.as_deref().unwrap_or_default(),
+                            i,
+                        )),
                     },
                     other => other,
                 });
@@ -790,4 +806,28 @@ async fn search_consents(
     );
     response.extensions_mut().insert(AuditDraft(audit));
     Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::entry_expression;
+
+    /// A problem inside a Bundle entry points into that entry's resource, whether the
+    /// expression named the resource type, a bare element, or nothing.
+    #[test]
+    fn entry_problems_point_into_the_entry() {
+        for (given, expected) in [
+            ("Communication.status", "Bundle.entry[2].resource.status"),
+            (
+                "Communication.category",
+                "Bundle.entry[2].resource.category",
+            ),
+            ("resourceType", "Bundle.entry[2].resource.resourceType"),
+            ("Communication", "Bundle.entry[2].resource"),
+            ("", "Bundle.entry[2].resource"),
+            ("Bundle.entry[0].request", "Bundle.entry[0].request"),
+        ] {
+            assert_eq!(entry_expression(given, 2), expected, "{given}");
+        }
+    }
 }
