@@ -353,7 +353,7 @@ impl Gateway {
         call: &Call,
         tenant: &TenantId,
         audit: &mut AuditEntry,
-    ) -> Result<bool, Error> {
+    ) -> Result<(bool, RenewalDue), Error> {
         self.require_role(call, CUSTODIANS)?;
         audit.tenant = Some(tenant.clone());
         if !self.store.tenant_exists(tenant).await? {

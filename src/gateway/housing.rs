@@ -24,7 +24,7 @@ impl Gateway {
         call: &Call,
         reg: TenantRegistration,
         audit: &mut AuditEntry,
-    ) -> Result<bool, Error> {
+    ) -> Result<crate::store::Registered, Error> {
         self.require_role(call, &[Role::Housing, Role::Admin])?;
         let ids = reg
             .identifiers_to_link(&self.config.tenancy.identifier_system)

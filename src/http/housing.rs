@@ -53,18 +53,13 @@ async fn register(
         )
     })?;
     let tenant = reg.tenant_id.clone();
-    let created = state
+    let registered = state
         .gateway
         .register_tenant(&call, reg, &mut audit)
         .await
         .map_err(|e| Failure::new(e, audit.clone()))?;
-    let identifiers = state
-        .gateway
-        .store
-        .tenant_identifiers(&tenant)
-        .await
-        .map_err(|e| Failure::from(Error::from(e)))?;
-    let status = if created {
+    let identifiers = registered.identifiers;
+    let status = if registered.created {
         StatusCode::CREATED
     } else {
         StatusCode::OK
@@ -165,17 +160,11 @@ async fn renewal_request(
 ) -> Result<Response, Failure> {
     let mut audit = call.audit("renewal-request", Direction::Internal);
     let tenant = TenantId::new(id);
-    let marked = state
+    let (marked, due) = state
         .gateway
         .request_renewal(&call, &tenant, &mut audit)
         .await
         .map_err(|e| Failure::new(e, audit.clone()))?;
-    let due = state
-        .gateway
-        .store
-        .renewal_due(&tenant)
-        .await
-        .map_err(|e| Failure::from(Error::from(e)))?;
     Ok(with_audited(
         axum::Json(json!({"tenant_id": tenant, "newly_marked": marked, "renewal_due": due}))
             .into_response(),

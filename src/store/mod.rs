@@ -269,7 +269,7 @@ pub trait TenantStore: Send + Sync {
         tenant: TenantId,
         identifiers: Vec<Identifier>,
         audit: AuditEntry,
-    ) -> StoreResult<bool>;
+    ) -> StoreResult<Registered>;
     /// The tenant each identifier names, if any.
     async fn resolve(&self, identifiers: &[Identifier]) -> StoreResult<Vec<Option<TenantId>>>;
     async fn tenant_exists(&self, tenant: &TenantId) -> StoreResult<bool>;
@@ -298,13 +298,14 @@ pub trait ConsentStore: Send + Sync {
     async fn consent_history(&self, id: &str) -> StoreResult<Vec<StoredConsent>>;
     /// Every version of every consent of a tenant, oldest first.
     async fn tenant_consents(&self, tenant: &TenantId) -> StoreResult<Vec<StoredConsent>>;
-    /// Marks the tenant's consent renewal-due (unless it already is); true if newly marked.
+    /// Marks the tenant's consent renewal-due (unless it already is): true if newly
+    /// marked, and the prompt now open (this one, or the one that already was).
     async fn mark_renewal_due(
         &self,
         tenant: &TenantId,
         due: RenewalDue,
         audit: AuditEntry,
-    ) -> StoreResult<bool>;
+    ) -> StoreResult<(bool, RenewalDue)>;
     async fn renewal_due(&self, tenant: &TenantId) -> StoreResult<Option<RenewalDue>>;
     /// Everything a consent decision needs about a tenant, in one read.
     async fn consent_context(&self, tenant: &TenantId) -> StoreResult<ConsentContext>;
@@ -316,6 +317,15 @@ pub trait ConsentStore: Send + Sync {
     ) -> StoreResult<(Vec<Option<TenantId>>, Option<ConsentContext>)>;
     /// Every tenant whose consent is renewal-due.
     async fn renewals_due(&self) -> StoreResult<Vec<(TenantId, RenewalDue)>>;
+}
+
+/// What registering a tenant did, read in the same transaction as the write.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Registered {
+    /// The tenant is new (it may have existed, gaining identifiers).
+    pub created: bool,
+    /// Every identifier now linked to the tenant, this registration's and earlier ones.
+    pub identifiers: Vec<Identifier>,
 }
 
 /// Inbound exchanges, the dataset items they wrote and the updates feed.

@@ -127,6 +127,20 @@ impl WriteCtx<'_> {
     }
 }
 
+/// Every identifier linked to `tenant`, in a stable order.
+fn identifiers_of(conn: &Connection, tenant: &str) -> StoreResult<Vec<Identifier>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT system, value FROM tenant_identifiers WHERE tenant_id = ?1 ORDER BY system, value",
+    )?;
+    let rows = stmt.query_map([tenant], |r| {
+        Ok(Identifier::new(
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+        ))
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
 fn open_renewal(conn: &Connection, tenant: &str) -> StoreResult<Option<RenewalDue>> {
     Ok(conn
         .prepare_cached("SELECT reason, since, reference_id FROM renewals WHERE tenant_id = ?1 AND cleared_at IS NULL")?
@@ -792,7 +806,7 @@ impl TenantStore for SqliteStore {
         tenant: TenantId,
         identifiers: Vec<Identifier>,
         audit: AuditEntry,
-    ) -> StoreResult<bool> {
+    ) -> StoreResult<Registered> {
         self.write(move |ctx| {
             let created = ctx.tx.execute(
                 "INSERT OR IGNORE INTO tenants (tenant_id, registered_at) VALUES (?1, ?2)",
@@ -824,7 +838,10 @@ impl TenantStore for SqliteStore {
             }
             ctx.changes.identifiers.extend(identifiers.iter().cloned());
             ctx.audit(&audit)?;
-            Ok(created)
+            Ok(Registered {
+                created,
+                identifiers: identifiers_of(ctx.tx, tenant.as_str())?,
+            })
         })
         .await
     }
@@ -860,14 +877,8 @@ impl TenantStore for SqliteStore {
 
     async fn tenant_identifiers(&self, tenant: &TenantId) -> StoreResult<Vec<Identifier>> {
         let tenant = tenant.clone();
-        self.read(move |conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT system, value FROM tenant_identifiers WHERE tenant_id = ?1 ORDER BY system, value",
-            )?;
-            let rows = stmt.query_map([tenant.as_str()], |r| Ok(Identifier::new(r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
-            Ok(rows.collect::<Result<_, _>>()?)
-        })
-        .await
+        self.read(move |conn| identifiers_of(conn, tenant.as_str()))
+            .await
     }
 }
 
@@ -1020,12 +1031,13 @@ impl ConsentStore for SqliteStore {
         tenant: &TenantId,
         due: RenewalDue,
         audit: AuditEntry,
-    ) -> StoreResult<bool> {
+    ) -> StoreResult<(bool, RenewalDue)> {
         let tenant = tenant.clone();
         self.write(move |ctx| {
             let marked = ctx.mark_renewal(&tenant, &due)?;
             ctx.audit(&audit)?;
-            Ok(marked)
+            let open = open_renewal(ctx.tx, tenant.as_str())?.unwrap_or(due);
+            Ok((marked, open))
         })
         .await
     }
@@ -1993,11 +2005,12 @@ mod tests {
             since: "2026-11-23T10:00:03Z".into(),
             reference_id: "01JTEST".into(),
         };
-        assert!(
+        assert_eq!(
             store
                 .mark_renewal_due(&tenant, due.clone(), entry(3))
                 .await
-                .unwrap()
+                .unwrap(),
+            (true, due.clone())
         );
         assert_eq!(store.renewal_due(&tenant).await.unwrap(), Some(due));
     }
