@@ -410,10 +410,17 @@ impl Config {
             r.poll_interval_ms >= 1 && r.attempt_timeout_ms >= 1 && r.initial_backoff_secs >= 1,
             "relay.poll_interval_ms, attempt_timeout_ms and initial_backoff_secs must be at least 1"
         );
+        // The first delay is capped by the maximum, so a maximum below it is not an error.
         anyhow::ensure!(
-            r.max_backoff_secs >= r.initial_backoff_secs && r.max_backoff_secs <= 7 * 24 * 3600,
-            "relay.max_backoff_secs must be between initial_backoff_secs and a week"
+            r.max_backoff_secs >= 1 && r.max_backoff_secs <= 7 * 24 * 3600,
+            "relay.max_backoff_secs must be between 1 second and a week"
         );
+        if let Some(tls) = &self.tls {
+            anyhow::ensure!(
+                tls.handshake_timeout_ms >= 100 && tls.accept_error_pause_ms >= 1,
+                "tls.handshake_timeout_ms must be at least 100 and accept_error_pause_ms at least 1"
+            );
+        }
         for p in &self.partners {
             if let Some(url) = &p.fhir_base_url {
                 check_partner_url(url)

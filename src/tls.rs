@@ -76,7 +76,6 @@ pub fn server_config(tls: &crate::config::Tls) -> anyhow::Result<rustls::ServerC
     Ok(config)
 }
 
-/// Serves `router` over TLS until `shutdown` resolves, then lets open connections finish.
 /// The server's own deadlines (see [`crate::config::Tls`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
@@ -93,6 +92,7 @@ impl From<&crate::config::Tls> for Timeouts {
     }
 }
 
+/// Serves `router` over TLS until `shutdown` resolves, then lets open connections finish.
 pub async fn serve(
     listener: TcpListener,
     router: Router,

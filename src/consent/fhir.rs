@@ -151,6 +151,11 @@ pub fn terms_from_fhir(
             issues.push(unenforceable(&format!("Consent.provision.{key}")));
         }
     }
+    // Hearth's exchanges are disclosures: a permit for other actions only (access,
+    // collect) would be enforced as one for disclosure.
+    if provision.get("action").is_some() && !permits_disclosure(provision.get("action")) {
+        issues.push(unenforceable("Consent.provision.action"));
+    }
     let mut denied_labels = Vec::new();
     for (i, nested) in provision
         .get("provision")
@@ -188,7 +193,26 @@ pub fn terms_from_fhir(
     }
 }
 
-/// Elements of the root provision Hearth reads (`action` is always disclosure here).
+/// Whether an `action` list names disclosure (`consentaction#disclose`).
+fn permits_disclosure(action: Option<&Value>) -> bool {
+    action
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .flat_map(|a| {
+            a.get("coding")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+        })
+        .any(|c| {
+            c.get("system").and_then(Value::as_str)
+                == Some("http://terminology.hl7.org/CodeSystem/consentaction")
+                && c.get("code").and_then(Value::as_str) == Some("disclose")
+        })
+}
+
+/// Elements of the root provision Hearth reads (`action` must include disclosure).
 const ROOT_PROVISION: &[&str] = &[
     "id",
     "extension",
@@ -200,8 +224,9 @@ const ROOT_PROVISION: &[&str] = &[
     "provision",
 ];
 
-/// A nested provision Hearth enforces: a deny of security labels, nothing else.
-const NESTED_PROVISION: &[&str] = &["id", "extension", "type", "securityLabel"];
+/// A nested provision Hearth enforces: a deny of security labels (for whatever action it
+/// names: Hearth withholds them from every exchange, which is the stricter reading).
+const NESTED_PROVISION: &[&str] = &["id", "extension", "type", "action", "securityLabel"];
 
 fn unenforceable(at: &str) -> Issue {
     Issue::error(
@@ -396,14 +421,20 @@ mod tests {
                 "Consent.provision.provision[3]"
             ]
         );
-        // The supported shape on its own is accepted.
+        // The supported shape on its own is accepted, a nested deny naming its action too.
+        let disclose = json!([{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentaction", "code": "disclose"}]}]);
         let plain = json!({"resourceType": "Consent", "status": "active", "dateTime": "2026-01-01",
-            "provision": {"type": "permit", "actor": [fhir["provision"]["actor"][0]],
-                "provision": [{"type": "deny", "securityLabel": [sud]}]}});
+            "provision": {"type": "permit", "actor": [fhir["provision"]["actor"][0]], "action": disclose,
+                "provision": [{"type": "deny", "action": disclose, "securityLabel": [sud]}]}});
         assert_eq!(
             terms_from_fhir(&plain, partner).unwrap().denied_labels,
             ["SUD"]
         );
+        // A permit to collect only is not a permit to disclose.
+        let mut collect = plain.clone();
+        collect["provision"]["action"][0]["coding"][0]["code"] = json!("collect");
+        let issues = terms_from_fhir(&collect, partner).unwrap_err();
+        assert_eq!(issues[0].expression, ["Consent.provision.action"]);
     }
 
     #[test]

@@ -380,7 +380,9 @@ impl Gateway {
                 .iter()
                 .map(|f| f.labels.iter().cloned().collect())
                 .collect();
-            let Ok(permit) = self
+            // A refusal is recorded and the notice goes on; failing to read the consent
+            // fails the notice (the partner retries it), rather than passing for one.
+            let permit = match self
                 .decide(
                     &forward_call,
                     tenant,
@@ -390,12 +392,16 @@ impl Gateway {
                     &mut audit,
                 )
                 .await
-            else {
-                tracing::info!(to = %rule.to, reason = audit.reason.as_deref().unwrap_or(""), "forward not made: consent");
-                audit.outcome = crate::audit::Outcome::Refused;
-                audit.status = 403;
-                refused.push(audit);
-                continue;
+            {
+                Ok(permit) => permit,
+                Err(Error::Forbidden(_)) => {
+                    tracing::info!(to = %rule.to, reason = audit.reason.as_deref().unwrap_or(""), "forward not made: consent");
+                    audit.outcome = crate::audit::Outcome::Refused;
+                    audit.status = 403;
+                    refused.push(audit);
+                    continue;
+                }
+                Err(e) => return Err(e),
             };
             let facts: Vec<StoredItem> = facts
                 .into_iter()

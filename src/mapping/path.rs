@@ -146,9 +146,13 @@ pub struct Doc<'a> {
     /// Ids come from the sender: foldhash is seeded per process, and the body size limit
     /// bounds how many there are.
     contained: HashMap<&'a str, usize, foldhash::fast::RandomState>,
-    /// Append-only, one entry per step taken (the same element reached twice is two
-    /// entries): a node's index stays valid for the document's life.
+    /// Append-only, one entry per element reached: a node's index stays valid for the
+    /// document's life.
     locations: RefCell<Vec<Location<'a>>>,
+    /// Each element's location, by its address: an element reached again (a contained
+    /// resource every item resolves) reuses its entry, so the list is bounded by the
+    /// resource's size however often rules revisit it.
+    located: RefCell<HashMap<usize, u32, foldhash::fast::RandomState>>,
 }
 
 impl<'a> Doc<'a> {
@@ -167,6 +171,7 @@ impl<'a> Doc<'a> {
             root,
             contained,
             locations: RefCell::new(Vec::with_capacity(256)),
+            located: RefCell::new(HashMap::default()),
         }
     }
 
@@ -179,6 +184,10 @@ impl<'a> Doc<'a> {
 
     /// The child of `node` at `seg`, whose value is `value`.
     fn child(&self, node: Node<'a>, seg: Seg<'a>, value: &'a Value) -> Node<'a> {
+        let address = value as *const Value as usize;
+        if let Some(&at) = self.located.borrow().get(&address) {
+            return Node { value, at };
+        }
         let mut locations = self.locations.borrow_mut();
         let at = u32::try_from(locations.len())
             .ok()
@@ -189,6 +198,7 @@ impl<'a> Doc<'a> {
             value,
             parent: node.at,
         });
+        self.located.borrow_mut().insert(address, at);
         Node { value, at }
     }
 
@@ -207,7 +217,10 @@ impl<'a> Doc<'a> {
         let mut at = node.at;
         while at != ROOT {
             let l = &locations[at as usize];
-            debug_assert!(std::ptr::eq(l.value, node.value) || !out.is_empty());
+            assert!(
+                !out.is_empty() || std::ptr::eq(l.value, node.value),
+                "a node used with a Doc that did not make it"
+            );
             out.push(f(l));
             at = l.parent;
         }
@@ -424,6 +437,29 @@ mod tests {
                 "/contained/0/id"
             ]
         );
+    }
+
+    /// Rules revisit the same elements (every item resolves `%resource.contained`); the
+    /// document keeps one location per element, not one per visit.
+    #[test]
+    fn revisiting_elements_does_not_grow_the_locations() {
+        let contained: Vec<Value> = (0..50)
+            .map(|i| json!({"resourceType": "Task", "id": format!("t{i}")}))
+            .collect();
+        let r = json!({"resourceType": "Communication", "contained": contained});
+        let doc = Doc::new(&r);
+        let path = Path::parse("%resource.contained.ofType(Task)").unwrap();
+        let mut reads = Vec::new();
+        for _ in 0..100 {
+            assert_eq!(doc.eval(&path, doc.root_node(), &mut reads).len(), 50);
+        }
+        assert_eq!(
+            doc.locations.borrow().len(),
+            51,
+            "the list and its 50 entries"
+        );
+        let fifth = doc.eval(&path, doc.root_node(), &mut reads)[4];
+        assert_eq!(doc.pointer(fifth), "/contained/4");
     }
 
     #[test]
