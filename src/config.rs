@@ -310,6 +310,12 @@ fn default_max_page() -> usize {
     1000
 }
 
+/// Whether no two of `items` are equal.
+fn all_different<T: Ord>(mut items: impl Iterator<Item = T>) -> bool {
+    let mut seen = std::collections::BTreeSet::new();
+    items.all(|i| seen.insert(i))
+}
+
 /// Notes carry health information and the partner's bearer token: HTTPS, except to a
 /// partner on this machine (a local proxy or a test server).
 fn check_partner_url(url: &str) -> anyhow::Result<()> {
@@ -374,11 +380,8 @@ impl Config {
                 );
             }
         }
-        let mut ids: Vec<_> = self.partners.iter().map(|p| &p.id).collect();
-        ids.sort();
-        ids.dedup();
         anyhow::ensure!(
-            ids.len() == self.partners.len(),
+            all_different(self.partners.iter().map(|p| &p.id)),
             "partner ids must be unique"
         );
         anyhow::ensure!(
@@ -387,22 +390,16 @@ impl Config {
         );
         // Two principals with one token: the last would silently win, authenticating as
         // another organisation or role.
-        let mut tokens: Vec<_> = self
-            .principals
-            .iter()
-            .map(|p| p.token_sha256.to_ascii_lowercase())
-            .collect();
-        tokens.sort();
-        tokens.dedup();
         anyhow::ensure!(
-            tokens.len() == self.principals.len(),
+            all_different(
+                self.principals
+                    .iter()
+                    .map(|p| p.token_sha256.to_ascii_lowercase())
+            ),
             "principals' token_sha256 must be unique"
         );
-        let mut principal_ids: Vec<_> = self.principals.iter().map(|p| &p.id).collect();
-        principal_ids.sort();
-        principal_ids.dedup();
         anyhow::ensure!(
-            principal_ids.len() == self.principals.len(),
+            all_different(self.principals.iter().map(|p| &p.id)),
             "principal ids must be unique"
         );
         let r = &self.relay;

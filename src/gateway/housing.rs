@@ -82,12 +82,7 @@ impl Gateway {
                 audit,
             )
             .await?;
-        let visible: Vec<StoredItem> = items
-            .into_iter()
-            .enumerate()
-            .filter(|(i, _)| !withheld.contains(i))
-            .map(|(_, item)| item)
-            .collect();
+        let visible = super::without_withheld(items, &withheld);
         audit.count = Some(visible.len());
         let consents = self.consent_summaries(tenant).await?;
         let current = consents.iter().find(|c| c.governing);

@@ -403,12 +403,7 @@ impl Gateway {
                 }
                 Err(e) => return Err(e),
             };
-            let facts: Vec<StoredItem> = facts
-                .into_iter()
-                .enumerate()
-                .filter(|(i, _)| !permit.withheld.contains(i))
-                .map(|(_, f)| f)
-                .collect();
+            let facts = super::without_withheld(facts, &permit.withheld);
             if facts.is_empty() {
                 // Permitted, but every item it would carry is restricted: nothing goes.
                 audit.outcome = crate::audit::Outcome::Refused;
@@ -571,11 +566,7 @@ impl Gateway {
                     audit,
                 )
                 .await?;
-            let mut i = 0;
-            ex.items.retain(|_| {
-                i += 1;
-                !withheld.contains(&(i - 1))
-            });
+            ex.items = super::without_withheld(ex.items, &withheld);
         }
         audit.count = Some(ex.items.len());
         Ok(minimised_copy(&ex, &self.config.tenancy.identifier_system))

@@ -114,6 +114,16 @@ pub struct Permit {
     pub withheld: Vec<usize>,
 }
 
+/// `items` without those at the `withheld` indexes a consent decision returned.
+fn without_withheld<T>(items: Vec<T>, withheld: &[usize]) -> Vec<T> {
+    items
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| !withheld.contains(i))
+        .map(|(_, item)| item)
+        .collect()
+}
+
 impl Gateway {
     pub fn now(&self) -> OffsetDateTime {
         self.clock.now()

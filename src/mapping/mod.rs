@@ -18,7 +18,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::dataset::DatasetItem;
-use path::{Doc, Node, Read, Seg};
+use path::{Doc, Node, Read, Seg, address};
 pub use rules::MappingError;
 use rules::{FieldRule, Op, Rule, Sensitivity, Source, ValueSets};
 
@@ -555,10 +555,6 @@ struct Seen {
     whole: Vec<usize>,
     /// Nodes something below was read from (or looked for in).
     inside: Vec<usize>,
-}
-
-fn address(v: &Value) -> usize {
-    v as *const Value as usize
 }
 
 /// Reports each child of `v` that was not read at all, and descends into those that were

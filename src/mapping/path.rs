@@ -115,6 +115,12 @@ pub struct Node<'a> {
     at: u32,
 }
 
+/// A value's identity within the borrowed resource: every `&Value` of it has its own
+/// address, so nodes are told apart without building pointer strings.
+pub fn address(v: &Value) -> usize {
+    v as *const Value as usize
+}
+
 /// The location of the resource itself: it has no parent and no step.
 const ROOT: u32 = u32::MAX;
 
@@ -184,7 +190,7 @@ impl<'a> Doc<'a> {
 
     /// The child of `node` at `seg`, whose value is `value`.
     fn child(&self, node: Node<'a>, seg: Seg<'a>, value: &'a Value) -> Node<'a> {
-        let address = value as *const Value as usize;
+        let address = address(value);
         if let Some(&at) = self.located.borrow().get(&address) {
             return Node { value, at };
         }
