@@ -19,13 +19,6 @@ fn share_with(partners: &[&str]) -> Value {
     json!({"tenant_id": "T-1001", "share_with": partners, "valid_until": "2027-05-31", "signed_at": "2026-11-23T09:00:00Z"})
 }
 
-async fn audit_record(app: &TestApp, reference: &str) -> Value {
-    let a = app
-        .get(&format!("/audit/records?reference_id={reference}"), AUDITOR)
-        .await;
-    a.body["records"][0]["record"].clone()
-}
-
 async fn feed(app: &TestApp) -> Vec<Value> {
     let a = app.get("/housing/updates?since=0", HOUSING).await;
     assert_eq!(a.status, 200, "{a:?}");
@@ -60,7 +53,7 @@ async fn the_tenant_refuses_consent() {
         .await;
     assert_eq!(notice.status, 403);
     assert_eq!(
-        audit_record(&app, &notice.reference_id()).await["reason"],
+        app.audit_record(&notice.reference_id()).await["reason"],
         "consent-refused"
     );
     // Not even an emergency overrides the tenant's explicit refusal.
@@ -250,7 +243,7 @@ async fn staff_need_urgent_clinical_advice() {
         )
         .await;
     assert_eq!(urgent.status, 201, "{urgent:?}");
-    let rec = audit_record(&app, &urgent.reference_id()).await;
+    let rec = app.audit_record(&urgent.reference_id()).await;
     assert_eq!(rec["break_glass"], "BTG");
     assert!(
         !rec.to_string().contains("on-call nurse"),
@@ -294,7 +287,7 @@ async fn consent_expires_mid_stream() {
         )
         .await;
     assert_eq!(late.status, 403);
-    let rec = audit_record(&app, &late.reference_id()).await;
+    let rec = app.audit_record(&late.reference_id()).await;
     assert_eq!(rec["reason"], "consent-expired");
     assert_eq!(
         rec["consent"]["version"], 1,
@@ -336,15 +329,15 @@ async fn the_tenant_narrows_consent_from_both_to_clinic_only() {
         .await;
     assert_eq!(clinic.status, 201);
     assert_eq!(
-        audit_record(&app, &before.reference_id()).await["consent"]["version"],
+        app.audit_record(&before.reference_id()).await["consent"]["version"],
         1
     );
     assert_eq!(
-        audit_record(&app, &after.reference_id()).await["consent"]["version"],
+        app.audit_record(&after.reference_id()).await["consent"]["version"],
         2
     );
     assert_eq!(
-        audit_record(&app, &clinic.reference_id()).await["consent"]["version"],
+        app.audit_record(&clinic.reference_id()).await["consent"]["version"],
         2
     );
 
@@ -414,7 +407,7 @@ async fn a_restriction_on_substance_use_detail() {
     let kinds: Vec<&str> = items.iter().map(|i| i["item"].as_str().unwrap()).collect();
     assert_eq!(kinds, ["next_appointment"]);
     assert!(!bup.body.to_string().to_lowercase().contains("withheld"));
-    let rec = audit_record(&app, &bup.reference_id()).await;
+    let rec = app.audit_record(&bup.reference_id()).await;
     assert_eq!(rec["items_withheld"].as_array().unwrap().len(), 2);
 }
 
@@ -437,7 +430,7 @@ async fn a_restriction_added_later_hides_earlier_items_from_housing() {
     ] {
         let a = app.post("/fhir/Communication", CLINIC, &fixture(f)).await;
         assert_eq!(a.status, 201, "{a:?}");
-        posted.push(a.headers["x-reference-id"].to_str().unwrap().to_string());
+        posted.push(a.reference_id());
     }
     // The housing worker's read of one exchange: its items, as housing is shown them.
     let exchange_items = |reference: String| {
@@ -582,7 +575,7 @@ async fn a_consent_posted_by_a_partner_waits_for_housing_to_confirm_it() {
         .await;
     assert_eq!(after.status, 403);
     assert_eq!(
-        audit_record(&app, &after.reference_id()).await["reason"],
+        app.audit_record(&after.reference_id()).await["reason"],
         "consent-revoked"
     );
 }

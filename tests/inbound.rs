@@ -272,15 +272,7 @@ async fn if_none_exist_matching_one_is_a_replay_and_matching_several_is_412() {
     assert_eq!(replay.status, 200, "{replay:?}");
     assert_eq!(replay.header("location"), first.header("location"));
     // The trail records what the partner was answered.
-    let records = app.get("/audit/records?limit=1000", AUDITOR).await;
-    let record = records.body["records"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| &r["record"])
-        .find(|r| r["reference_id"] == replay.reference_id())
-        .unwrap_or_else(|| panic!("no audit record for {replay:?}"))
-        .clone();
+    let record = app.audit_record(&replay.reference_id()).await;
     assert_eq!(record["outcome"], "replayed", "{record}");
     assert_eq!(record["status"], 200, "{record}");
 
@@ -311,20 +303,13 @@ async fn if_none_exist_matching_one_is_a_replay_and_matching_several_is_412() {
     assert_eq!(b.status, 200, "{b:?}");
     let entry = &b.body["entry"][0]["response"];
     assert_eq!(entry["status"], "412 Precondition Failed", "{b:?}");
-    let records = app.get("/audit/records?limit=1000", AUDITOR).await;
-    let outcome_of = |reference: &str| {
-        records.body["records"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| &r["record"])
-            .find(|r| r["reference_id"] == reference)
-            .unwrap_or_else(|| panic!("no audit record for {reference}"))["outcome"]
-            .clone()
-    };
-    assert_eq!(outcome_of(&ambiguous.reference_id()), "refused");
     assert_eq!(
-        outcome_of(entry["outcome"]["id"].as_str().unwrap()),
+        app.audit_record(&ambiguous.reference_id()).await["outcome"],
+        "refused"
+    );
+    assert_eq!(
+        app.audit_record(entry["outcome"]["id"].as_str().unwrap())
+            .await["outcome"],
         "refused"
     );
 }

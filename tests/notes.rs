@@ -55,6 +55,24 @@ async fn wait_for_state(app: &TestApp, reference: &str, state: &str) -> Value {
     }
 }
 
+/// Sends a note while the partner behaves as `mode`, and waits for the first attempt;
+/// returns the note's reference ID.
+async fn send_note_while(app: &TestApp, partner: &Partner, mode: Mode) -> String {
+    partner.set(mode);
+    let sent = app
+        .post_json("/housing/notes", HOUSING, &note(json!([])))
+        .await;
+    assert_eq!(sent.status, 201, "{sent:?}");
+    let reference = sent.body["reference_id"].as_str().unwrap().to_string();
+    wait_for_attempts(partner, 1).await;
+    reference
+}
+
+/// The note thread's last delivery error.
+fn last_error(thread: &Value) -> &str {
+    thread["delivery"]["last_error"].as_str().unwrap()
+}
+
 async fn wait_for_attempts(partner: &Partner, n: usize) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while partner.attempts() < n {
@@ -202,21 +220,9 @@ async fn a_note_is_delivered_as_valid_fhir_and_the_reply_is_threaded() {
 async fn a_redirect_is_not_a_delivery() {
     let partner = Partner::start().await;
     let app = ready(&partner).await;
-    partner.set(Mode::Redirect);
-    let sent = app
-        .post_json("/housing/notes", HOUSING, &note(json!([])))
-        .await;
-    assert_eq!(sent.status, 201, "{sent:?}");
-    let reference = sent.body["reference_id"].as_str().unwrap().to_string();
-    wait_for_attempts(&partner, 1).await;
+    let reference = send_note_while(&app, &partner, Mode::Redirect).await;
     let t = wait_for_state(&app, &reference, "pending").await;
-    assert!(
-        t["delivery"]["last_error"]
-            .as_str()
-            .unwrap()
-            .contains("302"),
-        "{t}"
-    );
+    assert!(last_error(&t).contains("302"), "{t}");
     assert!(partner.bundles().is_empty());
 }
 
@@ -224,21 +230,9 @@ async fn a_redirect_is_not_a_delivery() {
 async fn nothing_is_lost_or_duplicated_across_a_partner_outage_and_a_hearth_restart() {
     let partner = Partner::start().await;
     let app = ready(&partner).await;
-    partner.set(Mode::Down);
-    let sent = app
-        .post_json("/housing/notes", HOUSING, &note(json!([])))
-        .await;
-    assert_eq!(sent.status, 201, "{sent:?}");
-    let reference = sent.body["reference_id"].as_str().unwrap().to_string();
-    wait_for_attempts(&partner, 1).await;
+    let reference = send_note_while(&app, &partner, Mode::Down).await;
     let t = wait_for_state(&app, &reference, "pending").await;
-    assert!(
-        t["delivery"]["last_error"]
-            .as_str()
-            .unwrap()
-            .contains("503"),
-        "{t}"
-    );
+    assert!(last_error(&t).contains("503"), "{t}");
 
     // Hearth restarts while the partner is still down.
     let data = app.stop().await;
@@ -268,12 +262,7 @@ async fn nothing_is_lost_or_duplicated_across_a_partner_outage_and_a_hearth_rest
 async fn a_revocation_during_an_outage_stops_queued_notes() {
     let partner = Partner::start().await;
     let app = ready(&partner).await;
-    partner.set(Mode::Down);
-    let sent = app
-        .post_json("/housing/notes", HOUSING, &note(json!([])))
-        .await;
-    let reference = sent.body["reference_id"].as_str().unwrap().to_string();
-    wait_for_attempts(&partner, 1).await;
+    let reference = send_note_while(&app, &partner, Mode::Down).await;
     let consents = app.get("/housing/consents?tenant=T-1001", HOUSING).await;
     let id = consents.body["consents"][0]["id"]
         .as_str()
@@ -292,13 +281,7 @@ async fn a_revocation_during_an_outage_stops_queued_notes() {
     partner.set(Mode::Up);
     app.clock.advance(time::Duration::minutes(5));
     let t = wait_for_state(&app, &reference, "stopped").await;
-    assert!(
-        t["delivery"]["last_error"]
-            .as_str()
-            .unwrap()
-            .contains("consent-revoked"),
-        "{t}"
-    );
+    assert!(last_error(&t).contains("consent-revoked"), "{t}");
     assert!(partner.created().is_empty());
     assert_eq!(t["open"], false);
 }
@@ -314,12 +297,7 @@ async fn a_refused_or_expired_note_is_dead_lettered_and_can_be_replayed() {
         .await;
     let first_ref = first.body["reference_id"].as_str().unwrap().to_string();
     let t = wait_for_state(&app, &first_ref, "dead").await;
-    assert!(
-        t["delivery"]["last_error"]
-            .as_str()
-            .unwrap()
-            .contains("400")
-    );
+    assert!(last_error(&t).contains("400"));
 
     // An outage longer than the deadline (an hour in tests) dead-letters too.
     partner.set(Mode::Down);

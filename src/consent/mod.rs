@@ -547,26 +547,18 @@ mod tests {
         ));
         // An emergency overrides the expiry, never the tenant's choice of partners: the
         // expired consent names only the clinic.
-        let emergency_elsewhere = Ask {
-            at: datetime!(2027-01-01 00:00 UTC),
-            partner: "mco",
-            glass: glass(),
-            ..Default::default()
-        };
-        assert_eq!(
-            reason(ask(&c, emergency_elsewhere)),
-            Some("partner-not-covered")
-        );
-        let early_elsewhere = Ask {
-            at: datetime!(2025-12-31 23:59 UTC),
-            partner: "mco",
-            glass: glass(),
-            ..Default::default()
-        };
-        assert_eq!(
-            reason(ask(&c, early_elsewhere)),
-            Some("partner-not-covered")
-        );
+        for at in [
+            datetime!(2027-01-01 00:00 UTC),
+            datetime!(2025-12-31 23:59 UTC),
+        ] {
+            let elsewhere = Ask {
+                at,
+                partner: "mco",
+                glass: glass(),
+                ..Default::default()
+            };
+            assert_eq!(reason(ask(&c, elsewhere)), Some("partner-not-covered"));
+        }
     }
 
     #[test]

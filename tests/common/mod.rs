@@ -400,6 +400,15 @@ impl TestApp {
         self
     }
 
+    /// The audit record of the request (or Bundle entry) with this reference ID.
+    pub async fn audit_record(&self, reference: &str) -> Value {
+        let a = self
+            .get(&format!("/audit/records?reference_id={reference}"), AUDITOR)
+            .await;
+        assert_eq!(a.status, 200, "{a:?}");
+        a.body["records"][0]["record"].clone()
+    }
+
     /// Every feed entry from the start.
     pub async fn feed_all(&self) -> Vec<Value> {
         let mut since = "0".to_string();
