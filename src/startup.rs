@@ -16,10 +16,12 @@ use crate::mapping::Mappings;
 use crate::relay::Relay;
 use crate::store::sqlite::SqliteStore;
 
-/// A built application: its HTTP state and the store to close after serving.
+/// A built application: its HTTP state, its TLS settings (when it serves TLS itself)
+/// and the store to close after serving.
 pub struct App {
     pub state: AppState,
     pub store: SqliteStore,
+    tls: Option<(rustls::ServerConfig, crate::tls::Timeouts)>,
 }
 
 /// Loads everything the config names. Fails early on a bad mapping file or profile.
@@ -38,6 +40,11 @@ pub fn build_with(
     mappings: Arc<Mappings>,
     profiles: Arc<Profiles>,
 ) -> anyhow::Result<App> {
+    // Certificates first: a bad one stops start-up before the store is opened.
+    let tls = match &config.tls {
+        Some(tls) => Some((crate::tls::server_config(tls)?, tls.into())),
+        None => None,
+    };
     let store = SqliteStore::open(&config.data_dir)
         .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
     let principals = config.principals();
@@ -54,6 +61,7 @@ pub fn build_with(
     Ok(App {
         state: AppState::new(gateway, principals, relay, metrics),
         store,
+        tls,
     })
 }
 
@@ -75,11 +83,9 @@ pub async fn run(
         shutdown.await;
         let _ = stop_relay.send(true);
     };
-    let result = match &app.state.gateway.config.tls {
-        Some(tls) => {
-            let config = crate::tls::server_config(tls)
-                .map_err(|e| std::io::Error::other(format!("{e:#}")))?;
-            crate::tls::serve(listener, router, config, tls.into(), stop).await
+    let result = match app.tls {
+        Some((config, timeouts)) => {
+            crate::tls::serve(listener, router, config, timeouts, stop).await
         }
         None => {
             // The peer address lets the envelope believe a proxy's client-certificate

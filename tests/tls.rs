@@ -263,3 +263,29 @@ async fn behind_a_trusted_proxy_the_client_certificate_comes_from_its_header_and
         );
     }
 }
+
+#[test]
+fn a_certificate_that_cannot_be_read_stops_start_up_before_the_store_is_opened() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (server_cert, _, _) = pki.leaf(&["localhost"]);
+    let data = tempfile::tempdir().unwrap();
+    let mut config = test_config(data.path());
+    config.tls = Some(hearth::config::Tls {
+        cert: write(dir.path(), "server.pem", &server_cert),
+        // A certificate where the key should be.
+        key: write(dir.path(), "server.key", &server_cert),
+        client_ca: None,
+        handshake_timeout_ms: 10_000,
+        accept_error_pause_ms: 100,
+    });
+    let clock = std::sync::Arc::new(hearth::clock::SystemClock);
+    let Err(error) = hearth::startup::build(config, clock) else {
+        panic!("a server with an unreadable key started");
+    };
+    assert!(format!("{error:#}").contains("server.key"), "{error:#}");
+    assert!(
+        !data.path().join(hearth::store::sqlite::DB_FILE).exists(),
+        "the store was opened (and left unclosed) before the certificate was read"
+    );
+}
