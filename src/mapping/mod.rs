@@ -695,6 +695,75 @@ mod tests {
         assert!(t.items[0].labels.contains("SUD"), "{:?}", t.items[0].labels);
     }
 
+    /// Housing reads one appointment status vocabulary whether the appointment came as
+    /// an Appointment or as a care plan activity, whose FHIR code lists differ.
+    #[test]
+    fn appointment_statuses_from_either_resource_share_the_dataset_vocabulary() {
+        let fixture = |name: &str| -> Value {
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("fixtures")
+                .join(name);
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+        };
+        let status_of = |r: &Value| {
+            let t = mappings().translate(r);
+            assert!(t.problems.is_empty(), "{:?}", t.problems);
+            let found = t.items.iter().find_map(|i| match &i.item {
+                DatasetItem::NextAppointment(a) => {
+                    Some(a.status.as_ref().map(|c| c.as_str().to_string()))
+                }
+                _ => None,
+            });
+            found.expect("an appointment item")
+        };
+        let notice = fixture("appointment-notice.json");
+        let at = notice["contained"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .position(|c| c["resourceType"] == "Appointment")
+            .unwrap();
+        let plan = fixture("follow-up-plan.json");
+        let cases = [
+            ("proposed", "requested"),
+            ("pending", "requested"),
+            ("waitlist", "requested"),
+            ("booked", "booked"),
+            ("arrived", "attended"),
+            ("checked-in", "attended"),
+            ("fulfilled", "attended"),
+            ("noshow", "missed"),
+            ("cancelled", "cancelled"),
+        ];
+        for (fhir, dataset) in cases {
+            let mut r = notice.clone();
+            r["contained"][at]["status"] = json!(fhir);
+            assert_eq!(
+                status_of(&r).as_deref(),
+                Some(dataset),
+                "Appointment {fhir}"
+            );
+        }
+        let cases = [
+            ("not-started", "requested"),
+            ("on-hold", "requested"),
+            ("scheduled", "booked"),
+            ("in-progress", "attended"),
+            ("completed", "attended"),
+            ("cancelled", "cancelled"),
+            ("stopped", "cancelled"),
+        ];
+        for (fhir, dataset) in cases {
+            let mut r = plan.clone();
+            r["activity"][0]["detail"]["status"] = json!(fhir);
+            assert_eq!(status_of(&r).as_deref(), Some(dataset), "activity {fhir}");
+        }
+        // A status that says nothing to housing is left out rather than passed through.
+        let mut r = plan.clone();
+        r["activity"][0]["detail"]["status"] = json!("unknown");
+        assert_eq!(status_of(&r), None);
+    }
+
     #[test]
     fn a_recognised_item_missing_a_required_field_is_a_problem_pointing_at_it() {
         let mut r = med_notice(json!({}));
