@@ -314,6 +314,70 @@ async fn if_none_exist_matching_one_is_a_replay_and_matching_several_is_412() {
     );
 }
 
+/// A condition Hearth cannot match is refused where it was sent, never ignored: an
+/// ignored condition would store a partner's retry a second time.
+#[tokio::test]
+async fn a_malformed_if_none_exist_is_refused_at_its_place_and_nothing_is_stored() {
+    let app = spawn_app().await.with_consenting_tenant().await;
+    let notice = fixture("appointment-notice.json");
+    let url = format!("{}/fhir/Communication", app.base);
+    let header = |value: &[u8]| {
+        app.client
+            .post(&url)
+            .bearer_auth(CLINIC)
+            .header("content-type", "application/fhir+json")
+            .header(
+                "if-none-exist",
+                reqwest::header::HeaderValue::from_bytes(value).unwrap(),
+            )
+            .body(notice.to_string())
+            .send()
+    };
+    for value in [&b"name=smith"[..], b"identifier=", b"identifier=\xff\xfe"] {
+        let a = answer(header(value).await.unwrap()).await;
+        assert_eq!(a.status, 400, "{value:?}: {a:?}");
+        assert!(
+            a.body["issue"][0]["diagnostics"]
+                .as_str()
+                .unwrap()
+                .contains("If-None-Exist"),
+            "{a:?}"
+        );
+    }
+
+    let entry = |condition: Value| json!({"resource": notice, "request": {"method": "POST", "url": "Communication", "ifNoneExist": condition}});
+    let batch = json!({"resourceType": "Bundle", "type": "batch",
+        "entry": [entry(json!("identifier=a|")), entry(json!("identifier=a%7C"))]});
+    let b = app.post("/fhir", CLINIC, &batch).await;
+    assert_eq!(b.status, 200, "{b:?}");
+    for i in 0..2 {
+        let response = &b.body["entry"][i]["response"];
+        assert_eq!(response["status"], "400 Bad Request", "{b:?}");
+        assert_eq!(
+            response["outcome"]["issue"][0]["expression"][0],
+            format!("Bundle.entry[{i}].request.ifNoneExist"),
+            "{b:?}"
+        );
+    }
+    let mut second = notice.clone();
+    second["identifier"][0]["value"] = json!("another-message");
+    let transaction = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": second, "request": {"method": "POST", "url": "Communication"}},
+        entry(json!("identifier=1&name=x")),
+    ]});
+    let t = app.post("/fhir", CLINIC, &transaction).await;
+    assert_eq!(t.status, 400, "{t:?}");
+    assert_eq!(
+        t.body["issue"][0]["expression"][0], "Bundle.entry[1].request.ifNoneExist",
+        "{t:?}"
+    );
+
+    // Not one of those requests stored anything: housing's feed is empty.
+    let feed = app.get("/housing/updates", HOUSING).await;
+    assert_eq!(feed.status, 200, "{feed:?}");
+    assert_eq!(feed.body["entries"], json!([]), "{feed:?}");
+}
+
 #[tokio::test]
 async fn error_statuses_are_operation_outcomes() {
     let app = spawn_app().await.with_consenting_tenant().await;

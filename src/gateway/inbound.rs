@@ -59,7 +59,7 @@ impl Gateway {
         endpoint_type: &str,
         resource: Value,
         digest: String,
-        if_none_exist: Option<&str>,
+        if_none_exist: Option<&IfNoneExist>,
         audit: &mut AuditEntry,
     ) -> Result<Prepared, Error> {
         audit.partner = Some(call.principal.org.clone());
@@ -93,11 +93,15 @@ impl Gateway {
             })?,
         };
 
-        if let Some(query) = if_none_exist {
-            let (system, value) = parse_identifier_query(query)?;
+        if let Some(condition) = if_none_exist {
             let found = self
                 .store
-                .find_exchanges(&key.partner, endpoint_type, system.as_deref(), &value)
+                .find_exchanges(
+                    &key.partner,
+                    endpoint_type,
+                    condition.system.as_deref(),
+                    &condition.value,
+                )
                 .await?;
             match found.as_slice() {
                 [] => {}
@@ -319,7 +323,7 @@ impl Gateway {
         endpoint_type: &str,
         resource: Value,
         digest: String,
-        if_none_exist: Option<&str>,
+        if_none_exist: Option<&IfNoneExist>,
         audit: &mut AuditEntry,
     ) -> Result<Receipt, Error> {
         let prepared = self
@@ -577,27 +581,39 @@ fn first_identifier(resource: &Value) -> Option<Identifier> {
     tenancy::identifier(resource.get("identifier")?.as_array()?.first()?)
 }
 
-/// `identifier=system|value` or `identifier=value` (the only search Hearth matches).
-fn parse_identifier_query(query: &str) -> Result<(Option<String>, String), Error> {
-    let bad = || Error::malformed("If-None-Exist must be identifier=system|value");
-    let token = query
-        .trim()
-        .trim_start_matches('?')
-        .strip_prefix("identifier=")
-        .ok_or_else(bad)?;
-    if token.is_empty() || token.contains('&') {
-        return Err(bad());
+/// A conditional create's criteria (the `If-None-Exist` header, or `ifNoneExist` in a
+/// Bundle entry): `identifier=system|value` or `identifier=value`, the only search Hearth
+/// matches. Parsed where the criteria arrive, so a bad one is reported at its own place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IfNoneExist {
+    pub system: Option<String>,
+    pub value: String,
+}
+
+impl IfNoneExist {
+    /// What a malformed condition is told.
+    pub const EXPECTED: &str = "If-None-Exist must be identifier=system|value";
+
+    /// The criteria, URL-decoded; `None` for anything but one non-empty identifier token.
+    pub fn parse(query: &str) -> Option<Self> {
+        let query = query.trim().trim_start_matches('?');
+        let mut params = form_urlencoded::parse(query.as_bytes());
+        let (name, token) = params.next()?;
+        if name != "identifier" || token.is_empty() || params.next().is_some() {
+            return None;
+        }
+        match token.split_once('|') {
+            Some((system, value)) if !value.is_empty() => Some(Self {
+                system: (!system.is_empty()).then(|| system.to_string()),
+                value: value.to_string(),
+            }),
+            Some(_) => None,
+            None => Some(Self {
+                system: None,
+                value: token.into_owned(),
+            }),
+        }
     }
-    let decoded = token
-        .replace("%7C", "|")
-        .replace("%7c", "|")
-        .replace("%3A", ":")
-        .replace("%2F", "/");
-    Ok(match decoded.split_once('|') {
-        Some((s, v)) if !v.is_empty() => ((!s.is_empty()).then(|| s.to_string()), v.to_string()),
-        Some(_) => return Err(bad()),
-        None => (None, decoded),
-    })
 }
 
 fn check_translation(t: &Translation, resource_type: &str, retract: bool) -> Result<(), Error> {
@@ -674,16 +690,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn if_none_exist_takes_an_identifier_token() {
+    fn if_none_exist_takes_one_identifier_token() {
+        let parse = IfNoneExist::parse;
+        let token = |system: Option<&str>, value: &str| IfNoneExist {
+            system: system.map(str::to_string),
+            value: value.to_string(),
+        };
         assert_eq!(
-            parse_identifier_query("identifier=https://x.example/id|42").unwrap(),
-            (Some("https://x.example/id".into()), "42".into())
+            parse("identifier=https://x.example/id|42"),
+            Some(token(Some("https://x.example/id"), "42"))
         );
+        assert_eq!(parse("?identifier=42"), Some(token(None, "42")));
+        // Percent-encoding is decoded, whichever characters were encoded.
         assert_eq!(
-            parse_identifier_query("identifier=42").unwrap(),
-            (None, "42".into())
+            parse("identifier=https%3A%2F%2Fx.example%2Fid%7CA%2042%26B"),
+            Some(token(Some("https://x.example/id"), "A 42&B"))
         );
-        assert!(parse_identifier_query("name=smith").is_err());
-        assert!(parse_identifier_query("identifier=a|").is_err());
+        for bad in [
+            "name=smith",
+            "identifier=a|",
+            "identifier=",
+            "identifier=1&name=x",
+            "",
+        ] {
+            assert_eq!(parse(bad), None, "{bad}");
+        }
     }
 }

@@ -45,7 +45,7 @@ use crate::store::Store;
 use crate::tenancy::{self, LinkFailure};
 
 pub use housing::tenant_view;
-pub use inbound::{Prepared, Receipt, minimised_copy};
+pub use inbound::{IfNoneExist, Prepared, Receipt, minimised_copy};
 
 /// The purpose of use for routine exchanges (v3-ActReason): coordination of care.
 pub const CARE_COORDINATION: &str = "COC";

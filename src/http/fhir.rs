@@ -15,7 +15,7 @@ use crate::audit::Direction;
 use crate::error::Error;
 use crate::fhir::capability::{ResourceSupport, capability_statement};
 use crate::fhir::{Issue, outcome};
-use crate::gateway::{Call, Prepared, Receipt};
+use crate::gateway::{Call, IfNoneExist, Prepared, Receipt};
 use crate::store::ExchangeOutcome;
 
 /// What `/fhir` serves, per resource type.
@@ -135,7 +135,7 @@ async fn create_one(
     call: &Call,
     rt: &str,
     body: JsonBody,
-    if_none_exist: Option<&str>,
+    if_none_exist: Option<&IfNoneExist>,
     audit: &mut crate::audit::AuditEntry,
 ) -> Result<Created, Error> {
     let g = &state.gateway;
@@ -231,20 +231,10 @@ async fn create(
     audit.resource_type = Some(rt.to_string());
     audit.partner = Some(call.principal.org.clone());
     let body = body.map_err(|e| Failure::new(e, audit.clone()))?;
-    let if_none_exist = headers
-        .get("if-none-exist")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let created = create_one(
-        &state,
-        &call,
-        rt,
-        body,
-        if_none_exist.as_deref(),
-        &mut audit,
-    )
-    .await
-    .map_err(|e| Failure::new(e, audit))?;
+    let if_none_exist = header_condition(&headers).map_err(|e| Failure::new(e, audit.clone()))?;
+    let created = create_one(&state, &call, rt, body, if_none_exist.as_ref(), &mut audit)
+        .await
+        .map_err(|e| Failure::new(e, audit))?;
     let (status, location, etag) = status_and_location(rt, &created);
     let body = match &created {
         Created::Notice(r) => fhir_json(outcome::OperationOutcome {
@@ -432,6 +422,35 @@ fn in_entry(mut issues: Vec<Issue>, index: usize) -> Vec<Issue> {
 
 /// `expression` about an entry's resource, rooted at the Bundle: `Communication.status`
 /// or a bare `status` becomes `Bundle.entry[i].resource.status`.
+/// The `If-None-Exist` header, if sent. A header that is not the one search Hearth
+/// matches is refused, not ignored: ignoring it would store a retry twice.
+fn header_condition(headers: &HeaderMap) -> Result<Option<IfNoneExist>, Error> {
+    let Some(value) = headers.get("if-none-exist") else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(IfNoneExist::parse)
+        .map(Some)
+        .ok_or_else(|| Error::malformed(IfNoneExist::EXPECTED))
+}
+
+/// A Bundle entry's `request.ifNoneExist`, if it has one; a bad one is reported there.
+fn entry_condition(entry: &Value, index: usize) -> Result<Option<IfNoneExist>, Error> {
+    let Some(value) = entry.pointer("/request/ifNoneExist") else {
+        return Ok(None);
+    };
+    value
+        .as_str()
+        .and_then(IfNoneExist::parse)
+        .map(Some)
+        .ok_or_else(|| Error::Malformed {
+            message: IfNoneExist::EXPECTED.into(),
+            expression: Some(format!("Bundle.entry[{index}].request.ifNoneExist")),
+        })
+}
+
 fn entry_expression(expression: &str, index: usize) -> String {
     if expression.starts_with("Bundle.") {
         return expression.to_string();
@@ -471,25 +490,23 @@ async fn batch(state: &AppState, call: &Call, entries: Vec<Value>) -> Value {
     for (i, entry) in entries.iter().enumerate() {
         let entry_call = call.entry(i);
         let mut audit = entry_call.audit("create", Direction::Inbound);
-        let result = match entry_target(entry, i) {
-            Ok(rt) => {
-                audit.resource_type = Some(rt.to_string());
-                let if_none_exist = entry
-                    .pointer("/request/ifNoneExist")
-                    .and_then(Value::as_str);
-                create_one(
-                    state,
-                    &entry_call,
-                    rt,
-                    entry_body(entry),
-                    if_none_exist,
-                    &mut audit,
-                )
-                .await
-                .map(|c| (rt, c))
-            }
-            Err(e) => Err(e),
-        };
+        let result =
+            match entry_target(entry, i).and_then(|rt| Ok((rt, entry_condition(entry, i)?))) {
+                Ok((rt, if_none_exist)) => {
+                    audit.resource_type = Some(rt.to_string());
+                    create_one(
+                        state,
+                        &entry_call,
+                        rt,
+                        entry_body(entry),
+                        if_none_exist.as_ref(),
+                        &mut audit,
+                    )
+                    .await
+                    .map(|c| (rt, c))
+                }
+                Err(e) => Err(e),
+            };
         let reference = entry_call.reference_id.to_string();
         match result {
             Ok((rt, created)) => {
@@ -553,17 +570,15 @@ async fn transaction(
                     .at(format!("Bundle.entry[{i}].request.url")),
                 ]));
             }
+            let if_none_exist = entry_condition(entry, i)?;
             let body = entry_body(entry);
-            let if_none_exist = entry
-                .pointer("/request/ifNoneExist")
-                .and_then(Value::as_str);
             let p = g
                 .prepare(
                     &entry_call,
                     rt,
                     body.value,
                     body.digest,
-                    if_none_exist,
+                    if_none_exist.as_ref(),
                     &mut audit,
                 )
                 .await?;
