@@ -129,6 +129,29 @@ async fn a_review_can_arrive_as_fhir_and_bad_reviews_are_refused() {
     assert_eq!(b.status, 201, "{b:?}");
     assert_eq!(b.body["activity"], careplan["activity"]);
 
+    // A bad review sent as FHIR is refused at its CarePlan elements, counted as sent
+    // (here the next review comes first and a practitioner heads the contributors).
+    let mut bad_plan = careplan.clone();
+    let activity = bad_plan["activity"].as_array_mut().unwrap();
+    let next = activity.pop().unwrap();
+    activity.insert(0, next);
+    bad_plan["activity"][1]["detail"]["performer"] =
+        json!([{"reference": "Organization/eastside-clinic"}]);
+    let contributors = bad_plan["contributor"].as_array_mut().unwrap();
+    contributors.insert(0, json!({"reference": "Practitioner/care-manager"}));
+    contributors.push(json!({"reference": "Organization/nowhere"}));
+    let d = app.post("/fhir/CarePlan", CLINIC_REVIEW, &bad_plan).await;
+    assert_eq!(d.status, 422, "{d:?}");
+    let mut at = d.error_expressions();
+    at.sort();
+    assert_eq!(
+        at,
+        [
+            "CarePlan.activity[1].detail.performer",
+            "CarePlan.contributor[4]"
+        ]
+    );
+
     let mut bad = review();
     bad["decisions"][0]["owner"] = json!("eastside-clinic");
     bad["next_review"] = json!("soon");

@@ -74,21 +74,89 @@ pub struct StoredReview {
     pub careplan: Value,
 }
 
+/// Where a review's fields were written, so a problem is reported at the caller's own
+/// element: form fields for `POST /housing/reviews`, CarePlan elements for
+/// `POST /fhir/CarePlan`.
+enum Written {
+    Form,
+    /// The CarePlan index behind each attendee and each decision, and the next review's
+    /// activity.
+    CarePlan {
+        attendees: Vec<usize>,
+        decisions: Vec<usize>,
+        next_review: usize,
+    },
+}
+
+/// A review field a check can fail on (decisions and attendees by their index).
+enum Field {
+    Date,
+    NextReview,
+    Attendees,
+    Attendee(usize),
+    Action(usize),
+    Owner(usize),
+    Due(usize),
+    Tenant,
+}
+
+impl Written {
+    fn at(&self, field: Field) -> String {
+        match self {
+            Written::Form => match field {
+                Field::Date => "date".into(),
+                Field::NextReview => "next_review".into(),
+                Field::Attendees => "attendees".into(),
+                Field::Attendee(i) => format!("attendees[{i}]"),
+                Field::Action(i) => format!("decisions[{i}].action"),
+                Field::Owner(i) => format!("decisions[{i}].owner"),
+                Field::Due(i) => format!("decisions[{i}].due"),
+                Field::Tenant => "tenant_id".into(),
+            },
+            Written::CarePlan {
+                attendees,
+                decisions,
+                next_review,
+            } => match field {
+                Field::Date => "CarePlan.created".into(),
+                Field::NextReview => {
+                    format!("CarePlan.activity[{next_review}].detail.scheduledPeriod.start")
+                }
+                Field::Attendees => "CarePlan.contributor".into(),
+                Field::Attendee(i) => format!("CarePlan.contributor[{}]", attendees[i]),
+                Field::Action(i) => {
+                    format!("CarePlan.activity[{}].detail.description", decisions[i])
+                }
+                Field::Owner(i) => format!("CarePlan.activity[{}].detail.performer", decisions[i]),
+                Field::Due(i) => {
+                    format!(
+                        "CarePlan.activity[{}].detail.scheduledPeriod.end",
+                        decisions[i]
+                    )
+                }
+                Field::Tenant => "CarePlan.subject".into(),
+            },
+        }
+    }
+}
+
 impl Gateway {
-    fn check_review(&self, r: &Review) -> Result<(), Error> {
+    fn check_review(&self, r: &Review, written: &Written) -> Result<(), Error> {
         let mut issues = Vec::new();
-        let date = |field: String, v: &str, issues: &mut Vec<Issue>| {
+        let date = |field: Field, v: &str, issues: &mut Vec<Issue>| {
             if parse_fhir_instant(v, false).is_none() {
                 issues.push(
-                    Issue::error(IssueCode::Value, "expected a date such as 2026-12-21").at(field),
+                    Issue::error(IssueCode::Value, "expected a date such as 2026-12-21")
+                        .at(written.at(field)),
                 );
             }
         };
-        date("date".into(), &r.date, &mut issues);
-        date("next_review".into(), &r.next_review, &mut issues);
+        date(Field::Date, &r.date, &mut issues);
+        date(Field::NextReview, &r.next_review, &mut issues);
         if r.attendees.is_empty() {
             issues.push(
-                Issue::error(IssueCode::Required, "name the partners who attended").at("attendees"),
+                Issue::error(IssueCode::Required, "name the partners who attended")
+                    .at(written.at(Field::Attendees)),
             );
         }
         for (i, a) in r.attendees.iter().enumerate() {
@@ -98,7 +166,7 @@ impl Gateway {
                         IssueCode::Value,
                         format!("`{a}` is not a configured partner"),
                     )
-                    .at(format!("attendees[{i}]")),
+                    .at(written.at(Field::Attendee(i))),
                 );
             }
         }
@@ -106,7 +174,7 @@ impl Gateway {
             if d.action.trim().is_empty() || d.action.chars().count() > super::notes::MAX_TEXT {
                 issues.push(
                     Issue::error(IssueCode::Value, "1 to 1000 characters")
-                        .at(format!("decisions[{i}].action")),
+                        .at(written.at(Field::Action(i))),
                 );
             }
             if !r.attendees.contains(&d.owner) {
@@ -115,10 +183,10 @@ impl Gateway {
                         IssueCode::BusinessRule,
                         "the owner must be one of the attendees",
                     )
-                    .at(format!("decisions[{i}].owner")),
+                    .at(written.at(Field::Owner(i))),
                 );
             }
-            date(format!("decisions[{i}].due"), &d.due, &mut issues);
+            date(Field::Due(i), &d.due, &mut issues);
         }
         if issues.is_empty() {
             Ok(())
@@ -134,10 +202,20 @@ impl Gateway {
         review: Review,
         audit: &mut AuditEntry,
     ) -> Result<StoredReview, Error> {
+        self.record(call, review, &Written::Form, audit).await
+    }
+
+    async fn record(
+        &self,
+        call: &Call,
+        review: Review,
+        written: &Written,
+        audit: &mut AuditEntry,
+    ) -> Result<StoredReview, Error> {
         audit.tenant = Some(review.tenant_id.clone());
         audit.resource_type = Some("CarePlan".into());
         self.require_role(call, &[Role::ReviewMember])?;
-        self.check_review(&review)?;
+        self.check_review(&review, written)?;
         if !review.attendees.contains(&call.principal.org) {
             return Err(Error::Forbidden(
                 "only a member of this tenant's review team may record its review".into(),
@@ -149,7 +227,7 @@ impl Gateway {
                     IssueCode::BusinessRule,
                     "no tenant is registered with this id",
                 )
-                .at("tenant_id"),
+                .at(written.at(Field::Tenant)),
             ]));
         }
         let id = call.reference_id.to_string();
@@ -174,20 +252,26 @@ impl Gateway {
     }
 
     /// Reads a CarePlan with the joint-case-review category into a review.
-    pub fn review_from_fhir(&self, careplan: &Value, tenant: TenantId) -> Result<Review, Error> {
+    fn review_from_fhir(
+        &self,
+        careplan: &Value,
+        tenant: TenantId,
+    ) -> Result<(Review, Written), Error> {
         let org = |v: &Value| {
             v.get("reference")
                 .and_then(Value::as_str)
                 .and_then(|r| r.strip_prefix("Organization/"))
                 .map(PartnerId::new)
         };
-        let attendees = careplan["contributor"]
+        let (attendees, attendee_at): (Vec<_>, Vec<_>) = careplan["contributor"]
             .as_array()
             .into_iter()
             .flatten()
-            .filter_map(org)
-            .collect();
+            .enumerate()
+            .filter_map(|(i, c)| Some((org(c)?, i)))
+            .unzip();
         let mut decisions = Vec::new();
+        let mut decision_at = Vec::new();
         let mut next_review = None;
         for (i, a) in careplan["activity"]
             .as_array()
@@ -200,7 +284,7 @@ impl Gateway {
                 next_review = d
                     .pointer("/scheduledPeriod/start")
                     .and_then(Value::as_str)
-                    .map(str::to_string);
+                    .map(|start| (start.to_string(), i));
                 continue;
             }
             let code = d
@@ -216,6 +300,7 @@ impl Gateway {
                     .at(format!("CarePlan.activity[{i}].detail.code")),
                 ])
             })?;
+            decision_at.push(i);
             decisions.push(Decision {
                 kind,
                 action: d["description"].as_str().unwrap_or_default().to_string(),
@@ -231,21 +316,28 @@ impl Gateway {
                     .to_string(),
             });
         }
-        Ok(Review {
+        let (next_review, next_review_at) = next_review.ok_or_else(|| {
+            Error::Invalid(vec![
+                Issue::error(
+                    IssueCode::Required,
+                    "the next review is an activity of kind Appointment",
+                )
+                .at("CarePlan.activity"),
+            ])
+        })?;
+        let review = Review {
             tenant_id: tenant,
             date: careplan["created"].as_str().unwrap_or_default().to_string(),
             attendees,
             decisions,
-            next_review: next_review.ok_or_else(|| {
-                Error::Invalid(vec![
-                    Issue::error(
-                        IssueCode::Required,
-                        "the next review is an activity of kind Appointment",
-                    )
-                    .at("CarePlan.activity"),
-                ])
-            })?,
-        })
+            next_review,
+        };
+        let written = Written::CarePlan {
+            attendees: attendee_at,
+            decisions: decision_at,
+            next_review: next_review_at,
+        };
+        Ok((review, written))
     }
 
     /// `POST /fhir/CarePlan` with the joint-case-review category.
@@ -270,8 +362,8 @@ impl Gateway {
                 ]));
             }
         };
-        let review = self.review_from_fhir(&careplan, tenant)?;
-        self.record_review(call, review, audit).await
+        let (review, written) = self.review_from_fhir(&careplan, tenant)?;
+        self.record(call, review, &written, audit).await
     }
 
     /// Whether `call` may read a review: its team's review members, auditors, admins.
