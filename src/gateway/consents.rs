@@ -115,7 +115,10 @@ impl Gateway {
         audit.partner = Some(call.principal.org.clone());
         audit.payload_digest = Some(digest);
         audit.resource_type = Some("Consent".into());
-        self.require_role(call, &[Role::Housing, Role::Clinic, Role::Mco, Role::Admin])?;
+        call.require(
+            &[Role::Housing, Role::Clinic, Role::Mco, Role::Admin],
+            "recording a consent",
+        )?;
         let (tenant, mut terms, mut resource) = self.read_consent(call, resource, audit).await?;
         let custodian = CUSTODIANS.contains(&call.principal.role);
         let id = if custodian {
@@ -145,7 +148,7 @@ impl Gateway {
     ) -> Result<StoredConsent, Error> {
         audit.payload_digest = Some(digest);
         audit.resource_type = Some("Consent".into());
-        self.require_role(call, CUSTODIANS)?;
+        call.require(CUSTODIANS, "updating a consent")?;
         let existing = self
             .store
             .consent(id)
@@ -232,7 +235,7 @@ impl Gateway {
     ) -> Result<StoredConsent, Error> {
         audit.resource_type = Some("Consent".into());
         audit.tenant = Some(form.tenant_id.clone());
-        self.require_role(call, CUSTODIANS)?;
+        call.require(CUSTODIANS, "recording a consent")?;
         if !self.store.tenant_exists(&form.tenant_id).await? {
             return Err(Error::Invalid(vec![
                 Issue::error(
@@ -281,7 +284,7 @@ impl Gateway {
         audit: &mut AuditEntry,
     ) -> Result<StoredConsent, Error> {
         audit.resource_type = Some("Consent".into());
-        self.require_role(call, CUSTODIANS)?;
+        call.require(CUSTODIANS, "changing a consent")?;
         let current = self
             .store
             .consent(id)
@@ -332,7 +335,7 @@ impl Gateway {
         audit: &mut AuditEntry,
     ) -> Result<StoredConsent, Error> {
         // The role first: a partner must not learn whether a consent exists.
-        self.require_role(call, CUSTODIANS)?;
+        call.require(CUSTODIANS, "confirming a consent")?;
         let current = self
             .store
             .consent(id)
@@ -354,7 +357,7 @@ impl Gateway {
         tenant: &TenantId,
         audit: &mut AuditEntry,
     ) -> Result<(bool, RenewalDue), Error> {
-        self.require_role(call, CUSTODIANS)?;
+        call.require(CUSTODIANS, "requesting a consent renewal")?;
         audit.tenant = Some(tenant.clone());
         if !self.store.tenant_exists(tenant).await? {
             return Err(Error::NotFound(format!("no tenant {tenant}")));

@@ -25,7 +25,7 @@ impl Gateway {
         reg: TenantRegistration,
         audit: &mut AuditEntry,
     ) -> Result<crate::store::Registered, Error> {
-        self.require_role(call, &[Role::Housing, Role::Admin])?;
+        call.require(&[Role::Housing, Role::Admin], "registering a tenant")?;
         let ids = reg
             .identifiers_to_link(&self.config.tenancy.identifier_system)
             .map_err(Error::malformed)?;

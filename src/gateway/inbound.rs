@@ -65,7 +65,7 @@ impl Gateway {
         audit.partner = Some(call.principal.org.clone());
         audit.payload_digest = Some(digest.clone());
         audit.resource_type = Some(endpoint_type.to_string());
-        self.require_role(call, &[Role::Clinic, Role::Mco])?;
+        call.require(&[Role::Clinic, Role::Mco], "sending notices")?;
         match fhir::resource_type(&resource) {
             Some(t) if t == endpoint_type => {}
             Some(t) => {

@@ -74,6 +74,19 @@ pub struct Call {
 }
 
 impl Call {
+    /// Refuses (403) a caller whose role is not one of `roles`; `what` names what was
+    /// asked for, in the refusal.
+    pub fn require(&self, roles: &[Role], what: &str) -> Result<(), Error> {
+        if roles.contains(&self.principal.role) {
+            Ok(())
+        } else {
+            Err(Error::Forbidden(format!(
+                "{what} is not open to the {} role",
+                self.principal.role.as_str()
+            )))
+        }
+    }
+
     /// A fresh audit draft for this call.
     pub fn audit(&self, action: &str, direction: crate::audit::Direction) -> AuditEntry {
         let mut a = AuditEntry::new(
@@ -127,17 +140,6 @@ fn without_withheld<T>(items: Vec<T>, withheld: &[usize]) -> Vec<T> {
 impl Gateway {
     pub fn now(&self) -> OffsetDateTime {
         self.clock.now()
-    }
-
-    fn require_role(&self, call: &Call, roles: &[Role]) -> Result<(), Error> {
-        if roles.contains(&call.principal.role) {
-            Ok(())
-        } else {
-            Err(Error::Forbidden(format!(
-                "the {} role may not do this",
-                call.principal.role.as_str()
-            )))
-        }
     }
 
     /// Profile validation: 422 with one issue per problem.

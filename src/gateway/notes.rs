@@ -61,7 +61,10 @@ impl Gateway {
         audit.tenant = Some(req.tenant_id.clone());
         audit.partner = Some(req.to.clone());
         audit.resource_type = Some("Communication".into());
-        self.require_role(call, &[Role::Housing, Role::Admin])?;
+        call.require(
+            &[Role::Housing, Role::Admin],
+            "sending a care coordination note",
+        )?;
         let mut issues = Vec::new();
         let partner = self.config.partner(&req.to);
         match partner {

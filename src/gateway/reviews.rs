@@ -214,7 +214,7 @@ impl Gateway {
     ) -> Result<StoredReview, Error> {
         audit.tenant = Some(review.tenant_id.clone());
         audit.resource_type = Some("CarePlan".into());
-        self.require_role(call, &[Role::ReviewMember])?;
+        call.require(&[Role::ReviewMember], "recording a joint case review")?;
         self.check_review(&review, written)?;
         if !review.attendees.contains(&call.principal.org) {
             return Err(Error::Forbidden(
@@ -348,7 +348,7 @@ impl Gateway {
         audit: &mut AuditEntry,
     ) -> Result<StoredReview, Error> {
         audit.resource_type = Some("CarePlan".into());
-        self.require_role(call, &[Role::ReviewMember])?;
+        call.require(&[Role::ReviewMember], "recording a joint case review")?;
         self.validate(&careplan)?;
         let tenant = match self.link(&careplan, audit).await? {
             Ok(t) => t,
@@ -366,8 +366,19 @@ impl Gateway {
         self.record(call, review, &written, audit).await
     }
 
+    /// Refuses (403) a caller who may not read review `r`.
+    pub fn may_read_review(&self, call: &Call, r: &StoredReview) -> Result<(), Error> {
+        if self.may_see_review(call, r) {
+            Ok(())
+        } else {
+            Err(Error::Forbidden(
+                "joint case review notes are for the tenant's review team and auditors".into(),
+            ))
+        }
+    }
+
     /// Whether `call` may read a review: its team's review members, auditors, admins.
-    pub fn may_see_review(&self, call: &Call, r: &StoredReview) -> bool {
+    fn may_see_review(&self, call: &Call, r: &StoredReview) -> bool {
         let p = &call.principal;
         matches!(p.role, Role::Auditor | Role::Admin)
             || (p.role == Role::ReviewMember && r.review.attendees.contains(&p.org))

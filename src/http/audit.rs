@@ -23,7 +23,7 @@ pub fn router() -> Router<AppState> {
 }
 
 fn auditors_only(call: &Call) -> Result<(), Error> {
-    super::require_role(call, &[Role::Auditor, Role::Admin], "the audit trail")
+    call.require(&[Role::Auditor, Role::Admin], "the audit trail")
 }
 
 #[derive(Debug, Deserialize)]

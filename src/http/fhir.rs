@@ -272,14 +272,8 @@ async fn read(
     {
         audit.resource_type = Some("CarePlan".into());
         audit.tenant = Some(review.review.tenant_id.clone());
-        if !g.may_see_review(&call, &review) {
-            return Err(Failure::new(
-                Error::Forbidden(
-                    "joint case review notes are for the tenant's review team and auditors".into(),
-                ),
-                audit,
-            ));
-        }
+        g.may_read_review(&call, &review)
+            .map_err(|e| Failure::new(e, audit.clone()))?;
         let mut response = fhir_json(review.careplan);
         response.extensions_mut().insert(AuditDraft(audit));
         return Ok(response);

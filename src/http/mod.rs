@@ -86,22 +86,9 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Refuses (403) a caller whose role is not among `roles`; `what` names the surface.
-pub fn require_role(call: &Call, roles: &[crate::auth::Role], what: &str) -> Result<(), Error> {
-    if roles.contains(&call.principal.role) {
-        Ok(())
-    } else {
-        Err(Error::Forbidden(format!(
-            "{what} is not open to the {} role",
-            call.principal.role.as_str()
-        )))
-    }
-}
-
 /// The housing API: housing workers and admins.
 pub fn housing_only(call: &Call) -> Result<(), Error> {
-    require_role(
-        call,
+    call.require(
         &[crate::auth::Role::Housing, crate::auth::Role::Admin],
         "the housing API",
     )

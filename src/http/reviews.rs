@@ -69,14 +69,10 @@ async fn read(
         .map_err(|e| Failure::new(e.into(), audit.clone()))?
         .ok_or_else(|| Failure::new(Error::NotFound(format!("no review {id}")), audit.clone()))?;
     audit.tenant = Some(review.review.tenant_id.clone());
-    if !state.gateway.may_see_review(&call, &review) {
-        return Err(Failure::new(
-            Error::Forbidden(
-                "joint case review notes are for the tenant's review team and auditors".into(),
-            ),
-            audit,
-        ));
-    }
+    state
+        .gateway
+        .may_read_review(&call, &review)
+        .map_err(|e| Failure::new(e, audit.clone()))?;
     let mut response =
         axum::Json(json!({"id": review.id, "review": review.review, "fhir": review.careplan}))
             .into_response();
