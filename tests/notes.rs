@@ -398,6 +398,45 @@ async fn a_note_carries_only_dataset_facts_and_needs_consent_for_its_partner() {
     );
 }
 
+/// A fact a housing worker types in is held to the same sensitivity rules as one read
+/// from a notice: a withdrawal-risk flag is substance-use information however it was
+/// written, and a medication (sensitive by its code, which typed text lacks) goes only
+/// as the stored item, labels and all.
+#[tokio::test]
+async fn a_typed_fact_cannot_carry_restricted_detail_past_the_consent() {
+    let partner = Partner::start().await;
+    let app = ready(&partner).await;
+    let narrower = json!({"tenant_id": "T-1001", "share_with": [CLINIC_ID], "restrictions": ["substance-use"],
+        "valid_until": "2027-05-31", "signed_at": "2026-11-23T10:00:00Z"});
+    assert_eq!(
+        app.post_json("/housing/consents", HOUSING, &narrower)
+            .await
+            .status,
+        201
+    );
+    let withdrawal = json!({"item": "risk_flag", "flag": "withdrawal-risk", "status": "active"});
+    let a = app
+        .post_json("/housing/notes", HOUSING, &note(json!([withdrawal])))
+        .await;
+    assert_eq!(a.status, 422, "{a:?}");
+    assert_eq!(a.error_expressions(), ["facts[0]"]);
+
+    let typed_medication =
+        json!({"item": "medication_change", "medication": "Methadone 60 mg", "change": "started"});
+    let b = app
+        .post_json("/housing/notes", HOUSING, &note(json!([typed_medication])))
+        .await;
+    assert_eq!(b.status, 422, "{b:?}");
+    assert_eq!(b.error_expressions(), ["facts[0]"]);
+
+    // A fact the restriction does not touch still goes.
+    let falls = json!({"item": "risk_flag", "flag": "falls", "status": "active"});
+    let c = app
+        .post_json("/housing/notes", HOUSING, &note(json!([falls])))
+        .await;
+    assert_eq!(c.status, 201, "{c:?}");
+}
+
 /// An emergency lets the clinic's own notice in past an expired consent; it does not
 /// carry on to the MCO the notice would be routed to, whose sharing the consent decides.
 #[tokio::test]

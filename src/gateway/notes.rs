@@ -142,13 +142,15 @@ impl Gateway {
             .await
         {
             Ok(p) => p,
-            Err(_) => {
+            // A refusal is explained; a consent that could not be read is not one.
+            Err(Error::Forbidden(_)) => {
                 return Err(Error::Forbidden(format!(
                     "the tenant's consent does not allow sharing with {} ({})",
                     req.to,
                     audit.reason.as_deref().unwrap_or("no consent")
                 )));
             }
+            Err(e) => return Err(e),
         };
         if !permit.withheld.is_empty() {
             return Err(Error::Invalid(
@@ -299,11 +301,30 @@ impl Gateway {
                 );
                 continue;
             };
+            // A medication is sensitive by its code, which a typed fact does not carry:
+            // only the stored item (with its labels) may be shared.
+            if kind == ItemKind::MedicationChange {
+                issues.push(
+                    Issue::error(
+                        IssueCode::BusinessRule,
+                        "a medication change is shared by its `item_id`, so its sensitivity travels with it",
+                    )
+                    .at(at),
+                );
+                continue;
+            }
+            // The same sensitivity rules as a mapped item (a withdrawal-risk flag is
+            // substance-use information however it was written).
+            let labels = self
+                .mappings
+                .item_labels(kind, &fields)
+                .into_iter()
+                .collect();
             match DatasetItem::from_fields(kind, Value::Object(fields)) {
                 Ok(item) => out.push(StoredItem {
                     id: format!("fact-{i}"),
                     item,
-                    labels: Vec::new(),
+                    labels,
                     provenance: crate::dataset::Provenance {
                         partner: crate::ids::PartnerId::new("housing"),
                         reference_id: crate::ids::ReferenceId::new(),

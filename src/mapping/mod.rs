@@ -17,7 +17,7 @@ use std::path::Path as FsPath;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::dataset::DatasetItem;
+use crate::dataset::{DatasetItem, ItemKind};
 use path::{Doc, Node, Read, Seg, address};
 pub use rules::MappingError;
 use rules::{FieldRule, Op, Rule, Sensitivity, Source, ValueSets};
@@ -239,7 +239,7 @@ impl Mappings {
         }
         let expression = doc.expression(node, resource_type);
         // Taken before `from_fields` consumes the fields.
-        let item_labels = self.item_labels(source, &fields);
+        let item_labels = self.item_labels(source.kind, &fields);
         let item = match DatasetItem::from_fields(source.kind, Value::Object(fields)) {
             Ok(item) => item,
             Err(e) => return Some(Err(problem_for(source, &expression, &e))),
@@ -403,11 +403,12 @@ impl Mappings {
         labels
     }
 
-    /// Labels an item carries for what it says (a withdrawal-risk flag).
-    fn item_labels(&self, source: &Source, fields: &Map<String, Value>) -> BTreeSet<String> {
+    /// Labels an item carries for what it says (a withdrawal-risk flag), whoever wrote
+    /// it: a mapped notice, or a fact a housing worker typed into a note.
+    pub fn item_labels(&self, of: ItemKind, fields: &Map<String, Value>) -> BTreeSet<String> {
         let mut labels = BTreeSet::new();
         for (kind, field, equals, item_labels) in &self.sensitivity.by_item {
-            if *kind == source.kind && fields.get(field) == Some(equals) {
+            if *kind == of && fields.get(field) == Some(equals) {
                 labels.extend(item_labels.iter().cloned());
             }
         }
