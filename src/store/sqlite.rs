@@ -412,6 +412,17 @@ fn writer_loop(mut conn: Connection, jobs: mpsc::Receiver<Job>, cache: Arc<Conte
                             (false, Box::new(|_| {}) as Finish)
                         }
                     };
+                finishes.push(finish);
+                // On some errors (disk full, I/O) SQLite ends the transaction itself, and
+                // every later statement would commit on its own: a partial batch, and
+                // audit records chained to ones that were rolled back. Stop here; the jobs
+                // not yet run are dropped, which answers them with an error.
+                if tx.is_autocommit() {
+                    return Ok(Err(
+                        "the database ended the transaction; nothing in this commit was stored"
+                            .into(),
+                    ));
+                }
                 match (ok, guarded) {
                     (true, true) => {
                         tx.prepare_cached("RELEASE job")?.execute([])?;
@@ -423,9 +434,12 @@ fn writer_loop(mut conn: Connection, jobs: mpsc::Receiver<Job>, cache: Arc<Conte
                         changes.rolled_back_to(mark);
                     }
                     (true, false) => {}
-                    (false, false) => batch_failed = true,
+                    (false, false) => {
+                        // The whole batch is rolled back: running the rest is wasted work.
+                        batch_failed = true;
+                        break;
+                    }
                 }
-                finishes.push(finish);
             }
             if batch_failed {
                 tx.rollback()?;
@@ -1949,6 +1963,42 @@ mod tests {
         store.append(entry(3)).await.unwrap();
         let v = store.verify(None).await.unwrap();
         assert_eq!((v.records, v.first_broken.is_none()), (2, true));
+    }
+
+    /// When SQLite ends the transaction by itself (as on a full disk), the jobs after
+    /// it must not run in autocommit mode: nothing of the batch is kept, the chain goes
+    /// on from the last durable record, and the store keeps working.
+    #[tokio::test]
+    async fn a_transaction_the_database_ended_keeps_nothing_of_its_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        store.append(entry(0)).await.unwrap();
+        let (release, held) = hold_writer(&store);
+        let ended = store
+            .submit(Isolation::Batch, {
+                let e = entry(1);
+                move |ctx| {
+                    ctx.audit(&e)?;
+                    // What SQLite does on SQLITE_FULL or SQLITE_IOERR.
+                    ctx.tx.execute_batch("ROLLBACK")?;
+                    Ok(())
+                }
+            })
+            .unwrap();
+        let after = store
+            .submit(Isolation::Savepoint, {
+                let e = entry(2);
+                move |ctx| ctx.audit(&e)
+            })
+            .unwrap();
+        drop(release);
+        held.await.unwrap().unwrap();
+        assert!(ended.await.unwrap().is_err());
+        assert!(matches!(after.await, Err(_) | Ok(Err(_))));
+
+        store.append(entry(3)).await.unwrap();
+        let v = store.verify(None).await.unwrap();
+        assert_eq!((v.records, v.first_broken.is_none()), (2, true), "{v:?}");
     }
 
     #[tokio::test]
