@@ -434,11 +434,7 @@ fn writer_loop(mut conn: Connection, jobs: mpsc::Receiver<Job>, cache: Arc<Conte
                         changes.rolled_back_to(mark);
                     }
                     (true, false) => {}
-                    (false, false) => {
-                        // The whole batch is rolled back: running the rest is wasted work.
-                        batch_failed = true;
-                        break;
-                    }
+                    (false, false) => batch_failed = true,
                 }
             }
             if batch_failed {
