@@ -358,7 +358,7 @@ async fn population(
                 // Recorded by housing, the custodian: an active version clears a renewal prompt.
                 let clears = terms.status == ConsentStatus::Active;
                 let stored = store
-                    .save_consent(id, tenant.clone(), terms, resource, clears, a)
+                    .save_consent(id, None, tenant.clone(), terms, resource, clears, a)
                     .await?;
                 ids.push(stored.version.id);
             }

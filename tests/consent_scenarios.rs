@@ -637,6 +637,27 @@ async fn the_fhir_form_and_the_housing_form_agree() {
     };
     assert_eq!(strip(&versions[0]), strip(&versions[1]));
     assert_eq!(versions[0]["restrictions"], json!(["hiv"]));
+
+    // An edit of version 1 after version 2 was stored would undo it: with If-Match
+    // naming the version the worker edited, it is refused (412) and nothing is stored.
+    let put_if = |version: &'static str| {
+        app.client
+            .put(format!("{}/fhir/Consent/{id}", app.base))
+            .bearer_auth(HOUSING)
+            .header("content-type", "application/fhir+json")
+            .header("if-match", version)
+            .body(fhir.to_string())
+            .send()
+    };
+    let stale = answer(put_if("W/\"1\"").await.unwrap()).await;
+    assert_eq!(stale.status, 412, "{stale:?}");
+    let garbled = answer(put_if("yesterday").await.unwrap()).await;
+    assert_eq!(garbled.status, 400, "{garbled:?}");
+    let list = app.get("/housing/consents?tenant=T-1001", HOUSING).await;
+    assert_eq!(list.body["consents"].as_array().unwrap().len(), 2);
+    let current = answer(put_if("W/\"2\"").await.unwrap()).await;
+    assert_eq!(current.status, 200, "{current:?}");
+    assert_eq!(current.header("etag"), Some("W/\"3\"".to_string()));
 }
 
 #[tokio::test]

@@ -133,15 +133,17 @@ impl Gateway {
         audit.status = 201;
         Ok(self
             .store
-            .save_consent(id, tenant, terms, resource, clears, audit.clone())
+            .save_consent(id, None, tenant, terms, resource, clears, audit.clone())
             .await?)
     }
 
     /// `PUT /fhir/Consent/{id}`: housing records a new version of an existing consent.
+    /// With `if_match` (the version the client edited), a consent changed since is 412.
     pub async fn update_consent(
         &self,
         call: &Call,
         id: &str,
+        if_match: Option<u32>,
         resource: Value,
         digest: String,
         audit: &mut AuditEntry,
@@ -154,6 +156,14 @@ impl Gateway {
             .consent(id)
             .await?
             .ok_or_else(|| Error::NotFound(format!("Consent/{id} is not known here")))?;
+        if let Some(edited) = if_match
+            && edited != existing.version.version
+        {
+            return Err(Error::PreconditionFailed(format!(
+                "Consent/{id} is at version {}, not {edited}; read it again before changing it",
+                existing.version.version
+            )));
+        }
         if resource
             .get("id")
             .and_then(Value::as_str)
@@ -181,6 +191,7 @@ impl Gateway {
             .store
             .save_consent(
                 Some(id.to_string()),
+                Some(existing.version.version),
                 tenant,
                 terms,
                 resource,
@@ -271,7 +282,15 @@ impl Gateway {
         audit.status = 201;
         Ok(self
             .store
-            .save_consent(id, form.tenant_id, terms, resource, true, audit.clone())
+            .save_consent(
+                id,
+                None,
+                form.tenant_id,
+                terms,
+                resource,
+                true,
+                audit.clone(),
+            )
             .await?)
     }
 
@@ -308,6 +327,7 @@ impl Gateway {
             .store
             .save_consent(
                 Some(id.to_string()),
+                Some(current.version.version),
                 current.tenant,
                 terms,
                 resource,

@@ -639,19 +639,36 @@ async fn transaction(
     Ok(json!({"resourceType": "Bundle", "type": "transaction-response", "entry": out}))
 }
 
+/// The version an `If-Match` header names (`W/"3"`, as Hearth's ETags, or `"3"`).
+fn if_match(headers: &HeaderMap) -> Result<Option<u32>, Error> {
+    let Some(value) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .map(|v| v.trim().trim_start_matches("W/"))
+        .and_then(|v| v.strip_prefix('"')?.strip_suffix('"'))
+        .and_then(|v| v.parse().ok())
+        .map(Some)
+        .ok_or_else(|| Error::malformed("If-Match must be a version ETag such as W/\"3\""))
+}
+
 /// `PUT /fhir/Consent/{id}`: housing records a new version.
 async fn update_consent(
     State(state): State<AppState>,
     Extension(call): Extension<Call>,
     Path(id): Path<String>,
+    headers: HeaderMap,
     body: Result<JsonBody, Error>,
 ) -> Result<Response, Failure> {
     let mut audit = call.audit("update", Direction::Internal);
     audit.resource_type = Some("Consent".into());
     let body = body.map_err(|e| Failure::new(e, audit.clone()))?;
+    let if_match = if_match(&headers).map_err(|e| Failure::new(e, audit.clone()))?;
     let stored = state
         .gateway
-        .update_consent(&call, &id, body.value, body.digest, &mut audit)
+        .update_consent(&call, &id, if_match, body.value, body.digest, &mut audit)
         .await
         .map_err(|e| Failure::new(e, audit))?;
     let mut response = (StatusCode::OK, fhir_json(stored.resource)).into_response();

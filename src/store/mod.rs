@@ -281,11 +281,15 @@ pub trait TenantStore: Send + Sync {
 pub trait ConsentStore: Send + Sync {
     async fn consents(&self, tenant: &TenantId) -> StoreResult<Vec<ConsentVersion>>;
     /// Stores a new version (of `id`, or a new consent when `id` is `None`); the
-    /// resource is stored with its id and `meta.versionId` set.
+    /// resource is stored with its id and `meta.versionId` set. A version derived from
+    /// an earlier one names it in `based_on`: if another version was stored since, this
+    /// one is a [`StoreError::Conflict`] and nothing is written (a confirmation read
+    /// before a revocation must not undo it).
     /// A housing-confirmed (`clears_renewal`) version also clears a renewal prompt.
     async fn save_consent(
         &self,
         id: Option<String>,
+        based_on: Option<u32>,
         tenant: TenantId,
         terms: ConsentTerms,
         resource: serde_json::Value,

@@ -947,6 +947,7 @@ impl ConsentStore for SqliteStore {
     async fn save_consent(
         &self,
         id: Option<String>,
+        based_on: Option<u32>,
         tenant: TenantId,
         terms: ConsentTerms,
         mut resource: Value,
@@ -960,6 +961,14 @@ impl ConsentStore for SqliteStore {
                 [&id],
                 |r| r.get(0),
             )?;
+            if let Some(read) = based_on
+                && i64::from(read) != version - 1
+            {
+                return Err(StoreError::Conflict(format!(
+                    "Consent/{id} has changed since version {read} was read (it is at version {}); read it again",
+                    version - 1
+                )));
+            }
             if version > 1 {
                 let owner: String = ctx.tx.query_row(
                     "SELECT tenant_id FROM consents WHERE consent_id = ?1 LIMIT 1",
@@ -1961,6 +1970,47 @@ mod tests {
         assert_eq!((v.records, v.first_broken.is_none()), (2, true));
     }
 
+    /// A version derived from one that has since been superseded is refused: a
+    /// confirmation read before a revocation must not be stored after it, undoing it.
+    #[tokio::test]
+    async fn a_consent_version_based_on_a_superseded_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let tenant = TenantId::new("T-1");
+        store
+            .register_tenant(tenant.clone(), Vec::new(), entry(0))
+            .await
+            .unwrap();
+        let terms = |status: &str| -> ConsentTerms {
+            serde_json::from_value(
+                serde_json::json!({"status": status, "recorded": "2026-11-23T10:00:00Z"}),
+            )
+            .unwrap()
+        };
+        let save = |based_on, status| {
+            store.save_consent(
+                Some("c".into()),
+                based_on,
+                tenant.clone(),
+                terms(status),
+                serde_json::json!({"resourceType": "Consent"}),
+                false,
+                entry(1),
+            )
+        };
+        save(None, "proposed").await.unwrap();
+        // Revoked from version 1, then a confirmation also read at version 1 arrives.
+        save(Some(1), "inactive").await.unwrap();
+        let late = save(Some(1), "active").await;
+        assert!(matches!(late, Err(StoreError::Conflict(_))), "{late:?}");
+        let latest = store.consent("c").await.unwrap().unwrap();
+        assert_eq!(latest.version.version, 2);
+        assert_eq!(
+            latest.version.terms.status,
+            crate::consent::ConsentStatus::Inactive
+        );
+    }
+
     /// When SQLite ends the transaction by itself (as on a full disk), the jobs after
     /// it must not run in autocommit mode: nothing of the batch is kept, the chain goes
     /// on from the last durable record, and the store keeps working.
@@ -2029,6 +2079,7 @@ mod tests {
         .unwrap();
         store
             .save_consent(
+                None,
                 None,
                 tenant.clone(),
                 terms,
