@@ -29,7 +29,7 @@ use hearth::consent::{ConsentStatus, terms_from_fhir};
 use hearth::dataset::ConsentCitation;
 use hearth::ids::{Identifier, PartnerId, ReferenceId, TenantId};
 use hearth::store::sqlite::SqliteStore;
-use hearth::store::{AuditStore, ConsentStore, TenantStore};
+use hearth::store::{AuditStore, ConsentSlot, ConsentStore, TenantStore};
 use serde_json::{Value, json};
 use time::{Duration, OffsetDateTime};
 
@@ -358,7 +358,14 @@ async fn population(
                 // Recorded by housing, the custodian: an active version clears a renewal prompt.
                 let clears = terms.status == ConsentStatus::Active;
                 let stored = store
-                    .save_consent(id, None, tenant.clone(), terms, resource, clears, a)
+                    .save_consent(
+                        ConsentSlot::of(id),
+                        tenant.clone(),
+                        terms,
+                        resource,
+                        clears,
+                        a,
+                    )
                     .await?;
                 ids.push(stored.version.id);
             }

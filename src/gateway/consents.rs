@@ -15,7 +15,7 @@ use crate::consent::{self, ConsentStatus, ConsentTerms, RenewalDue};
 use crate::error::{Error, NO_AGREEMENT};
 use crate::fhir::{self, Issue, IssueCode};
 use crate::ids::{Identifier, PartnerId, TenantId};
-use crate::store::StoredConsent;
+use crate::store::{ConsentSlot, StoredConsent};
 use crate::tenancy::LinkFailure;
 
 /// Roles that keep the consent registry.
@@ -133,7 +133,14 @@ impl Gateway {
         audit.status = 201;
         Ok(self
             .store
-            .save_consent(id, None, tenant, terms, resource, clears, audit.clone())
+            .save_consent(
+                ConsentSlot::of(id),
+                tenant,
+                terms,
+                resource,
+                clears,
+                audit.clone(),
+            )
             .await?)
     }
 
@@ -190,8 +197,7 @@ impl Gateway {
         Ok(self
             .store
             .save_consent(
-                Some(id.to_string()),
-                Some(existing.version.version),
+                ConsentSlot::after(id, existing.version.version),
                 tenant,
                 terms,
                 resource,
@@ -283,8 +289,7 @@ impl Gateway {
         Ok(self
             .store
             .save_consent(
-                id,
-                None,
+                ConsentSlot::of(id),
                 form.tenant_id,
                 terms,
                 resource,
@@ -326,8 +331,7 @@ impl Gateway {
         Ok(self
             .store
             .save_consent(
-                Some(id.to_string()),
-                Some(current.version.version),
+                ConsentSlot::after(id, current.version.version),
                 current.tenant,
                 terms,
                 resource,

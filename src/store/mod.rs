@@ -276,20 +276,42 @@ pub trait TenantStore: Send + Sync {
     async fn tenant_identifiers(&self, tenant: &TenantId) -> StoreResult<Vec<Identifier>>;
 }
 
+/// Where a new consent version goes.
+#[derive(Debug, Clone, Default)]
+pub struct ConsentSlot {
+    /// The consent it is a version of; `None` starts a new consent.
+    pub id: Option<String>,
+    /// The version it was derived from (a status change, an edit). If another version
+    /// was stored since, the write is a [`StoreError::Conflict`] and nothing is stored:
+    /// a confirmation read before a revocation must not land after it and undo it.
+    pub based_on: Option<u32>,
+}
+
+impl ConsentSlot {
+    /// A new version of `id` (or a new consent), whatever came before it.
+    pub fn of(id: Option<String>) -> Self {
+        Self { id, based_on: None }
+    }
+
+    /// The version after `based_on` of consent `id`, and no other.
+    pub fn after(id: &str, based_on: u32) -> Self {
+        Self {
+            id: Some(id.to_string()),
+            based_on: Some(based_on),
+        }
+    }
+}
+
 /// Every version of every consent.
 #[async_trait]
 pub trait ConsentStore: Send + Sync {
     async fn consents(&self, tenant: &TenantId) -> StoreResult<Vec<ConsentVersion>>;
-    /// Stores a new version (of `id`, or a new consent when `id` is `None`); the
-    /// resource is stored with its id and `meta.versionId` set. A version derived from
-    /// an earlier one names it in `based_on`: if another version was stored since, this
-    /// one is a [`StoreError::Conflict`] and nothing is written (a confirmation read
-    /// before a revocation must not undo it).
+    /// Stores a new version in `slot`; the resource is stored with its id and
+    /// `meta.versionId` set.
     /// A housing-confirmed (`clears_renewal`) version also clears a renewal prompt.
     async fn save_consent(
         &self,
-        id: Option<String>,
-        based_on: Option<u32>,
+        slot: ConsentSlot,
         tenant: TenantId,
         terms: ConsentTerms,
         resource: serde_json::Value,

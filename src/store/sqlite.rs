@@ -946,8 +946,7 @@ impl ConsentStore for SqliteStore {
 
     async fn save_consent(
         &self,
-        id: Option<String>,
-        based_on: Option<u32>,
+        slot: ConsentSlot,
         tenant: TenantId,
         terms: ConsentTerms,
         mut resource: Value,
@@ -955,6 +954,7 @@ impl ConsentStore for SqliteStore {
         audit: AuditEntry,
     ) -> StoreResult<StoredConsent> {
         self.write(move |ctx| {
+            let ConsentSlot { id, based_on } = slot;
             let id = id.unwrap_or_else(|| audit.reference_id.to_string().to_lowercase());
             let version: i64 = ctx.tx.query_row(
                 "SELECT COALESCE(MAX(version), 0) + 1 FROM consents WHERE consent_id = ?1",
@@ -1989,8 +1989,10 @@ mod tests {
         };
         let save = |based_on, status| {
             store.save_consent(
-                Some("c".into()),
-                based_on,
+                ConsentSlot {
+                    id: Some("c".into()),
+                    based_on,
+                },
                 tenant.clone(),
                 terms(status),
                 serde_json::json!({"resourceType": "Consent"}),
@@ -2079,8 +2081,7 @@ mod tests {
         .unwrap();
         store
             .save_consent(
-                None,
-                None,
+                ConsentSlot::default(),
                 tenant.clone(),
                 terms,
                 serde_json::json!({"resourceType": "Consent"}),
