@@ -648,6 +648,52 @@ async fn a_consent_restriction_withholds_sensitive_items_without_telling_the_sen
     assert_eq!(kinds, ["medication_change", "risk_flag"]);
 }
 
+/// Labels have a hierarchy (HL7 v3 ActCode): a consent that denies only opioid use
+/// disorder information withholds what codes can only call substance use, and an item
+/// a sender labelled OPIOIDUD is withheld by a denial written as SUD/ETH.
+#[tokio::test]
+async fn a_narrow_sensitivity_label_is_enforced_as_the_broad_one_it_belongs_to() {
+    let app = spawn_app().await;
+    app.register_tenant().await;
+    let mut narrow = fixture("consent-clinic-and-mco-no-sud.json");
+    narrow["provision"]["provision"][0]["securityLabel"] = json!([
+        {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPIOIDUD"}
+    ]);
+    let c = app.post("/fhir/Consent", HOUSING, &narrow).await;
+    assert_eq!(c.status, 201, "{c:?}");
+    let a = post_notice(&app, "medication-change-buprenorphine-start.json").await;
+    assert_eq!(a.status, 201, "{a:?}");
+    assert!(
+        feed_items(&app).await.is_empty(),
+        "{:?}",
+        feed_items(&app).await
+    );
+
+    // The other way round: SUD/ETH denied, an item labelled only OPIOIDUD by its sender.
+    let app = spawn_app().await;
+    app.register_tenant().await;
+    app.consent("consent-clinic-and-mco-no-sud.json").await;
+    let mut notice = fixture("medication-change-notice.json");
+    notice["meta"] = json!({"security": [
+        {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPIOIDUD"}
+    ]});
+    let b = app.post("/fhir/Communication", CLINIC, &notice).await;
+    assert_eq!(b.status, 201, "{b:?}");
+    assert!(
+        feed_items(&app).await.is_empty(),
+        "{:?}",
+        feed_items(&app).await
+    );
+    // Without the label the same notice is shared.
+    let mut plain = fixture("medication-change-notice.json");
+    plain["identifier"][0]["value"] = json!("another-message");
+    assert_eq!(
+        app.post("/fhir/Communication", CLINIC, &plain).await.status,
+        201
+    );
+    assert_eq!(feed_items(&app).await.len(), 1);
+}
+
 #[tokio::test]
 async fn the_location_names_hearths_minimised_copy() {
     let app = spawn_app().await.with_consenting_tenant().await;

@@ -262,6 +262,7 @@ impl Mappings {
             labels.extend(self.security_labels(contained));
         }
         labels.extend(item_labels);
+        self.sensitivity.widen(&mut labels);
         Some(Ok(MappedItem {
             item,
             labels,
@@ -412,7 +413,20 @@ impl Mappings {
                 labels.extend(item_labels.iter().cloned());
             }
         }
+        self.sensitivity.widen(&mut labels);
         labels
+    }
+
+    /// `labels` with the broader labels they imply (`[implies]` in sensitivity.toml).
+    /// A consent that denies a narrow label withholds what that label belongs to: Hearth
+    /// cannot tell an opioid from another substance-use item by its codes, so a denial
+    /// of OPIOIDUD withholds every substance-use item rather than none.
+    pub fn widen(&self, labels: &[String]) -> Vec<String> {
+        let mut set: BTreeSet<String> = labels.iter().cloned().collect();
+        self.sensitivity.widen(&mut set);
+        let mut out = labels.to_vec();
+        out.extend(set.into_iter().filter(|l| !labels.contains(l)));
+        out
     }
 }
 

@@ -1,7 +1,7 @@
 //! Mapping files, parsed: value sets, sensitivity rules and one item file per dataset item.
 //! See `mappings/README.md` for the format.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path as FsPath;
 
 use serde_json::Value;
@@ -212,9 +212,24 @@ pub struct Sensitivity {
     pub by_item: Vec<(ItemKind, String, Value, Vec<String>)>,
     /// Plain-word restrictions and the labels each withholds.
     pub restrictions: BTreeMap<String, Vec<String>>,
+    /// Narrow labels and the broader ones each belongs to (OPIOIDUD → SUD, ETH).
+    pub implies: BTreeMap<String, Vec<String>>,
 }
 
 impl Sensitivity {
+    /// `labels` with every label they imply, transitively: an item a sender labelled
+    /// OPIOIDUD is substance-use information to a restriction written as SUD.
+    pub fn widen(&self, labels: &mut BTreeSet<String>) {
+        let mut pending: Vec<String> = labels.iter().cloned().collect();
+        while let Some(label) = pending.pop() {
+            for broader in self.implies.get(&label).into_iter().flatten() {
+                if labels.insert(broader.clone()) {
+                    pending.push(broader.clone());
+                }
+            }
+        }
+    }
+
     /// Whether any rule or restriction names this label.
     pub fn names_label(&self, code: &str) -> bool {
         self.by_codes
@@ -228,6 +243,7 @@ impl Sensitivity {
                 .restrictions
                 .values()
                 .any(|l| l.iter().any(|x| x == code))
+            || self.implies.contains_key(code)
     }
 }
 
@@ -492,10 +508,13 @@ pub fn parse_sensitivity(
         items: Vec<ItemRule>,
         #[serde(default)]
         restrictions: BTreeMap<String, Vec<String>>,
+        #[serde(default)]
+        implies: BTreeMap<String, Vec<String>>,
     }
     let f: File = toml::from_str(text).map_err(|e| err(file, e.to_string()))?;
     let mut out = Sensitivity {
         restrictions: f.restrictions,
+        implies: f.implies,
         ..Sensitivity::default()
     };
     for r in f.codes {
