@@ -261,6 +261,12 @@ impl Mappings {
             labels.extend(self.code_labels(contained));
             labels.extend(self.security_labels(contained));
         }
+        // So does its reason: a reasonCode inside the node labels the item, and the same
+        // diagnosis given as a reasonReference to a contained Condition must as well.
+        for reason in reason_references(doc, node) {
+            labels.extend(self.code_labels(reason.value));
+            labels.extend(self.security_labels(reason.value));
+        }
         labels.extend(item_labels);
         self.sensitivity.widen(&mut labels);
         Some(Ok(MappedItem {
@@ -463,6 +469,18 @@ const KNOWN_LABELS: &[&str] = &[
     "U", "L", "M", "N", "R", "V", "SUD", "ETH", "ETHUD", "OPIOIDUD", "PSY", "SDV", "HIV", "BH",
     "SEX", "STD",
 ];
+
+/// The contained resources `node`'s `reasonReference`s point at.
+fn reason_references<'a>(doc: &Doc<'a>, node: Node<'a>) -> Vec<Node<'a>> {
+    node.value
+        .get("reasonReference")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r.get("reference")?.as_str())
+        .filter_map(|r| doc.resolve_local(r))
+        .collect()
+}
 
 /// The contained resources, other than `node` itself, that the item's values were read
 /// from (`/contained/N/...` in its trace).
@@ -669,6 +687,40 @@ mod tests {
             "{:?}",
             t.items[0].labels
         );
+    }
+
+    /// A medication's reason labels it whether it is written inline (`reasonCode`) or
+    /// given as a `reasonReference` to a contained Condition.
+    #[test]
+    fn a_medication_started_for_a_referenced_diagnosis_carries_its_sensitivity() {
+        let alcohol_dependence =
+            json!({"coding": [{"system": "http://snomed.info/sct", "code": "66590003"}]});
+        let labels_with = |reason: Value, condition: Option<Value>| {
+            let mut r = med_notice(json!({}));
+            r["contained"][0]["medicationCodeableConcept"] = json!({"text": "Acamprosate 333 mg"});
+            r["contained"][0]
+                .as_object_mut()
+                .unwrap()
+                .extend(reason.as_object().unwrap().clone());
+            if let Some(c) = condition {
+                r["contained"].as_array_mut().unwrap().push(c);
+            }
+            let t = mappings().translate(&r);
+            assert!(t.problems.is_empty(), "{:?}", t.problems);
+            t.items[0].labels.clone()
+        };
+        let inline = labels_with(json!({"reasonCode": [alcohol_dependence]}), None);
+        let referenced = labels_with(
+            json!({"reasonReference": [{"reference": "#dx"}]}),
+            Some(
+                json!({"resourceType": "Condition", "id": "dx", "code": alcohol_dependence,
+                        "subject": {"reference": "Patient/x"}}),
+            ),
+        );
+        assert!(inline.contains("SUD"), "{inline:?}");
+        assert_eq!(referenced, inline);
+        let none = labels_with(json!({}), None);
+        assert!(none.is_empty(), "{none:?}");
     }
 
     /// A replacement order that is itself stopped is a stop, not a dose change.
