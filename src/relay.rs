@@ -162,6 +162,9 @@ impl Relay {
         audit.resource_type = Some("Bundle".into());
         audit.related = Some(d.reference_id);
 
+        // A fact its sender has since retracted or corrected (a notice about the wrong
+        // patient) must not go out through a forward queued before.
+        let retired = g.store.retired_items(fact_ids(&d.note)).await;
         let labels = fact_labels(&d.note);
         let decision = g
             .decide(
@@ -191,7 +194,24 @@ impl Relay {
                 AttemptResult::Retry { next_ms, error }
             }
         };
-        let result = if let Err(e) = &decision
+        let result = if let Err(e) = &retired {
+            retry(
+                format!("could not check the facts are current: {e}"),
+                &mut audit,
+            )
+        } else if let Ok(ids) = &retired
+            && !ids.is_empty()
+        {
+            audit.outcome = Outcome::Refused;
+            audit.status = 409;
+            audit.reason = Some("a fact was retracted or corrected by its sender".into());
+            AttemptResult::Stopped {
+                reason: format!(
+                    "{} was retracted or corrected by its sender before delivery",
+                    ids.join(", ")
+                ),
+            }
+        } else if let Err(e) = &decision
             && !matches!(e, crate::error::Error::Forbidden(_))
         {
             retry(format!("could not decide consent: {e}"), &mut audit)
@@ -334,6 +354,16 @@ fn result_kind(r: &AttemptResult) -> &'static str {
 
 /// The labels of the facts a note carries, so a restriction added since it was queued
 /// stops it.
+/// The ids of the facts a note carries.
+fn fact_ids(note: &Value) -> Vec<String> {
+    note["facts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|f| f["id"].as_str().map(str::to_string))
+        .collect()
+}
+
 fn fact_labels(note: &Value) -> Vec<BTreeSet<String>> {
     note["facts"]
         .as_array()

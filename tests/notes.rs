@@ -467,6 +467,42 @@ async fn a_break_glass_notice_is_not_forwarded_under_the_same_emergency() {
     );
 }
 
+/// A discharge notice sent about the wrong patient and retracted while its forward
+/// waits out a partner outage is not delivered once the partner is back.
+#[tokio::test]
+async fn a_notice_retracted_before_its_forward_is_delivered_is_not_forwarded() {
+    let partner = Partner::start().await;
+    let app = ready(&partner).await;
+    partner.set(Mode::Down);
+    let notice = fixture("discharge-notice.json");
+    let a = app.post("/fhir/Communication", CLINIC, &notice).await;
+    assert_eq!(a.status, 201, "{a:?}");
+    wait_for_attempts(&partner, 1).await;
+    let audit = app.get("/audit/records?limit=1000", AUDITOR).await;
+    let forward = audit.body["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["record"]["action"] == "forward")
+        .expect("a forward was queued")["record"]["reference_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let mut retraction = notice.clone();
+    retraction["status"] = json!("entered-in-error");
+    let r = app.post("/fhir/Communication", CLINIC, &retraction).await;
+    assert!(r.status == 200 || r.status == 201, "{r:?}");
+    partner.set(Mode::Up);
+    app.clock.advance(time::Duration::minutes(30));
+    let t = wait_for_state(&app, &forward, "stopped").await;
+    assert!(last_error(&t).contains("retracted"), "{t}");
+    assert!(
+        partner.bundles().is_empty(),
+        "the retracted notice went out"
+    );
+}
+
 #[tokio::test]
 async fn a_clinic_discharge_notice_is_forwarded_minimised_to_the_mco_when_consent_covers_both() {
     let partner = Partner::start().await;

@@ -377,6 +377,10 @@ pub trait ExchangeStore: Send + Sync {
     async fn exchange(&self, reference_id: &ReferenceId) -> StoreResult<Option<StoredExchange>>;
     async fn feed(&self, after_seq: u64, limit: usize) -> StoreResult<Vec<FeedEntry>>;
     async fn tenant_items(&self, tenant: &TenantId) -> StoreResult<Vec<StoredItem>>;
+    /// Those of `item_ids` that are stored but no longer current (retracted or
+    /// superseded by their sender). Ids not stored at all (facts typed into a note) are
+    /// not among them.
+    async fn retired_items(&self, item_ids: Vec<String>) -> StoreResult<Vec<String>>;
 }
 
 /// The audit log.
@@ -432,7 +436,8 @@ pub enum AttemptResult {
     Dead {
         error: String,
     },
-    /// Stopped before sending: consent no longer covers it.
+    /// Stopped before sending: consent no longer covers it, or a fact it carries was
+    /// retracted or corrected by its sender.
     Stopped {
         reason: String,
     },

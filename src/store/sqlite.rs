@@ -1454,6 +1454,21 @@ impl ExchangeStore for SqliteStore {
         })
         .await
     }
+
+    async fn retired_items(&self, item_ids: Vec<String>) -> StoreResult<Vec<String>> {
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached("SELECT 1 FROM items WHERE item_id = ?1 AND state != 'current'")?;
+            let mut retired = Vec::new();
+            for id in item_ids {
+                if stmt.exists([&id])? {
+                    retired.push(id);
+                }
+            }
+            Ok(retired)
+        })
+        .await
+    }
 }
 
 #[async_trait]
