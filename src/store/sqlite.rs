@@ -1394,7 +1394,11 @@ impl ExchangeStore for SqliteStore {
     async fn feed(&self, after_seq: u64, limit: usize) -> StoreResult<Vec<FeedEntry>> {
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT f.seq, f.tenant_id, f.change, f.item_id, f.reference_id, f.at, i.body, f.detail, i.labels
+                // Only a current item's content is served: one its sender retracted (a
+                // notice about the wrong patient) or corrected stays out of any page,
+                // however far back a reader starts; the later entry says which.
+                "SELECT f.seq, f.tenant_id, f.change, f.item_id, f.reference_id, f.at,
+                        CASE WHEN i.state = 'current' THEN i.body END, f.detail, i.labels
                  FROM feed f LEFT JOIN items i ON i.item_id = f.item_id
                  WHERE f.seq > ?1 ORDER BY f.seq LIMIT ?2",
             )?;
