@@ -511,8 +511,34 @@ async fn a_consent_posted_by_a_partner_waits_for_housing_to_confirm_it() {
             &fixture("consent-share-with-clinic.json"),
         )
         .await;
-    assert_eq!(proposed.status, 201, "{proposed:?}");
-    assert_eq!(proposed.body["status"], "proposed");
+    assert_eq!(proposed.status, 202, "{proposed:?}");
+    assert!(proposed.header("location").is_none());
+    // Proposing for someone who is not a tenant is answered exactly the same way, so a
+    // partner cannot use proposals to find out who is one.
+    let mut stranger = fixture("consent-share-with-clinic.json");
+    stranger["patient"]["identifier"]["value"] = json!("T-9999");
+    let not_a_tenant = app.post("/fhir/Consent", CLINIC, &stranger).await;
+    assert_eq!(not_a_tenant.status, 202, "{not_a_tenant:?}");
+    let strip = |a: &Answer| {
+        let mut issues = a.body["issue"].clone();
+        issues.as_array_mut().unwrap().pop(); // the reference ID
+        issues
+    };
+    assert_eq!(strip(&not_a_tenant), strip(&proposed));
+    assert_eq!(
+        app.audit_record(&not_a_tenant.reference_id()).await["outcome"],
+        "refused"
+    );
+    let listed = app.get("/housing/consents?tenant=T-1001", HOUSING).await;
+    let id = listed.body["consents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["status"] == "proposed")
+        .expect("housing sees the proposal")["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert_eq!(
         app.post(
             "/fhir/Communication",
@@ -524,7 +550,7 @@ async fn a_consent_posted_by_a_partner_waits_for_housing_to_confirm_it() {
         403
     );
 
-    let id = proposed.body["id"].as_str().unwrap();
+    let id = id.as_str();
     let confirmed = app
         .post_json(
             &format!("/housing/consents/{id}/confirm"),

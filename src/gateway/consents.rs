@@ -44,6 +44,15 @@ pub struct ConsentSummary {
     pub governing: bool,
 }
 
+/// What `POST /fhir/Consent` did.
+#[derive(Debug)]
+pub enum RecordedConsent {
+    /// Housing's new version, stored and enforced.
+    Stored(Box<StoredConsent>),
+    /// A partner's proposal, taken for housing to confirm with the tenant.
+    Proposed,
+}
+
 impl Gateway {
     fn partner_for(&self) -> impl Fn(&str) -> Option<PartnerId> + '_ {
         |reference| {
@@ -104,14 +113,15 @@ impl Gateway {
     }
 
     /// `POST /fhir/Consent`. From housing: a new version of the tenant's consent. From a
-    /// partner: kept as `proposed`, enforcing nothing until housing confirms it.
+    /// partner: a proposal, kept as `proposed` and enforcing nothing until housing
+    /// confirms it with the tenant.
     pub async fn record_consent(
         &self,
         call: &Call,
         resource: Value,
         digest: String,
         audit: &mut AuditEntry,
-    ) -> Result<StoredConsent, Error> {
+    ) -> Result<RecordedConsent, Error> {
         audit.partner = Some(call.principal.org.clone());
         audit.payload_digest = Some(digest);
         audit.resource_type = Some("Consent".into());
@@ -119,19 +129,15 @@ impl Gateway {
             &[Role::Housing, Role::Clinic, Role::Mco, Role::Admin],
             "recording a consent",
         )?;
-        let (tenant, mut terms, mut resource) = self.read_consent(call, resource, audit).await?;
-        let custodian = CUSTODIANS.contains(&call.principal.role);
-        let id = if custodian {
-            self.tenant_consent_id(&tenant).await?
-        } else {
-            terms.status = ConsentStatus::Proposed;
-            resource["status"] = json!("proposed");
-            None
-        };
-        let clears = custodian && terms.status == ConsentStatus::Active;
+        if !CUSTODIANS.contains(&call.principal.role) {
+            return self.propose_consent(resource, audit).await;
+        }
+        let (tenant, terms, resource) = self.read_consent(call, resource, audit).await?;
+        let id = self.tenant_consent_id(&tenant).await?;
+        let clears = terms.status == ConsentStatus::Active;
         audit.outcome = crate::audit::Outcome::Accepted;
         audit.status = 201;
-        Ok(self
+        let stored = self
             .store
             .save_consent(
                 ConsentSlot::of(id),
@@ -141,7 +147,41 @@ impl Gateway {
                 clears,
                 audit.clone(),
             )
-            .await?)
+            .await?;
+        Ok(RecordedConsent::Stored(Box::new(stored)))
+    }
+
+    /// A partner's proposed consent. It is answered the same whether or not its subject
+    /// is a tenant (and only a well-formed one is answered at all), or proposing consents
+    /// would tell a partner who is a housing tenant.
+    async fn propose_consent(
+        &self,
+        resource: Value,
+        audit: &mut AuditEntry,
+    ) -> Result<RecordedConsent, Error> {
+        let mut terms = self.consent_terms(&resource)?;
+        audit.status = 202;
+        let Ok(tenant) = self.link(&resource, audit).await? else {
+            audit.outcome = crate::audit::Outcome::Refused;
+            audit.reason = Some("the proposed consent's subject is not a tenant".into());
+            self.store.append(audit.clone()).await?;
+            return Ok(RecordedConsent::Proposed);
+        };
+        let mut resource = resource;
+        terms.status = ConsentStatus::Proposed;
+        resource["status"] = json!("proposed");
+        audit.outcome = crate::audit::Outcome::Accepted;
+        self.store
+            .save_consent(
+                ConsentSlot::of(None),
+                tenant,
+                terms,
+                resource,
+                false,
+                audit.clone(),
+            )
+            .await?;
+        Ok(RecordedConsent::Proposed)
     }
 
     /// `PUT /fhir/Consent/{id}`: housing records a new version of an existing consent.
@@ -207,19 +247,27 @@ impl Gateway {
             .await?)
     }
 
+    /// The terms of a FHIR Consent Hearth will enforce, once it is known to be one and
+    /// to be valid.
+    fn consent_terms(&self, resource: &Value) -> Result<ConsentTerms, Error> {
+        if fhir::resource_type(resource) != Some("Consent") {
+            return Err(Error::Malformed {
+                message: "this endpoint takes a FHIR Consent".into(),
+                expression: Some("resourceType".into()),
+            });
+        }
+        self.validate(resource)?;
+        self.enforced_terms(resource)
+    }
+
+    /// Housing's Consent: its tenant and terms.
     async fn read_consent(
         &self,
         call: &Call,
         resource: Value,
         audit: &mut AuditEntry,
     ) -> Result<(TenantId, ConsentTerms, Value), Error> {
-        if fhir::resource_type(&resource) != Some("Consent") {
-            return Err(Error::Malformed {
-                message: "this endpoint takes a FHIR Consent".into(),
-                expression: Some("resourceType".into()),
-            });
-        }
-        self.validate(&resource)?;
+        let terms = self.consent_terms(&resource)?;
         let tenant = match self.link(&resource, audit).await? {
             Ok(t) => t,
             Err(_) if call.principal.role.is_partner() => {
@@ -238,7 +286,6 @@ impl Gateway {
                 ]));
             }
         };
-        let terms = self.enforced_terms(&resource)?;
         Ok((tenant, terms, resource))
     }
 

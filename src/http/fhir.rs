@@ -15,6 +15,7 @@ use crate::audit::Direction;
 use crate::error::Error;
 use crate::fhir::capability::{ResourceSupport, capability_statement};
 use crate::fhir::{Issue, outcome};
+use crate::gateway::consents::RecordedConsent;
 use crate::gateway::{Call, IfNoneExist, Prepared, Receipt};
 use crate::store::ExchangeOutcome;
 
@@ -128,7 +129,12 @@ enum Created {
         version: u32,
         resource: Value,
     },
+    /// A partner's proposed Consent, taken for housing to confirm (202, nothing to read).
+    Proposal,
 }
+
+/// What a partner proposing a consent is told, whether or not its subject is a tenant.
+const PROPOSAL_TAKEN: &str = "proposed consent received; the housing provider confirms consents with the tenant before any is enforced";
 
 async fn create_one(
     state: &AppState,
@@ -140,14 +146,19 @@ async fn create_one(
 ) -> Result<Created, Error> {
     let g = &state.gateway;
     if rt == "Consent" {
-        let stored = g
-            .record_consent(call, body.value, body.digest, audit)
-            .await?;
-        return Ok(Created::Resource {
-            id: stored.version.id.clone(),
-            version: stored.version.version,
-            resource: stored.resource,
-        });
+        return Ok(
+            match g
+                .record_consent(call, body.value, body.digest, audit)
+                .await?
+            {
+                RecordedConsent::Stored(stored) => Created::Resource {
+                    id: stored.version.id.clone(),
+                    version: stored.version.version,
+                    resource: stored.resource,
+                },
+                RecordedConsent::Proposed => Created::Proposal,
+            },
+        );
     }
     if rt == "CarePlan" && crate::gateway::reviews::is_review(&body.value) {
         let stored = g.record_review_fhir(call, body.value, audit).await?;
@@ -170,7 +181,11 @@ async fn create_one(
     Ok(Created::Notice(receipt))
 }
 
-fn status_and_location(rt: &str, created: &Created) -> (StatusCode, String, String) {
+/// The status, `Location` and `ETag` a created resource is answered with.
+fn status_and_location(
+    rt: &str,
+    created: &Created,
+) -> (StatusCode, Option<String>, Option<String>) {
     match created {
         Created::Notice(r) => {
             let status = match r.outcome {
@@ -183,15 +198,16 @@ fn status_and_location(rt: &str, created: &Created) -> (StatusCode, String, Stri
             };
             (
                 status,
-                format!("/fhir/{rt}/{}", r.location),
-                "W/\"1\"".to_string(),
+                Some(format!("/fhir/{rt}/{}", r.location)),
+                Some("W/\"1\"".to_string()),
             )
         }
         Created::Resource { id, version, .. } => (
             StatusCode::CREATED,
-            format!("/fhir/{rt}/{id}"),
-            format!("W/\"{version}\""),
+            Some(format!("/fhir/{rt}/{id}")),
+            Some(format!("W/\"{version}\"")),
         ),
+        Created::Proposal => (StatusCode::ACCEPTED, None, None),
     }
 }
 
@@ -242,13 +258,17 @@ async fn create(
             issues: &receipt_issues(r),
         }),
         Created::Resource { resource, .. } => fhir_json(resource),
+        Created::Proposal => fhir_json(outcome::OperationOutcome {
+            reference_id: &call.reference_id.to_string(),
+            issues: &[Issue::information(PROPOSAL_TAKEN)],
+        }),
     };
     let mut response = (status, body).into_response();
     let h = response.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&location) {
+    if let Some(v) = location.and_then(|l| HeaderValue::from_str(&l).ok()) {
         h.insert(header::LOCATION, v);
     }
-    if let Ok(v) = HeaderValue::from_str(&etag) {
+    if let Some(v) = etag.and_then(|e| HeaderValue::from_str(&e).ok()) {
         h.insert(header::ETAG, v);
     }
     response.extensions_mut().insert(Audited);
@@ -508,11 +528,12 @@ async fn batch(state: &AppState, call: &Call, entries: Vec<Value>) -> Value {
                 let issues = match &created {
                     Created::Notice(r) => receipt_issues(r),
                     Created::Resource { .. } => vec![Issue::information("recorded")],
+                    Created::Proposal => vec![Issue::information(PROPOSAL_TAKEN)],
                 };
                 out.push(entry_response(
                     status,
-                    Some(location),
-                    Some(etag),
+                    location,
+                    etag,
                     outcome::operation_outcome(&reference, &issues),
                 ));
             }
@@ -627,8 +648,8 @@ async fn transaction(
             };
             entry_response(
                 status,
-                Some(location),
-                Some(etag),
+                location,
+                etag,
                 outcome::operation_outcome(
                     &entry_call.reference_id.to_string(),
                     &receipt_issues(r),
