@@ -379,6 +379,11 @@ impl Config {
                     "forward: `{kind}` is not a dataset item kind"
                 );
             }
+            anyhow::ensure!(
+                f.from != f.to,
+                "forward: `{}` to itself would echo every notice back to its sender",
+                f.from
+            );
         }
         anyhow::ensure!(
             all_different(self.partners.iter().map(|p| &p.id)),
@@ -411,6 +416,22 @@ impl Config {
         anyhow::ensure!(
             r.max_backoff_secs >= 1 && r.max_backoff_secs <= 7 * 24 * 3600,
             "relay.max_backoff_secs must be between 1 second and a week"
+        );
+        // Zero dead-letters a note at its first failure; a huge value overflows the
+        // deadline's arithmetic into the past, which does the same.
+        anyhow::ensure!(
+            r.dead_letter_after_secs >= 60 && r.dead_letter_after_secs <= 90 * 24 * 3600,
+            "relay.dead_letter_after_secs must be between a minute and 90 days"
+        );
+        // Hearth terminating TLS itself sees the client certificate first-hand; a proxy's
+        // certificate header would replace it, and every pinned partner be refused.
+        anyhow::ensure!(
+            self.tls.is_none()
+                || self
+                    .proxy
+                    .as_ref()
+                    .is_none_or(|p| p.client_cert_header.is_none()),
+            "[tls] and [proxy] client_cert_header cannot both be set: with [tls], Hearth reads the client certificate itself"
         );
         if let Some(tls) = &self.tls {
             anyhow::ensure!(
@@ -629,6 +650,27 @@ mod tests {
         refused(
             text.replace("max_backoff_secs = 600", "max_backoff_secs = 99999999999"),
             "max_backoff_secs",
+        );
+        for (from, to) in [("172800", "0"), ("172800", "99999999999999999")] {
+            refused(
+                text.replace(
+                    &format!("dead_letter_after_secs = {from}"),
+                    &format!("dead_letter_after_secs = {to}"),
+                ),
+                "dead_letter_after_secs",
+            );
+        }
+        refused(
+            format!(
+                "{text}\n[[forward]]\nfrom = \"riverside-clinic\"\nto = \"riverside-clinic\"\n"
+            ),
+            "to itself",
+        );
+        refused(
+            format!(
+                "{text}\n[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n[proxy]\naddress = \"127.0.0.1\"\nclient_cert_header = \"x-client-cert\"\n"
+            ),
+            "cannot both be set",
         );
         // Notes in plain HTTP across the network; on this machine it is allowed.
         refused(

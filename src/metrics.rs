@@ -71,7 +71,7 @@ impl Metrics {
     pub fn request(&self, method: &str, route: &str, status: u16, seconds: f64) {
         self.requests
             .get_or_create(&RequestLabels {
-                method: method.to_string(),
+                method: method_label(method).to_string(),
                 route: route.to_string(),
                 status,
             })
@@ -98,5 +98,34 @@ impl Metrics {
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+/// The method as a label: one of HTTP's own, or `other`. Anyone may send any method
+/// (even unauthenticated), and each new label value would be a new series kept forever.
+fn method_label(method: &str) -> &'static str {
+    const KNOWN: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
+    ];
+    KNOWN.into_iter().find(|m| *m == method).unwrap_or("other")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invented_methods_share_one_series() {
+        let m = Metrics::new();
+        for method in ["FOO1", "FOO2", "get", "GET"] {
+            m.request(method, "unmatched", 405, 0.001);
+        }
+        let text = m.render();
+        let series: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("hearth_http_requests_total"))
+            .collect();
+        assert_eq!(series.len(), 2, "{series:?}");
+        assert!(text.contains("method=\"other\""), "{text}");
     }
 }

@@ -115,4 +115,20 @@ async fn the_feed_needs_the_housing_role_and_sensible_parameters() {
     assert_eq!(empty.status, 200);
     assert_eq!(empty.body["entries"], json!([]));
     assert_eq!(empty.body["next"], "0");
+
+    // A cursor past every sequence number (a corrupted one) reads nothing; it does not
+    // wrap round and start the feed over.
+    let app = app.with_consenting_tenant().await;
+    let notice = fixture("risk-flag-update.json");
+    assert_eq!(
+        app.post("/fhir/Communication", CLINIC, &notice)
+            .await
+            .status,
+        201
+    );
+    let far = app
+        .get(&format!("/housing/updates?since={}", u64::MAX), HOUSING)
+        .await;
+    assert_eq!(far.status, 200, "{far:?}");
+    assert_eq!(far.body["entries"], json!([]), "{far:?}");
 }

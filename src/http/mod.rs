@@ -176,7 +176,8 @@ async fn envelope(State(state): State<AppState>, mut req: Request, next: Next) -
         let from_proxy = req
             .extensions()
             .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-            .is_some_and(|c| c.0.ip() == proxy.address);
+            // An IPv4 proxy seen on a dual-stack socket arrives as ::ffff:a.b.c.d.
+            .is_some_and(|c| c.0.ip().to_canonical() == proxy.address.to_canonical());
         let cert = from_proxy
             .then(|| {
                 req.headers()

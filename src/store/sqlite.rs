@@ -322,15 +322,15 @@ fn load_head(conn: &Connection) -> rusqlite::Result<ChainHead> {
         )
         .optional()?;
     Ok(match row {
-        Some((seq, hash)) if hash.len() == 32 => {
-            let mut h = [0; 32];
-            h.copy_from_slice(&hash);
-            ChainHead {
-                seq: seq as u64,
-                hash: h,
-            }
-        }
-        _ => ChainHead {
+        Some((seq, hash)) => ChainHead {
+            seq: seq as u64,
+            // A damaged last record must not restart the chain from the genesis: the
+            // next record would reuse sequence 1 and every write would fail.
+            hash: hash.try_into().map_err(|_| {
+                rusqlite::Error::InvalidColumnType(1, "hash".into(), rusqlite::types::Type::Blob)
+            })?,
+        },
+        None => ChainHead {
             seq: 0,
             hash: GENESIS,
         },
@@ -370,14 +370,12 @@ const CACHED_TENANTS: usize = 200_000;
 /// Most jobs one commit takes; bounds the latency one commit adds to the first job.
 const MAX_BATCH: usize = 512;
 
-fn writer_loop(mut conn: Connection, jobs: mpsc::Receiver<Job>, cache: Arc<ContextCache>) {
-    let mut head = match load_head(&conn) {
-        Ok(h) => h,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot read the audit chain head; store writer stopped");
-            return;
-        }
-    };
+fn writer_loop(
+    mut conn: Connection,
+    mut head: ChainHead,
+    jobs: mpsc::Receiver<Job>,
+    cache: Arc<ContextCache>,
+) {
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -481,6 +479,9 @@ impl SqliteStore {
         let path = data_dir.join(DB_FILE);
         let lock = lock_data_dir(data_dir)?;
         let mut conn = open_writer(&path)?;
+        let head = load_head(&conn).map_err(|e| {
+            StoreError::Internal(format!("cannot read the audit chain's last record: {e}"))
+        })?;
         let checkpointer = start_checkpointer(&mut conn, &path)?;
         let cache = Arc::new(ContextCache::new(CACHED_TENANTS));
         let (tx, rx) = mpsc::channel::<Job>();
@@ -488,7 +489,7 @@ impl SqliteStore {
         let thread = std::thread::Builder::new()
             .name("hearth-store-writer".into())
             .spawn(move || {
-                writer_loop(conn, rx, writer_cache);
+                writer_loop(conn, head, rx, writer_cache);
                 // The writer's connection (and with it the hook) is gone, so the
                 // checkpointer stops; its connection, closing last, checkpoints the rest.
                 let _ = checkpointer.join();
@@ -1161,6 +1162,12 @@ fn retire_items(tx: &Transaction<'_>, reference: &str, state: &str, at: &str) ->
     Ok(())
 }
 
+/// A reader's cursor as SQLite's integer. One past every possible sequence number (a
+/// corrupted cursor) is clamped, not wrapped round to a negative that would start over.
+fn cursor(after_seq: u64) -> i64 {
+    i64::try_from(after_seq).unwrap_or(i64::MAX)
+}
+
 fn commit_one(ctx: &mut WriteCtx<'_>, mut ex: NewExchange) -> StoreResult<ExchangeOutcome> {
     let reference = ex.reference_id.to_string();
     let earlier: Option<(String, String)> = ctx
@@ -1402,7 +1409,7 @@ impl ExchangeStore for SqliteStore {
                  FROM feed f LEFT JOIN items i ON i.item_id = f.item_id
                  WHERE f.seq > ?1 ORDER BY f.seq LIMIT ?2",
             )?;
-            let rows = stmt.query_map(params![after_seq as i64, limit as i64], |r| {
+            let rows = stmt.query_map(params![cursor(after_seq), limit as i64], |r| {
                 Ok((
                     r.get::<_, i64>(0)?,
                     r.get::<_, String>(1)?,
@@ -1491,7 +1498,7 @@ impl AuditStore for SqliteStore {
                  ORDER BY seq LIMIT ?4",
             )?;
             let mut rows = stmt.query(params![
-                q.after_seq as i64,
+                cursor(q.after_seq),
                 q.reference_id,
                 q.tenant,
                 q.limit as i64
@@ -1987,6 +1994,28 @@ mod tests {
         store.append(entry(3)).await.unwrap();
         let v = store.verify(None).await.unwrap();
         assert_eq!((v.records, v.first_broken.is_none()), (2, true));
+    }
+
+    /// A damaged last audit record stops start-up; it used to restart the chain from
+    /// the genesis, after which every write failed on a reused sequence number.
+    #[tokio::test]
+    async fn a_damaged_chain_head_stops_start_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        store.append(entry(0)).await.unwrap();
+        store.append(entry(1)).await.unwrap();
+        store.close();
+        let raw = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        raw.execute_batch(
+            "DROP TRIGGER audit_is_append_only_update;
+             UPDATE audit SET hash = x'0102' WHERE seq = 2;",
+        )
+        .unwrap();
+        drop(raw);
+        let Err(e) = SqliteStore::open(dir.path()) else {
+            panic!("a store with a damaged chain head opened");
+        };
+        assert!(e.to_string().contains("audit chain"), "{e}");
     }
 
     /// A version derived from one that has since been superseded is refused: a
