@@ -458,6 +458,15 @@ async fn error_statuses_are_operation_outcomes() {
     .await;
     assert_eq!(a.status, 405);
     assert_eq!(a.body["resourceType"], "OperationOutcome");
+    // 400: a path segment that is not UTF-8, refused before any handler runs, and still
+    // audited with a reason.
+    let a = app.get("/fhir/Communication/%FF", CLINIC).await;
+    assert_eq!(a.status, 400, "{a:?}");
+    assert_eq!(a.body["resourceType"], "OperationOutcome", "{a:?}");
+    assert_eq!(
+        app.audit_record(&a.reference_id()).await["reason"],
+        "malformed"
+    );
 
     // 413: over the configured body limit (64 KiB in tests).
     let mut huge = notice.clone();

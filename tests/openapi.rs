@@ -406,6 +406,8 @@ async fn real_answers_match_the_documented_schemas() {
         .post_json("/housing/tenants", HOUSING, &registration)
         .await;
     check("post", "/housing/tenants", &a, 200);
+    // The trail records the status the caller was answered.
+    assert_eq!(app.audit_record(&a.reference_id()).await["status"], 200);
     let other = json!({"tenant_id": "T-2002", "identifiers": [{"system": MRN_SYSTEM, "value": "MRN-448812"}]});
     let a = app.post_json("/housing/tenants", HOUSING, &other).await;
     check("post", "/housing/tenants", &a, 409);

@@ -31,7 +31,7 @@ impl Gateway {
             .map_err(Error::malformed)?;
         audit.tenant = Some(reg.tenant_id.clone());
         audit.outcome = Outcome::Accepted;
-        audit.status = 201;
+        // The store sets the status: 201 if the tenant is new, 200 if not.
         Ok(self
             .store
             .register_tenant(reg.tenant_id, ids, audit.clone())

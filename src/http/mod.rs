@@ -94,6 +94,24 @@ pub fn housing_only(call: &Call) -> Result<(), Error> {
     )
 }
 
+/// A request axum itself refused before a handler ran (a path segment that is not
+/// UTF-8, say) answers in plain text; it becomes one of Hearth's errors, so every error
+/// is an OperationOutcome and is audited with a reason.
+fn framework_rejection(response: Response) -> Response {
+    let plain_text = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("text/plain"));
+    if response.status() == axum::http::StatusCode::BAD_REQUEST
+        && plain_text
+        && response.extensions().get::<PendingError>().is_none()
+    {
+        return Error::malformed("the request's path or query could not be read").into_response();
+    }
+    response
+}
+
 /// Paths anyone may call without credentials (and which are not audited).
 fn is_public(path: &str) -> bool {
     matches!(
@@ -218,7 +236,8 @@ async fn envelope(State(state): State<AppState>, mut req: Request, next: Next) -
                     break_glass,
                 });
             }
-            next.run(req).instrument(span.clone()).await
+            let response = next.run(req).instrument(span.clone()).await;
+            framework_rejection(response)
         }
     };
 

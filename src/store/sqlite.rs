@@ -848,6 +848,10 @@ impl TenantStore for SqliteStore {
                 }
             }
             ctx.changes.identifiers.extend(identifiers.iter().cloned());
+            // The trail records what the caller is answered: 201 for a new tenant, 200
+            // for one registered before (identifiers added, or nothing new).
+            let mut audit = audit;
+            audit.status = if created { 201 } else { 200 };
             ctx.audit(&audit)?;
             Ok(Registered {
                 created,
