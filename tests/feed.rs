@@ -92,6 +92,27 @@ async fn a_long_poll_returns_as_soon_as_something_arrives() {
     assert_eq!(a.status, 200);
     assert_eq!(a.body["entries"].as_array().unwrap().len(), 3);
     assert_eq!(a.body["next"], "3");
+
+    // Any write that adds to the feed wakes a poll, not only an inbound notice: here a
+    // worker asks the tenant to renew consent.
+    let client = app.client.clone();
+    let url = format!("{}/housing/updates?since=3&wait=30", app.base);
+    let poll = tokio::spawn(async move {
+        answer(client.get(url).bearer_auth(HOUSING).send().await.unwrap()).await
+    });
+    let asked = app
+        .post_json(
+            "/housing/tenants/T-1001/renewal-request",
+            HOUSING,
+            &json!({"reason": "tenant-request"}),
+        )
+        .await;
+    assert_eq!(asked.status, 200, "{asked:?}");
+    let a = tokio::time::timeout(Duration::from_secs(10), poll)
+        .await
+        .expect("the poll returned")
+        .unwrap();
+    assert_eq!(a.body["entries"][0]["change"], "renewal-due", "{a:?}");
 }
 
 #[tokio::test]

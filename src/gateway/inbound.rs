@@ -45,13 +45,6 @@ pub struct Receipt {
     pub forwards_queued: usize,
 }
 
-impl Receipt {
-    /// Whether housing's feed gained entries: items stored, or earlier ones retracted.
-    pub fn changed_feed(&self) -> bool {
-        self.items_written > 0 || matches!(self.outcome, ExchangeOutcome::Retracted { .. })
-    }
-}
-
 impl Gateway {
     pub async fn prepare(
         &self,

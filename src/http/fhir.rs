@@ -171,9 +171,6 @@ async fn create_one(
     let receipt = g
         .receive(call, rt, body.value, body.digest, if_none_exist, audit)
         .await?;
-    if receipt.changed_feed() {
-        state.feed_written();
-    }
     // Only when routing rules queued something: each wake is an outbox query.
     if receipt.forwards_queued > 0 {
         state.relay.wake();
@@ -504,6 +501,7 @@ async fn batch(state: &AppState, call: &Call, entries: Vec<Value>) -> Value {
     for (i, entry) in entries.iter().enumerate() {
         let entry_call = call.entry(i);
         let mut audit = entry_call.audit("create", Direction::Inbound);
+        audit.partner = Some(call.principal.org.clone());
         let result =
             match entry_target(entry, i).and_then(|rt| Ok((rt, entry_condition(entry, i)?))) {
                 Ok((rt, if_none_exist)) => {
@@ -547,9 +545,15 @@ async fn batch(state: &AppState, call: &Call, entries: Vec<Value>) -> Value {
                 if let Error::Internal(cause) = &e {
                     tracing::error!(cause = %cause, "internal error in a batch entry");
                 }
-                if let Err(store_error) = state.gateway.store.append(audit).await {
-                    tracing::error!(error = %store_error, "could not audit a failed batch entry");
-                }
+                // An answer the trail does not hold is not given, as for a whole request.
+                let (status, e) = match state.gateway.store.append(audit).await {
+                    Ok(()) => (status, e),
+                    Err(store_error) => {
+                        tracing::error!(error = %store_error, "could not audit a failed batch entry; answering 500");
+                        let e = Error::Internal(store_error.to_string());
+                        (status_of(&e), e)
+                    }
+                };
                 let issues = in_entry(issues_of(&e), i);
                 out.push(entry_response(
                     status,
@@ -631,9 +635,6 @@ async fn transaction(
     let receipts = g
         .commit(prepared.into_iter().map(|(_, _, _, p)| p).collect())
         .await?;
-    if receipts.iter().any(Receipt::changed_feed) {
-        state.feed_written();
-    }
     if receipts.iter().any(|r| r.forwards_queued > 0) {
         state.relay.wake();
     }

@@ -352,7 +352,7 @@ async fn updates(
     }
 
     // Subscribe before reading, so a write between the read and the wait is not missed.
-    let mut changed = state.feed_changed.subscribe();
+    let mut changed = state.gateway.store.feed_head();
     let store = &state.gateway.store;
     let mut entries = store
         .feed(since, limit as usize)

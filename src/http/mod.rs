@@ -42,8 +42,6 @@ use error::{AuditDraft, Audited, PendingError};
 pub struct AppState {
     pub gateway: Arc<Gateway>,
     pub principals: Arc<Principals>,
-    /// Bumped after every write that adds to the updates feed (wakes long-polls).
-    pub feed_changed: Arc<tokio::sync::watch::Sender<u64>>,
     /// The outbound relay, woken when a note is queued.
     pub relay: crate::relay::Relay,
     pub metrics: Arc<crate::metrics::Metrics>,
@@ -59,14 +57,9 @@ impl AppState {
         Self {
             gateway,
             principals: Arc::new(principals),
-            feed_changed: Arc::new(tokio::sync::watch::channel(0).0),
             relay,
             metrics,
         }
-    }
-
-    pub fn feed_written(&self) {
-        self.feed_changed.send_modify(|n| *n += 1);
     }
 }
 

@@ -376,6 +376,9 @@ pub trait ExchangeStore: Send + Sync {
     ) -> StoreResult<Vec<ReferenceId>>;
     async fn exchange(&self, reference_id: &ReferenceId) -> StoreResult<Option<StoredExchange>>;
     async fn feed(&self, after_seq: u64, limit: usize) -> StoreResult<Vec<FeedEntry>>;
+    /// The feed's newest sequence number, updated after every commit that added to it
+    /// (items, retractions, renewal prompts, partners' replies): long-polls wait on it.
+    fn feed_head(&self) -> tokio::sync::watch::Receiver<u64>;
     async fn tenant_items(&self, tenant: &TenantId) -> StoreResult<Vec<StoredItem>>;
     /// Those of `item_ids` that are stored but no longer current (retracted or
     /// superseded by their sender). Ids not stored at all (facts typed into a note) are

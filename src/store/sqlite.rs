@@ -194,6 +194,9 @@ struct Inner {
     writer: Mutex<Option<mpsc::Sender<Job>>>,
     writer_thread: Mutex<Option<JoinHandle<()>>>,
     readers: Mutex<Vec<Connection>>,
+    /// The feed's newest sequence number, published by the writer after each commit
+    /// that added to it (wakes housing's long-polls, whatever the write was).
+    feed_head: tokio::sync::watch::Sender<u64>,
 }
 
 /// The SQLite store. Cheap to clone.
@@ -375,6 +378,7 @@ fn writer_loop(
     mut head: ChainHead,
     jobs: mpsc::Receiver<Job>,
     cache: Arc<ContextCache>,
+    feed_head: tokio::sync::watch::Sender<u64>,
 ) {
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
@@ -465,9 +469,33 @@ fn writer_loop(
                 }
             }
         }
+        if result.is_ok() {
+            publish_feed_head(&conn, &feed_head);
+        }
         for finish in finishes {
             finish(result.clone());
         }
+    }
+}
+
+/// Tells long-polling feed readers the feed's newest sequence number, if it grew. One
+/// lookup of the table's last key per commit, not per write.
+fn publish_feed_head(conn: &Connection, feed_head: &tokio::sync::watch::Sender<u64>) {
+    let newest = conn
+        .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM feed")
+        .and_then(|mut s| s.query_row([], |r| r.get::<_, i64>(0)));
+    match newest {
+        Ok(seq) => {
+            feed_head.send_if_modified(|h| {
+                let grew = seq as u64 > *h;
+                if grew {
+                    *h = seq as u64;
+                }
+                grew
+            });
+        }
+        // Readers then wait out their timeout; nothing is lost.
+        Err(e) => tracing::warn!(error = %e, "could not read the feed's newest entry"),
     }
 }
 
@@ -482,6 +510,9 @@ impl SqliteStore {
         let head = load_head(&conn).map_err(|e| {
             StoreError::Internal(format!("cannot read the audit chain's last record: {e}"))
         })?;
+        let (feed_head, _) = tokio::sync::watch::channel(0);
+        publish_feed_head(&conn, &feed_head);
+        let writer_feed_head = feed_head.clone();
         let checkpointer = start_checkpointer(&mut conn, &path)?;
         let cache = Arc::new(ContextCache::new(CACHED_TENANTS));
         let (tx, rx) = mpsc::channel::<Job>();
@@ -489,7 +520,7 @@ impl SqliteStore {
         let thread = std::thread::Builder::new()
             .name("hearth-store-writer".into())
             .spawn(move || {
-                writer_loop(conn, head, rx, writer_cache);
+                writer_loop(conn, head, rx, writer_cache, writer_feed_head);
                 // The writer's connection (and with it the hook) is gone, so the
                 // checkpointer stops; its connection, closing last, checkpoints the rest.
                 let _ = checkpointer.join();
@@ -503,6 +534,7 @@ impl SqliteStore {
                 writer: Mutex::new(Some(tx)),
                 writer_thread: Mutex::new(Some(thread)),
                 readers: Mutex::new(Vec::new()),
+                feed_head,
             }),
         })
     }
@@ -1468,6 +1500,10 @@ impl ExchangeStore for SqliteStore {
                 .collect()
         })
         .await
+    }
+
+    fn feed_head(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.feed_head.subscribe()
     }
 
     async fn retired_items(&self, item_ids: Vec<String>) -> StoreResult<Vec<String>> {
