@@ -467,6 +467,47 @@ async fn a_break_glass_notice_is_not_forwarded_under_the_same_emergency() {
     );
 }
 
+/// Where sharing pauses while a consent awaits renewal, a discharge (which opens the
+/// renewal prompt) is not forwarded: the forward is refused up front and audited, rather
+/// than queued, "accepted", and then stopped for good at delivery.
+#[tokio::test]
+async fn a_discharge_that_opens_a_renewal_is_not_forwarded_where_renewal_pauses_sharing() {
+    let partner = Partner::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let mut config = test_config_with(data.path(), Some(&partner.base));
+    config.consent.share_while_renewal_due = false;
+    hearth::tls::install_crypto_provider();
+    let app = spawn_configured(data, config, reqwest::Client::new(), "http").await;
+    app.register_tenant().await;
+    let consent = json!({"tenant_id": "T-1001", "share_with": [CLINIC_ID, "bayview-health-plan"], "valid_until": "2027-05-31", "signed_at": "2026-11-23T09:00:00Z"});
+    assert_eq!(
+        app.post_json("/housing/consents", HOUSING, &consent)
+            .await
+            .status,
+        201
+    );
+    let a = app
+        .post(
+            "/fhir/Communication",
+            CLINIC,
+            &fixture("discharge-notice.json"),
+        )
+        .await;
+    assert_eq!(a.status, 201, "{a:?}");
+    let audit = app.get("/audit/records?limit=1000", AUDITOR).await;
+    let forward = audit.body["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["record"]["action"] == "forward")
+        .expect("the routing rule's forward is in the trail")["record"]
+        .clone();
+    assert_eq!(forward["outcome"], "refused", "{forward}");
+    let listed = app.get("/housing/notes?tenant=T-1001", HOUSING).await;
+    assert_eq!(listed.body["notes"], json!([]), "{listed:?}");
+    assert_eq!(partner.attempts(), 0);
+}
+
 /// A discharge notice sent about the wrong patient and retracted while its forward
 /// waits out a partner outage is not delivered once the partner is back.
 #[tokio::test]

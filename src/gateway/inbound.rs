@@ -193,15 +193,16 @@ impl Gateway {
                 },
             });
         }
-        let (forwards, refused_forwards) = if retract {
-            (Vec::new(), Vec::new())
-        } else {
-            self.forwards(call, &tenant, &items).await?
-        };
         let renewal = if retract {
             None
         } else {
             self.renewal_trigger(call, &tenant, &items).await?
+        };
+        let (forwards, refused_forwards) = if retract {
+            (Vec::new(), Vec::new())
+        } else {
+            self.forwards(call, &tenant, &items, renewal.as_ref())
+                .await?
         };
         Ok(Prepared::Store {
             exchange: Box::new(NewExchange {
@@ -336,9 +337,25 @@ impl Gateway {
         call: &Call,
         tenant: &TenantId,
         items: &[StoredItem],
+        opens_renewal: Option<&RenewalDue>,
     ) -> Result<(Vec<crate::store::NewNote>, Vec<AuditEntry>), Error> {
         let mut out = Vec::new();
         let mut refused = Vec::new();
+        if !self
+            .config
+            .forward
+            .iter()
+            .any(|r| r.from == call.principal.org)
+        {
+            return Ok((out, refused));
+        }
+        // Forwards are decided as the consent stands once this notice is stored: a
+        // discharge that opens a renewal prompt must not queue forwards the prompt stops
+        // at delivery (under `share_while_renewal_due = false`).
+        let mut context = self.store.consent_context(tenant).await?;
+        if context.renewal_due.is_none() {
+            context.renewal_due = opens_renewal.cloned();
+        }
         for rule in self
             .config
             .forward
@@ -379,17 +396,14 @@ impl Gateway {
                 .collect();
             // A refusal is recorded and the notice goes on; failing to read the consent
             // fails the notice (the partner retries it), rather than passing for one.
-            let permit = match self
-                .decide(
-                    &forward_call,
-                    tenant,
-                    Flow::Outbound,
-                    &rule.to,
-                    &labels,
-                    &mut audit,
-                )
-                .await
-            {
+            let permit = match self.decide_with(
+                &forward_call,
+                &context,
+                Flow::Outbound,
+                &rule.to,
+                &labels,
+                &mut audit,
+            ) {
                 Ok(permit) => permit,
                 Err(Error::Forbidden(_)) => {
                     tracing::info!(to = %rule.to, reason = audit.reason.as_deref().unwrap_or(""), "forward not made: consent");
