@@ -330,7 +330,8 @@ impl Relay {
             let cond = entry
                 .pointer("/request/ifNoneExist")
                 .and_then(Value::as_str);
-            let response = request(format!("{base}/{ty}"), &entry["resource"], cond)
+            let resource = without_bundle_references(&entry["resource"]);
+            let response = request(format!("{base}/{ty}"), &resource, cond)
                 .send()
                 .await
                 .map_err(describe)?;
@@ -354,6 +355,23 @@ fn result_kind(r: &AttemptResult) -> &'static str {
 
 /// The labels of the facts a note carries, so a restriction added since it was queued
 /// stops it.
+/// A Bundle entry's resource for a plain create: references to other entries
+/// (`urn:uuid:`) mean nothing outside the Bundle and are dropped where the reference
+/// also names its target by identifier (the Task's `focus`).
+fn without_bundle_references(resource: &Value) -> Value {
+    let mut resource = resource.clone();
+    if let Some(focus) = resource.get_mut("focus").and_then(Value::as_object_mut)
+        && focus.contains_key("identifier")
+        && focus
+            .get("reference")
+            .and_then(Value::as_str)
+            .is_some_and(|r| r.starts_with("urn:uuid:"))
+    {
+        focus.remove("reference");
+    }
+    resource
+}
+
 /// The ids of the facts a note carries.
 fn fact_ids(note: &Value) -> Vec<String> {
     note["facts"]

@@ -467,6 +467,50 @@ async fn a_break_glass_notice_is_not_forwarded_under_the_same_emergency() {
     );
 }
 
+/// A partner without transaction support gets the note's Communication and Task as two
+/// conditional creates; the Task names the Communication by its identifier, because a
+/// Bundle-local `urn:uuid:` means nothing outside the Bundle (a strict server refuses it).
+#[tokio::test]
+async fn a_partner_without_transactions_gets_a_task_that_names_its_communication() {
+    let partner = Partner::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let mut config = test_config_with(data.path(), Some(&partner.base));
+    for p in &mut config.partners {
+        if p.id.as_str() == CLINIC_ID {
+            p.supports_transactions = false;
+        }
+    }
+    hearth::tls::install_crypto_provider();
+    let app = spawn_configured(data, config, reqwest::Client::new(), "http").await;
+    app.register_tenant().await;
+    let consent = json!({"tenant_id": "T-1001", "share_with": [CLINIC_ID], "valid_until": "2027-05-31", "signed_at": "2026-11-23T09:00:00Z"});
+    assert_eq!(
+        app.post_json("/housing/consents", HOUSING, &consent)
+            .await
+            .status,
+        201
+    );
+    let sent = app
+        .post_json("/housing/notes", HOUSING, &note(json!([])))
+        .await;
+    assert_eq!(sent.status, 201, "{sent:?}");
+    let reference = sent.body["reference_id"].as_str().unwrap().to_string();
+    wait_for_state(&app, &reference, "delivered").await;
+    let created = partner.created();
+    let task = created
+        .values()
+        .find(|r| r["resourceType"] == "Task")
+        .expect("the Task was created");
+    let communication = created
+        .values()
+        .find(|r| r["resourceType"] == "Communication")
+        .expect("the Communication was created");
+    assert_eq!(
+        task["focus"]["identifier"], communication["identifier"][0],
+        "{task}"
+    );
+}
+
 /// Where sharing pauses while a consent awaits renewal, a discharge (which opens the
 /// renewal prompt) is not forwarded: the forward is refused up front and audited, rather
 /// than queued, "accepted", and then stopped for good at delivery.

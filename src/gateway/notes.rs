@@ -423,7 +423,9 @@ fn note_bundle(n: &NoteParts) -> Value {
                 "priority": match n.priority { Priority::Routine => "routine", Priority::Urgent => "urgent" },
                 "code": {"coding": [{"system": "http://hl7.org/fhir/CodeSystem/task-code", "code": "fulfill"}]},
                 "description": action,
-                "focus": {"reference": communication_url},
+                // By identifier too: a partner taking plain creates has no Bundle in
+                // which the `urn:uuid:` means anything.
+                "focus": {"reference": communication_url, "identifier": id_of("")},
                 "for": subject,
                 "authoredOn": n.sent,
                 "owner": recipient,

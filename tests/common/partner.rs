@@ -56,6 +56,7 @@ impl Partner {
         }));
         let app = Router::new()
             .route("/fhir", post(receive))
+            .route("/fhir/{resource_type}", post(create))
             .route(
                 "/fhir/moved",
                 get(|| async { Json(json!({"resourceType": "Bundle"})) }),
@@ -113,6 +114,39 @@ impl Partner {
             .cloned()
             .unwrap_or_default()
     }
+}
+
+/// A plain create (for a partner configured without transaction support), conditional
+/// on `If-None-Exist` like a real server. Like a strict one, it refuses a reference it
+/// cannot resolve: a Bundle-local `urn:uuid:` means nothing outside its Bundle.
+async fn create(
+    State(inner): State<Arc<Mutex<Inner>>>,
+    headers: axum::http::HeaderMap,
+    Json(resource): Json<Value>,
+) -> Response {
+    let mut i = inner.lock().unwrap();
+    i.attempts += 1;
+    if resource.to_string().contains("\"urn:uuid:") {
+        return (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "not-found", "diagnostics": "unresolvable reference"}]})),
+        )
+            .into_response();
+    }
+    let key = headers
+        .get("if-none-exist")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .trim_start_matches("identifier=")
+        .to_string();
+    let status = match i.created.entry(key) {
+        std::collections::hash_map::Entry::Occupied(_) => StatusCode::OK,
+        std::collections::hash_map::Entry::Vacant(v) => {
+            v.insert(resource);
+            StatusCode::CREATED
+        }
+    };
+    (status, Json(json!({"resourceType": "OperationOutcome"}))).into_response()
 }
 
 async fn receive(
