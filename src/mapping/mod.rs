@@ -217,8 +217,10 @@ impl Mappings {
         root_labels: &BTreeSet<String>,
         reads: &mut Vec<Read<'a>>,
     ) -> Option<Result<MappedItem, Problem>> {
-        if let Some(filter) = &source.filter
-            && !holds(self.eval_rule(doc, filter, node, reads))
+        if !source
+            .filter
+            .iter()
+            .all(|f| holds(self.eval_rule(doc, f, node, reads)))
         {
             return None;
         }
@@ -315,8 +317,9 @@ impl Mappings {
                     let mut list = Vec::new();
                     for entry in doc.eval(each, node, reads) {
                         let entry_start = reads.len();
-                        if let Some(f) = filter
-                            && !holds(self.eval_rule(doc, f, entry, reads))
+                        if !filter
+                            .iter()
+                            .all(|f| holds(self.eval_rule(doc, f, entry, reads)))
                         {
                             reads.truncate(entry_start);
                             continue;
@@ -665,8 +668,10 @@ mod tests {
             t.dropped
                 .contains(&"Communication.contained[0].note".to_string())
         );
+        // The intent decided that this is a change (an order, not a proposal); it is read,
+        // not reported as dropped.
         assert!(
-            t.dropped
+            !t.dropped
                 .contains(&"Communication.contained[0].intent".to_string())
         );
         // The rxnorm coding's system/code were read for sensitivity only, not kept.
@@ -834,15 +839,60 @@ mod tests {
     #[test]
     fn a_recognised_item_missing_a_required_field_is_a_problem_pointing_at_it() {
         let mut r = med_notice(json!({}));
-        r["contained"][0]["status"] = json!("draft");
+        r["contained"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("medicationCodeableConcept");
         let t = mappings().translate(&r);
         assert!(t.items.is_empty());
         assert_eq!(t.problems.len(), 1);
-        // `change` is read from the status first; a draft order says no change.
         assert_eq!(
             t.problems[0].expression,
-            "Communication.contained[0].status"
+            "Communication.contained[0].medicationCodeableConcept.text"
         );
+    }
+
+    /// Only an order in force or ended is a medication change: a draft, a paused or
+    /// mistaken order, or a proposal says nothing has changed.
+    #[test]
+    fn orders_not_in_force_are_not_medication_changes() {
+        for (field, value) in [
+            ("status", "draft"),
+            ("status", "on-hold"),
+            ("status", "entered-in-error"),
+            ("intent", "proposal"),
+            ("intent", "plan"),
+        ] {
+            let mut r = med_notice(json!({}));
+            r["contained"][0]["priorPrescription"] = json!({"reference": "MedicationRequest/old"});
+            r["contained"][0][field] = json!(value);
+            let t = mappings().translate(&r);
+            assert!(t.items.is_empty(), "{field} {value}: {:?}", t.items);
+        }
+    }
+
+    /// A follow-up already done, cancelled or entered in error is no requirement.
+    #[test]
+    fn only_open_tasks_are_follow_up_requirements() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/discharge-notice.json");
+        let mut r: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let follow_ups = |r: &Value| match &mappings().translate(r).items[0].item {
+            DatasetItem::Discharge(d) => d.follow_up.len(),
+            other => panic!("expected a discharge, got {other:?}"),
+        };
+        let open = follow_ups(&r);
+        assert_eq!(open, 2);
+        let task = r["contained"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .position(|c| c["resourceType"] == "Task")
+            .unwrap();
+        for status in ["completed", "cancelled", "entered-in-error"] {
+            r["contained"][task]["status"] = json!(status);
+            assert_eq!(follow_ups(&r), open - 1, "{status}");
+        }
     }
 
     /// Inputs whose translation is pinned: every fixture, each Bundle entry's resource,

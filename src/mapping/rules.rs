@@ -175,7 +175,8 @@ pub enum FieldRule {
     /// A list with one entry per node.
     Each {
         each: Path,
-        filter: Option<Box<Rule>>,
+        /// Every rule must hold on an entry for it to count.
+        filter: Vec<Rule>,
         fields: Vec<(String, FieldRule)>,
     },
 }
@@ -201,7 +202,8 @@ pub struct Source {
     pub resource: String,
     pub when: Option<Rule>,
     pub each: Option<Path>,
-    pub filter: Option<Rule>,
+    /// Every rule must hold on a node for it to make an item.
+    pub filter: Vec<Rule>,
     pub fields: Vec<(String, FieldRule)>,
 }
 
@@ -338,6 +340,15 @@ impl Ctx<'_> {
         Ok(Rule::Path { path, op })
     }
 
+    /// A `filter`: one rule, or a list of rules that must all hold.
+    fn filter(&self, v: Option<&toml::Value>, what: &str) -> Result<Vec<Rule>, MappingError> {
+        match v {
+            None => Ok(Vec::new()),
+            Some(toml::Value::Array(list)) => list.iter().map(|r| self.rule(r, what)).collect(),
+            Some(one) => Ok(vec![self.rule(one, what)?]),
+        }
+    }
+
     fn field_rule(
         &self,
         v: &toml::Value,
@@ -352,10 +363,7 @@ impl Ctx<'_> {
             )),
             toml::Value::Table(t) if t.contains_key("each") => {
                 let each = self.path(&t["each"], what)?;
-                let filter = t
-                    .get("filter")
-                    .map(|f| self.rule(f, what).map(Box::new))
-                    .transpose()?;
+                let filter = self.filter(t.get("filter"), what)?;
                 let fields = t
                     .get("fields")
                     .and_then(toml::Value::as_table)
@@ -473,7 +481,7 @@ pub fn parse_item_file(
                 resource,
                 when: t.get("when").map(|w| ctx.rule(w, &what)).transpose()?,
                 each: t.get("each").map(|e| ctx.path(e, &what)).transpose()?,
-                filter: t.get("filter").map(|f| ctx.rule(f, &what)).transpose()?,
+                filter: ctx.filter(t.get("filter"), &what)?,
                 fields: ctx.fields(fields, &allowed, declared, &what)?,
             })
         })
