@@ -389,8 +389,10 @@ impl Mappings {
                 doc.read(n, &["code"], reads);
                 Some((value, Origin::Mapping))
             }),
+            // Only the presence was read: what the node holds (a prior prescription's
+            // old dose) is not kept, and is reported to the sender element by element.
             Op::Exists(value) => (!nodes.is_empty()).then(|| {
-                reads.extend(nodes.into_iter().map(Read::Whole));
+                reads.extend(nodes.into_iter().map(Read::Inside));
                 (value, Origin::Mapping)
             }),
         };
