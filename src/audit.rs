@@ -125,6 +125,10 @@ pub struct AuditEntry {
     /// audit record itself: the store keeps it in the review list.
     #[serde(skip)]
     pub break_glass_reason: Option<String>,
+    /// `sha256:<hex>` of that reason: the chain covers it, so a reason edited in the
+    /// review list no longer matches its record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub break_glass_reason_digest: Option<String>,
 }
 
 impl AuditEntry {
@@ -159,7 +163,16 @@ impl AuditEntry {
             count: None,
             break_glass: None,
             break_glass_reason: None,
+            break_glass_reason_digest: None,
         }
+    }
+
+    /// Records an exchange permitted by break-glass: the purpose in the record, the
+    /// stated reason beside it (for review) with its digest in the record.
+    pub fn set_break_glass(&mut self, purpose: &str, reason: &str) {
+        self.break_glass = Some(purpose.to_string());
+        self.break_glass_reason_digest = Some(digest(reason.as_bytes()));
+        self.break_glass_reason = Some(reason.to_string());
     }
 }
 

@@ -255,7 +255,23 @@ async fn staff_need_urgent_clinical_advice() {
         urgent.reference_id()
     );
     assert_eq!(review.body["break_glass"][0]["reason"], reason);
+    assert_eq!(review.body["break_glass"][0]["reason_matches_audit"], true);
     assert_eq!(app.get("/audit/break-glass", HOUSING).await.status, 403);
+
+    // The reasons are append-only, and the chain holds each one's digest: a reason
+    // edited behind Hearth's back (triggers dropped first) shows as not matching.
+    let db = rusqlite::Connection::open(app.data.path().join("hearth.db")).unwrap();
+    assert!(
+        db.execute("UPDATE break_glass SET reason = 'routine check'", [])
+            .is_err()
+    );
+    db.execute_batch(
+        "DROP TRIGGER break_glass_is_append_only_update;
+         UPDATE break_glass SET reason = 'routine check';",
+    )
+    .unwrap();
+    let review = app.get("/audit/break-glass", AUDITOR).await;
+    assert_eq!(review.body["break_glass"][0]["reason_matches_audit"], false);
     let disclosures = app
         .get("/housing/tenants/T-1001/disclosures", HOUSING)
         .await;

@@ -216,8 +216,7 @@ impl Gateway {
             } => {
                 audit.consent = consent.clone();
                 if break_glass && let Some(b) = &call.break_glass {
-                    audit.break_glass = Some(b.purpose.clone());
-                    audit.break_glass_reason = Some(b.reason.clone());
+                    audit.set_break_glass(&b.purpose, &b.reason);
                 }
                 Ok(Permit { consent, withheld })
             }

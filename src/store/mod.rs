@@ -224,6 +224,10 @@ pub struct BreakGlassRecord {
     pub principal: Option<String>,
     pub purpose: String,
     pub reason: String,
+    /// Whether the reason still matches the digest its audit record holds; absent for
+    /// records from before digests were kept.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason_matches_audit: Option<bool>,
 }
 
 /// A tenant's consent versions and renewal prompt.

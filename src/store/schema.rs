@@ -150,6 +150,11 @@ CREATE TABLE IF NOT EXISTS audit (
     body         TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS audit_by_reference ON audit(reference_id);
+-- The reasons given for emergency access are kept for review as they were stated.
+CREATE TRIGGER IF NOT EXISTS break_glass_is_append_only_update BEFORE UPDATE ON break_glass
+BEGIN SELECT RAISE(ABORT, 'break-glass reasons are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS break_glass_is_append_only_delete BEFORE DELETE ON break_glass
+BEGIN SELECT RAISE(ABORT, 'break-glass reasons are append-only'); END;
 CREATE TRIGGER IF NOT EXISTS audit_is_append_only_update BEFORE UPDATE ON audit
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS audit_is_append_only_delete BEFORE DELETE ON audit

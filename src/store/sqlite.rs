@@ -1560,16 +1560,23 @@ impl AuditStore for SqliteStore {
     async fn break_glass_records(&self) -> StoreResult<Vec<BreakGlassRecord>> {
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT reference_id, recorded_at, tenant_id, principal, purpose, reason FROM break_glass ORDER BY reference_id DESC",
+                "SELECT b.reference_id, b.recorded_at, b.tenant_id, b.principal, b.purpose, b.reason,
+                        (SELECT json_extract(a.body, '$.break_glass_reason_digest') FROM audit a
+                          WHERE a.reference_id = b.reference_id
+                            AND json_extract(a.body, '$.break_glass_reason_digest') IS NOT NULL)
+                 FROM break_glass b ORDER BY b.reference_id DESC",
             )?;
             let rows = stmt.query_map([], |r| {
+                let reason: String = r.get(5)?;
+                let digest: Option<String> = r.get(6)?;
                 Ok(BreakGlassRecord {
                     reference_id: r.get(0)?,
                     recorded_at: r.get(1)?,
                     tenant: r.get(2)?,
                     principal: r.get(3)?,
                     purpose: r.get(4)?,
-                    reason: r.get(5)?,
+                    reason_matches_audit: digest.map(|d| d == audit::digest(reason.as_bytes())),
+                    reason,
                 })
             })?;
             Ok(rows.collect::<Result<_, _>>()?)
