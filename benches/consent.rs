@@ -85,6 +85,13 @@ fn bench(c: &mut Criterion) {
         .map(|i| TenantId::new(format!("T-{}", (i * 7919) % TENANTS + 1)))
         .collect();
     let clinic = PartnerId::new("riverside-clinic");
+    // The label hierarchy the server decides with.
+    let hierarchy = hearth::mapping::Mappings::load(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings"),
+    )
+    .expect("the mappings load")
+    .label_hierarchy()
+    .clone();
     let at = OffsetDateTime::parse(
         "2026-11-23T10:00:00Z",
         &time::format_description::well_known::Rfc3339,
@@ -119,6 +126,7 @@ fn bench(c: &mut Criterion) {
                             renewal_due: false,
                             block_while_renewal_due: false,
                             break_glass: None,
+                            label_hierarchy: &hierarchy,
                         },
                     );
                     permits += matches!(d, hearth::consent::Decision::Permit { .. }) as usize;

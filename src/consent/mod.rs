@@ -34,7 +34,7 @@
 pub mod fhir;
 pub mod form;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -171,6 +171,24 @@ pub struct ExchangeRequest<'a> {
     pub renewal_due: bool,
     pub block_while_renewal_due: bool,
     pub break_glass: Option<&'a BreakGlass>,
+    /// Narrow labels and the broader ones each belongs to (`[implies]` in
+    /// sensitivity.toml): OPIOIDUD → SUD, ETH.
+    pub label_hierarchy: &'a LabelHierarchy,
+}
+
+/// Which security labels imply which broader ones.
+pub type LabelHierarchy = BTreeMap<String, Vec<String>>;
+
+/// `labels` with every label they imply, transitively.
+pub fn widen(labels: &mut BTreeSet<String>, hierarchy: &LabelHierarchy) {
+    let mut pending: Vec<String> = labels.iter().cloned().collect();
+    while let Some(label) = pending.pop() {
+        for broader in hierarchy.get(&label).into_iter().flatten() {
+            if labels.insert(broader.clone()) {
+                pending.push(broader.clone());
+            }
+        }
+    }
 }
 
 /// Why an exchange is refused. Kept in the audit; never shown to the partner.
@@ -269,12 +287,29 @@ pub fn latest_by<T>(items: &[T], key: impl Fn(&T) -> (&str, u32)) -> Vec<&T> {
     latest
 }
 
-fn withheld(terms: Option<&ConsentTerms>, item_labels: &[BTreeSet<String>]) -> Vec<usize> {
+/// The items a consent's denied labels withhold. Both sides are widened along the label
+/// hierarchy, whenever they were recorded: an item labelled OPIOIDUD is substance-use
+/// information to a denial of SUD, and a denial of OPIOIDUD withholds what codes can only
+/// call substance use.
+fn withheld(
+    terms: Option<&ConsentTerms>,
+    item_labels: &[BTreeSet<String>],
+    hierarchy: &LabelHierarchy,
+) -> Vec<usize> {
     let Some(t) = terms else { return Vec::new() };
+    if t.denied_labels.is_empty() {
+        return Vec::new();
+    }
+    let mut denied: BTreeSet<String> = t.denied_labels.iter().cloned().collect();
+    widen(&mut denied, hierarchy);
     item_labels
         .iter()
         .enumerate()
-        .filter(|(_, labels)| t.denied_labels.iter().any(|d| labels.contains(d)))
+        .filter(|(_, labels)| {
+            let mut labels = (*labels).clone();
+            widen(&mut labels, hierarchy);
+            !labels.is_disjoint(&denied)
+        })
         .map(|(i, _)| i)
         .collect()
 }
@@ -285,7 +320,11 @@ pub fn decide(consents: &[ConsentVersion], req: &ExchangeRequest) -> Decision {
     let citation = governing.map(ConsentVersion::citation);
     // Restrictions the tenant stated hold on every permit, an emergency's included.
     let permit = |break_glass| Decision::Permit {
-        withheld: withheld(governing.map(|c| &c.terms), req.item_labels),
+        withheld: withheld(
+            governing.map(|c| &c.terms),
+            req.item_labels,
+            req.label_hierarchy,
+        ),
         consent: citation.clone(),
         break_glass,
     };
@@ -361,6 +400,50 @@ fn check(t: &ConsentTerms, req: &ExchangeRequest) -> Option<DenyReason> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Labels recorded before the hierarchy was applied at write time (an old consent
+    /// denying OPIOIDUD, an old item labelled OPIOIDUD) are still matched along it.
+    #[test]
+    fn denied_and_item_labels_match_along_the_label_hierarchy() {
+        let hierarchy: LabelHierarchy = [("OPIOIDUD", vec!["SUD", "ETH"]), ("STD", vec!["SEX"])]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.into_iter().map(str::to_string).collect()))
+            .collect();
+        let denying = |labels: &[&str]| ConsentTerms {
+            status: ConsentStatus::Active,
+            recorded: OffsetDateTime::UNIX_EPOCH,
+            refused: false,
+            start: None,
+            end: None,
+            senders: Vec::new(),
+            recipients: Vec::new(),
+            purposes: Vec::new(),
+            denied_labels: labels.iter().map(|l| l.to_string()).collect(),
+        };
+        let items = |sets: &[&[&str]]| -> Vec<BTreeSet<String>> {
+            sets.iter()
+                .map(|s| s.iter().map(|l| l.to_string()).collect())
+                .collect()
+        };
+        let labelled = items(&[&["SUD"], &["OPIOIDUD"], &["STD"], &[]]);
+        assert_eq!(
+            withheld(Some(&denying(&["OPIOIDUD"])), &labelled, &hierarchy),
+            [0, 1]
+        );
+        assert_eq!(
+            withheld(Some(&denying(&["SUD"])), &labelled, &hierarchy),
+            [0, 1]
+        );
+        assert_eq!(
+            withheld(Some(&denying(&["SEX"])), &labelled, &hierarchy),
+            [2]
+        );
+        // Without a hierarchy, labels match exactly, as before.
+        assert_eq!(
+            withheld(Some(&denying(&["SUD"])), &labelled, &LabelHierarchy::new()),
+            [0]
+        );
+    }
     use time::macros::datetime;
 
     fn terms(
@@ -430,6 +513,7 @@ mod tests {
                 renewal_due: a.renewal_due,
                 block_while_renewal_due: a.block,
                 break_glass: a.glass.as_ref(),
+                label_hierarchy: &LabelHierarchy::new(),
             },
         )
     }

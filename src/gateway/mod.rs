@@ -206,6 +206,7 @@ impl Gateway {
                 renewal_due,
                 block_while_renewal_due: !self.config.consent.share_while_renewal_due,
                 break_glass: call.break_glass.as_ref(),
+                label_hierarchy: self.mappings.label_hierarchy(),
             },
         );
         match decision {

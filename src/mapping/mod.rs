@@ -428,6 +428,11 @@ impl Mappings {
         labels
     }
 
+    /// Which labels imply which broader ones (`[implies]` in sensitivity.toml).
+    pub fn label_hierarchy(&self) -> &crate::consent::LabelHierarchy {
+        &self.sensitivity.implies
+    }
+
     /// `labels` with the broader labels they imply (`[implies]` in sensitivity.toml).
     /// A consent that denies a narrow label withholds what that label belongs to: Hearth
     /// cannot tell an opioid from another substance-use item by its codes, so a denial

@@ -215,21 +215,14 @@ pub struct Sensitivity {
     /// Plain-word restrictions and the labels each withholds.
     pub restrictions: BTreeMap<String, Vec<String>>,
     /// Narrow labels and the broader ones each belongs to (OPIOIDUD → SUD, ETH).
-    pub implies: BTreeMap<String, Vec<String>>,
+    pub implies: crate::consent::LabelHierarchy,
 }
 
 impl Sensitivity {
     /// `labels` with every label they imply, transitively: an item a sender labelled
     /// OPIOIDUD is substance-use information to a restriction written as SUD.
     pub fn widen(&self, labels: &mut BTreeSet<String>) {
-        let mut pending: Vec<String> = labels.iter().cloned().collect();
-        while let Some(label) = pending.pop() {
-            for broader in self.implies.get(&label).into_iter().flatten() {
-                if labels.insert(broader.clone()) {
-                    pending.push(broader.clone());
-                }
-            }
-        }
+        crate::consent::widen(labels, &self.implies);
     }
 
     /// Whether any rule or restriction names this label.
