@@ -555,6 +555,24 @@ async fn a_consent_posted_by_a_partner_waits_for_housing_to_confirm_it() {
         .as_str()
         .unwrap()
         .to_string();
+    // Nor can the partner read its proposal back, which would tell it the same thing.
+    assert_eq!(
+        app.get(&format!("/fhir/Consent/{id}"), CLINIC).await.status,
+        404
+    );
+    assert_eq!(
+        app.get(&format!("/fhir/Consent/{id}/_history"), CLINIC)
+            .await
+            .status,
+        404
+    );
+    let search = app
+        .get(
+            "/fhir/Consent?patient:identifier=https://housing.example.org/tenant-id|T-1001&status=proposed",
+            CLINIC,
+        )
+        .await;
+    assert_eq!(search.body["total"], 0, "{search:?}");
     assert_eq!(
         app.post(
             "/fhir/Communication",

@@ -354,14 +354,15 @@ impl Gateway {
     }
 
     /// A new version of consent `id` with the given status, recorded now.
-    async fn restate(
+    /// The latest version of consent `id`, for a custodian about to change it.
+    async fn current_consent(
         &self,
         call: &Call,
         id: &str,
-        status: ConsentStatus,
         audit: &mut AuditEntry,
     ) -> Result<StoredConsent, Error> {
         audit.resource_type = Some("Consent".into());
+        // The role first: a partner must not learn whether a consent exists.
         call.require(CUSTODIANS, "changing a consent")?;
         let current = self
             .store
@@ -369,6 +370,19 @@ impl Gateway {
             .await?
             .ok_or_else(|| Error::NotFound(format!("no consent {id}")))?;
         audit.tenant = Some(current.tenant.clone());
+        Ok(current)
+    }
+
+    /// Stores `current` again with `status`, as the version after it and no other: if
+    /// another version was stored since it was read, nothing is stored (409).
+    async fn restate(
+        &self,
+        call: &Call,
+        current: StoredConsent,
+        status: ConsentStatus,
+        audit: &mut AuditEntry,
+    ) -> Result<StoredConsent, Error> {
+        let id = current.version.id.clone();
         let mut terms = current.version.terms.clone();
         terms.status = status;
         // Revoking or confirming is the tenant's latest choice.
@@ -385,7 +399,7 @@ impl Gateway {
         Ok(self
             .store
             .save_consent(
-                ConsentSlot::after(id, current.version.version),
+                ConsentSlot::after(&id, current.version.version),
                 current.tenant,
                 terms,
                 resource,
@@ -402,7 +416,19 @@ impl Gateway {
         id: &str,
         audit: &mut AuditEntry,
     ) -> Result<StoredConsent, Error> {
-        self.restate(call, id, ConsentStatus::Inactive, audit).await
+        // A revocation must not fail because the consent changed a moment ago: it is
+        // restated from whatever is latest, again if need be.
+        let mut attempts = 0;
+        loop {
+            let current = self.current_consent(call, id, audit).await?;
+            match self
+                .restate(call, current, ConsentStatus::Inactive, audit)
+                .await
+            {
+                Err(Error::Conflict(_)) if attempts < 3 => attempts += 1,
+                result => return result,
+            }
+        }
     }
 
     /// Confirms a partner's proposed consent with the tenant: it becomes active.
@@ -412,20 +438,16 @@ impl Gateway {
         id: &str,
         audit: &mut AuditEntry,
     ) -> Result<StoredConsent, Error> {
-        // The role first: a partner must not learn whether a consent exists.
-        call.require(CUSTODIANS, "confirming a consent")?;
-        let current = self
-            .store
-            .consent(id)
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("no consent {id}")))?;
+        let current = self.current_consent(call, id, audit).await?;
         if current.version.terms.status != ConsentStatus::Proposed {
             return Err(Error::Conflict(format!(
                 "consent {id} is {}, not proposed",
                 current.version.terms.status.as_str()
             )));
         }
-        self.restate(call, id, ConsentStatus::Active, audit).await
+        // The version checked is the version confirmed: a revocation in between wins.
+        self.restate(call, current, ConsentStatus::Active, audit)
+            .await
     }
 
     /// A tenant asked to change what is shared: prompt renewal.
@@ -473,10 +495,14 @@ impl Gateway {
     }
 
     /// Whether `call`'s principal may see consent `stored`: housing, auditors, admins,
-    /// and partners the consent names.
+    /// and partners the consent names — once housing has confirmed it. A proposal a
+    /// partner could read back would tell it, by being there, that its subject is a
+    /// tenant.
     pub fn may_see_consent(&self, call: &Call, stored: &StoredConsent) -> bool {
         let p = &call.principal;
         matches!(p.role, Role::Housing | Role::Auditor | Role::Admin)
-            || (p.role.is_partner() && stored.version.terms.partners().contains(&p.org))
+            || (p.role.is_partner()
+                && stored.version.terms.status != ConsentStatus::Proposed
+                && stored.version.terms.partners().contains(&p.org))
     }
 }
