@@ -353,8 +353,6 @@ fn result_kind(r: &AttemptResult) -> &'static str {
     }
 }
 
-/// The labels of the facts a note carries, so a restriction added since it was queued
-/// stops it.
 /// A Bundle entry's resource for a plain create: references to other entries
 /// (`urn:uuid:`) mean nothing outside the Bundle and are dropped where the reference
 /// also names its target by identifier (the Task's `focus`).
@@ -382,6 +380,8 @@ fn fact_ids(note: &Value) -> Vec<String> {
         .collect()
 }
 
+/// The labels of the facts a note carries, so a restriction added since it was queued
+/// stops it.
 fn fact_labels(note: &Value) -> Vec<BTreeSet<String>> {
     note["facts"]
         .as_array()

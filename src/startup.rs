@@ -56,8 +56,16 @@ pub fn build_with(
         clock,
     });
     let metrics = Arc::new(crate::metrics::Metrics::new());
-    let relay =
-        Relay::new(gateway.clone(), metrics.clone()).context("building the partner clients")?;
+    // Partners' certificates are read here; a bad one stops start-up with the store
+    // closed, not left to its drop.
+    let relay = match Relay::new(gateway.clone(), metrics.clone()) {
+        Ok(relay) => relay,
+        Err(e) => {
+            drop(gateway);
+            store.close();
+            return Err(e.context("building the partner clients"));
+        }
+    };
     Ok(App {
         state: AppState::new(gateway, principals, relay, metrics),
         store,

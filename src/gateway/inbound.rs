@@ -601,14 +601,18 @@ impl IfNoneExist {
     /// What a malformed condition is told.
     pub const EXPECTED: &str = "If-None-Exist must be identifier=system|value";
 
-    /// The criteria, URL-decoded; `None` for anything but one non-empty identifier token.
+    /// The criteria, percent-decoded; `None` for anything but one non-empty identifier
+    /// token. A `+` stays a `+` (message ids contain them; form encoding's space would
+    /// miss the original and store a retry twice).
     pub fn parse(query: &str) -> Option<Self> {
         let query = query.trim().trim_start_matches('?');
-        let mut params = form_urlencoded::parse(query.as_bytes());
-        let (name, token) = params.next()?;
-        if name != "identifier" || token.is_empty() || params.next().is_some() {
+        let (name, token) = query.split_once('=')?;
+        if name != "identifier" || token.is_empty() || token.contains('&') {
             return None;
         }
+        let token = percent_encoding::percent_decode_str(token)
+            .decode_utf8()
+            .ok()?;
         match token.split_once('|') {
             Some((system, value)) if !value.is_empty() => Some(Self {
                 system: (!system.is_empty()).then(|| system.to_string()),
@@ -708,10 +712,14 @@ mod tests {
             Some(token(Some("https://x.example/id"), "42"))
         );
         assert_eq!(parse("?identifier=42"), Some(token(None, "42")));
-        // Percent-encoding is decoded, whichever characters were encoded.
+        // Percent-encoding is decoded, whichever characters were encoded; `+` is itself.
         assert_eq!(
             parse("identifier=https%3A%2F%2Fx.example%2Fid%7CA%2042%26B"),
             Some(token(Some("https://x.example/id"), "A 42&B"))
+        );
+        assert_eq!(
+            parse("identifier=urn:x|MSG+001"),
+            Some(token(Some("urn:x"), "MSG+001"))
         );
         for bad in [
             "name=smith",

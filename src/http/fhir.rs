@@ -431,18 +431,16 @@ fn in_entry(mut issues: Vec<Issue>, index: usize) -> Vec<Issue> {
     issues
 }
 
-/// `expression` about an entry's resource, rooted at the Bundle: `Communication.status`
-/// or a bare `status` becomes `Bundle.entry[i].resource.status`.
 /// The `If-None-Exist` header, if sent. A header that is not the one search Hearth
 /// matches is refused, not ignored: ignoring it would store a retry twice.
 fn header_condition(headers: &HeaderMap) -> Result<Option<IfNoneExist>, Error> {
     let Some(value) = headers.get("if-none-exist") else {
         return Ok(None);
     };
-    value
-        .to_str()
-        .ok()
-        .and_then(IfNoneExist::parse)
+    let value = value.to_str().map_err(|_| {
+        Error::malformed("If-None-Exist must be ASCII: percent-encode any other character")
+    })?;
+    IfNoneExist::parse(value)
         .map(Some)
         .ok_or_else(|| Error::malformed(IfNoneExist::EXPECTED))
 }
@@ -462,6 +460,8 @@ fn entry_condition(entry: &Value, index: usize) -> Result<Option<IfNoneExist>, E
         })
 }
 
+/// `expression` about an entry's resource, rooted at the Bundle: `Communication.status`
+/// or a bare `status` becomes `Bundle.entry[i].resource.status`.
 fn entry_expression(expression: &str, index: usize) -> String {
     if expression.starts_with("Bundle.") {
         return expression.to_string();
