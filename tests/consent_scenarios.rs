@@ -228,6 +228,19 @@ async fn staff_need_urgent_clinical_advice() {
         )
         .await;
     assert_eq!(no_reason.status, 400);
+    // A reason with a routine purpose would be dropped unread: refused, not ignored.
+    let routine_with_reason = app
+        .post_with(
+            "/fhir/Communication",
+            CLINIC,
+            &fixture("medication-change-notice.json"),
+            &[
+                ("X-Purpose-Of-Use", "COC"),
+                ("X-Break-Glass-Reason", "urgent"),
+            ],
+        )
+        .await;
+    assert_eq!(routine_with_reason.status, 400, "{routine_with_reason:?}");
     // With a purpose and a reason it goes ahead, flagged for review.
     let reason =
         "tenant confused and unwell; on-call nurse needs to know today's medication change";
@@ -657,6 +670,11 @@ async fn the_fhir_form_and_the_housing_form_agree() {
         )
         .await;
     assert_eq!(found.body["total"], 1, "{found:?}");
+    // A status that is not a consent state is refused, not matched against nothing.
+    let odd = app
+        .get("/fhir/Consent?patient=T-1001&status=revoked", HOUSING)
+        .await;
+    assert_eq!(odd.status, 400, "{odd:?}");
     let fhir = &found.body["entry"][0]["resource"];
     assert_eq!(fhir["id"], id);
     assert_eq!(fhir["scope"]["coding"][0]["code"], "patient-privacy");

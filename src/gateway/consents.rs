@@ -481,13 +481,13 @@ impl Gateway {
         &self,
         call: &Call,
         tenant: &TenantId,
-        status: Option<&str>,
+        status: Option<ConsentStatus>,
     ) -> Result<Vec<StoredConsent>, Error> {
         let all = self.store.tenant_consents(tenant).await?;
         Ok(
             consent::latest_by(&all, |c| (c.version.id.as_str(), c.version.version))
                 .into_iter()
-                .filter(|c| status.is_none_or(|s| s == c.version.terms.status.as_str()))
+                .filter(|c| status.is_none_or(|s| s == c.version.terms.status))
                 .filter(|c| self.may_see_consent(call, c))
                 .cloned()
                 .collect(),

@@ -784,7 +784,8 @@ struct ConsentSearch {
     /// `system|value` of any identifier the tenant is known by.
     #[serde(rename = "patient:identifier")]
     patient_identifier: Option<String>,
-    status: Option<String>,
+    /// A FHIR consent state; anything else is refused rather than matching nothing.
+    status: Option<crate::consent::ConsentStatus>,
 }
 
 /// `GET /fhir/Consent?patient=…&status=…`: the latest version of each matching consent
@@ -834,7 +835,7 @@ async fn search_consents(
     if let Some(tenant) = &tenant {
         audit.tenant = Some(tenant.clone());
         let found = g
-            .search_consents(&call, tenant, q.status.as_deref())
+            .search_consents(&call, tenant, q.status)
             .await
             .map_err(|e| fail(e, &audit))?;
         entries = found

@@ -123,28 +123,23 @@ fn break_glass(req: &Request) -> Result<Option<crate::consent::BreakGlass>, Erro
             .map(str::trim)
             .filter(|v| !v.is_empty())
     };
+    let emergency =
+        |p: &str| crate::consent::EMERGENCY_PURPOSES.contains(&p.to_ascii_uppercase().as_str());
     match (header("x-purpose-of-use"), header("x-break-glass-reason")) {
         (None, None) => Ok(None),
-        (Some(p), _) if p.eq_ignore_ascii_case(crate::gateway::CARE_COORDINATION) => Ok(None),
-        (Some(p), Some(reason))
-            if crate::consent::EMERGENCY_PURPOSES.contains(&p.to_ascii_uppercase().as_str()) =>
-        {
-            Ok(Some(crate::consent::BreakGlass {
-                purpose: p.to_ascii_uppercase(),
-                reason: reason.to_string(),
-            }))
-        }
-        (Some(p), None)
-            if crate::consent::EMERGENCY_PURPOSES.contains(&p.to_ascii_uppercase().as_str()) =>
-        {
-            Err(Error::malformed(
-                "an emergency exchange needs X-Break-Glass-Reason stating why",
-            ))
-        }
-        (None, Some(_)) => Err(Error::malformed(
+        (Some(p), None) if p.eq_ignore_ascii_case(crate::gateway::CARE_COORDINATION) => Ok(None),
+        (Some(p), Some(reason)) if emergency(p) => Ok(Some(crate::consent::BreakGlass {
+            purpose: p.to_ascii_uppercase(),
+            reason: reason.to_string(),
+        })),
+        (Some(p), None) if emergency(p) => Err(Error::malformed(
+            "an emergency exchange needs X-Break-Glass-Reason stating why",
+        )),
+        // A reason with any other purpose would be dropped unread: say so instead.
+        (_, Some(_)) => Err(Error::malformed(
             "X-Break-Glass-Reason needs X-Purpose-Of-Use: BTG or ETREAT",
         )),
-        (Some(_), _) => Err(Error::malformed(
+        (Some(_), None) => Err(Error::malformed(
             "X-Purpose-Of-Use must be COC (care coordination), BTG or ETREAT",
         )),
     }
