@@ -529,6 +529,58 @@ async fn a_restriction_added_later_hides_earlier_items_from_housing() {
     }
 }
 
+/// Housing declines a partner's proposal: it is rejected, not revoked. As a revocation
+/// it would govern as the tenant's latest choice and stop the sharing the tenant agreed
+/// to; and the partner cannot read a declined proposal back either.
+#[tokio::test]
+async fn a_declined_proposal_changes_nothing_the_tenant_agreed_to() {
+    let app = spawn_app().await;
+    app.register_tenant().await;
+    assert_eq!(record(&app, share_with(&[CLINIC_ID])).await.status, 201);
+    let proposed = app
+        .post(
+            "/fhir/Consent",
+            CLINIC,
+            &fixture("consent-share-with-clinic.json"),
+        )
+        .await;
+    assert_eq!(proposed.status, 202, "{proposed:?}");
+    let listed = app.get("/housing/consents?tenant=T-1001", HOUSING).await;
+    let id = listed.body["consents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["status"] == "proposed")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let declined = app
+        .post_json(
+            &format!("/housing/consents/{id}/revoke"),
+            HOUSING,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(declined.status, 200, "{declined:?}");
+    assert_eq!(declined.body["consent"]["status"], "rejected");
+    assert_eq!(
+        app.post(
+            "/fhir/Communication",
+            CLINIC,
+            &fixture("risk-flag-update.json")
+        )
+        .await
+        .status,
+        201,
+        "the tenant's own consent still governs"
+    );
+    assert_eq!(
+        app.get(&format!("/fhir/Consent/{id}"), CLINIC).await.status,
+        404
+    );
+}
+
 #[tokio::test]
 async fn a_consent_posted_by_a_partner_waits_for_housing_to_confirm_it() {
     let app = spawn_app().await;

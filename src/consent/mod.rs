@@ -305,13 +305,21 @@ fn withheld(
     item_labels
         .iter()
         .enumerate()
-        .filter(|(_, labels)| {
-            let mut labels = (*labels).clone();
-            widen(&mut labels, hierarchy);
-            !labels.is_disjoint(&denied)
-        })
+        .filter(|(_, labels)| labels.iter().any(|l| reaches(l, &denied, hierarchy, 0)))
         .map(|(i, _)| i)
         .collect()
+}
+
+/// Whether `label`, or a label it implies, is in `set`. Hierarchies are a level or two
+/// deep; the bound only stops a cyclic one.
+fn reaches(label: &str, set: &BTreeSet<String>, hierarchy: &LabelHierarchy, depth: u8) -> bool {
+    set.contains(label)
+        || (depth < 8
+            && hierarchy
+                .get(label)
+                .into_iter()
+                .flatten()
+                .any(|broader| reaches(broader, set, hierarchy, depth + 1)))
 }
 
 /// Decides one exchange for one tenant, given all versions of the tenant's consents.

@@ -89,7 +89,10 @@ impl Gateway {
             purposes: t.purposes.clone(),
             valid_from: t.start.map(rfc3339),
             valid_until: t.end.map(|e| rfc3339(e - time::Duration::SECOND)),
-            restrictions: self.mappings.restrictions_for(&t.denied_labels),
+            // As enforced: widened along the label hierarchy, whenever it was recorded.
+            restrictions: self
+                .mappings
+                .restrictions_for(&self.mappings.widen(&t.denied_labels)),
             governing,
         }
     }
@@ -353,7 +356,6 @@ impl Gateway {
             .await?)
     }
 
-    /// A new version of consent `id` with the given status, recorded now.
     /// The latest version of consent `id`, for a custodian about to change it.
     async fn current_consent(
         &self,
@@ -421,10 +423,13 @@ impl Gateway {
         let mut attempts = 0;
         loop {
             let current = self.current_consent(call, id, audit).await?;
-            match self
-                .restate(call, current, ConsentStatus::Inactive, audit)
-                .await
-            {
+            // Declining a proposal nobody confirmed rejects it. As `inactive` it would
+            // govern as the tenant's latest choice and stop every exchange.
+            let status = match current.version.terms.status {
+                ConsentStatus::Proposed => ConsentStatus::Rejected,
+                _ => ConsentStatus::Inactive,
+            };
+            match self.restate(call, current, status, audit).await {
                 Err(Error::Conflict(_)) if attempts < 3 => attempts += 1,
                 result => return result,
             }
@@ -495,14 +500,18 @@ impl Gateway {
     }
 
     /// Whether `call`'s principal may see consent `stored`: housing, auditors, admins,
-    /// and partners the consent names — once housing has confirmed it. A proposal a
-    /// partner could read back would tell it, by being there, that its subject is a
-    /// tenant.
+    /// and partners the consent names — once housing has confirmed it. A proposal (or a
+    /// declined one) a partner could read back would tell it, by being there, that its
+    /// subject is a tenant.
     pub fn may_see_consent(&self, call: &Call, stored: &StoredConsent) -> bool {
         let p = &call.principal;
+        let confirmed = !matches!(
+            stored.version.terms.status,
+            ConsentStatus::Proposed | ConsentStatus::Rejected | ConsentStatus::Draft
+        );
         matches!(p.role, Role::Housing | Role::Auditor | Role::Admin)
             || (p.role.is_partner()
-                && stored.version.terms.status != ConsentStatus::Proposed
+                && confirmed
                 && stored.version.terms.partners().contains(&p.org))
     }
 }

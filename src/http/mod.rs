@@ -116,16 +116,18 @@ fn is_public(path: &str) -> bool {
 /// An emergency exchange is asked for with `X-Purpose-Of-Use: BTG` (or `ETREAT`) and a
 /// non-empty `X-Break-Glass-Reason`. Either without the other is refused outright.
 fn break_glass(req: &Request) -> Result<Option<crate::consent::BreakGlass>, Error> {
-    let header = |name: &str| {
-        req.headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
+    // A header that cannot be read is refused: read as absent, an emergency reason
+    // would be dropped and the request go ahead as routine.
+    let header = |name: &'static str| match req.headers().get(name) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .map(|v| Some(v.trim()).filter(|v| !v.is_empty()))
+            .map_err(|_| Error::malformed(format!("{name} must be ASCII text"))),
     };
     let emergency =
         |p: &str| crate::consent::EMERGENCY_PURPOSES.contains(&p.to_ascii_uppercase().as_str());
-    match (header("x-purpose-of-use"), header("x-break-glass-reason")) {
+    match (header("x-purpose-of-use")?, header("x-break-glass-reason")?) {
         (None, None) => Ok(None),
         (Some(p), None) if p.eq_ignore_ascii_case(crate::gateway::CARE_COORDINATION) => Ok(None),
         (Some(p), Some(reason)) if emergency(p) => Ok(Some(crate::consent::BreakGlass {
