@@ -246,6 +246,13 @@ pub struct Relay {
     pub attempt_timeout_ms: u64,
 }
 
+impl Relay {
+    /// When a note queued (or replayed) at `from_ms` is dead-lettered if undelivered.
+    pub fn give_up_ms(&self, from_ms: i64) -> i64 {
+        from_ms.saturating_add((self.dead_letter_after_secs as i64).saturating_mul(1000))
+    }
+}
+
 impl Default for Relay {
     fn default() -> Self {
         Self {

@@ -390,10 +390,7 @@ impl Gateway {
             audit.partner = Some(rule.to.clone());
             audit.related = Some(call.reference_id);
             audit.resource_type = Some("Communication".into());
-            let labels: Vec<BTreeSet<String>> = facts
-                .iter()
-                .map(|f| f.labels.iter().cloned().collect())
-                .collect();
+            let labels = super::labels_of(&facts);
             // A refusal is recorded and the notice goes on; failing to read the consent
             // fails the notice (the partner retries it), rather than passing for one.
             let permit = match self.decide_with(

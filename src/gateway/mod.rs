@@ -127,6 +127,14 @@ pub struct Permit {
     pub withheld: Vec<usize>,
 }
 
+/// The labels of each stored item, as a consent decision takes them.
+fn labels_of(items: &[crate::dataset::StoredItem]) -> Vec<std::collections::BTreeSet<String>> {
+    items
+        .iter()
+        .map(|i| i.labels.iter().cloned().collect())
+        .collect()
+}
+
 /// `items` without those at the `withheld` indexes a consent decision returned.
 fn without_withheld<T>(items: Vec<T>, withheld: &[usize]) -> Vec<T> {
     items

@@ -1,8 +1,6 @@
 //! Care coordination notes: a housing worker's structured request to a partner, built
 //! into FHIR from dataset items only and queued for durable delivery.
 
-use std::collections::BTreeSet;
-
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -47,6 +45,16 @@ pub enum Priority {
     #[default]
     Routine,
     Urgent,
+}
+
+impl Priority {
+    /// The FHIR `request-priority` code.
+    fn code(self) -> &'static str {
+        match self {
+            Priority::Routine => "routine",
+            Priority::Urgent => "urgent",
+        }
+    }
 }
 
 impl Gateway {
@@ -126,10 +134,7 @@ impl Gateway {
         let facts = self.resolve_facts(&req.tenant_id, &req.facts).await?;
 
         // Consent for the receiving partner, now; the relay asks again before each attempt.
-        let labels: Vec<BTreeSet<String>> = facts
-            .iter()
-            .map(|f| f.labels.iter().cloned().collect())
-            .collect();
+        let labels = super::labels_of(&facts);
         let permit = match self
             .decide(
                 call,
@@ -253,7 +258,7 @@ impl Gateway {
             payload,
             created_at: rfc3339(call.at),
             created_ms,
-            give_up_ms: created_ms + (self.config.relay.dead_letter_after_secs as i64) * 1000,
+            give_up_ms: self.config.relay.give_up_ms(created_ms),
             audit,
         };
         Ok((note, new_note))
@@ -400,7 +405,7 @@ fn note_bundle(n: &NoteParts) -> Value {
         "identifier": [id_of("")],
         "status": "completed",
         "category": [{"coding": [{"system": format!("{}/CodeSystem/notice-kind", fhir::HEARTH_BASE), "code": "care-coordination-note"}]}],
-        "priority": match n.priority { Priority::Routine => "routine", Priority::Urgent => "urgent" },
+        "priority": n.priority.code(),
         "subject": subject,
         "sent": n.sent,
         "recipient": [recipient],
@@ -420,7 +425,7 @@ fn note_bundle(n: &NoteParts) -> Value {
                 "identifier": [id_of("-task")],
                 "status": "requested",
                 "intent": "order",
-                "priority": match n.priority { Priority::Routine => "routine", Priority::Urgent => "urgent" },
+                "priority": n.priority.code(),
                 "code": {"coding": [{"system": "http://hl7.org/fhir/CodeSystem/task-code", "code": "fulfill"}]},
                 "description": action,
                 // By identifier too: a partner taking plain creates has no Bundle in

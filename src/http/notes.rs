@@ -169,7 +169,7 @@ async fn replay(
     })?;
     let g = &state.gateway;
     let now = unix_ms(g.now());
-    let give_up = now + (g.config.relay.dead_letter_after_secs as i64) * 1000;
+    let give_up = g.config.relay.give_up_ms(now);
     let replayed = g
         .store
         .replay_dead_letter(&id, now, give_up, crate::relay::replay_audit(&call, id))
