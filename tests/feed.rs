@@ -100,6 +100,9 @@ async fn a_long_poll_returns_as_soon_as_something_arrives() {
     let poll = tokio::spawn(async move {
         answer(client.get(url).bearer_auth(HOUSING).send().await.unwrap()).await
     });
+    // Let the poll reach its wait, so what is checked is the wake-up, not the first read
+    // (a write that lands first is found by that read and would pass without waking).
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let asked = app
         .post_json(
             "/housing/tenants/T-1001/renewal-request",
