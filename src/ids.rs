@@ -9,9 +9,20 @@ use std::fmt;
 #[serde(into = "String", try_from = "String")]
 pub struct ReferenceId(ulid::Ulid);
 
+/// One generator per process, so reference IDs increase in the order they are made,
+/// even within a millisecond: the store finds "the latest exchange for this key" by the
+/// largest reference ID (a notice and its retraction in one transaction Bundle).
+static MONOTONIC: std::sync::Mutex<ulid::Generator> = std::sync::Mutex::new(ulid::Generator::new());
+
 impl ReferenceId {
     pub fn new() -> Self {
-        Self(ulid::Ulid::generate())
+        let next = MONOTONIC
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .generate()
+            .ok();
+        // Overflow needs 2^80 IDs in one millisecond; a plain ULID is still unique.
+        Self(next.unwrap_or_else(ulid::Ulid::generate))
     }
 }
 
@@ -99,5 +110,16 @@ impl Identifier {
 impl fmt::Display for Identifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}|{}", self.system, self.value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reference_ids_increase_in_the_order_they_are_made() {
+        let ids: Vec<ReferenceId> = (0..10_000).map(|_| ReferenceId::new()).collect();
+        assert!(ids.windows(2).all(|w| w[0].0 < w[1].0));
     }
 }
