@@ -878,6 +878,28 @@ mod tests {
         }
     }
 
+    /// A tenant still in hospital is `admitted`, dated by the admission.
+    #[test]
+    fn an_admission_is_dated_by_its_start() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/discharge-notice.json");
+        let mut r: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let encounter = r["contained"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .position(|c| c["resourceType"] == "Encounter")
+            .unwrap();
+        r["contained"][encounter]["status"] = json!("in-progress");
+        r["contained"][encounter]["period"] = json!({"start": "2026-11-18T22:10:00-08:00"});
+        let t = mappings().translate(&r);
+        let DatasetItem::Discharge(d) = &t.items[0].item else {
+            panic!("expected a discharge")
+        };
+        assert_eq!(d.status.as_str(), "admitted");
+        assert_eq!(d.date.as_deref(), Some("2026-11-18T22:10:00-08:00"));
+    }
+
     /// A follow-up already done, cancelled or entered in error is no requirement.
     #[test]
     fn only_open_tasks_are_follow_up_requirements() {
