@@ -35,6 +35,9 @@ pub struct Relay {
     clients: Arc<HashMap<PartnerId, reqwest::Client>>,
     wake: Arc<Notify>,
     metrics: Arc<crate::metrics::Metrics>,
+    /// Notes being attempted now, and to whom. A pass does not wait for them, so a
+    /// partner that is slow to answer holds up only its own notes.
+    in_flight: Arc<std::sync::Mutex<HashMap<ReferenceId, PartnerId>>>,
 }
 
 impl Relay {
@@ -76,6 +79,7 @@ impl Relay {
             clients: Arc::new(clients),
             wake: Arc::new(Notify::new()),
             metrics,
+            in_flight: Arc::default(),
         })
     }
 
@@ -87,20 +91,26 @@ impl Relay {
     /// Runs until `shutdown` resolves; attempts in flight finish first.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
         let poll = Duration::from_millis(self.gateway.config.relay.poll_interval_ms);
+        let mut attempts = tokio::task::JoinSet::new();
         tokio::pin!(shutdown);
         loop {
-            self.tick().await;
+            self.tick(&mut attempts).await;
+            while attempts.try_join_next().is_some() {}
             tokio::select! {
-                _ = &mut shutdown => return,
+                _ = &mut shutdown => {
+                    while attempts.join_next().await.is_some() {}
+                    return;
+                }
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(poll) => {}
             }
         }
     }
 
-    /// One pass: every delivery due now (at most `max_in_flight` per partner, attempted
-    /// concurrently). Returns how many were attempted.
-    pub async fn tick(&self) -> usize {
+    /// One pass: starts every delivery due now that is not already being attempted (at
+    /// most `max_in_flight` per partner, counting those in flight), without waiting for
+    /// them; each wakes the relay when it is done. Returns how many were started.
+    pub async fn tick(&self, attempts: &mut tokio::task::JoinSet<()>) -> usize {
         let g = &self.gateway;
         let now = unix_ms(g.now());
         let per_partner = g
@@ -117,28 +127,37 @@ impl Relay {
                 return 0;
             }
         };
+        let mut in_flight = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut counts: HashMap<PartnerId, usize> = HashMap::new();
-        let mut batch = Vec::new();
+        for partner in in_flight.values() {
+            *counts.entry(partner.clone()).or_default() += 1;
+        }
+        let mut started = 0;
         for d in due {
+            if in_flight.contains_key(&d.reference_id) {
+                continue;
+            }
             let limit = g.config.partner(&d.partner).map_or(1, |p| p.max_in_flight);
             let n = counts.entry(d.partner.clone()).or_default();
-            if *n < limit {
-                *n += 1;
-                batch.push(d);
+            if *n >= limit {
+                continue;
             }
+            *n += 1;
+            started += 1;
+            in_flight.insert(d.reference_id, d.partner.clone());
+            let relay = self.clone();
+            attempts.spawn(async move {
+                let _done = Attempting {
+                    relay: relay.clone(),
+                    note: d.reference_id,
+                };
+                relay.attempt(d).await;
+            });
         }
-        let attempted = batch.len();
-        let tasks: Vec<_> = batch
-            .into_iter()
-            .map(|d| {
-                let relay = self.clone();
-                tokio::spawn(async move { relay.attempt(d).await })
-            })
-            .collect();
-        for t in tasks {
-            let _ = t.await;
-        }
-        attempted
+        started
     }
 
     async fn attempt(&self, d: Delivery) {
@@ -350,6 +369,25 @@ fn result_kind(r: &AttemptResult) -> &'static str {
         AttemptResult::Retry { .. } => "retry",
         AttemptResult::Dead { .. } => "dead-letter",
         AttemptResult::Stopped { .. } => "stopped",
+    }
+}
+
+/// A note being attempted. However the attempt ends (a panic included), the note leaves
+/// the in-flight set, so it is tried again rather than stuck, and the relay looks again:
+/// its partner may have more notes waiting.
+struct Attempting {
+    relay: Relay,
+    note: ReferenceId,
+}
+
+impl Drop for Attempting {
+    fn drop(&mut self) {
+        self.relay
+            .in_flight
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(&self.note);
+        self.relay.wake();
     }
 }
 

@@ -467,6 +467,46 @@ async fn a_break_glass_notice_is_not_forwarded_under_the_same_emergency() {
     );
 }
 
+/// A partner that is slow to answer holds up only its own notes: while an attempt to the
+/// clinic hangs, a note to the MCO is delivered at once.
+#[tokio::test]
+async fn a_stalled_partner_does_not_hold_up_another() {
+    let clinic = Partner::start().await;
+    let mco = Partner::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let mut config = test_config_with(data.path(), Some(&clinic.base));
+    config.relay.attempt_timeout_ms = 20_000;
+    for p in &mut config.partners {
+        if p.id.as_str() == "bayview-health-plan" {
+            p.fhir_base_url = Some(mco.base.clone());
+        }
+    }
+    hearth::tls::install_crypto_provider();
+    let app = spawn_configured(data, config, reqwest::Client::new(), "http").await;
+    app.register_tenant().await;
+    let consent = json!({"tenant_id": "T-1001", "share_with": [CLINIC_ID, "bayview-health-plan"], "valid_until": "2027-05-31", "signed_at": "2026-11-23T09:00:00Z"});
+    assert_eq!(
+        app.post_json("/housing/consents", HOUSING, &consent)
+            .await
+            .status,
+        201
+    );
+    send_note_while(&app, &clinic, Mode::Stall).await;
+    let mut to_mco = note(json!([]));
+    to_mco["to"] = json!("bayview-health-plan");
+    let sent = app.post_json("/housing/notes", HOUSING, &to_mco).await;
+    assert_eq!(sent.status, 201, "{sent:?}");
+    // The clinic's attempt hangs for up to 20 s; the MCO's note must not wait for it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while mco.bundles().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the MCO's note waited behind the stalled clinic"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A partner without transaction support gets the note's Communication and Task as two
 /// conditional creates; the Task names the Communication by its identifier, because a
 /// Bundle-local `urn:uuid:` means nothing outside the Bundle (a strict server refuses it).
