@@ -1730,10 +1730,13 @@ impl NoteStore for SqliteStore {
                 AttemptResult::Dead { error } => ("dead", None, Some(error.clone()), None),
                 AttemptResult::Stopped { reason } => ("stopped", None, Some(reason.clone()), None),
             };
+            // Only a pending note moves: an attempt that overlapped another (the relay read
+            // the outbox just before the first one finished) cannot turn a delivered,
+            // dead or stopped note back into a pending one. Its audit record still counts.
             ctx.tx.execute(
                 "UPDATE notes SET state = ?1, attempts = attempts + ?2, next_attempt_ms = COALESCE(?3, next_attempt_ms),
                         last_error = COALESCE(?4, last_error), delivered_at = COALESCE(?5, delivered_at)
-                 WHERE reference_id = ?6",
+                 WHERE reference_id = ?6 AND state = 'pending'",
                 params![state, counted as i64, next_ms, error, delivered_at, reference],
             )?;
             ctx.audit(&audit)
@@ -2041,6 +2044,50 @@ mod tests {
         store.append(entry(3)).await.unwrap();
         let v = store.verify(None).await.unwrap();
         assert_eq!((v.records, v.first_broken.is_none()), (2, true));
+    }
+
+    /// A late attempt that overlapped another cannot turn a delivered note back into a
+    /// pending one (which would send it again and again).
+    #[tokio::test]
+    async fn a_delivered_note_stays_delivered() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let tenant = TenantId::new("T-1");
+        store
+            .register_tenant(tenant.clone(), Vec::new(), entry(0))
+            .await
+            .unwrap();
+        let reference = ReferenceId::new();
+        store
+            .queue_note(NewNote {
+                reference_id: reference,
+                tenant: tenant.clone(),
+                partner: PartnerId::new("clinic"),
+                note: serde_json::json!({"reason": "r", "facts": []}),
+                payload: serde_json::json!({"resourceType": "Bundle"}),
+                created_at: "2026-11-23T10:00:00Z".into(),
+                created_ms: 0,
+                give_up_ms: 1_000_000,
+                audit: entry(1),
+            })
+            .await
+            .unwrap();
+        let at = || "2026-11-23T10:00:01Z".to_string();
+        store
+            .record_attempt(reference, AttemptResult::Delivered, at(), entry(2))
+            .await
+            .unwrap();
+        let late = AttemptResult::Retry {
+            next_ms: 10,
+            error: "partner answered HTTP 503".into(),
+        };
+        store
+            .record_attempt(reference, late, at(), entry(3))
+            .await
+            .unwrap();
+        let thread = store.note_thread(&reference).await.unwrap().unwrap();
+        assert_eq!(thread.delivery.state, "delivered");
+        assert!(store.due_deliveries(100, 10).await.unwrap().is_empty());
     }
 
     /// A damaged last audit record stops start-up; it used to restart the chain from
