@@ -56,7 +56,9 @@ fn version(
     }
 }
 
-fn registry() -> HashMap<TenantId, Vec<ConsentVersion>> {
+/// Five versions per tenant. With `restricted`, the governing one (the newest) denies
+/// SUD/ETH, so every decision withholds along the label hierarchy.
+fn registry(restricted: bool) -> HashMap<TenantId, Vec<ConsentVersion>> {
     let share = fixture("consent-share-with-clinic.json");
     let no_sud = fixture("consent-clinic-and-mco-no-sud.json");
     (1..=TENANTS)
@@ -67,7 +69,14 @@ fn registry() -> HashMap<TenantId, Vec<ConsentVersion>> {
                 version(&no_sud, n, "inactive", 250, id("a"), 2),
                 version(&share, n, "active", 200, id("b"), 1),
                 version(&share, n, "active", 100, id("b"), 2),
-                version(&share, n, "active", 10, id("c"), 1),
+                version(
+                    if restricted { &no_sud } else { &share },
+                    n,
+                    "active",
+                    10,
+                    id("c"),
+                    1,
+                ),
             ];
             (TenantId::new(format!("T-{n}")), versions)
         })
@@ -75,7 +84,8 @@ fn registry() -> HashMap<TenantId, Vec<ConsentVersion>> {
 }
 
 fn bench(c: &mut Criterion) {
-    let registry = registry();
+    let restricted = registry(true);
+    let registry = registry(false);
     assert_eq!(
         registry.values().map(Vec::len).sum::<usize>(),
         TENANTS * VERSIONS_PER_TENANT
@@ -103,9 +113,11 @@ fn bench(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("consent");
     g.throughput(Throughput::Elements(BATCH as u64));
-    for (name, labels) in [
-        ("decide/1-item", &one_item),
-        ("decide/2-items-sud", &two_items),
+    for (name, labels, registry) in [
+        ("decide/1-item", &one_item, &registry),
+        ("decide/2-items-sud", &two_items, &registry),
+        // The governing consent withholds the SUD item: labels matched along the hierarchy.
+        ("decide/2-items-sud-restricted", &two_items, &restricted),
     ] {
         let mut next = 0usize;
         g.bench_function(name, |b| {
