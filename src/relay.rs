@@ -109,7 +109,7 @@ impl Relay {
 
     /// One pass: starts every delivery due now that is not already being attempted (at
     /// most `max_in_flight` per partner, counting those in flight), without waiting for
-    /// them; each wakes the relay when it is done. Returns how many were started.
+    /// them. Returns how many were started.
     pub async fn tick(&self, attempts: &mut tokio::task::JoinSet<()>) -> usize {
         let g = &self.gateway;
         let now = unix_ms(g.now());
@@ -373,8 +373,9 @@ fn result_kind(r: &AttemptResult) -> &'static str {
 }
 
 /// A note being attempted. However the attempt ends (a panic included), the note leaves
-/// the in-flight set, so it is tried again rather than stuck, and the relay looks again:
-/// its partner may have more notes waiting.
+/// the in-flight set, so it is tried again at a later pass rather than stuck. It does not
+/// wake the relay: an attempt whose result could not be recorded is still due, and an
+/// immediate pass would send it again at once, over and over while the store fails.
 struct Attempting {
     relay: Relay,
     note: ReferenceId,
@@ -387,7 +388,6 @@ impl Drop for Attempting {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .remove(&self.note);
-        self.relay.wake();
     }
 }
 
