@@ -592,6 +592,48 @@ async fn a_discharge_that_opens_a_renewal_is_not_forwarded_where_renewal_pauses_
     assert_eq!(partner.attempts(), 0);
 }
 
+/// The same holds inside a transaction Bundle: a later entry's forward is refused once an
+/// earlier entry (the discharge) has opened the renewal prompt, although each entry was
+/// prepared against the consent as committed.
+#[tokio::test]
+async fn in_a_transaction_a_renewal_opened_by_one_entry_holds_the_next_entries_forwards() {
+    let partner = Partner::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let mut config = test_config_with(data.path(), Some(&partner.base));
+    config.consent.share_while_renewal_due = false;
+    config.forward[0].items.clear(); // every kind, not only discharges
+    hearth::tls::install_crypto_provider();
+    let app = spawn_configured(data, config, reqwest::Client::new(), "http").await;
+    app.register_tenant().await;
+    let consent = json!({"tenant_id": "T-1001", "share_with": [CLINIC_ID, "bayview-health-plan"], "valid_until": "2027-05-31", "signed_at": "2026-11-23T09:00:00Z"});
+    assert_eq!(
+        app.post_json("/housing/consents", HOUSING, &consent)
+            .await
+            .status,
+        201
+    );
+    let entry = |name: &str| json!({"resource": fixture(name), "request": {"method": "POST", "url": "Communication"}});
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        entry("discharge-notice.json"), entry("medication-change-notice.json")]});
+    let t = app.post("/fhir", CLINIC, &bundle).await;
+    assert_eq!(t.status, 200, "{t:?}");
+    let audit = app.get("/audit/records?limit=1000", AUDITOR).await;
+    let forwards: Vec<Value> = audit.body["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["record"]["action"] == "forward")
+        .map(|r| r["record"].clone())
+        .collect();
+    assert_eq!(forwards.len(), 2, "{forwards:?}");
+    assert!(
+        forwards.iter().all(|f| f["outcome"] == "refused"),
+        "{forwards:?}"
+    );
+    let listed = app.get("/housing/notes?tenant=T-1001", HOUSING).await;
+    assert_eq!(listed.body["notes"], json!([]), "{listed:?}");
+}
+
 /// A discharge notice sent about the wrong patient and retracted while its forward
 /// waits out a partner outage is not delivered once the partner is back.
 #[tokio::test]

@@ -242,6 +242,10 @@ impl Gateway {
                 dropped: Vec<String>,
             },
         }
+        let mut prepared = prepared;
+        if !self.config.consent.share_while_renewal_due {
+            hold_forwards_behind_renewals(&mut prepared);
+        }
         let mut to_store = Vec::new();
         let mut replays = Vec::new();
         let mut pending = Vec::with_capacity(prepared.len());
@@ -583,6 +587,32 @@ impl Gateway {
 
 fn first_identifier(resource: &Value) -> Option<Identifier> {
     tenancy::identifier(resource.get("identifier")?.as_array()?.first()?)
+}
+
+/// In a transaction Bundle, a renewal prompt an earlier entry opens pauses sharing for the
+/// same tenant's later entries, as it will once committed (`share_while_renewal_due =
+/// false`). Each entry was prepared against the consent as committed, so their forwards
+/// are refused (and audited) here, rather than queued and stopped at delivery.
+fn hold_forwards_behind_renewals(prepared: &mut [Prepared]) {
+    let mut opened: Vec<TenantId> = Vec::new();
+    for p in prepared.iter_mut() {
+        let Prepared::Store { exchange, .. } = p else {
+            continue;
+        };
+        if opened.contains(&exchange.tenant) {
+            for note in exchange.forwards.drain(..) {
+                let mut audit = note.audit;
+                audit.outcome = crate::audit::Outcome::Refused;
+                audit.status = 403;
+                audit.reason = Some(crate::consent::DenyReason::RenewalDue.code().to_string());
+                audit.items_written.clear();
+                exchange.refused_forwards.push(audit);
+            }
+        }
+        if exchange.renewal.is_some() && !opened.contains(&exchange.tenant) {
+            opened.push(exchange.tenant.clone());
+        }
+    }
 }
 
 /// A conditional create's criteria (the `If-None-Exist` header, or `ifNoneExist` in a
