@@ -579,6 +579,18 @@ async fn a_declined_proposal_changes_nothing_the_tenant_agreed_to() {
         app.get(&format!("/fhir/Consent/{id}"), CLINIC).await.status,
         404
     );
+    // Housing's next choice is a new version of the tenant's own consent, not of the
+    // declined proposal.
+    let own = listed.body["consents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["status"] == "active")
+        .unwrap()["id"]
+        .clone();
+    let next = record(&app, share_with(&[CLINIC_ID, MCO_ID])).await;
+    assert_eq!(next.status, 201, "{next:?}");
+    assert_eq!(next.body["consent"]["id"], own);
 }
 
 #[tokio::test]

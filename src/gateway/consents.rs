@@ -70,7 +70,14 @@ impl Gateway {
         let all = self.store.consents(tenant).await?;
         Ok(consent::latest_versions(&all)
             .into_iter()
-            .filter(|c| c.terms.status != ConsentStatus::Proposed)
+            // Only a consent that governs (or did): not a partner's proposal, pending or
+            // declined.
+            .filter(|c| {
+                matches!(
+                    c.terms.status,
+                    ConsentStatus::Active | ConsentStatus::Inactive
+                )
+            })
             .max_by_key(|c| c.terms.recorded)
             .map(|c| c.id.clone()))
     }
