@@ -12,7 +12,16 @@ use serde_json::{Value, json};
 const CLINIC_ID: &str = "riverside-clinic";
 
 async fn ready(partner: &Partner) -> TestApp {
-    let app = spawn_app_with(tempfile::tempdir().unwrap(), Some(&partner.base)).await;
+    ready_with(partner, |_| {}).await
+}
+
+/// As [`ready`], with the test's own changes to the config before Hearth starts.
+async fn ready_with(partner: &Partner, shape: impl FnOnce(&mut hearth::config::Config)) -> TestApp {
+    let data = tempfile::tempdir().unwrap();
+    let mut config = test_config_with(data.path(), Some(&partner.base));
+    shape(&mut config);
+    hearth::tls::install_crypto_provider();
+    let app = spawn_configured(data, config, reqwest::Client::new(), "http").await;
     app.register_tenant().await;
     let consent = json!({"tenant_id": "T-1001", "share_with": [CLINIC_ID, "bayview-health-plan"], "valid_until": "2027-05-31", "signed_at": "2026-11-23T09:00:00Z"});
     assert_eq!(
@@ -74,12 +83,17 @@ fn last_error(thread: &Value) -> &str {
 }
 
 async fn wait_for_attempts(partner: &Partner, n: usize) {
+    wait_until("the relay never tried the partner", || {
+        partner.attempts() >= n
+    })
+    .await;
+}
+
+/// Waits (up to 10 s) for the relay, running in the background, to make `done` true.
+async fn wait_until(failure: &str, done: impl Fn() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while partner.attempts() < n {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the relay never tried the partner"
-        );
+    while !done() {
+        assert!(tokio::time::Instant::now() < deadline, "{failure}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -473,38 +487,25 @@ async fn a_break_glass_notice_is_not_forwarded_under_the_same_emergency() {
 async fn a_stalled_partner_does_not_hold_up_another() {
     let clinic = Partner::start().await;
     let mco = Partner::start().await;
-    let data = tempfile::tempdir().unwrap();
-    let mut config = test_config_with(data.path(), Some(&clinic.base));
-    config.relay.attempt_timeout_ms = 20_000;
-    for p in &mut config.partners {
-        if p.id.as_str() == "bayview-health-plan" {
-            p.fhir_base_url = Some(mco.base.clone());
+    let app = ready_with(&clinic, |config| {
+        config.relay.attempt_timeout_ms = 20_000;
+        for p in &mut config.partners {
+            if p.id.as_str() == "bayview-health-plan" {
+                p.fhir_base_url = Some(mco.base.clone());
+            }
         }
-    }
-    hearth::tls::install_crypto_provider();
-    let app = spawn_configured(data, config, reqwest::Client::new(), "http").await;
-    app.register_tenant().await;
-    let consent = json!({"tenant_id": "T-1001", "share_with": [CLINIC_ID, "bayview-health-plan"], "valid_until": "2027-05-31", "signed_at": "2026-11-23T09:00:00Z"});
-    assert_eq!(
-        app.post_json("/housing/consents", HOUSING, &consent)
-            .await
-            .status,
-        201
-    );
+    })
+    .await;
     send_note_while(&app, &clinic, Mode::Stall).await;
     let mut to_mco = note(json!([]));
     to_mco["to"] = json!("bayview-health-plan");
     let sent = app.post_json("/housing/notes", HOUSING, &to_mco).await;
     assert_eq!(sent.status, 201, "{sent:?}");
     // The clinic's attempt hangs for up to 20 s; the MCO's note must not wait for it.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while mco.bundles().is_empty() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the MCO's note waited behind the stalled clinic"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until("the MCO's note waited behind the stalled clinic", || {
+        !mco.bundles().is_empty()
+    })
+    .await;
 }
 
 /// A partner without transaction support gets the note's Communication and Task as two
@@ -513,23 +514,14 @@ async fn a_stalled_partner_does_not_hold_up_another() {
 #[tokio::test]
 async fn a_partner_without_transactions_gets_a_task_that_names_its_communication() {
     let partner = Partner::start().await;
-    let data = tempfile::tempdir().unwrap();
-    let mut config = test_config_with(data.path(), Some(&partner.base));
-    for p in &mut config.partners {
-        if p.id.as_str() == CLINIC_ID {
-            p.supports_transactions = false;
+    let app = ready_with(&partner, |config| {
+        for p in &mut config.partners {
+            if p.id.as_str() == CLINIC_ID {
+                p.supports_transactions = false;
+            }
         }
-    }
-    hearth::tls::install_crypto_provider();
-    let app = spawn_configured(data, config, reqwest::Client::new(), "http").await;
-    app.register_tenant().await;
-    let consent = json!({"tenant_id": "T-1001", "share_with": [CLINIC_ID], "valid_until": "2027-05-31", "signed_at": "2026-11-23T09:00:00Z"});
-    assert_eq!(
-        app.post_json("/housing/consents", HOUSING, &consent)
-            .await
-            .status,
-        201
-    );
+    })
+    .await;
     let sent = app
         .post_json("/housing/notes", HOUSING, &note(json!([])))
         .await;
@@ -557,19 +549,10 @@ async fn a_partner_without_transactions_gets_a_task_that_names_its_communication
 #[tokio::test]
 async fn a_discharge_that_opens_a_renewal_is_not_forwarded_where_renewal_pauses_sharing() {
     let partner = Partner::start().await;
-    let data = tempfile::tempdir().unwrap();
-    let mut config = test_config_with(data.path(), Some(&partner.base));
-    config.consent.share_while_renewal_due = false;
-    hearth::tls::install_crypto_provider();
-    let app = spawn_configured(data, config, reqwest::Client::new(), "http").await;
-    app.register_tenant().await;
-    let consent = json!({"tenant_id": "T-1001", "share_with": [CLINIC_ID, "bayview-health-plan"], "valid_until": "2027-05-31", "signed_at": "2026-11-23T09:00:00Z"});
-    assert_eq!(
-        app.post_json("/housing/consents", HOUSING, &consent)
-            .await
-            .status,
-        201
-    );
+    let app = ready_with(&partner, |config| {
+        config.consent.share_while_renewal_due = false
+    })
+    .await;
     let a = app
         .post(
             "/fhir/Communication",
@@ -598,20 +581,11 @@ async fn a_discharge_that_opens_a_renewal_is_not_forwarded_where_renewal_pauses_
 #[tokio::test]
 async fn in_a_transaction_a_renewal_opened_by_one_entry_holds_the_next_entries_forwards() {
     let partner = Partner::start().await;
-    let data = tempfile::tempdir().unwrap();
-    let mut config = test_config_with(data.path(), Some(&partner.base));
-    config.consent.share_while_renewal_due = false;
-    config.forward[0].items.clear(); // every kind, not only discharges
-    hearth::tls::install_crypto_provider();
-    let app = spawn_configured(data, config, reqwest::Client::new(), "http").await;
-    app.register_tenant().await;
-    let consent = json!({"tenant_id": "T-1001", "share_with": [CLINIC_ID, "bayview-health-plan"], "valid_until": "2027-05-31", "signed_at": "2026-11-23T09:00:00Z"});
-    assert_eq!(
-        app.post_json("/housing/consents", HOUSING, &consent)
-            .await
-            .status,
-        201
-    );
+    let app = ready_with(&partner, |config| {
+        config.consent.share_while_renewal_due = false;
+        config.forward[0].items.clear(); // every kind, not only discharges
+    })
+    .await;
     let entry = |name: &str| json!({"resource": fixture(name), "request": {"method": "POST", "url": "Communication"}});
     let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
         entry("discharge-notice.json"), entry("medication-change-notice.json")]});
@@ -682,14 +656,7 @@ async fn a_clinic_discharge_notice_is_forwarded_minimised_to_the_mco_when_consen
         )
         .await;
     assert_eq!(a.status, 201);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while partner.bundles().is_empty() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "nothing was forwarded"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until("nothing was forwarded", || !partner.bundles().is_empty()).await;
     let bundle = &partner.bundles()[0];
     let comm = &bundle["entry"][0]["resource"];
     assert_eq!(
