@@ -545,16 +545,7 @@ async fn a_declined_proposal_changes_nothing_the_tenant_agreed_to() {
         )
         .await;
     assert_eq!(proposed.status, 202, "{proposed:?}");
-    let listed = app.get("/housing/consents?tenant=T-1001", HOUSING).await;
-    let id = listed.body["consents"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["status"] == "proposed")
-        .unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = app.consent_id_with_status("proposed").await;
     let declined = app
         .post_json(
             &format!("/housing/consents/{id}/revoke"),
@@ -581,13 +572,7 @@ async fn a_declined_proposal_changes_nothing_the_tenant_agreed_to() {
     );
     // Housing's next choice is a new version of the tenant's own consent, not of the
     // declined proposal.
-    let own = listed.body["consents"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["status"] == "active")
-        .unwrap()["id"]
-        .clone();
+    let own = app.consent_id_with_status("active").await;
     let next = record(&app, share_with(&[CLINIC_ID, MCO_ID])).await;
     assert_eq!(next.status, 201, "{next:?}");
     assert_eq!(next.body["consent"]["id"], own);
@@ -622,16 +607,7 @@ async fn a_consent_posted_by_a_partner_waits_for_housing_to_confirm_it() {
         app.audit_record(&not_a_tenant.reference_id()).await["outcome"],
         "refused"
     );
-    let listed = app.get("/housing/consents?tenant=T-1001", HOUSING).await;
-    let id = listed.body["consents"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["status"] == "proposed")
-        .expect("housing sees the proposal")["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = app.consent_id_with_status("proposed").await;
     // Nor can the partner read its proposal back, which would tell it the same thing.
     assert_eq!(
         app.get(&format!("/fhir/Consent/{id}"), CLINIC).await.status,

@@ -609,16 +609,7 @@ async fn real_answers_match_the_documented_schemas() {
         )
         .await;
     check("post", "/fhir/Consent", &a, 202);
-    let listed = app.get("/housing/consents?tenant=T-1001", HOUSING).await;
-    let proposed = listed.body["consents"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["status"] == "proposed")
-        .expect("the proposal is listed for housing")["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let proposed = app.consent_id_with_status("proposed").await;
     let a = app
         .post_json(
             &format!("/housing/consents/{proposed}/confirm"),

@@ -384,6 +384,21 @@ impl TestApp {
         assert!(a.status == 201 || a.status == 200, "register: {a:?}");
     }
 
+    /// The id of tenant T-1001's consent with `status`, as housing's consent list shows it
+    /// (a partner's proposal is found this way: the partner is told nothing to read back).
+    pub async fn consent_id_with_status(&self, status: &str) -> String {
+        let listed = self.get("/housing/consents?tenant=T-1001", HOUSING).await;
+        listed.body["consents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["status"] == status)
+            .unwrap_or_else(|| panic!("no {status} consent in {listed:?}"))["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
     /// Records a consent fixture as the housing worker.
     pub async fn consent(&self, fixture_name: &str) -> Answer {
         let a = self
