@@ -1848,6 +1848,18 @@ mod tests {
         )
     }
 
+    /// A fresh store with tenant T-1 registered (the directory lives as long as the store).
+    async fn store_with_tenant() -> (tempfile::TempDir, SqliteStore, TenantId) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let tenant = TenantId::new("T-1");
+        store
+            .register_tenant(tenant.clone(), Vec::new(), entry(0))
+            .await
+            .unwrap();
+        (dir, store, tenant)
+    }
+
     /// Verify reads the store ahead only when the page cache can hold it: on a store
     /// larger than the memory to spare, reading ahead would read every page twice.
     #[test]
@@ -2050,13 +2062,7 @@ mod tests {
     /// pending one (which would send it again and again).
     #[tokio::test]
     async fn a_delivered_note_stays_delivered() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(dir.path()).unwrap();
-        let tenant = TenantId::new("T-1");
-        store
-            .register_tenant(tenant.clone(), Vec::new(), entry(0))
-            .await
-            .unwrap();
+        let (_dir, store, tenant) = store_with_tenant().await;
         let reference = ReferenceId::new();
         store
             .queue_note(NewNote {
@@ -2116,13 +2122,7 @@ mod tests {
     /// confirmation read before a revocation must not be stored after it, undoing it.
     #[tokio::test]
     async fn a_consent_version_based_on_a_superseded_one_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(dir.path()).unwrap();
-        let tenant = TenantId::new("T-1");
-        store
-            .register_tenant(tenant.clone(), Vec::new(), entry(0))
-            .await
-            .unwrap();
+        let (_dir, store, tenant) = store_with_tenant().await;
         let terms = |status: &str| -> ConsentTerms {
             serde_json::from_value(
                 serde_json::json!({"status": status, "recorded": "2026-11-23T10:00:00Z"}),
