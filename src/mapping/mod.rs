@@ -637,6 +637,23 @@ mod tests {
         Mappings::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings")).unwrap()
     }
 
+    fn fixture(name: &str) -> Value {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures")
+            .join(name);
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    /// Where the first contained resource of `resource_type` is.
+    fn contained_index(resource: &Value, resource_type: &str) -> usize {
+        resource["contained"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .position(|c| c["resourceType"] == resource_type)
+            .unwrap()
+    }
+
     fn med_notice(extra: Value) -> Value {
         let mut r = json!({
             "resourceType": "Communication",
@@ -778,12 +795,6 @@ mod tests {
     /// an Appointment or as a care plan activity, whose FHIR code lists differ.
     #[test]
     fn appointment_statuses_from_either_resource_share_the_dataset_vocabulary() {
-        let fixture = |name: &str| -> Value {
-            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("fixtures")
-                .join(name);
-            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-        };
         let status_of = |r: &Value| {
             let t = mappings().translate(r);
             assert!(t.problems.is_empty(), "{:?}", t.problems);
@@ -796,12 +807,7 @@ mod tests {
             found.expect("an appointment item")
         };
         let notice = fixture("appointment-notice.json");
-        let at = notice["contained"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .position(|c| c["resourceType"] == "Appointment")
-            .unwrap();
+        let at = contained_index(&notice, "Appointment");
         let plan = fixture("follow-up-plan.json");
         let cases = [
             ("proposed", "requested"),
@@ -881,15 +887,8 @@ mod tests {
     /// A tenant still in hospital is `admitted`, dated by the admission.
     #[test]
     fn an_admission_is_dated_by_its_start() {
-        let path =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/discharge-notice.json");
-        let mut r: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-        let encounter = r["contained"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .position(|c| c["resourceType"] == "Encounter")
-            .unwrap();
+        let mut r = fixture("discharge-notice.json");
+        let encounter = contained_index(&r, "Encounter");
         r["contained"][encounter]["status"] = json!("in-progress");
         r["contained"][encounter]["period"] = json!({"start": "2026-11-18T22:10:00-08:00"});
         let t = mappings().translate(&r);
@@ -903,21 +902,14 @@ mod tests {
     /// A follow-up already done, cancelled or entered in error is no requirement.
     #[test]
     fn only_open_tasks_are_follow_up_requirements() {
-        let path =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/discharge-notice.json");
-        let mut r: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let mut r = fixture("discharge-notice.json");
         let follow_ups = |r: &Value| match &mappings().translate(r).items[0].item {
             DatasetItem::Discharge(d) => d.follow_up.len(),
             other => panic!("expected a discharge, got {other:?}"),
         };
         let open = follow_ups(&r);
         assert_eq!(open, 2);
-        let task = r["contained"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .position(|c| c["resourceType"] == "Task")
-            .unwrap();
+        let task = contained_index(&r, "Task");
         for status in ["completed", "cancelled", "entered-in-error"] {
             r["contained"][task]["status"] = json!(status);
             assert_eq!(follow_ups(&r), open - 1, "{status}");
@@ -937,8 +929,7 @@ mod tests {
         names.sort();
         let mut out = Vec::new();
         for name in names {
-            let v: Value =
-                serde_json::from_str(&std::fs::read_to_string(dir.join(&name)).unwrap()).unwrap();
+            let v = fixture(&name);
             let stem = name.trim_end_matches(".json").to_string();
             if let Some(entries) = v.get("entry").and_then(Value::as_array) {
                 for (i, e) in entries.iter().enumerate() {
