@@ -267,7 +267,7 @@ impl Gateway {
             });
         }
         self.validate(resource)?;
-        self.enforced_terms(resource)
+        consent::terms_from_fhir(resource, self.partner_for()).map_err(Error::Invalid)
     }
 
     /// Housing's Consent: its tenant and terms.
@@ -297,15 +297,6 @@ impl Gateway {
             }
         };
         Ok((tenant, terms, resource))
-    }
-
-    /// The terms Hearth enforces for a FHIR Consent: what it says, with each denied
-    /// label widened to the labels it belongs to (see `[implies]` in sensitivity.toml).
-    fn enforced_terms(&self, resource: &Value) -> Result<consent::ConsentTerms, Error> {
-        let mut terms =
-            consent::terms_from_fhir(resource, self.partner_for()).map_err(Error::Invalid)?;
-        terms.denied_labels = self.mappings.widen(&terms.denied_labels);
-        Ok(terms)
     }
 
     /// `POST /housing/consents`: the tenant's choice in plain terms, kept as FHIR.
@@ -346,7 +337,8 @@ impl Gateway {
             form.given_by(),
         );
         // Read the FHIR form back, so what is enforced is exactly what the Consent says.
-        let terms = self.enforced_terms(&resource)?;
+        let terms =
+            consent::terms_from_fhir(&resource, self.partner_for()).map_err(Error::Invalid)?;
         let id = self.tenant_consent_id(&form.tenant_id).await?;
         audit.outcome = crate::audit::Outcome::Accepted;
         audit.status = 201;

@@ -201,8 +201,7 @@ impl Gateway {
         let (forwards, refused_forwards) = if retract {
             (Vec::new(), Vec::new())
         } else {
-            self.forwards(call, &tenant, &items, renewal.as_ref())
-                .await?
+            self.forwards(call, &tenant, &items).await?
         };
         Ok(Prepared::Store {
             exchange: Box::new(NewExchange {
@@ -341,7 +340,6 @@ impl Gateway {
         call: &Call,
         tenant: &TenantId,
         items: &[StoredItem],
-        opens_renewal: Option<&RenewalDue>,
     ) -> Result<(Vec<crate::store::NewNote>, Vec<AuditEntry>), Error> {
         let mut out = Vec::new();
         let mut refused = Vec::new();
@@ -353,13 +351,9 @@ impl Gateway {
         {
             return Ok((out, refused));
         }
-        // Forwards are decided as the consent stands once this notice is stored: a
-        // discharge that opens a renewal prompt must not queue forwards the prompt stops
-        // at delivery (under `share_while_renewal_due = false`).
-        let mut context = self.store.consent_context(tenant).await?;
-        if context.renewal_due.is_none() {
-            context.renewal_due = opens_renewal.cloned();
-        }
+        // One read for every rule. A renewal prompt this notice opens is applied at
+        // commit (`hold_forwards_behind_renewals`).
+        let context = self.store.consent_context(tenant).await?;
         for rule in self
             .config
             .forward
@@ -589,16 +583,20 @@ fn first_identifier(resource: &Value) -> Option<Identifier> {
     tenancy::identifier(resource.get("identifier")?.as_array()?.first()?)
 }
 
-/// In a transaction Bundle, a renewal prompt an earlier entry opens pauses sharing for the
-/// same tenant's later entries, as it will once committed (`share_while_renewal_due =
-/// false`). Each entry was prepared against the consent as committed, so their forwards
-/// are refused (and audited) here, rather than queued and stopped at delivery.
+/// A renewal prompt a notice opens (a discharge) pauses sharing for that tenant once it
+/// is committed (`share_while_renewal_due = false`): for the notice's own forwards and,
+/// in a transaction Bundle, for the same tenant's later entries. Each was prepared
+/// against the consent as committed, so those forwards are refused (and audited) here,
+/// rather than queued, "accepted", and stopped for good at delivery.
 fn hold_forwards_behind_renewals(prepared: &mut [Prepared]) {
     let mut opened: Vec<TenantId> = Vec::new();
     for p in prepared.iter_mut() {
         let Prepared::Store { exchange, .. } = p else {
             continue;
         };
+        if exchange.renewal.is_some() && !opened.contains(&exchange.tenant) {
+            opened.push(exchange.tenant.clone());
+        }
         if opened.contains(&exchange.tenant) {
             for note in exchange.forwards.drain(..) {
                 let mut audit = note.audit;
@@ -608,9 +606,6 @@ fn hold_forwards_behind_renewals(prepared: &mut [Prepared]) {
                 audit.items_written.clear();
                 exchange.refused_forwards.push(audit);
             }
-        }
-        if exchange.renewal.is_some() && !opened.contains(&exchange.tenant) {
-            opened.push(exchange.tenant.clone());
         }
     }
 }
