@@ -329,11 +329,86 @@ pub struct Verification {
     /// Whether the anchor asked for was found in the verified chain.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub anchor_found: Option<bool>,
+    /// The break-glass review list checked against the reason digests in the chain
+    /// (when the store keeps one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub break_glass: Option<ReasonCheck>,
 }
 
 impl Verification {
     pub fn ok(&self) -> bool {
-        self.first_broken.is_none() && self.anchor_found != Some(false)
+        self.first_broken.is_none()
+            && self.anchor_found != Some(false)
+            && self
+                .break_glass
+                .as_ref()
+                .is_none_or(|c| c.problems.is_empty())
+    }
+}
+
+/// An emergency exchange as its audit record states it: the reason's digest is in the
+/// chain, the reason itself in the store's review list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Emergency {
+    pub seq: u64,
+    pub reference_id: String,
+    pub reason_digest: String,
+}
+
+/// The review list of break-glass reasons against the chain: every emergency in the
+/// chain has its reason, unchanged, and every reason has its emergency.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReasonCheck {
+    /// Emergency exchanges found in the verified records.
+    pub emergencies: u64,
+    pub problems: Vec<ReasonProblem>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReasonProblem {
+    pub reference_id: String,
+    pub problem: String,
+}
+
+/// Checks the stored reasons (reference ID → reason as stated) against the emergencies
+/// the chain records. The chain is the evidence: a reason deleted, edited or added
+/// behind Hearth's back no longer lines up with it.
+pub fn check_reasons(
+    emergencies: &[Emergency],
+    reasons: &std::collections::HashMap<String, String>,
+) -> ReasonCheck {
+    let mut problems = Vec::new();
+    for e in emergencies {
+        let problem = match reasons.get(&e.reference_id) {
+            None => {
+                "the chain records an emergency exchange whose stated reason is missing from the review list"
+            }
+            Some(reason) if digest(reason.as_bytes()) != e.reason_digest => {
+                "the stated reason differs from the one the chain recorded"
+            }
+            Some(_) => continue,
+        };
+        problems.push(ReasonProblem {
+            reference_id: e.reference_id.clone(),
+            problem: problem.to_string(),
+        });
+    }
+    let recorded: std::collections::HashSet<&str> = emergencies
+        .iter()
+        .map(|e| e.reference_id.as_str())
+        .collect();
+    let mut unrecorded: Vec<&String> = reasons
+        .keys()
+        .filter(|r| !recorded.contains(r.as_str()))
+        .collect();
+    unrecorded.sort();
+    problems.extend(unrecorded.into_iter().map(|r| ReasonProblem {
+        reference_id: r.clone(),
+        problem: "a stated reason with no emergency exchange in the chain".to_string(),
+    }));
+    ReasonCheck {
+        emergencies: emergencies.len() as u64,
+        problems,
     }
 }
 
@@ -375,6 +450,20 @@ pub struct ChainWalk<'a> {
     anchor: Option<&'a [u8]>,
     anchor_found: bool,
     broken: Option<BrokenLink>,
+    /// Emergency exchanges among the verified records, in order.
+    emergencies: Vec<Emergency>,
+}
+
+/// How a record names its break-glass reason's digest. Records are serialised JSON, so
+/// this key with its quotes cannot occur inside a string value (quotes there are escaped).
+const REASON_DIGEST_KEY: &[u8] = b"\"break_glass_reason_digest\":\"";
+
+/// The reason digest a record's body states, if any (without parsing the body: the walk
+/// reads every record).
+fn reason_digest(body: &[u8]) -> Option<&str> {
+    let at = memchr::memmem::find(body, REASON_DIGEST_KEY)? + REASON_DIGEST_KEY.len();
+    let len = memchr::memchr(b'"', &body[at..])?;
+    std::str::from_utf8(&body[at..at + len]).ok()
 }
 
 /// What the first record of a run says about the record before it.
@@ -394,7 +483,13 @@ impl<'a> ChainWalk<'a> {
             anchor,
             anchor_found: false,
             broken: None,
+            emergencies: Vec::new(),
         }
+    }
+
+    /// The emergency exchanges among the records this walk verified.
+    pub fn take_emergencies(&mut self) -> Vec<Emergency> {
+        std::mem::take(&mut self.emergencies)
     }
 
     /// Checks the next record; false once the run is broken (stop walking).
@@ -438,6 +533,13 @@ impl<'a> ChainWalk<'a> {
         self.prev.copy_from_slice(hash);
         self.anchor_found |= self.anchor == Some(hash);
         self.last_seq = seq;
+        if let Some(d) = reason_digest(body) {
+            self.emergencies.push(Emergency {
+                seq,
+                reference_id: reference_id.to_string(),
+                reason_digest: d.to_string(),
+            });
+        }
         true
     }
 
@@ -503,6 +605,7 @@ pub fn stitch<'a>(
         head: hex::encode(prev),
         first_broken,
         anchor_found: anchor.map(|_| anchor_found),
+        break_glass: None,
     }
 }
 
@@ -568,6 +671,72 @@ mod tests {
         assert!(!v.ok());
     }
 
+    #[test]
+    fn a_records_reason_digest_is_found_without_parsing_it() {
+        let mut e = AuditEntry::new(
+            ReferenceId::new(),
+            "2026-11-29T00:00:00Z".into(),
+            "POST /fhir/Communication".into(),
+            "create",
+            Direction::Inbound,
+        );
+        e.reason = Some(r#"quoted "break_glass_reason_digest":"sha256:forged" in a value"#.into());
+        let plain = serde_json::to_vec(&e).unwrap();
+        assert_eq!(
+            reason_digest(&plain),
+            None,
+            "a key quoted inside a value is not a key"
+        );
+        e.set_break_glass("BTG", "on-call nurse");
+        let body = serde_json::to_vec(&e).unwrap();
+        assert_eq!(
+            reason_digest(&body),
+            Some(digest(b"on-call nurse").as_str())
+        );
+    }
+
+    #[test]
+    fn the_review_list_must_line_up_with_the_chains_emergencies() {
+        let emergency = |r: &str, reason: &str| Emergency {
+            seq: 1,
+            reference_id: r.into(),
+            reason_digest: digest(reason.as_bytes()),
+        };
+        let chain = [
+            emergency("A", "fire"),
+            emergency("B", "flood"),
+            emergency("C", "fall"),
+        ];
+        let reasons: std::collections::HashMap<String, String> = [
+            ("A", "fire"),          // as recorded
+            ("B", "routine check"), // edited
+            // C deleted
+            ("D", "made up"), // added
+        ]
+        .into_iter()
+        .map(|(r, why)| (r.to_string(), why.to_string()))
+        .collect();
+        let check = check_reasons(&chain, &reasons);
+        assert_eq!(check.emergencies, 3);
+        let found: Vec<(&str, &str)> = check
+            .problems
+            .iter()
+            .map(|p| (p.reference_id.as_str(), p.problem.as_str()))
+            .collect();
+        assert_eq!(found.len(), 3, "{found:?}");
+        assert!(found[0].0 == "B" && found[0].1.contains("differs"));
+        assert!(found[1].0 == "C" && found[1].1.contains("missing"));
+        assert!(found[2].0 == "D" && found[2].1.contains("no emergency"));
+        let v = Verification {
+            records: 3,
+            head: String::new(),
+            first_broken: None,
+            anchor_found: None,
+            break_glass: Some(check),
+        };
+        assert!(!v.ok());
+    }
+
     /// The definition: one walk from the genesis, stopping at the first bad record.
     fn reference(records: &[StoredRecord], anchor: Option<&[u8]>) -> Verification {
         let (mut count, mut prev, mut found) = (0u64, GENESIS, false);
@@ -591,6 +760,7 @@ mod tests {
                         problem,
                     }),
                     anchor_found: anchor.map(|_| found),
+                    break_glass: None,
                 };
             }
             prev.copy_from_slice(&r.hash);
@@ -602,6 +772,7 @@ mod tests {
             head: hex::encode(prev),
             first_broken: None,
             anchor_found: anchor.map(|_| found),
+            break_glass: None,
         }
     }
 

@@ -234,12 +234,21 @@ fn audit(command: AuditCommand) -> anyhow::Result<i32> {
                     v.records
                 ),
                 (None, _) => println!(
-                    "OK: {} records verified in {:.2}s ({:.0} records/s); head {}",
+                    "{}: {} records verified in {:.2}s ({:.0} records/s); head {}",
+                    if v.ok() { "OK" } else { "CHAIN INTACT" },
                     v.records,
                     secs,
                     v.records as f64 / secs.max(1e-9),
                     v.head
                 ),
+            }
+            if let Some(check) = &v.break_glass {
+                for p in &check.problems {
+                    println!(
+                        "BREAK-GLASS REVIEW LIST ALTERED (reference ID {}): {}.",
+                        p.reference_id, p.problem
+                    );
+                }
             }
             Ok(if v.ok() { 0 } else { 1 })
         }

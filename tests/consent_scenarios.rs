@@ -270,6 +270,9 @@ async fn staff_need_urgent_clinical_advice() {
     assert_eq!(review.body["break_glass"][0]["reason"], reason);
     assert_eq!(review.body["break_glass"][0]["reason_matches_audit"], true);
     assert_eq!(app.get("/audit/break-glass", HOUSING).await.status, 403);
+    let verify = app.get("/audit/verify", AUDITOR).await;
+    assert_eq!(verify.body["ok"], true);
+    assert_eq!(verify.body["verification"]["break_glass"]["emergencies"], 1);
 
     // The reasons are append-only, and the chain holds each one's digest: a reason
     // edited behind Hearth's back (triggers dropped first) shows as not matching.
@@ -285,6 +288,26 @@ async fn staff_need_urgent_clinical_advice() {
     .unwrap();
     let review = app.get("/audit/break-glass", AUDITOR).await;
     assert_eq!(review.body["break_glass"][0]["reason_matches_audit"], false);
+    // The inspector's check of the whole trail says so too, naming the exchange...
+    let verify = app.get("/audit/verify", AUDITOR).await;
+    assert_eq!(verify.body["ok"], false, "{verify:?}");
+    let problems = &verify.body["verification"]["break_glass"]["problems"];
+    assert_eq!(problems[0]["reference_id"], urgent.reference_id());
+    assert!(problems[0]["problem"].as_str().unwrap().contains("differs"));
+    // ...and a reason deleted outright does not simply vanish from review: the chain
+    // still records the emergency.
+    db.execute_batch(
+        "DROP TRIGGER break_glass_is_append_only_delete;
+         DELETE FROM break_glass;",
+    )
+    .unwrap();
+    let review = app.get("/audit/break-glass", AUDITOR).await;
+    assert_eq!(review.body["break_glass"], json!([]));
+    let verify = app.get("/audit/verify", AUDITOR).await;
+    assert_eq!(verify.body["ok"], false);
+    let problems = &verify.body["verification"]["break_glass"]["problems"];
+    assert_eq!(problems[0]["reference_id"], urgent.reference_id());
+    assert!(problems[0]["problem"].as_str().unwrap().contains("missing"));
     let disclosures = app
         .get("/housing/tenants/T-1001/disclosures", HOUSING)
         .await;

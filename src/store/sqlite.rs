@@ -665,10 +665,11 @@ impl SqliteStore {
                     .unwrap_or_else(|_| Err(StoreError::Internal("verify thread panicked".into())))
             }));
             done.store(true, Ordering::Relaxed);
-            Ok(audit::stitch(
-                walks.into_iter().collect::<StoreResult<Vec<_>>>()?,
+            finish_verification(
+                &conn,
+                walks.into_iter().collect::<StoreResult<_>>()?,
                 anchor,
-            ))
+            )
         })
     }
 
@@ -824,6 +825,44 @@ fn walk_run<'a>(
         }
     }
     Ok(walk)
+}
+
+/// Joins the walked runs into the chain's verification, and checks the break-glass review
+/// list against the emergencies the chain records (when the chain itself holds).
+fn finish_verification(
+    conn: &Connection,
+    mut walks: Vec<audit::ChainWalk<'_>>,
+    anchor: Option<&[u8]>,
+) -> StoreResult<Verification> {
+    let emergencies: Vec<_> = walks
+        .iter_mut()
+        .flat_map(|w| w.take_emergencies())
+        .collect();
+    let mut v = audit::stitch(walks, anchor);
+    if v.first_broken.is_some() {
+        return Ok(v); // the chain is the evidence, and it is already broken
+    }
+    let mut reasons: std::collections::HashMap<String, String> = conn
+        .prepare("SELECT reference_id, reason FROM break_glass")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    // Read after the walk, the list may hold reasons of exchanges committed since (the
+    // walk and this read are separate snapshots while the gateway writes): those are
+    // newer than the chain verified, not unaccounted for.
+    let walked: std::collections::HashSet<&str> = emergencies
+        .iter()
+        .map(|e| e.reference_id.as_str())
+        .collect();
+    let mut newer = conn.prepare("SELECT 1 FROM audit WHERE reference_id = ?1 AND seq > ?2")?;
+    let mut unaccounted = Vec::new();
+    for reference in reasons.keys().filter(|r| !walked.contains(r.as_str())) {
+        if !newer.exists(params![reference, v.records as i64])? {
+            unaccounted.push(reference.clone());
+        }
+    }
+    reasons.retain(|r, _| walked.contains(r.as_str()) || unaccounted.contains(r));
+    v.break_glass = Some(audit::check_reasons(&emergencies, &reasons));
+    Ok(v)
 }
 
 fn audit_row(r: &rusqlite::Row<'_>) -> StoreResult<AuditRow> {
@@ -1553,8 +1592,11 @@ impl AuditStore for SqliteStore {
     }
 
     async fn verify(&self, anchor: Option<Vec<u8>>) -> StoreResult<Verification> {
-        self.read(move |conn| Ok(walk_run(conn, i64::MIN, i64::MAX, anchor.as_deref())?.finish()))
-            .await
+        self.read(move |conn| {
+            let walk = walk_run(conn, i64::MIN, i64::MAX, anchor.as_deref())?;
+            finish_verification(conn, vec![walk], anchor.as_deref())
+        })
+        .await
     }
 
     async fn break_glass_records(&self) -> StoreResult<Vec<BreakGlassRecord>> {
