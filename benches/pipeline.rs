@@ -94,6 +94,7 @@ fn minimise(t: &Translation) -> Vec<u8> {
         state: "current".into(),
         received_at,
         items,
+        retired: Vec::new(),
     };
     let copy = hearth::gateway::minimised_copy(&ex, TENANT_SYSTEM);
     black_box(stored);

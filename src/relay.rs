@@ -11,7 +11,7 @@
 //! Invariant: the relay reads the note's prepared payload; it never builds FHIR from
 //! anything inbound.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,7 +23,7 @@ use crate::audit::{AuditEntry, Direction, Outcome};
 use crate::auth::{Principal, Role};
 use crate::clock::rfc3339;
 use crate::consent::Flow;
-use crate::gateway::notes::unix_ms;
+use crate::gateway::notes::{fact_ids, fact_labels, unix_ms};
 use crate::gateway::{Call, Gateway};
 use crate::ids::{PartnerId, ReferenceId};
 use crate::store::{AttemptResult, Delivery};
@@ -406,34 +406,6 @@ fn without_bundle_references(resource: &Value) -> Value {
         focus.remove("reference");
     }
     resource
-}
-
-/// The ids of the facts a note carries.
-fn fact_ids(note: &Value) -> Vec<String> {
-    note["facts"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|f| f["id"].as_str().map(str::to_string))
-        .collect()
-}
-
-/// The labels of the facts a note carries, so a restriction added since it was queued
-/// stops it.
-fn fact_labels(note: &Value) -> Vec<BTreeSet<String>> {
-    note["facts"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|f| {
-            f["labels"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|l| l.as_str().map(str::to_string))
-                .collect()
-        })
-        .collect()
 }
 
 /// Audit entry helper for operators replaying a dead letter.

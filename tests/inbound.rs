@@ -244,6 +244,16 @@ async fn a_changed_notice_with_the_same_identifier_supersedes_and_entered_in_err
     let added: Vec<&Value> = feed.iter().filter(|e| e["change"] == "added").collect();
     assert_eq!(added.len(), 6, "{feed:?}");
     assert!(added.iter().all(|e| e.get("item").is_none()), "{added:?}");
+    // Nor does reading the exchange itself: housing gets the entered-in-error copy with
+    // none of its items; the sender still sees what it sent.
+    for reference in [first.reference_id(), corrected.reference_id()] {
+        let path = format!("/fhir/Communication/{reference}");
+        let copy = app.get(&path, HOUSING).await;
+        assert_eq!(copy.status, 200, "{copy:?}");
+        assert!(!copy.body.to_string().contains("dataset-item"), "{copy:?}");
+        let own = app.get(&path, CLINIC).await;
+        assert!(own.body.to_string().contains("dataset-item"), "{own:?}");
+    }
 }
 
 #[tokio::test]

@@ -642,6 +642,16 @@ async fn a_notice_retracted_before_its_forward_is_delivered_is_not_forwarded() {
         partner.bundles().is_empty(),
         "the retracted notice went out"
     );
+    // Housing reading the stopped forward sees which facts it carried, not their content.
+    let note = app.get(&format!("/housing/notes/{forward}"), HOUSING).await;
+    let facts = note.body["note"]["facts"].as_array().unwrap();
+    assert!(!facts.is_empty(), "{note:?}");
+    assert!(
+        facts
+            .iter()
+            .all(|f| f["retired"] == true && f.as_object().unwrap().len() == 2),
+        "{note:?}"
+    );
 }
 
 #[tokio::test]

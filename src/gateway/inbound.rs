@@ -562,8 +562,11 @@ impl Gateway {
         audit.related = Some(ex.reference_id);
         // Housing reads under the tenant's consent as it stands now, as the tenant view
         // and the feed do: a restriction added since the exchange hides its items here
-        // too. The sender sees what it sent; auditors and admins see for oversight.
+        // too, and so does a retraction or correction since. The sender sees what it
+        // sent; auditors and admins see for oversight.
         if call.principal.role == Role::Housing {
+            let retired = std::mem::take(&mut ex.retired);
+            ex.items.retain(|i| !retired.contains(&i.id));
             let withheld = self
                 .housing_use(
                     call,

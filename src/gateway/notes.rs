@@ -1,6 +1,8 @@
 //! Care coordination notes: a housing worker's structured request to a partner, built
 //! into FHIR from dataset items only and queued for durable delivery.
 
+use std::collections::BTreeSet;
+
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -13,7 +15,7 @@ use crate::dataset::{DatasetItem, ItemKind, StoredItem};
 use crate::error::Error;
 use crate::fhir::{self, Issue, IssueCode};
 use crate::ids::{Identifier, PartnerId, TenantId};
-use crate::store::NewNote;
+use crate::store::{NewNote, NoteThread};
 
 /// Longest reason or requested action a worker may write.
 pub const MAX_TEXT: usize = 1000;
@@ -58,6 +60,52 @@ impl Priority {
 }
 
 impl Gateway {
+    /// Notes as housing may read them now. A fact retracted or corrected since the note
+    /// was written, or one the tenant's current consent keeps from housing, is shown by
+    /// its id only: the same rule as the feed and the tenant view.
+    pub async fn notes_for_housing(
+        &self,
+        call: &Call,
+        threads: &mut [NoteThread],
+    ) -> Result<(), Error> {
+        for t in threads {
+            let ids = fact_ids(&t.note);
+            if ids.is_empty() {
+                continue;
+            }
+            let retired = self.store.retired_items(ids.clone()).await?;
+            let labels: Vec<Vec<String>> = fact_labels(&t.note)
+                .into_iter()
+                .map(|l| l.into_iter().collect())
+                .collect();
+            // The read is audited as one record; per-note decisions are not.
+            let mut scratch = call.audit("read-note", crate::audit::Direction::Internal);
+            let withheld = self
+                .housing_use(
+                    call,
+                    &t.tenant,
+                    labels.iter().map(Vec::as_slice),
+                    &mut scratch,
+                )
+                .await?;
+            let Some(facts) = t.note.get_mut("facts").and_then(Value::as_array_mut) else {
+                continue;
+            };
+            for (i, fact) in facts.iter_mut().enumerate() {
+                let id = fact["id"].clone();
+                if id
+                    .as_str()
+                    .is_some_and(|id| retired.iter().any(|r| r == id))
+                {
+                    *fact = json!({"id": id, "retired": true});
+                } else if withheld.contains(&i) {
+                    *fact = json!({"id": id, "restricted": true});
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Validates a note, decides consent for the receiving partner, builds the FHIR the
     /// partner will receive, and queues it durably. Returns the stored note.
     pub async fn queue_note(
@@ -513,4 +561,32 @@ fn describe(item: &DatasetItem) -> String {
             }
         ),
     }
+}
+
+/// The ids of the facts a note carries.
+pub(crate) fn fact_ids(note: &Value) -> Vec<String> {
+    note["facts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|f| f["id"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// The labels of the facts a note carries, so a restriction added since it was queued
+/// stops it.
+pub(crate) fn fact_labels(note: &Value) -> Vec<BTreeSet<String>> {
+    note["facts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|f| {
+            f["labels"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|l| l.as_str().map(str::to_string))
+                .collect()
+        })
+        .collect()
 }

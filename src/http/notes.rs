@@ -85,7 +85,7 @@ async fn thread(
     let id: ReferenceId = reference
         .parse()
         .map_err(|_| Failure::new(not_found(), audit.clone()))?;
-    let t = state
+    let mut t = state
         .gateway
         .store
         .note_thread(&id)
@@ -94,6 +94,11 @@ async fn thread(
         .ok_or_else(|| Failure::new(not_found(), audit.clone()))?;
     audit.tenant = Some(t.tenant.clone());
     audit.related = Some(id);
+    state
+        .gateway
+        .notes_for_housing(&call, std::slice::from_mut(&mut t))
+        .await
+        .map_err(|e| Failure::new(e, audit.clone()))?;
     let mut response = axum::Json(view(&state, &t)).into_response();
     response.extensions_mut().insert(AuditDraft(audit));
     Ok(response)
@@ -117,12 +122,17 @@ async fn list(
     let q = super::extract::query(query).map_err(|e| fail(e, &audit))?;
     let tenant = q.tenant.map(TenantId::new);
     audit.tenant = tenant.clone();
-    let threads = state
+    let mut threads = state
         .gateway
         .store
         .note_threads(tenant.as_ref())
         .await
         .map_err(|e| fail(e.into(), &audit))?;
+    state
+        .gateway
+        .notes_for_housing(&call, &mut threads)
+        .await
+        .map_err(|e| fail(e, &audit))?;
     let notes: Vec<Value> = threads
         .iter()
         .map(|t| view(&state, t))
@@ -140,12 +150,17 @@ async fn dead_letters(
 ) -> Result<Response, Failure> {
     let mut audit = call.audit("list-dead-letters", Direction::Internal);
     housing_only(&call).map_err(|e| Failure::new(e, audit.clone()))?;
-    let threads = state
+    let mut threads = state
         .gateway
         .store
         .dead_letters()
         .await
         .map_err(|e| Failure::new(e.into(), audit.clone()))?;
+    state
+        .gateway
+        .notes_for_housing(&call, &mut threads)
+        .await
+        .map_err(|e| Failure::new(e, audit.clone()))?;
     audit.count = Some(threads.len());
     let notes: Vec<Value> = threads.iter().map(|t| view(&state, t)).collect();
     let mut response = axum::Json(json!({"notes": notes})).into_response();

@@ -112,6 +112,8 @@ pub struct StoredExchange {
     pub state: String,
     pub received_at: String,
     pub items: Vec<StoredItem>,
+    /// Ids of its items since superseded or retracted (on their own or with it).
+    pub retired: Vec<String>,
 }
 
 /// One entry of the housing updates feed. Its JSON form is [`FeedEntry::write_json`].

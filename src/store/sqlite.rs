@@ -1453,12 +1453,18 @@ impl ExchangeStore for SqliteStore {
             };
             let (from, to) = item_range(&reference);
             let mut stmt = conn.prepare_cached(
-                "SELECT body FROM items WHERE item_id >= ?1 AND item_id < ?2 AND reference_id = ?3 ORDER BY item_id",
+                "SELECT body, state FROM items WHERE item_id >= ?1 AND item_id < ?2 AND reference_id = ?3 ORDER BY item_id",
             )?;
-            let items = stmt
-                .query_map(params![from, to, reference], |r| r.get::<_, String>(0))?
-                .map(|b| Ok(serde_json::from_str::<StoredItem>(&b?)?))
-                .collect::<StoreResult<Vec<_>>>()?;
+            let mut items = Vec::new();
+            let mut retired = Vec::new();
+            let mut rows = stmt.query(params![from, to, reference])?;
+            while let Some(r) = rows.next()? {
+                let item: StoredItem = serde_json::from_str(&r.get::<_, String>(0)?)?;
+                if r.get::<_, String>(1)? != "current" {
+                    retired.push(item.id.clone());
+                }
+                items.push(item);
+            }
             Ok(Some(StoredExchange {
                 reference_id: parse_ref(reference.clone())?,
                 partner: PartnerId::new(partner),
@@ -1468,6 +1474,7 @@ impl ExchangeStore for SqliteStore {
                 state,
                 received_at,
                 items,
+                retired,
             }))
         })
         .await
