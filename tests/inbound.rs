@@ -598,6 +598,14 @@ async fn an_unknown_tenant_and_a_tenant_without_consent_look_the_same_to_a_partn
     let claimed = app.post("/fhir/Communication", OTHER_CLINIC, &reply).await;
     assert_eq!(claimed.status, 403, "{claimed:?}");
     assert_eq!(claimed.body["issue"][0], unknown.body["issue"][0]);
+    // And when it "retracts" a notice it never sent: only a retraction of the partner's
+    // own exchange goes ahead without consent.
+    let mut probe = notice.clone();
+    probe["identifier"][0]["value"] = json!("probe-1");
+    probe["status"] = json!("entered-in-error");
+    let retract_nothing = app.post("/fhir/Communication", OTHER_CLINIC, &probe).await;
+    assert_eq!(retract_nothing.status, 403, "{retract_nothing:?}");
+    assert_eq!(retract_nothing.body["issue"][0], unknown.body["issue"][0]);
     assert!(feed_items(&app).await.is_empty());
 
     // The audit keeps the real reasons.
@@ -623,6 +631,17 @@ async fn consent_is_decided_at_the_time_of_each_exchange() {
     app.clock.set(time::macros::datetime!(2027-01-02 09:00 UTC));
     let late = post_notice(&app, "care-contact-update.json").await;
     assert_eq!(late.status, 403, "{late:?}");
+    // Withdrawing what it sent needs no consent: the clinic can still retract its notice.
+    let mut retraction = fixture("risk-flag-update.json");
+    retraction["status"] = json!("entered-in-error");
+    let retracted = app.post("/fhir/Communication", CLINIC, &retraction).await;
+    assert_eq!(retracted.status, 200, "{retracted:?}");
+    assert!(
+        app.get("/housing/tenants/T-1001", HOUSING).await.body["items"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
     let audit = app
         .get(
             &format!("/audit/records?reference_id={}", late.reference_id()),

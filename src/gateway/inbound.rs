@@ -139,8 +139,11 @@ impl Gateway {
         let translation = self.mappings.translate(&resource);
         audit.dropped_paths = translation.dropped.clone();
 
-        // A retraction removes data, so it needs no consent; anything else does.
-        let (consent, withheld) = if retract {
+        // A partner retracting what it sent removes data, so it needs no consent; anything
+        // else does. A retraction of nothing is decided like any exchange: otherwise its
+        // 200, against a 403 for a stranger, would tell a partner who is a tenant.
+        let retracts_own = retract && self.store.sent_before(&key).await?;
+        let (consent, withheld) = if retracts_own {
             (None, Vec::new())
         } else {
             let labels: Vec<BTreeSet<String>> =

@@ -380,6 +380,9 @@ pub trait ExchangeStore: Send + Sync {
         system: Option<&str>,
         value: &str,
     ) -> StoreResult<Vec<ReferenceId>>;
+    /// Whether `key`'s partner has sent an exchange under that identifier before (in any
+    /// state): what it may retract without consent.
+    async fn sent_before(&self, key: &ExchangeKey) -> StoreResult<bool>;
     async fn exchange(&self, reference_id: &ReferenceId) -> StoreResult<Option<StoredExchange>>;
     async fn feed(&self, after_seq: u64, limit: usize) -> StoreResult<Vec<FeedEntry>>;
     /// The feed's newest sequence number, updated after every commit that added to it

@@ -1427,6 +1427,24 @@ impl ExchangeStore for SqliteStore {
         .await
     }
 
+    async fn sent_before(&self, key: &ExchangeKey) -> StoreResult<bool> {
+        let key = key.clone();
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached(
+                    "SELECT 1 FROM exchanges
+                     WHERE partner = ?1 AND resource_type = ?2 AND ident_value = ?3 AND ident_system = ?4",
+                )?
+                .exists(params![
+                    key.partner.as_str(),
+                    key.resource_type,
+                    key.identifier.value,
+                    key.identifier.system
+                ])?)
+        })
+        .await
+    }
+
     async fn exchange(&self, reference_id: &ReferenceId) -> StoreResult<Option<StoredExchange>> {
         let reference = reference_id.to_string();
         self.read(move |conn| {
