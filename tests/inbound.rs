@@ -561,6 +561,21 @@ async fn error_statuses_are_operation_outcomes() {
         (a.status, a.error_expressions()),
         (422, vec!["CarePlan.intent".to_string()])
     );
+    // A value the profile refuses is pointed at, never quoted back: it may be a date of
+    // birth or a note's text.
+    let mut bad_birth_date = fixture("discharge-notice-oversharing.json");
+    bad_birth_date["contained"][0]["birthDate"] = json!("1955-13-08");
+    let a = app
+        .post("/fhir/Communication", CLINIC, &bad_birth_date)
+        .await;
+    assert_eq!(
+        (a.status, a.error_expressions()),
+        (
+            422,
+            vec!["Communication.contained[0].birthDate".to_string()]
+        )
+    );
+    assert!(!a.body.to_string().contains("1955-13-08"), "{a:?}");
     // A subject Hearth cannot link by identifier.
     let mut anonymous = notice.clone();
     anonymous["subject"] = json!({"display": "Room 4"});

@@ -149,8 +149,11 @@ impl Profiles {
                 ValidationErrorKind::Type { .. } => IssueCode::Structure,
                 _ => IssueCode::Value,
             };
+            // Masked: the schema's own message quotes the offending value, which may be
+            // a date of birth or a note's text; the expression says where it is.
             issues.push(
-                Issue::error(code, error.to_string()).at(pointer_to_expression(root_type, &ptr)),
+                Issue::error(code, error.masked().to_string())
+                    .at(pointer_to_expression(root_type, &ptr)),
             );
         }
     }

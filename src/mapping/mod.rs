@@ -540,8 +540,13 @@ fn collect_codings<'a>(v: &'a Value, out: &mut Vec<(&'a str, &'a str)>) {
 
 fn problem_for(source: &Source, node_expr: &str, e: &serde_json::Error) -> Problem {
     let msg = e.to_string();
-    // serde names the field in backticks: "missing field `start`".
-    let field = msg.split('`').nth(1).unwrap_or_default();
+    // serde names the field in backticks: "missing field `start`". Other messages
+    // quote the value there ("unknown variant `…`"), which is not a field to name.
+    let field = if msg.starts_with("missing field") || msg.starts_with("unknown field") {
+        msg.split('`').nth(1).unwrap_or_default()
+    } else {
+        ""
+    };
     let path = source
         .fields
         .iter()
@@ -558,8 +563,14 @@ fn problem_for(source: &Source, node_expr: &str, e: &serde_json::Error) -> Probl
             "this resource carries a {kind}, but its `{field}` is missing or not in a form Hearth reads"
         )
     } else {
+        // Only what was expected: serde's message also quotes the value it got, which
+        // is clinical content and goes back to the sender and into logs.
+        let expected = msg
+            .find("expected")
+            .map(|at| format!(" ({})", &msg[at..]))
+            .unwrap_or_default();
         format!(
-            "this resource carries a {kind}, but a value is outside the dataset's vocabulary ({msg})"
+            "this resource carries a {kind}, but a value is outside the dataset's vocabulary{expected}"
         )
     };
     Problem {
@@ -863,6 +874,27 @@ mod tests {
             t.problems[0].expression,
             "Communication.contained[0].medicationCodeableConcept.text"
         );
+    }
+
+    /// A value the dataset's vocabulary refuses is described by what was expected; the
+    /// value itself (clinical content) is not quoted back.
+    #[test]
+    fn a_value_outside_the_vocabulary_is_not_quoted_in_the_problem() {
+        let m = mappings();
+        let source = m
+            .sources
+            .iter()
+            .find(|s| s.kind == ItemKind::NextAppointment)
+            .unwrap();
+        let e = DatasetItem::from_fields(
+            ItemKind::NextAppointment,
+            json!({"start": "2026-12-01T09:00:00Z", "transport_needed": "after methadone dosing"}),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("methadone dosing"), "{e}");
+        let p = problem_for(source, "Communication.contained[0]", &e);
+        assert!(!p.message.contains("methadone"), "{}", p.message);
+        assert!(p.message.contains("expected"), "{}", p.message);
     }
 
     /// Only an order in force or ended is a medication change: a draft, a paused or

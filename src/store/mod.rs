@@ -42,8 +42,15 @@ impl From<rusqlite::Error> for StoreError {
 }
 
 impl From<serde_json::Error> for StoreError {
+    /// Where, not what: the message of a stored body that no longer reads would quote
+    /// its values, and internal errors are logged.
     fn from(e: serde_json::Error) -> Self {
-        StoreError::Internal(e.to_string())
+        StoreError::Internal(format!(
+            "stored JSON does not read ({:?} error at line {} column {})",
+            e.classify(),
+            e.line(),
+            e.column()
+        ))
     }
 }
 
