@@ -214,6 +214,7 @@ impl Gateway {
                 digest,
                 received_at,
                 consent,
+                consents_seen: (!retracts_own).then(|| context.consents.len()),
                 renewal,
                 in_response_to,
                 forwards,

@@ -1243,6 +1243,26 @@ fn cursor(after_seq: u64) -> i64 {
     i64::try_from(after_seq).unwrap_or(i64::MAX)
 }
 
+/// Consent is decided before the exchange reaches the writer; a consent version stored
+/// in between (a revocation, a narrower consent) would otherwise be overtaken by an
+/// exchange decided under the one it replaced. Versions are only ever added, so their
+/// number tells whether any changed. The `Ok(Err)` refuses without failing the batch.
+fn consent_unchanged(tx: &Transaction<'_>, ex: &NewExchange) -> StoreResult<StoreResult<()>> {
+    let Some(seen) = ex.consents_seen else {
+        return Ok(Ok(()));
+    };
+    let now: i64 = tx
+        .prepare_cached("SELECT count(*) FROM consents WHERE tenant_id = ?1")?
+        .query_row([ex.tenant.as_str()], |r| r.get(0))?;
+    Ok(if now as usize == seen {
+        Ok(())
+    } else {
+        Err(StoreError::Conflict(
+            "the tenant's consent changed while this exchange was processed; nothing was stored. Send it again to have it decided under the consent now in force".into(),
+        ))
+    })
+}
+
 fn commit_one(ctx: &mut WriteCtx<'_>, mut ex: NewExchange) -> StoreResult<ExchangeOutcome> {
     let reference = ex.reference_id.to_string();
     let earlier: Option<(String, String)> = ctx
@@ -1388,17 +1408,24 @@ impl ExchangeStore for SqliteStore {
         exchanges: Vec<NewExchange>,
         audits: Vec<AuditEntry>,
     ) -> StoreResult<Vec<ExchangeOutcome>> {
-        // Fails only when the database does: `commit_one` refuses nothing after writing.
+        // Fails only when the database does: a changed consent is refused before anything
+        // is written, and `commit_one` refuses nothing after writing.
         self.write_with(Isolation::Batch, move |ctx| {
+            for ex in &exchanges {
+                if let Err(changed) = consent_unchanged(ctx.tx, ex)? {
+                    return Ok(Err(changed));
+                }
+            }
             for audit in &audits {
                 ctx.audit(audit)?;
             }
             exchanges
                 .into_iter()
                 .map(|ex| commit_one(ctx, ex))
-                .collect()
+                .collect::<StoreResult<Vec<_>>>()
+                .map(Ok)
         })
-        .await
+        .await?
     }
 
     async fn find_exchanges(

@@ -191,6 +191,8 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub clock: Arc<ManualClock>,
     pub data: TempDir,
+    /// The running server's gateway, for tests that must interleave its steps (races).
+    pub gateway: Arc<hearth::gateway::Gateway>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
@@ -229,6 +231,7 @@ pub async fn spawn_configured(
         .await
         .expect("bind");
     let addr = listener.local_addr().unwrap();
+    let gateway = app.state.gateway.clone();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(hearth::startup::run(listener, app, async {
         let _ = rx.await;
@@ -239,6 +242,7 @@ pub async fn spawn_configured(
         client,
         clock,
         data,
+        gateway,
         shutdown: Some(tx),
         server: Some(server),
     }
