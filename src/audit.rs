@@ -42,6 +42,9 @@ pub enum Outcome {
     Replayed,
     Corrected,
     Retracted,
+    /// Stored already superseded: a later version from the same partner was stored
+    /// first (requests finish out of order).
+    Overtaken,
     Read,
     Refused,
     Invalid,
@@ -208,6 +211,7 @@ pub fn to_audit_event(seq: u64, hash: &str, e: &AuditEntry) -> serde_json::Value
         | Outcome::Replayed
         | Outcome::Corrected
         | Outcome::Retracted
+        | Outcome::Overtaken
         | Outcome::Read => "0",
         Outcome::Refused | Outcome::Invalid => "4",
         Outcome::Failed => "8",

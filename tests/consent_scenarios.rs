@@ -897,34 +897,9 @@ async fn a_consent_form_with_mistakes_is_refused_with_clear_errors() {
 /// stops that notice: it is not stored under the consent the tenant just withdrew.
 #[tokio::test]
 async fn a_revocation_overtakes_a_notice_decided_before_it() {
-    use hearth::auth::{Principal, Role};
-    use hearth::gateway::Call;
-    use hearth::ids::{PartnerId, ReferenceId};
     let app = spawn_app().await.with_consenting_tenant().await;
     let id = app.consent_id_with_status("active").await;
-    let call = Call {
-        reference_id: ReferenceId::new(),
-        principal: Principal {
-            id: "riverside-ehr".into(),
-            org: PartnerId::new("riverside-clinic"),
-            role: Role::Clinic,
-        },
-        at: time::macros::datetime!(2026-11-23 10:00 UTC),
-        request: "POST /fhir/Communication".into(),
-        parent: None,
-        break_glass: None,
-    };
-    let mut audit = call.audit("create", hearth::audit::Direction::Inbound);
-    let prepared = app
-        .gateway
-        .prepare(
-            &call,
-            "Communication",
-            fixture("discharge-notice.json"),
-            "sha256:race".into(),
-            None,
-            &mut audit,
-        )
+    let prepared = prepare_clinic_notice(&app, fixture("discharge-notice.json"))
         .await
         .expect("permitted under the consent as it stood");
     let revoked = app

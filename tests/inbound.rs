@@ -256,6 +256,57 @@ async fn a_changed_notice_with_the_same_identifier_supersedes_and_entered_in_err
     }
 }
 
+/// Requests finish out of order: a notice that arrived first but is stored after the
+/// partner's later correction or retraction of it must not undo them.
+#[tokio::test]
+async fn an_older_version_stored_after_a_newer_one_changes_nothing() {
+    let app = spawn_app().await.with_consenting_tenant().await;
+    let notice = fixture("risk-flag-update.json");
+    for later in ["correction", "retraction"] {
+        let mut first = notice.clone();
+        first["identifier"][0]["value"] = json!(format!("out-of-order-{later}"));
+        let slow = prepare_clinic_notice(&app, first.clone()).await.unwrap();
+        let mut newer = first.clone();
+        match later {
+            "correction" => newer["contained"][0]["status"] = json!("inactive"),
+            _ => newer["status"] = json!("entered-in-error"),
+        }
+        let fast = app.post("/fhir/Communication", CLINIC, &newer).await;
+        assert!(fast.status == 200 || fast.status == 201, "{fast:?}");
+        let receipts = app.gateway.commit(vec![slow]).await.unwrap();
+        assert_eq!(
+            receipts[0].outcome,
+            hearth::store::ExchangeOutcome::Overtaken {
+                by: fast.reference_id().parse().unwrap()
+            }
+        );
+        let items = app.get("/housing/tenants/T-1001", HOUSING).await.body["items"].clone();
+        let from_slow = items
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i["provenance"]["reference_id"] == receipts[0].location.to_string())
+            .count();
+        assert_eq!(from_slow, 0, "{later}: {items}");
+        if later == "correction" {
+            assert!(
+                items
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|i| i["status"] == "inactive"),
+                "{items}"
+            );
+        }
+        let slow_ref = json!(receipts[0].location.to_string());
+        let feed = app.feed_all().await;
+        assert!(
+            feed.iter().all(|e| e["reference_id"] != slow_ref),
+            "{feed:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn if_none_exist_matching_one_is_a_replay_and_matching_several_is_412() {
     let app = spawn_app().await.with_consenting_tenant().await;

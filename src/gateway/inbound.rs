@@ -301,7 +301,9 @@ impl Gateway {
                     })?;
                     let (location, written, forwarded) = match &outcome {
                         ExchangeOutcome::Replayed { original } => (*original, 0, 0),
-                        ExchangeOutcome::Retracted { .. } => (reference_id, 0, 0),
+                        ExchangeOutcome::Retracted { .. } | ExchangeOutcome::Overtaken { .. } => {
+                            (reference_id, 0, 0)
+                        }
                         _ => (reference_id, items, forwards),
                     };
                     Ok(Receipt {

@@ -189,9 +189,9 @@ fn status_and_location(
                 ExchangeOutcome::Accepted | ExchangeOutcome::Corrected { .. } => {
                     StatusCode::CREATED
                 }
-                ExchangeOutcome::Replayed { .. } | ExchangeOutcome::Retracted { .. } => {
-                    StatusCode::OK
-                }
+                ExchangeOutcome::Replayed { .. }
+                | ExchangeOutcome::Retracted { .. }
+                | ExchangeOutcome::Overtaken { .. } => StatusCode::OK,
             };
             (
                 status,
@@ -227,6 +227,9 @@ fn receipt_issues(r: &Receipt) -> Vec<Issue> {
         ExchangeOutcome::Replayed { original } => {
             format!("already received as reference ID {original}; nothing new stored")
         }
+        ExchangeOutcome::Overtaken { by } => format!(
+            "a later version of this resource (reference ID {by}) was stored first; this one is kept as superseded and changes nothing"
+        ),
     };
     let mut issues = vec![Issue::information(summary)];
     issues.extend(r.dropped.iter().map(|p| Issue::dropped(p)));

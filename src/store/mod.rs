@@ -110,6 +110,11 @@ pub enum ExchangeOutcome {
     Replayed {
         original: ReferenceId,
     },
+    /// Same key, but a later version (a correction or retraction the partner sent after
+    /// this one) was stored first: this one is kept as superseded and changes nothing.
+    Overtaken {
+        by: ReferenceId,
+    },
 }
 
 /// Hearth's record of one exchange, from which its minimised copy is built.

@@ -1263,6 +1263,30 @@ fn consent_unchanged(tx: &Transaction<'_>, ex: &NewExchange) -> StoreResult<Stor
     })
 }
 
+fn insert_exchange(
+    tx: &Transaction<'_>,
+    ex: &NewExchange,
+    reference: &str,
+    state: &str,
+) -> StoreResult<()> {
+    tx.prepare_cached(
+        "INSERT INTO exchanges (reference_id, partner, resource_type, ident_system, ident_value, digest, tenant_id, state, received_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?
+    .execute(params![
+        reference,
+        ex.key.partner.as_str(),
+        ex.key.resource_type,
+        ex.key.identifier.system,
+        ex.key.identifier.value,
+        ex.digest,
+        ex.tenant.as_str(),
+        state,
+        ex.received_at
+    ])?;
+    Ok(())
+}
+
 fn commit_one(ctx: &mut WriteCtx<'_>, mut ex: NewExchange) -> StoreResult<ExchangeOutcome> {
     let reference = ex.reference_id.to_string();
     let earlier: Option<(String, String)> = ctx
@@ -1290,23 +1314,25 @@ fn commit_one(ctx: &mut WriteCtx<'_>, mut ex: NewExchange) -> StoreResult<Exchan
         return Ok(ExchangeOutcome::Replayed { original });
     }
 
+    // Commits follow completion, not arrival: a version the partner sent after this one
+    // may already be stored (reference IDs are issued in arrival order). The older one
+    // must not undo that correction or retraction: it is kept, superseded on arrival,
+    // for the record; no item, feed entry, forward or prompt comes of it.
+    if let Some((newer, _)) = &earlier
+        && newer.as_str() > reference.as_str()
+    {
+        let by = parse_ref(newer.clone())?;
+        insert_exchange(ctx.tx, &ex, &reference, "superseded")?;
+        ex.audit.outcome = Outcome::Overtaken;
+        ex.audit.status = 200;
+        ex.audit.related = Some(by);
+        ex.audit.items_written.clear();
+        ctx.audit(&ex.audit)?;
+        return Ok(ExchangeOutcome::Overtaken { by });
+    }
+
     let state = if ex.retract { "retracted" } else { "current" };
-    ctx.tx
-        .prepare_cached(
-            "INSERT INTO exchanges (reference_id, partner, resource_type, ident_system, ident_value, digest, tenant_id, state, received_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        )?
-        .execute(params![
-            reference,
-            ex.key.partner.as_str(),
-            ex.key.resource_type,
-            ex.key.identifier.system,
-            ex.key.identifier.value,
-            ex.digest,
-            ex.tenant.as_str(),
-            state,
-            ex.received_at
-        ])?;
+    insert_exchange(ctx.tx, &ex, &reference, state)?;
 
     let outcome = match (&earlier, ex.retract) {
         (Some((prior, _)), true) => {

@@ -197,6 +197,33 @@ pub struct TestApp {
     server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
 
+/// A notice from the Riverside clinic arriving now, prepared through the running gateway
+/// (for tests that interleave a notice's consent decision and its commit with other
+/// requests). The reference ID is issued here, at arrival.
+pub async fn prepare_clinic_notice(
+    app: &TestApp,
+    notice: Value,
+) -> Result<hearth::gateway::inbound::Prepared, hearth::error::Error> {
+    use hearth::auth::{Principal, Role};
+    let call = hearth::gateway::Call {
+        reference_id: hearth::ids::ReferenceId::new(),
+        principal: Principal {
+            id: "riverside-ehr".into(),
+            org: hearth::ids::PartnerId::new("riverside-clinic"),
+            role: Role::Clinic,
+        },
+        at: hearth::clock::Clock::now(app.clock.as_ref()),
+        request: "POST /fhir/Communication".into(),
+        parent: None,
+        break_glass: None,
+    };
+    let mut audit = call.audit("create", hearth::audit::Direction::Inbound);
+    let digest = hearth::audit::digest(notice.to_string().as_bytes());
+    app.gateway
+        .prepare(&call, "Communication", notice, digest, None, &mut audit)
+        .await
+}
+
 /// Starts Hearth on 127.0.0.1:0 with a fresh data directory. The clock starts at
 /// 2026-11-23 10:00 UTC.
 pub async fn spawn_app() -> TestApp {
