@@ -918,3 +918,23 @@ async fn a_revocation_overtakes_a_notice_decided_before_it() {
     assert!(housing_items(&app).await.is_empty());
     assert!(feed(&app).await.iter().all(|e| e["change"] != "added"));
 }
+
+/// The worker ticks "treatment" rather than "care coordination": the clinic's routine
+/// notices, which are care coordination, are still covered.
+#[tokio::test]
+async fn a_consent_for_treatment_covers_the_clinics_routine_notices() {
+    let app = spawn_app().await;
+    app.register_tenant().await;
+    let mut form = share_with(&[CLINIC_ID]);
+    form["purpose"] = json!("treatment");
+    assert_eq!(record(&app, form).await.status, 201);
+    let notice = app
+        .post(
+            "/fhir/Communication",
+            CLINIC,
+            &fixture("risk-flag-update.json"),
+        )
+        .await;
+    assert_eq!(notice.status, 201, "{notice:?}");
+    assert!(!housing_items(&app).await.is_empty());
+}

@@ -155,6 +155,14 @@ pub struct BreakGlass {
 /// Purposes of use that may break the glass.
 pub const EMERGENCY_PURPOSES: &[&str] = &["BTG", "ETREAT"];
 
+/// Whether a consent given for `consented` covers an exchange for `asked`. In
+/// v3-ActReason care coordination (COC) is a kind of treatment (TREAT), so a consent to
+/// share for treatment covers it. Emergency purposes are not widened this way: they stay
+/// break-glass, flagged and reviewed, unless the consent names them.
+pub fn purpose_covers(consented: &str, asked: &str) -> bool {
+    consented == asked || (consented == "TREAT" && asked == "COC")
+}
+
 /// What an exchange asks for.
 #[derive(Debug, Clone)]
 pub struct ExchangeRequest<'a> {
@@ -399,7 +407,7 @@ fn check(t: &ConsentTerms, req: &ExchangeRequest) -> Option<DenyReason> {
     }
     // An emergency purpose the consent does not list is refused here and then, with a
     // stated reason, permitted as break-glass.
-    if !t.purposes.is_empty() && !t.purposes.iter().any(|p| p == req.purpose) {
+    if !t.purposes.is_empty() && !t.purposes.iter().any(|p| purpose_covers(p, req.purpose)) {
         return Some(DenyReason::PurposeNotCovered);
     }
     None
@@ -408,6 +416,18 @@ fn check(t: &ConsentTerms, req: &ExchangeRequest) -> Option<DenyReason> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A tenant who agreed to sharing for treatment agreed to the care coordination every
+    /// routine exchange is; not to emergency access, which stays break-glass.
+    #[test]
+    fn a_consent_for_treatment_covers_care_coordination_but_not_emergencies() {
+        assert!(purpose_covers("TREAT", "COC"));
+        assert!(purpose_covers("COC", "COC"));
+        assert!(!purpose_covers("COC", "TREAT"));
+        for emergency in EMERGENCY_PURPOSES {
+            assert!(!purpose_covers("TREAT", emergency));
+        }
+    }
 
     /// Labels recorded before the hierarchy was applied at write time (an old consent
     /// denying OPIOIDUD, an old item labelled OPIOIDUD) are still matched along it.

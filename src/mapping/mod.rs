@@ -1025,4 +1025,36 @@ mod tests {
         assert_eq!(t.items.len(), 1);
         assert!(t.items[0].labels.contains("SUD"));
     }
+
+    /// A flag entered in error never held: it is no risk flag or need for housing. A
+    /// resolved one (inactive) still is, so housing can stand its support down.
+    #[test]
+    fn flags_entered_in_error_are_not_items() {
+        for (file, kind) in [
+            ("risk-flag-update.json", ItemKind::RiskFlag),
+            ("accommodation-needs.json", ItemKind::AccommodationNeed),
+        ] {
+            let mut r = fixture(file);
+            let flags = |r: &Value| -> usize {
+                mappings()
+                    .translate(r)
+                    .items
+                    .iter()
+                    .filter(|i| i.item.kind() == kind)
+                    .count()
+            };
+            let before = flags(&r);
+            assert!(before > 0, "{file}");
+            let first = r["contained"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .position(|c| c["resourceType"] == "Flag")
+                .unwrap();
+            r["contained"][first]["status"] = json!("inactive");
+            assert_eq!(flags(&r), before, "{file}: a resolved flag still counts");
+            r["contained"][first]["status"] = json!("entered-in-error");
+            assert_eq!(flags(&r), before - 1, "{file}");
+        }
+    }
 }
