@@ -5,6 +5,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -33,6 +34,7 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     latency: Family<RouteLabels, Histogram>,
     deliveries: Family<DeliveryLabels, Counter>,
+    long_polls: Gauge,
 }
 
 impl Default for Metrics {
@@ -60,11 +62,18 @@ impl Metrics {
             "Outbound delivery attempts by result",
             deliveries.clone(),
         );
+        let long_polls = Gauge::default();
+        registry.register(
+            "feed_long_polls_waiting",
+            "Housing feed reads waiting for new entries (wait=)",
+            long_polls.clone(),
+        );
         Self {
             registry,
             requests,
             latency,
             deliveries,
+            long_polls,
         }
     }
 
@@ -92,12 +101,28 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts a feed read waiting for new entries until the guard is dropped (also when
+    /// the client goes away and the read is cancelled).
+    pub fn long_poll(&self) -> LongPoll {
+        self.long_polls.inc();
+        LongPoll(self.long_polls.clone())
+    }
+
     /// The OpenMetrics text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+/// A waiting feed read, counted while it lives.
+pub struct LongPoll(Gauge);
+
+impl Drop for LongPoll {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

@@ -102,7 +102,7 @@ async fn a_long_poll_returns_as_soon_as_something_arrives() {
     });
     // Let the poll reach its wait, so what is checked is the wake-up, not the first read
     // (a write that lands first is found by that read and would pass without waking).
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_until_polls_waiting(&app, 1).await;
     let asked = app
         .post_json(
             "/housing/tenants/T-1001/renewal-request",
@@ -116,6 +116,7 @@ async fn a_long_poll_returns_as_soon_as_something_arrives() {
         .expect("the poll returned")
         .unwrap();
     assert_eq!(a.body["entries"][0]["change"], "renewal-due", "{a:?}");
+    wait_until_polls_waiting(&app, 0).await;
 }
 
 #[tokio::test]
@@ -155,4 +156,29 @@ async fn the_feed_needs_the_housing_role_and_sensible_parameters() {
         .await;
     assert_eq!(far.status, 200, "{far:?}");
     assert_eq!(far.body["entries"], json!([]), "{far:?}");
+}
+
+/// Waits (bounded) until `n` feed reads are parked in their long-poll, as `/metrics` says.
+async fn wait_until_polls_waiting(app: &TestApp, n: u32) {
+    let expected = format!("hearth_feed_long_polls_waiting {n}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = app
+            .client
+            .get(format!("{}/metrics", app.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if text.lines().any(|l| l == expected) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no long-poll waiting: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }

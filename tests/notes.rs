@@ -250,7 +250,10 @@ async fn nothing_is_lost_or_duplicated_across_a_partner_outage_and_a_hearth_rest
 
     // Hearth restarts while the partner is still down.
     let data = app.stop().await;
-    let app = spawn_app_with(data, Some(&partner.base)).await;
+    let mut config = test_config_with(data.path(), Some(&partner.base));
+    // The partner stalls next: a short deadline ends each stalled attempt.
+    config.relay.attempt_timeout_ms = 300;
+    let app = spawn_configured(data, config, reqwest::Client::new(), "http").await;
     // The partner stalls, then stores the note but its answer is lost.
     partner.set(Mode::Stall);
     app.clock.advance(time::Duration::minutes(2));
@@ -320,11 +323,13 @@ async fn a_refused_or_expired_note_is_dead_lettered_and_can_be_replayed() {
         .await;
     let second_ref = second.body["reference_id"].as_str().unwrap().to_string();
     wait_for_attempts(&partner, 2).await;
-    for _ in 0..8 {
-        app.clock.advance(time::Duration::minutes(15));
-        tokio::time::sleep(Duration::from_millis(60)).await;
-    }
-    wait_for_state(&app, &second_ref, "dead").await;
+    // Past the deadline, the next failed attempt is the last.
+    app.clock.advance(time::Duration::hours(2));
+    let t = wait_for_state(&app, &second_ref, "dead").await;
+    assert!(
+        last_error(&t).contains("not delivered before the deadline"),
+        "{t}"
+    );
     let dead = app.get("/housing/notes/dead-letters", HOUSING).await;
     assert_eq!(dead.body["notes"].as_array().unwrap().len(), 2);
 

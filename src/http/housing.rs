@@ -359,6 +359,7 @@ async fn updates(
         .await
         .map_err(|e| fail(e.into(), &audit))?;
     if entries.is_empty() && wait > 0 {
+        let _waiting = state.metrics.long_poll();
         let _ = tokio::time::timeout(Duration::from_secs(wait), changed.changed()).await;
         entries = store
             .feed(since, limit as usize)

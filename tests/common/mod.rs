@@ -94,7 +94,9 @@ poll_interval_ms = 20
 initial_backoff_secs = 30
 max_backoff_secs = 600
 dead_letter_after_secs = 3600
-attempt_timeout_ms = 300
+# Generous: a slow CI machine must not turn a delivery into a timeout (and a retry
+# 30 s away on a clock no test moves). Tests of stalled partners set their own.
+attempt_timeout_ms = 5000
 
 [[partners]]
 id = "riverside-clinic"
