@@ -605,13 +605,13 @@ async fn a_declined_proposal_changes_nothing_the_tenant_agreed_to() {
 async fn a_consent_posted_by_a_partner_waits_for_housing_to_confirm_it() {
     let app = spawn_app().await;
     app.register_tenant().await;
-    let proposed = app
-        .post(
-            "/fhir/Consent",
-            CLINIC,
-            &fixture("consent-share-with-clinic.json"),
-        )
-        .await;
+    // The clinic's copy carries its own narrative about the patient.
+    let mut proposal = fixture("consent-share-with-clinic.json");
+    proposal["text"] = json!({
+        "status": "generated",
+        "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\">Signed by Margaret Okafor on the ward</div>"
+    });
+    let proposed = app.post("/fhir/Consent", CLINIC, &proposal).await;
     assert_eq!(proposed.status, 202, "{proposed:?}");
     assert!(proposed.header("location").is_none());
     // Proposing for someone who is not a tenant is answered exactly the same way, so a
@@ -670,6 +670,12 @@ async fn a_consent_posted_by_a_partner_waits_for_housing_to_confirm_it() {
         .await;
     assert_eq!(confirmed.status, 200, "{confirmed:?}");
     assert_eq!(confirmed.body["consent"]["status"], "active");
+    // What the partners it names can now read is the terms, not the proposer's wrapping.
+    let read = app.get(&format!("/fhir/Consent/{id}"), CLINIC).await;
+    assert_eq!(read.status, 200, "{read:?}");
+    assert_eq!(read.body["status"], "active");
+    assert!(!read.body.to_string().contains("Okafor"), "{read:?}");
+    assert!(!read.body.to_string().contains("RCC-CONSENT"), "{read:?}");
     assert_eq!(
         app.post(
             "/fhir/Communication",

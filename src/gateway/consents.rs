@@ -9,7 +9,7 @@ use super::{Call, Gateway};
 use crate::audit::AuditEntry;
 use crate::auth::Role;
 use crate::clock::rfc3339;
-use crate::consent::fhir::terms_to_fhir;
+use crate::consent::fhir::{GivenBy, terms_to_fhir};
 use crate::consent::form::ConsentForm;
 use crate::consent::{self, ConsentStatus, ConsentTerms, RenewalDue};
 use crate::error::{Error, NO_AGREEMENT};
@@ -140,7 +140,7 @@ impl Gateway {
             "recording a consent",
         )?;
         if !CUSTODIANS.contains(&call.principal.role) {
-            return self.propose_consent(resource, audit).await;
+            return self.propose_consent(call, resource, audit).await;
         }
         let (tenant, terms, resource) = self.read_consent(call, resource, audit).await?;
         let id = self.tenant_consent_id(&tenant).await?;
@@ -166,6 +166,7 @@ impl Gateway {
     /// would tell a partner who is a housing tenant.
     async fn propose_consent(
         &self,
+        call: &Call,
         resource: Value,
         audit: &mut AuditEntry,
     ) -> Result<RecordedConsent, Error> {
@@ -177,9 +178,31 @@ impl Gateway {
             self.store.append(audit.clone()).await?;
             return Ok(RecordedConsent::Proposed);
         };
-        let mut resource = resource;
         terms.status = ConsentStatus::Proposed;
-        resource["status"] = json!("proposed");
+        // Kept as Hearth reads it, not as sent: once confirmed, a consent is readable by
+        // every partner it names, and what the proposer wrapped around the terms (its own
+        // record number for the tenant, a contained Patient, narrative, a scanned form)
+        // is not the proposer's to share with them.
+        let representative = resource["performer"][0]["reference"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("RelatedPerson"))
+            || resource["performer"][0]["type"] == "RelatedPerson";
+        let custodian = self
+            .config
+            .partners
+            .iter()
+            .find(|p| p.kind == crate::config::PartnerKind::Housing)
+            .map_or_else(|| call.principal.org.clone(), |p| p.id.clone());
+        let resource = terms_to_fhir(
+            &terms,
+            &Identifier::new(&self.config.tenancy.identifier_system, tenant.as_str()),
+            &custodian,
+            if representative {
+                GivenBy::Representative
+            } else {
+                GivenBy::Tenant
+            },
+        );
         audit.outcome = crate::audit::Outcome::Accepted;
         self.store
             .save_consent(
