@@ -98,6 +98,19 @@ async fn every_transaction_has_an_audit_record_with_its_reference_id() {
     );
 }
 
+/// A partner's interface engine probing `/fhir/Patient/<record number>` leaves the route
+/// in the audit chain, not the number: the chain is kept for good.
+#[tokio::test]
+async fn a_path_the_caller_made_up_is_recorded_as_its_route() {
+    let app = spawn_app().await;
+    let probe = app.get("/fhir/Patient/MRN-004417", CLINIC).await;
+    assert_eq!(probe.status, 404, "{probe:?}");
+    let record = app.audit_record(&probe.reference_id()).await;
+    assert_eq!(record["request"], "GET /fhir/Patient/{*rest}");
+    let records = app.get("/audit/records?limit=1000", AUDITOR).await;
+    assert!(!records.body.to_string().contains("MRN-004417"));
+}
+
 #[tokio::test]
 async fn the_audit_needs_the_auditor_role() {
     let app = spawn_app().await;

@@ -147,6 +147,37 @@ fn break_glass(req: &Request) -> Result<Option<crate::consent::BreakGlass>, Erro
     }
 }
 
+/// The path as logs and audit records carry it. A segment the caller chose is kept only
+/// when it is an identifier Hearth issued (a ULID: reference, consent and review IDs),
+/// housing's own tenant ID, or a resource type; anything else shows as its place in the
+/// route. A record number probed at `/fhir/Patient/…` would otherwise be logged, and
+/// written into the audit chain for good.
+fn logged_path(path: &str, route: &str) -> String {
+    if route == "unmatched" {
+        return "(unmatched)".into();
+    }
+    let tenant_route = route.starts_with("/housing/tenants/{id}");
+    let mut out = Vec::new();
+    for (template, given) in route.split('/').zip(path.split('/')) {
+        let keep = match template {
+            t if t.starts_with("{*") => false,
+            "{type}" => {
+                !given.is_empty()
+                    && given.len() <= 64
+                    && given.bytes().all(|b| b.is_ascii_alphabetic())
+            }
+            "{id}" if tenant_route => true,
+            t if t.starts_with('{') => given.parse::<ReferenceId>().is_ok(),
+            _ => true,
+        };
+        out.push(if keep { given } else { template });
+        if template.starts_with("{*") {
+            break;
+        }
+    }
+    out.join("/")
+}
+
 fn bearer(req: &Request) -> Option<&str> {
     let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
@@ -163,7 +194,8 @@ async fn envelope(State(state): State<AppState>, mut req: Request, next: Next) -
         .extensions()
         .get::<axum::extract::MatchedPath>()
         .map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
-    let request_line = format!("{} {}", req.method(), path);
+    let logged = logged_path(&path, &route);
+    let request_line = format!("{} {}", req.method(), logged);
     let public = is_public(&path);
     let principal: Option<Principal> = bearer(&req)
         .and_then(|t| state.principals.authenticate(t))
@@ -172,7 +204,7 @@ async fn envelope(State(state): State<AppState>, mut req: Request, next: Next) -
         "request",
         reference_id = %reference_id,
         method = %req.method(),
-        path = %path,
+        path = %logged,
         principal = principal.as_ref().map(|p| p.id.as_str()).unwrap_or("-"),
     );
 
@@ -291,4 +323,45 @@ async fn envelope(State(state): State<AppState>, mut req: Request, next: Next) -
         response.headers_mut().insert("x-reference-id", v);
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::logged_path;
+
+    #[test]
+    fn paths_keep_hearths_identifiers_and_tenant_ids_but_not_what_a_caller_made_up() {
+        let reference = "01KAQZ3D0000000000000000N1";
+        for (path, route, logged) in [
+            (
+                &*format!("/fhir/Communication/{reference}"),
+                "/fhir/Communication/{id}",
+                &*format!("/fhir/Communication/{reference}"),
+            ),
+            (
+                "/fhir/Communication/MRN-004417",
+                "/fhir/Communication/{id}",
+                "/fhir/Communication/{id}",
+            ),
+            (
+                "/fhir/Patient/MRN-004417",
+                "/fhir/{type}/{*rest}",
+                "/fhir/Patient/{*rest}",
+            ),
+            (
+                "/fhir/Patient/MRN-004417/_history/2",
+                "/fhir/{type}/{*rest}",
+                "/fhir/Patient/{*rest}",
+            ),
+            ("/fhir/Pat%20ient", "/fhir/{type}", "/fhir/{type}"),
+            (
+                "/housing/tenants/T-1001/preview",
+                "/housing/tenants/{id}/preview",
+                "/housing/tenants/T-1001/preview",
+            ),
+            ("/nowhere/MRN-004417", "unmatched", "(unmatched)"),
+        ] {
+            assert_eq!(logged_path(path, route), logged, "{path}");
+        }
+    }
 }
