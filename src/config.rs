@@ -396,6 +396,27 @@ impl Config {
             all_different(self.partners.iter().map(|p| &p.id)),
             "partner ids must be unique"
         );
+        // Tenants, the feed and consents are not divided by housing organisation: a
+        // second provider would read the first one's tenants. One Hearth per provider.
+        let housing: Vec<&PartnerId> = self
+            .partners
+            .iter()
+            .filter(|p| p.kind == PartnerKind::Housing)
+            .map(|p| &p.id)
+            .collect();
+        anyhow::ensure!(
+            housing.len() <= 1,
+            "one housing provider per Hearth (found {}): tenants, the feed and consents are not divided between providers; run a Hearth for each",
+            housing.len()
+        );
+        for p in &self.principals {
+            anyhow::ensure!(
+                p.role != Role::Housing || housing.contains(&&p.org),
+                "principal `{}` has the housing role but belongs to `{}`, which is not the housing provider",
+                p.id,
+                p.org
+            );
+        }
         anyhow::ensure!(
             self.feed.default_page >= 1 && self.feed.default_page <= self.feed.max_page,
             "feed.default_page must be between 1 and feed.max_page"
@@ -672,6 +693,21 @@ mod tests {
                 "{text}\n[[forward]]\nfrom = \"riverside-clinic\"\nto = \"riverside-clinic\"\n"
             ),
             "to itself",
+        );
+        // A second housing provider would read the first one's tenants.
+        refused(
+            format!(
+                "{text}\n[[partners]]\nid = \"southside-housing\"\nname = \"Southside\"\nkind = \"housing\"\n"
+            ),
+            "one housing provider",
+        );
+        refused(
+            text.replacen(
+                "org = \"northside-housing\"",
+                "org = \"riverside-clinic\"",
+                1,
+            ),
+            "not the housing provider",
         );
         refused(
             format!(
