@@ -119,6 +119,22 @@ async fn the_high_risk_register_lists_reviews_falling_due() {
 async fn a_review_can_arrive_as_fhir_and_bad_reviews_are_refused() {
     let app = spawn_app().await;
     app.register_tenant().await;
+    // Housing runs the reviews: before its first one, a clinic cannot start a tenant's
+    // review, and is refused the same way for someone who is not a tenant at all.
+    let first_by_clinic = app
+        .post_json("/housing/reviews", CLINIC_REVIEW, &review())
+        .await;
+    assert_eq!(first_by_clinic.status, 403, "{first_by_clinic:?}");
+    let mut stranger = review();
+    stranger["tenant_id"] = json!("T-9999");
+    let not_a_tenant = app
+        .post_json("/housing/reviews", CLINIC_REVIEW, &stranger)
+        .await;
+    assert_eq!(not_a_tenant.status, 403, "{not_a_tenant:?}");
+    assert_eq!(
+        not_a_tenant.body["issue"][0],
+        first_by_clinic.body["issue"][0]
+    );
     let a = app
         .post_json("/housing/reviews", HOUSING_REVIEW, &review())
         .await;
@@ -128,6 +144,12 @@ async fn a_review_can_arrive_as_fhir_and_bad_reviews_are_refused() {
     let b = app.post("/fhir/CarePlan", CLINIC_REVIEW, &careplan).await;
     assert_eq!(b.status, 201, "{b:?}");
     assert_eq!(b.body["activity"], careplan["activity"]);
+    // As FHIR, a subject no tenant has is the same refusal for the clinic.
+    let mut unknown = careplan.clone();
+    unknown["subject"] = json!({"identifier": {"system": MRN_SYSTEM, "value": "MRN-000000"}});
+    let c = app.post("/fhir/CarePlan", CLINIC_REVIEW, &unknown).await;
+    assert_eq!(c.status, 403, "{c:?}");
+    assert_eq!(c.body["issue"][0], first_by_clinic.body["issue"][0]);
 
     // A bad review sent as FHIR is refused at its CarePlan elements, counted as sent
     // (here the next review comes first and a practitioner heads the contributors).

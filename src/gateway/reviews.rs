@@ -216,10 +216,10 @@ impl Gateway {
         audit.resource_type = Some("CarePlan".into());
         call.require(&[Role::ReviewMember], "recording a joint case review")?;
         self.check_review(&review, written)?;
-        if !review.attendees.contains(&call.principal.org) {
-            return Err(Error::Forbidden(
-                "only a member of this tenant's review team may record its review".into(),
-            ));
+        if !review.attendees.contains(&call.principal.org)
+            || !self.on_review_team(call, &review.tenant_id).await?
+        {
+            return Err(not_on_team());
         }
         if !self.store.tenant_exists(&review.tenant_id).await? {
             return Err(Error::Invalid(vec![
@@ -352,6 +352,8 @@ impl Gateway {
         self.validate(&careplan)?;
         let tenant = match self.link(&careplan, audit).await? {
             Ok(t) => t,
+            // Only housing may hear that no tenant has this identifier.
+            Err(_) if !self.is_housing(&call.principal.org) => return Err(not_on_team()),
             Err(_) => {
                 return Err(Error::Invalid(vec![
                     Issue::error(
@@ -364,6 +366,25 @@ impl Gateway {
         };
         let (review, written) = self.review_from_fhir(&careplan, tenant)?;
         self.record(call, review, &written, audit).await
+    }
+
+    /// Who may record a tenant's review: the housing provider's review members, who run
+    /// the reviews, and members of an organisation that attended the tenant's latest one.
+    /// Anyone else is refused the same way whether or not the tenant exists, so a partner
+    /// cannot use reviews to learn who is a tenant (nor write about one it does not serve).
+    async fn on_review_team(&self, call: &Call, tenant: &TenantId) -> Result<bool, Error> {
+        if self.is_housing(&call.principal.org) {
+            return Ok(true);
+        }
+        Ok(self.store.latest_reviews().await?.iter().any(|r| {
+            &r.review.tenant_id == tenant && r.review.attendees.contains(&call.principal.org)
+        }))
+    }
+
+    fn is_housing(&self, org: &PartnerId) -> bool {
+        self.config
+            .partner(org)
+            .is_some_and(|p| p.kind == crate::config::PartnerKind::Housing)
     }
 
     /// Refuses (403) a caller who may not read review `r`.
@@ -448,4 +469,8 @@ fn review_careplan(id: &str, r: &Review, tenant_system: &str, recorded: &str) ->
         "contributor": r.attendees.iter().map(org).collect::<Vec<_>>(),
         "activity": activity,
     })
+}
+
+fn not_on_team() -> Error {
+    Error::Forbidden("only a member of this tenant's review team may record its review".into())
 }
