@@ -87,7 +87,8 @@ pub struct AuditEntry {
     pub recorded: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub actor: Option<Actor>,
-    /// `METHOD /path` (no query string: queries can carry identifiers).
+    /// `METHOD /path` (no query string: queries can carry identifiers; a path segment
+    /// Hearth did not issue shows as its route template).
     pub request: String,
     pub action: String,
     pub direction: Direction,

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod partner;
+pub mod process;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
