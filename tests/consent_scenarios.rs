@@ -277,10 +277,10 @@ async fn staff_need_urgent_clinical_advice() {
     // The reasons are append-only, and the chain holds each one's digest: a reason
     // edited behind Hearth's back (triggers dropped first) shows as not matching.
     let db = rusqlite::Connection::open(app.data.path().join("hearth.db")).unwrap();
-    assert!(
-        db.execute("UPDATE break_glass SET reason = 'routine check'", [])
-            .is_err()
-    );
+    let err = db
+        .execute("UPDATE break_glass SET reason = 'routine check'", [])
+        .unwrap_err();
+    assert!(err.to_string().contains("append-only"), "{err}");
     db.execute_batch(
         "DROP TRIGGER break_glass_is_append_only_update;
          UPDATE break_glass SET reason = 'routine check';",
@@ -717,6 +717,10 @@ async fn a_consent_posted_by_a_partner_waits_for_housing_to_confirm_it() {
         .await;
     assert_eq!(after.status, 403);
     assert_eq!(
+        after.body["issue"][0]["diagnostics"],
+        hearth::error::NO_AGREEMENT
+    );
+    assert_eq!(
         app.audit_record(&after.reference_id()).await["reason"],
         "consent-revoked"
     );
@@ -943,4 +947,56 @@ async fn a_consent_for_treatment_covers_the_clinics_routine_notices() {
         .await;
     assert_eq!(notice.status, 201, "{notice:?}");
     assert!(!housing_items(&app).await.is_empty());
+}
+
+/// The tenant has since asked that substance-use details stay private: before the worker
+/// shares with the MCO, the preview shows which items would stay behind, and why.
+#[tokio::test]
+async fn the_preview_names_what_a_new_restriction_would_hold_back() {
+    let app = spawn_app().await;
+    app.register_tenant().await;
+    assert_eq!(
+        record(&app, share_with(&[CLINIC_ID, MCO_ID])).await.status,
+        201
+    );
+    let start = app
+        .post(
+            "/fhir/Communication",
+            CLINIC,
+            &fixture("medication-change-buprenorphine-start.json"),
+        )
+        .await;
+    assert_eq!(start.status, 201, "{start:?}");
+    let mut narrower = share_with(&[CLINIC_ID, MCO_ID]);
+    narrower["restrictions"] = json!(["substance-use"]);
+    assert_eq!(record(&app, narrower).await.status, 201);
+
+    let p = app
+        .get(
+            &format!("/housing/tenants/T-1001/preview?partner={MCO_ID}"),
+            HOUSING,
+        )
+        .await;
+    assert_eq!(p.body["decision"], "permit", "{p:?}");
+    let withheld = p.body["withheld"].as_array().unwrap();
+    assert!(!withheld.is_empty(), "{p:?}");
+    let kinds: Vec<&str> = withheld
+        .iter()
+        .map(|w| w["item"].as_str().unwrap())
+        .collect();
+    assert!(kinds.contains(&"medication_change"), "{kinds:?}");
+    assert!(
+        withheld
+            .iter()
+            .all(|w| w["labels"].as_array().unwrap().contains(&json!("SUD"))),
+        "{withheld:?}"
+    );
+    assert!(
+        p.body["would_receive"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| !i.to_string().contains("\"SUD\"")),
+        "{p:?}"
+    );
 }

@@ -697,6 +697,11 @@ async fn consent_is_decided_at_the_time_of_each_exchange() {
     app.clock.set(time::macros::datetime!(2027-01-02 09:00 UTC));
     let late = post_notice(&app, "care-contact-update.json").await;
     assert_eq!(late.status, 403, "{late:?}");
+    // Told no more than any refusal: not that a consent exists, nor that it ended.
+    assert_eq!(
+        late.body["issue"][0]["diagnostics"],
+        hearth::error::NO_AGREEMENT
+    );
     // Withdrawing what it sent needs no consent: the clinic can still retract its notice.
     let mut retraction = fixture("risk-flag-update.json");
     retraction["status"] = json!("entered-in-error");
