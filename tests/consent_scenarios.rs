@@ -909,6 +909,22 @@ async fn a_consent_form_with_mistakes_is_refused_with_clear_errors() {
 async fn a_revocation_overtakes_a_notice_decided_before_it() {
     let app = spawn_app().await.with_consenting_tenant().await;
     let id = app.consent_id_with_status("active").await;
+    // A partner's proposal in between changes nothing that decides: the notice stands.
+    let first = prepare_clinic_notice(&app, fixture("risk-flag-update.json"))
+        .await
+        .unwrap();
+    let proposal = app
+        .post(
+            "/fhir/Consent",
+            MCO,
+            &fixture("consent-share-with-clinic.json"),
+        )
+        .await;
+    assert_eq!(proposal.status, 202, "{proposal:?}");
+    let stored = app.gateway.commit(vec![first]).await;
+    assert!(stored.is_ok(), "{stored:?}");
+    let before = housing_items(&app).await.len();
+
     let prepared = prepare_clinic_notice(&app, fixture("discharge-notice.json"))
         .await
         .expect("permitted under the consent as it stood");
@@ -925,8 +941,14 @@ async fn a_revocation_overtakes_a_notice_decided_before_it() {
         matches!(&committed, Err(hearth::error::Error::Conflict(m)) if m.contains("consent changed")),
         "{committed:?}"
     );
-    assert!(housing_items(&app).await.is_empty());
-    assert!(feed(&app).await.iter().all(|e| e["change"] != "added"));
+    assert_eq!(housing_items(&app).await.len(), before);
+    assert!(
+        !feed(&app)
+            .await
+            .iter()
+            .any(|e| e["item"]["item"] == "discharge"),
+        "the discharge reached housing"
+    );
 }
 
 /// The worker ticks "treatment" rather than "care coordination": the clinic's routine

@@ -57,6 +57,12 @@ pub enum ConsentStatus {
 }
 
 impl ConsentStatus {
+    /// Whether storing a version in this status can change which consent governs: a
+    /// partner's proposal, and housing declining one, never do.
+    pub fn may_govern(self) -> bool {
+        !matches!(self, ConsentStatus::Proposed | ConsentStatus::Rejected)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             ConsentStatus::Draft => "draft",

@@ -214,7 +214,13 @@ impl Gateway {
                 digest,
                 received_at,
                 consent,
-                consents_seen: (!retracts_own).then(|| context.consents.len()),
+                consents_seen: (!retracts_own).then(|| {
+                    context
+                        .consents
+                        .iter()
+                        .filter(|c| c.terms.status.may_govern())
+                        .count()
+                }),
                 renewal,
                 in_response_to,
                 forwards,

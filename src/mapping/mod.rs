@@ -565,9 +565,11 @@ fn problem_for(source: &Source, node_expr: &str, e: &serde_json::Error) -> Probl
     } else {
         // Only what was expected: serde's message also quotes the value it got, which
         // is clinical content and goes back to the sender and into logs.
+        // The last ", expected": the value, quoted earlier in the message, may itself
+        // contain the word.
         let expected = msg
-            .find("expected")
-            .map(|at| format!(" ({})", &msg[at..]))
+            .rfind(", expected ")
+            .map(|at| format!(" ({})", &msg[at + 2..]))
             .unwrap_or_default();
         format!(
             "this resource carries a {kind}, but a value is outside the dataset's vocabulary{expected}"
@@ -888,7 +890,7 @@ mod tests {
             .unwrap();
         let e = DatasetItem::from_fields(
             ItemKind::NextAppointment,
-            json!({"start": "2026-12-01T09:00:00Z", "transport_needed": "after methadone dosing"}),
+            json!({"start": "2026-12-01T09:00:00Z", "transport_needed": "expected after methadone dosing, expected soon"}),
         )
         .unwrap_err();
         assert!(e.to_string().contains("methadone dosing"), "{e}");

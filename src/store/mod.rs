@@ -75,10 +75,10 @@ pub struct NewExchange {
     pub digest: String,
     pub received_at: String,
     pub consent: Option<ConsentCitation>,
-    /// How many consent versions the tenant had when consent was decided (none for a
-    /// partner retracting its own exchange). A different number at commit means the
-    /// consent changed in between (a revocation, say): nothing is stored, and the
-    /// commit is a [`StoreError::Conflict`].
+    /// How many consent versions that may govern ([`crate::consent::ConsentStatus::may_govern`])
+    /// the tenant had when consent was decided (none for a partner retracting its own
+    /// exchange). A different number at commit means the consent changed in between (a
+    /// revocation, say): nothing is stored, and the commit is a [`StoreError::Conflict`].
     pub consents_seen: Option<usize>,
     pub items: Vec<StoredItem>,
     /// `entered-in-error`: retract whatever the key stored before.
