@@ -106,7 +106,7 @@ async fn a_path_the_caller_made_up_is_recorded_as_its_route() {
     let probe = app.get("/fhir/Patient/MRN-004417", CLINIC).await;
     assert_eq!(probe.status, 404, "{probe:?}");
     let record = app.audit_record(&probe.reference_id()).await;
-    assert_eq!(record["request"], "GET /fhir/Patient/{*rest}");
+    assert_eq!(record["request"], "GET /fhir/{type}/{*rest}");
     let records = app.get("/audit/records?limit=1000", AUDITOR).await;
     assert!(!records.body.to_string().contains("MRN-004417"));
 }

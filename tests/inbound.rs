@@ -304,6 +304,16 @@ async fn an_older_version_stored_after_a_newer_one_changes_nothing() {
             feed.iter().all(|e| e["reference_id"] != slow_ref),
             "{feed:?}"
         );
+        // Its sender, never told, sends it again: a replay of what was overtaken, not a
+        // correction that would bring it back.
+        let again = app.post("/fhir/Communication", CLINIC, &first).await;
+        assert_eq!(again.status, 200, "{later}: {again:?}");
+        assert_eq!(
+            again.header("location"),
+            Some(format!("/fhir/Communication/{}", receipts[0].location)),
+            "{later}: {again:?}"
+        );
+        assert_eq!(app.feed_all().await.len(), feed.len(), "{later}");
     }
 }
 

@@ -144,6 +144,17 @@ async fn a_review_can_arrive_as_fhir_and_bad_reviews_are_refused() {
     let b = app.post("/fhir/CarePlan", CLINIC_REVIEW, &careplan).await;
     assert_eq!(b.status, 201, "{b:?}");
     assert_eq!(b.body["activity"], careplan["activity"]);
+    // The clinic cannot widen the team: whoever it adds could read the tenant's reviews.
+    let mut widened = review();
+    widened["attendees"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!("eastside-clinic"));
+    let w = app
+        .post_json("/housing/reviews", CLINIC_REVIEW, &widened)
+        .await;
+    assert_eq!(w.status, 403, "{w:?}");
+    assert_eq!(w.body["issue"][0], first_by_clinic.body["issue"][0]);
     // As FHIR, a subject no tenant has is the same refusal for the clinic.
     let mut unknown = careplan.clone();
     unknown["subject"] = json!({"identifier": {"system": MRN_SYSTEM, "value": "MRN-000000"}});

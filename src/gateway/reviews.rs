@@ -217,7 +217,7 @@ impl Gateway {
         call.require(&[Role::ReviewMember], "recording a joint case review")?;
         self.check_review(&review, written)?;
         if !review.attendees.contains(&call.principal.org)
-            || !self.on_review_team(call, &review.tenant_id).await?
+            || !self.on_review_team(call, &review).await?
         {
             return Err(not_on_team());
         }
@@ -369,15 +369,21 @@ impl Gateway {
     }
 
     /// Who may record a tenant's review: the housing provider's review members, who run
-    /// the reviews, and members of an organisation that attended the tenant's latest one.
-    /// Anyone else is refused the same way whether or not the tenant exists, so a partner
-    /// cannot use reviews to learn who is a tenant (nor write about one it does not serve).
-    async fn on_review_team(&self, call: &Call, tenant: &TenantId) -> Result<bool, Error> {
+    /// the reviews and so decide who is on the team, and members of an organisation that
+    /// attended the tenant's latest one, for the same team (they cannot add anyone, who
+    /// could then read the tenant's reviews). Anyone else is refused the same way whether
+    /// or not the tenant exists, so a partner cannot use reviews to learn who is a tenant.
+    async fn on_review_team(&self, call: &Call, review: &Review) -> Result<bool, Error> {
         if self.is_housing(&call.principal.org) {
             return Ok(true);
         }
         Ok(self.store.latest_reviews().await?.iter().any(|r| {
-            &r.review.tenant_id == tenant && r.review.attendees.contains(&call.principal.org)
+            r.review.tenant_id == review.tenant_id
+                && r.review.attendees.contains(&call.principal.org)
+                && review
+                    .attendees
+                    .iter()
+                    .all(|a| r.review.attendees.contains(a))
         }))
     }
 

@@ -30,7 +30,7 @@ use axum::response::{IntoResponse, Response};
 use tracing::Instrument;
 
 use crate::audit::{AuditEntry, Direction, Outcome};
-use crate::auth::{Principal, Principals};
+use crate::auth::{Principal, Principals, Role};
 use crate::clock::rfc3339;
 use crate::error::Error;
 use crate::gateway::{Call, Gateway};
@@ -148,11 +148,11 @@ fn break_glass(req: &Request) -> Result<Option<crate::consent::BreakGlass>, Erro
 }
 
 /// The path as logs and audit records carry it. A segment the caller chose is kept only
-/// when it is an identifier Hearth issued (a ULID: reference, consent and review IDs),
-/// housing's own tenant ID, or a resource type; anything else shows as its place in the
-/// route. A record number probed at `/fhir/Patient/…` would otherwise be logged, and
+/// when it is an identifier Hearth issued (a ULID: reference, consent and review IDs) or,
+/// from housing itself (`tenant_ids`), a tenant ID; anything else shows as its place in
+/// the route. A record number probed at `/fhir/Patient/…` would otherwise be logged, and
 /// written into the audit chain for good.
-fn logged_path(path: &str, route: &str) -> String {
+fn logged_path(path: &str, route: &str, tenant_ids: bool) -> String {
     if route == "unmatched" {
         return "(unmatched)".into();
     }
@@ -160,13 +160,17 @@ fn logged_path(path: &str, route: &str) -> String {
     let mut out = Vec::new();
     for (template, given) in route.split('/').zip(path.split('/')) {
         let keep = match template {
-            t if t.starts_with("{*") => false,
-            "{type}" => {
-                !given.is_empty()
+            "{id}" if tenant_route => {
+                tenant_ids
+                    && !given.is_empty()
                     && given.len() <= 64
-                    && given.bytes().all(|b| b.is_ascii_alphabetic())
+                    && given
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
             }
-            "{id}" if tenant_route => true,
+            // A resource type Hearth does not serve, and the rest of such a path.
+            "{type}" => false,
+            t if t.starts_with("{*") => false,
             t if t.starts_with('{') => given.parse::<ReferenceId>().is_ok(),
             _ => true,
         };
@@ -194,12 +198,15 @@ async fn envelope(State(state): State<AppState>, mut req: Request, next: Next) -
         .extensions()
         .get::<axum::extract::MatchedPath>()
         .map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
-    let logged = logged_path(&path, &route);
-    let request_line = format!("{} {}", req.method(), logged);
     let public = is_public(&path);
     let principal: Option<Principal> = bearer(&req)
         .and_then(|t| state.principals.authenticate(t))
         .cloned();
+    let from_housing = principal
+        .as_ref()
+        .is_some_and(|p| matches!(p.role, Role::Housing | Role::Admin));
+    let logged = logged_path(&path, &route, from_housing);
+    let request_line = format!("{} {}", req.method(), logged);
     let span = tracing::info_span!(
         "request",
         reference_id = %reference_id,
@@ -332,11 +339,12 @@ mod tests {
     #[test]
     fn paths_keep_hearths_identifiers_and_tenant_ids_but_not_what_a_caller_made_up() {
         let reference = "01KAQZ3D0000000000000000N1";
-        for (path, route, logged) in [
+        let resource = format!("/fhir/Communication/{reference}");
+        let cases = [
             (
-                &*format!("/fhir/Communication/{reference}"),
+                resource.as_str(),
                 "/fhir/Communication/{id}",
-                &*format!("/fhir/Communication/{reference}"),
+                resource.as_str(),
             ),
             (
                 "/fhir/Communication/MRN-004417",
@@ -346,22 +354,32 @@ mod tests {
             (
                 "/fhir/Patient/MRN-004417",
                 "/fhir/{type}/{*rest}",
-                "/fhir/Patient/{*rest}",
-            ),
-            (
-                "/fhir/Patient/MRN-004417/_history/2",
                 "/fhir/{type}/{*rest}",
-                "/fhir/Patient/{*rest}",
             ),
-            ("/fhir/Pat%20ient", "/fhir/{type}", "/fhir/{type}"),
+            ("/fhir/Smith", "/fhir/{type}", "/fhir/{type}"),
             (
                 "/housing/tenants/T-1001/preview",
                 "/housing/tenants/{id}/preview",
                 "/housing/tenants/T-1001/preview",
             ),
+            (
+                "/housing/tenants/Jane%20Doe",
+                "/housing/tenants/{id}",
+                "/housing/tenants/{id}",
+            ),
             ("/nowhere/MRN-004417", "unmatched", "(unmatched)"),
-        ] {
-            assert_eq!(logged_path(path, route), logged, "{path}");
+        ];
+        for (path, route, logged) in cases {
+            assert_eq!(logged_path(path, route, true), logged, "{path}");
         }
+        // A tenant ID is kept only from housing: anyone else's guess stays out.
+        assert_eq!(
+            logged_path(
+                "/housing/tenants/MRN-004417",
+                "/housing/tenants/{id}",
+                false
+            ),
+            "/housing/tenants/{id}"
+        );
     }
 }

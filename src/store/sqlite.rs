@@ -1268,6 +1268,38 @@ fn consent_unchanged(tx: &Transaction<'_>, ex: &NewExchange) -> StoreResult<Stor
     })
 }
 
+/// An exchange under `ex`'s key with its content that was overtaken on arrival: stored
+/// superseded without ever having had items.
+fn overtaken_with_digest(tx: &Transaction<'_>, ex: &NewExchange) -> StoreResult<Option<String>> {
+    let candidates: Vec<String> = tx
+        .prepare_cached(
+            "SELECT reference_id FROM exchanges
+             WHERE partner = ?1 AND resource_type = ?2 AND ident_value = ?3 AND ident_system = ?4
+               AND state = 'superseded' AND digest = ?5
+             ORDER BY reference_id DESC",
+        )?
+        .query_map(
+            params![
+                ex.key.partner.as_str(),
+                ex.key.resource_type,
+                ex.key.identifier.value,
+                ex.key.identifier.system,
+                ex.digest
+            ],
+            |r| r.get(0),
+        )?
+        .collect::<Result<_, _>>()?;
+    let mut has_items =
+        tx.prepare_cached("SELECT 1 FROM items WHERE item_id >= ?1 AND item_id < ?2")?;
+    for reference in candidates {
+        let (from, to) = item_range(&reference);
+        if !has_items.exists(params![from, to])? {
+            return Ok(Some(reference));
+        }
+    }
+    Ok(None)
+}
+
 fn insert_exchange(
     tx: &Transaction<'_>,
     ex: &NewExchange,
@@ -1307,10 +1339,16 @@ fn commit_one(ctx: &mut WriteCtx<'_>, mut ex: NewExchange) -> StoreResult<Exchan
         )
         .optional()?;
 
-    if let Some((original, digest)) = &earlier
-        && *digest == ex.digest
-    {
-        let original = parse_ref(original.clone())?;
+    // The same content as the latest version is a replay; so is the same content as a
+    // version that was overtaken on arrival (its sender, not told in time, sends it
+    // again), which must not come back as a correction of what overtook it.
+    let replay_of = match &earlier {
+        Some((original, digest)) if *digest == ex.digest => Some(original.clone()),
+        Some(_) => overtaken_with_digest(ctx.tx, &ex)?,
+        None => None,
+    };
+    if let Some(original) = replay_of {
+        let original = parse_ref(original)?;
         ex.audit.outcome = Outcome::Replayed;
         ex.audit.status = 200;
         ex.audit.related = Some(original);
