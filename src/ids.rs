@@ -9,20 +9,32 @@ use std::fmt;
 #[serde(into = "String", try_from = "String")]
 pub struct ReferenceId(ulid::Ulid);
 
-/// One generator per process, so reference IDs increase in the order they are made,
-/// even within a millisecond: the store finds "the latest exchange for this key" by the
-/// largest reference ID (a notice and its retraction in one transaction Bundle).
-static MONOTONIC: std::sync::Mutex<ulid::Generator> = std::sync::Mutex::new(ulid::Generator::new());
+/// The last reference ID issued (or found stored), so IDs increase in the order they are
+/// made, even within a millisecond and across restarts with the clock stepped back: the
+/// store finds "the latest exchange for this key" by the largest reference ID.
+static LAST: std::sync::Mutex<ulid::Ulid> = std::sync::Mutex::new(ulid::Ulid::nil());
 
 impl ReferenceId {
     pub fn new() -> Self {
-        let next = MONOTONIC
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .generate()
-            .ok();
-        // Overflow needs 2^80 IDs in one millisecond; a plain ULID is still unique.
-        Self(next.unwrap_or_else(ulid::Ulid::generate))
+        let mut last = LAST.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let now = ulid::Ulid::generate();
+        // Overflow of the random part needs 2^80 IDs in one millisecond.
+        let next = if now > *last {
+            now
+        } else {
+            last.increment().unwrap_or(now)
+        };
+        *last = next;
+        Self(next)
+    }
+
+    /// IDs issued from now on sort after `stored`, one issued by an earlier run whose
+    /// clock may have been ahead of this one's.
+    pub fn issue_after(stored: ReferenceId) {
+        let mut last = LAST.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if stored.0 > *last {
+            *last = stored.0;
+        }
     }
 }
 
@@ -116,6 +128,19 @@ impl fmt::Display for Identifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An earlier run's clock was an hour ahead: this run's IDs still sort after its.
+    #[test]
+    fn reference_ids_sort_after_those_of_an_earlier_run_with_a_faster_clock() {
+        let ahead = ulid::Ulid::from_parts(ulid::Ulid::generate().timestamp_ms() + 3_600_000, 0);
+        ReferenceId::issue_after(ReferenceId(ahead));
+        let mut previous = ReferenceId(ahead);
+        for _ in 0..1000 {
+            let next = ReferenceId::new();
+            assert!(next > previous);
+            previous = next;
+        }
+    }
 
     #[test]
     fn reference_ids_increase_in_the_order_they_are_made() {

@@ -510,6 +510,13 @@ impl SqliteStore {
         let head = load_head(&conn).map_err(|e| {
             StoreError::Internal(format!("cannot read the audit chain's last record: {e}"))
         })?;
+        // Every exchange has an audit record under its reference ID: new IDs must sort
+        // after all of them, whatever this run's clock says.
+        let newest: Option<String> =
+            conn.query_row("SELECT max(reference_id) FROM audit", [], |r| r.get(0))?;
+        if let Some(newest) = newest {
+            ReferenceId::issue_after(parse_ref(newest)?);
+        }
         let (feed_head, _) = tokio::sync::watch::channel(0);
         publish_feed_head(&conn, &feed_head);
         let writer_feed_head = feed_head.clone();
