@@ -172,6 +172,61 @@ async fn editing_one_stored_record_makes_verify_fail_at_that_record() {
     assert_eq!(a.body["verification"]["first_broken"]["seq"], 3);
 }
 
+fn hearth_audit(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_hearth"))
+        .arg("audit")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// The inspector's routine: `hearth audit head` kept somewhere safe, later `audit verify
+/// --anchor`. Someone with file access deletes the last records and the guards; the
+/// chain that is left is intact, and only the anchor shows what was lost.
+#[tokio::test]
+async fn a_truncated_trail_verifies_only_without_the_anchor_kept_from_before() {
+    let app = spawn_app().await.with_consenting_tenant().await;
+    for name in ["risk-flag-update.json", "care-contact-update.json"] {
+        assert_eq!(
+            app.post("/fhir/Communication", CLINIC, &fixture(name))
+                .await
+                .status,
+            201
+        );
+    }
+    let data = app.stop().await;
+    let dir = data.path().to_str().unwrap();
+    let head = hearth_audit(&["head", "--data-dir", dir]);
+    assert!(head.status.success(), "{head:?}");
+    let head = String::from_utf8(head.stdout).unwrap();
+    let (seq, anchor) = head.trim().split_once(' ').expect("`<seq> <hash>`");
+    let seq: i64 = seq.parse().unwrap();
+    let before = hearth_audit(&["verify", "--data-dir", dir, "--anchor", anchor]);
+    assert!(before.status.success(), "{before:?}");
+
+    let conn = rusqlite::Connection::open(data.path().join("hearth.db")).unwrap();
+    conn.execute_batch("DROP TRIGGER audit_is_append_only_delete;")
+        .unwrap();
+    conn.execute("DELETE FROM audit WHERE seq > ?1", [seq - 2])
+        .unwrap();
+    drop(conn);
+
+    let plain = hearth_audit(&["verify", "--data-dir", dir]);
+    assert!(plain.status.success(), "what is left links up: {plain:?}");
+    let anchored = hearth_audit(&["verify", "--data-dir", dir, "--anchor", anchor]);
+    assert_eq!(anchored.status.code(), Some(1), "{anchored:?}");
+    assert!(
+        String::from_utf8_lossy(&anchored.stdout).contains("anchor is not in it"),
+        "{anchored:?}"
+    );
+    let app = spawn_app_in(data).await;
+    let v = app
+        .get(&format!("/audit/verify?anchor={anchor}"), AUDITOR)
+        .await;
+    assert_eq!(v.body["ok"], false);
+    assert_eq!(v.body["verification"]["anchor_found"], false);
+}
+
 #[tokio::test]
 async fn an_anchor_from_before_a_rewrite_is_not_found() {
     let app = spawn_app().await.with_consenting_tenant().await;
@@ -199,4 +254,50 @@ async fn an_anchor_from_before_a_rewrite_is_not_found() {
         app.get("/audit/verify?anchor=xyz", AUDITOR).await.status,
         400
     );
+}
+
+/// An auditor exporting through the API pages with `after` and `limit` and narrows to one
+/// tenant: every record once, in order, and only that tenant's.
+#[tokio::test]
+async fn the_trail_pages_in_order_and_filters_by_tenant() {
+    let app = spawn_app().await.with_consenting_tenant().await;
+    app.register("T-2002", &[(MRN_SYSTEM, "MRN-2002")]).await;
+    for name in ["risk-flag-update.json", "care-contact-update.json"] {
+        app.post("/fhir/Communication", CLINIC, &fixture(name))
+            .await;
+    }
+    let all = app.get("/audit/records?limit=1000", AUDITOR).await;
+    let all: Vec<u64> = all.body["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["seq"].as_u64().unwrap())
+        .collect();
+    assert!(all.len() >= 5, "{all:?}");
+
+    // Each page read is itself audited, so the trail grows while it is paged: page up to
+    // what the first read saw.
+    let last = *all.last().unwrap();
+    let mut paged = Vec::new();
+    let mut after = 0;
+    while after < last {
+        let page = app
+            .get(&format!("/audit/records?after={after}&limit=2"), AUDITOR)
+            .await;
+        let records = page.body["records"].as_array().unwrap().clone();
+        assert_eq!(records.len(), 2, "{page:?}");
+        paged.extend(records.iter().map(|r| r["seq"].as_u64().unwrap()));
+        after = page.body["next"].as_u64().unwrap();
+    }
+    paged.retain(|&seq| seq <= last);
+    assert_eq!(paged, all);
+
+    let other = app.get("/audit/records?tenant=T-2002", AUDITOR).await;
+    let other = other.body["records"].as_array().unwrap();
+    assert!(!other.is_empty());
+    assert!(
+        other.iter().all(|r| r["record"]["tenant"] == "T-2002"),
+        "{other:?}"
+    );
+    assert_eq!(app.get("/audit/records?limit=0", AUDITOR).await.status, 400);
 }
