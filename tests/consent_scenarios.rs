@@ -1022,3 +1022,38 @@ async fn the_preview_names_what_a_new_restriction_would_hold_back() {
         "{p:?}"
     );
 }
+
+/// The tenant agrees that the clinic may tell housing, not that housing may tell the
+/// clinic: notices come in, a care coordination note to the clinic does not go out.
+#[tokio::test]
+async fn a_consent_to_housing_only_lets_notices_in_but_no_note_out() {
+    let clinic = common::partner::Partner::start().await;
+    let app = spawn_app_with(tempfile::tempdir().unwrap(), Some(&clinic.base)).await;
+    app.register_tenant().await;
+    let mut form = share_with(&[CLINIC_ID]);
+    form["direction"] = json!("to-housing");
+    assert_eq!(record(&app, form).await.status, 201);
+    let notice = app
+        .post(
+            "/fhir/Communication",
+            CLINIC,
+            &fixture("risk-flag-update.json"),
+        )
+        .await;
+    assert_eq!(notice.status, 201, "{notice:?}");
+    let note = app
+        .post_json(
+            "/housing/notes",
+            HOUSING,
+            &json!({"tenant_id": "T-1001", "to": CLINIC_ID, "reason": "Tenant asked us to check in"}),
+        )
+        .await;
+    assert_eq!(note.status, 403, "{note:?}");
+    assert_eq!(
+        app.audit_record(&note.reference_id()).await["reason"],
+        "partner-not-covered"
+    );
+    let notes = app.get("/housing/notes?tenant=T-1001", HOUSING).await;
+    assert_eq!(notes.body["notes"], json!([]));
+    assert!(clinic.bundles().is_empty());
+}
