@@ -15,7 +15,7 @@ use crate::error::{Error, NO_AGREEMENT};
 use crate::fhir::{self, Issue, IssueCode};
 use crate::ids::{Identifier, ReferenceId, TenantId};
 use crate::mapping::Translation;
-use crate::store::{ExchangeKey, ExchangeOutcome, NewExchange, StoredExchange};
+use crate::store::{ConsentsSeen, ExchangeKey, ExchangeOutcome, NewExchange, StoredExchange};
 use crate::tenancy;
 
 /// An inbound resource that passed every check and is ready to store.
@@ -214,13 +214,7 @@ impl Gateway {
                 digest,
                 received_at,
                 consent,
-                consents_seen: (!retracts_own).then(|| {
-                    context
-                        .consents
-                        .iter()
-                        .filter(|c| c.terms.status.may_govern())
-                        .count()
-                }),
+                consents_seen: (!retracts_own).then(|| ConsentsSeen::of(&context.consents)),
                 renewal,
                 in_response_to,
                 forwards,

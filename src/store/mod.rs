@@ -75,11 +75,11 @@ pub struct NewExchange {
     pub digest: String,
     pub received_at: String,
     pub consent: Option<ConsentCitation>,
-    /// How many consent versions that may govern ([`crate::consent::ConsentStatus::may_govern`])
-    /// the tenant had when consent was decided (none for a partner retracting its own
-    /// exchange). A different number at commit means the consent changed in between (a
-    /// revocation, say): nothing is stored, and the commit is a [`StoreError::Conflict`].
-    pub consents_seen: Option<usize>,
+    /// The tenant's consent versions when consent was decided (none for a partner
+    /// retracting its own exchange). Different ones at commit mean the consent changed
+    /// in between (a revocation, say): nothing is stored, and the commit is a
+    /// [`StoreError::Conflict`].
+    pub consents_seen: Option<ConsentsSeen>,
     pub items: Vec<StoredItem>,
     /// `entered-in-error`: retract whatever the key stored before.
     pub retract: bool,
@@ -94,6 +94,28 @@ pub struct NewExchange {
     /// with the exchange.
     pub refused_forwards: Vec<AuditEntry>,
     pub audit: AuditEntry,
+}
+
+/// How many consent versions a decision saw: all of them, and those that may govern
+/// ([`crate::consent::ConsentStatus::may_govern`]). Versions are only ever added, so
+/// equal counts at commit mean nothing changed; a partner's proposal (or housing
+/// declining one) changes only the first, and must not fail other partners' exchanges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConsentsSeen {
+    pub all: usize,
+    pub may_govern: usize,
+}
+
+impl ConsentsSeen {
+    pub fn of(versions: &[crate::consent::ConsentVersion]) -> Self {
+        Self {
+            all: versions.len(),
+            may_govern: versions
+                .iter()
+                .filter(|c| c.terms.status.may_govern())
+                .count(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

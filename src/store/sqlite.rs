@@ -1252,21 +1252,27 @@ fn cursor(after_seq: u64) -> i64 {
 
 /// Consent is decided before the exchange reaches the writer; a consent version stored
 /// in between (a revocation, a narrower consent) would otherwise be overtaken by an
-/// exchange decided under the one it replaced. Versions are only ever added, so their
-/// number tells whether any changed; proposals and declined ones, which never govern
-/// (`ConsentStatus::may_govern`), are not counted, or a partner proposing a consent
-/// would fail other partners' exchanges. The `Ok(Err)` refuses without failing the batch.
+/// exchange decided under the one it replaced. Counting all the tenant's versions reads
+/// the index alone (this runs for every notice); only when that count moved are the
+/// versions' statuses read, so that a proposal does not count. The `Ok(Err)` refuses
+/// without failing the batch.
 fn consent_unchanged(tx: &Transaction<'_>, ex: &NewExchange) -> StoreResult<StoreResult<()>> {
     let Some(seen) = ex.consents_seen else {
         return Ok(Ok(()));
     };
-    let now: i64 = tx
+    let all: i64 = tx
+        .prepare_cached("SELECT count(*) FROM consents WHERE tenant_id = ?1")?
+        .query_row([ex.tenant.as_str()], |r| r.get(0))?;
+    if all as usize == seen.all {
+        return Ok(Ok(()));
+    }
+    let may_govern: i64 = tx
         .prepare_cached(
             "SELECT count(*) FROM consents WHERE tenant_id = ?1
                AND json_extract(terms, '$.status') NOT IN ('proposed', 'rejected')",
         )?
         .query_row([ex.tenant.as_str()], |r| r.get(0))?;
-    Ok(if now as usize == seen {
+    Ok(if may_govern as usize == seen.may_govern {
         Ok(())
     } else {
         Err(StoreError::Conflict(
