@@ -484,6 +484,32 @@ async fn a_break_glass_notice_is_not_forwarded_under_the_same_emergency() {
         0,
         "forwarded under the clinic's emergency: {threads:?}"
     );
+    // The notice itself is in, flagged; the forward the routing rule asked for is on the
+    // record as refused, and the MCO was never called.
+    let view = app.get("/housing/tenants/T-1001", HOUSING).await;
+    assert!(
+        view.body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["item"] == "discharge"),
+        "{view:?}"
+    );
+    assert_eq!(
+        app.audit_record(&a.reference_id()).await["break_glass"],
+        "BTG"
+    );
+    let audit = app.get("/audit/records?limit=1000", AUDITOR).await;
+    let forward = audit.body["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["record"]["action"] == "forward")
+        .expect("the refused forward is audited")["record"]
+        .clone();
+    assert_eq!(forward["outcome"], "refused", "{forward}");
+    assert_eq!(forward["partner"], "bayview-health-plan", "{forward}");
+    assert_eq!(partner.attempts(), 0);
 }
 
 /// A partner that is slow to answer holds up only its own notes: while an attempt to the
