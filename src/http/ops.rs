@@ -33,7 +33,15 @@ async fn healthz() -> impl IntoResponse {
 }
 
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    match state.gateway.store.tenant_exists(&TenantId::new("")).await {
+    let store = &state.gateway.store;
+    if let Err(why) = store.writer_health() {
+        tracing::warn!(reason = %why, "store not ready for writes");
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"status": "store not accepting writes"})),
+        );
+    }
+    match store.tenant_exists(&TenantId::new("")).await {
         Ok(_) => (StatusCode::OK, axum::Json(json!({"status": "ready"}))),
         Err(e) => {
             tracing::warn!(error = %e, "store not ready");

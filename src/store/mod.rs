@@ -574,12 +574,27 @@ pub trait ReviewStore: Send + Sync {
 }
 
 /// Everything Hearth stores, in one handle.
+/// Whether the store can take writes now, for `/readyz`.
+pub trait Health {
+    /// `Err` with a reason while the writer is closed or its last commit failed (a full
+    /// or read-only disk): reads may still work, acknowledgements would not.
+    fn writer_health(&self) -> Result<(), String>;
+}
+
 pub trait Store:
-    TenantStore + ConsentStore + ExchangeStore + AuditStore + NoteStore + ReviewStore + 'static
+    TenantStore + ConsentStore + ExchangeStore + AuditStore + NoteStore + ReviewStore + Health + 'static
 {
 }
-impl<T: TenantStore + ConsentStore + ExchangeStore + AuditStore + NoteStore + ReviewStore + 'static>
-    Store for T
+impl<
+    T: TenantStore
+        + ConsentStore
+        + ExchangeStore
+        + AuditStore
+        + NoteStore
+        + ReviewStore
+        + Health
+        + 'static,
+> Store for T
 {
 }
 

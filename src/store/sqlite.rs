@@ -197,6 +197,8 @@ struct Inner {
     /// The feed's newest sequence number, published by the writer after each commit
     /// that added to it (wakes housing's long-polls, whatever the write was).
     feed_head: tokio::sync::watch::Sender<u64>,
+    /// The writer's last commit failed (or the writer stopped).
+    commits_failing: Arc<AtomicBool>,
 }
 
 /// The SQLite store. Cheap to clone.
@@ -379,6 +381,7 @@ fn writer_loop(
     jobs: mpsc::Receiver<Job>,
     cache: Arc<ContextCache>,
     feed_head: tokio::sync::watch::Sender<u64>,
+    failing: Arc<AtomicBool>,
 ) {
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
@@ -453,6 +456,9 @@ fn writer_loop(
         }
         // Before anyone is answered, so no caller sees a cached answer older than its write.
         cache.invalidate(&changes);
+        // What /readyz reports: a writer that cannot commit (disk full, read-only) is not
+        // ready, whatever reads still do. Stays set if the writer stops below.
+        failing.store(result.is_err(), Ordering::Relaxed);
         if let Err(e) = &result {
             tracing::error!(error = %e, "store commit failed; every job in the batch is answered with an error");
             match load_head(&conn) {
@@ -524,10 +530,19 @@ impl SqliteStore {
         let cache = Arc::new(ContextCache::new(CACHED_TENANTS));
         let (tx, rx) = mpsc::channel::<Job>();
         let writer_cache = cache.clone();
+        let failing = Arc::new(AtomicBool::new(false));
+        let writer_failing = failing.clone();
         let thread = std::thread::Builder::new()
             .name("hearth-store-writer".into())
             .spawn(move || {
-                writer_loop(conn, head, rx, writer_cache, writer_feed_head);
+                writer_loop(
+                    conn,
+                    head,
+                    rx,
+                    writer_cache,
+                    writer_feed_head,
+                    writer_failing,
+                );
                 // The writer's connection (and with it the hook) is gone, so the
                 // checkpointer stops; its connection, closing last, checkpoints the rest.
                 let _ = checkpointer.join();
@@ -542,6 +557,7 @@ impl SqliteStore {
                 writer_thread: Mutex::new(Some(thread)),
                 readers: Mutex::new(Vec::new()),
                 feed_head,
+                commits_failing: failing,
             }),
         })
     }
@@ -1483,6 +1499,18 @@ fn commit_one(ctx: &mut WriteCtx<'_>, mut ex: NewExchange) -> StoreResult<Exchan
     Ok(outcome)
 }
 
+impl Health for SqliteStore {
+    fn writer_health(&self) -> Result<(), String> {
+        if self.inner.writer.lock().expect("writer lock").is_none() {
+            return Err("the store is closed".into());
+        }
+        if self.inner.commits_failing.load(Ordering::Relaxed) {
+            return Err("the store's last commit failed".into());
+        }
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl ExchangeStore for SqliteStore {
     async fn commit_exchanges(
@@ -2361,8 +2389,11 @@ mod tests {
         held.await.unwrap().unwrap();
         assert!(ended.await.unwrap().is_err());
         assert!(matches!(after.await, Err(_) | Ok(Err(_))));
+        // Not ready while commits fail; ready again once one succeeds.
+        assert!(store.writer_health().is_err());
 
         store.append(entry(3)).await.unwrap();
+        assert_eq!(store.writer_health(), Ok(()));
         let v = store.verify(None).await.unwrap();
         assert_eq!((v.records, v.first_broken.is_none()), (2, true), "{v:?}");
     }
