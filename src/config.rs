@@ -483,6 +483,18 @@ impl Config {
                     "partner `{}`: client_cert_sha256 must be 64 hex digits",
                     p.id
                 );
+                // Without either, no request could ever present the certificate, and
+                // every one of this partner's requests would be refused.
+                let certificates_seen = self.tls.as_ref().is_some_and(|t| t.client_ca.is_some())
+                    || self
+                        .proxy
+                        .as_ref()
+                        .is_some_and(|p| p.client_cert_header.is_some());
+                anyhow::ensure!(
+                    certificates_seen,
+                    "partner `{}` pins a client certificate, but Hearth sees none: set [tls] client_ca, or [proxy] client_cert_header behind a proxy that verifies them",
+                    p.id
+                );
             }
         }
         Ok(())
@@ -618,10 +630,32 @@ kind = "housing"
     }
     Config::from_toml(&text).context("the sample config does not parse; this is a bug")?;
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
+        create_private_dir(parent)?;
     }
-    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    // Readable by its owner only: it names the partners' endpoints, and operators put
+    // partner bearer tokens in it. `create_new`: two first starts at once must not both
+    // print credentials of which only the last would work.
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    std::io::Write::write_all(&mut file, text.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok(creds)
+}
+
+/// Creates `dir` (and its parents) readable by its owner only when it does not exist:
+/// it holds the store, health data about tenants. An existing directory is left as the
+/// operator set it up.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
 }
 
 #[cfg(test)]
@@ -694,6 +728,22 @@ mod tests {
             ),
             "to itself",
         );
+        // A pinned certificate that no request can present would refuse the partner.
+        let pinned = text.replacen(
+            "kind = \"clinic\"",
+            &format!(
+                "kind = \"clinic\"\nclient_cert_sha256 = \"{}\"",
+                "ab".repeat(32)
+            ),
+            1,
+        );
+        refused(pinned.clone(), "sees none");
+        assert!(
+            Config::from_toml(&format!(
+                "{pinned}\n[proxy]\naddress = \"127.0.0.1\"\nclient_cert_header = \"x-client-cert\"\n"
+            ))
+            .is_ok()
+        );
         // A second housing provider would read the first one's tenants.
         refused(
             format!(
@@ -727,6 +777,24 @@ mod tests {
         ] {
             assert!(check_partner_url(fine).is_ok(), "{fine}");
         }
+    }
+
+    /// The config and a directory it creates are its owner's alone, and a second first
+    /// start does not overwrite the first one's credentials.
+    #[cfg(unix)]
+    #[test]
+    fn the_sample_config_is_private_and_never_overwritten() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("hearth-data");
+        let path = data.join("hearth.toml");
+        write_sample(&path, &data, Path::new("m"), Path::new("p")).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(&data), 0o700);
+        let before = std::fs::read_to_string(&path).unwrap();
+        assert!(write_sample(&path, &data, Path::new("m"), Path::new("p")).is_err());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), before);
     }
 
     #[test]

@@ -508,7 +508,7 @@ fn publish_feed_head(conn: &Connection, feed_head: &tokio::sync::watch::Sender<u
 impl SqliteStore {
     /// Opens (or creates) the store in `data_dir`.
     pub fn open(data_dir: &Path) -> StoreResult<Self> {
-        std::fs::create_dir_all(data_dir)
+        crate::config::create_private_dir(data_dir)
             .map_err(|e| StoreError::Internal(format!("creating {}: {e}", data_dir.display())))?;
         let path = data_dir.join(DB_FILE);
         let lock = lock_data_dir(data_dir)?;
