@@ -138,7 +138,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         } => {
             let mut config = match config {
                 Some(path) => Config::load(&path)?,
-                None => default_config()?,
+                None => default_config(data_dir.as_deref())?,
             };
             if let Some(l) = listen {
                 config.listen = l;
@@ -373,10 +373,11 @@ fn csv_row(row: &crate::store::AuditRow) -> Vec<String> {
     ]
 }
 
-/// The config `hearth serve` uses when given none: hearth-data/hearth.toml, created
-/// (with credentials printed once) on first start.
-fn default_config() -> anyhow::Result<Config> {
-    let dir = PathBuf::from(DEFAULT_DIR);
+/// The config `hearth serve` uses when given none: `hearth.toml` in the data directory
+/// (`--data-dir`, else hearth-data), created (with credentials printed once) on first
+/// start, so the config, the store and the `audit` commands agree on one directory.
+fn default_config(data_dir: Option<&Path>) -> anyhow::Result<Config> {
+    let dir = data_dir.map_or_else(|| PathBuf::from(DEFAULT_DIR), Path::to_path_buf);
     let path = dir.join("hearth.toml");
     if !path.exists() {
         let creds =

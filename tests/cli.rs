@@ -1,5 +1,5 @@
 //! The `hearth` binary's operator commands, run as a child process from the repo root:
-//! `init`, `validate`, `translate` and `audit verify`.
+//! `init`, `validate`, `translate`, `audit verify`, and `serve`'s first start.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -411,4 +411,71 @@ fn audit_verify_on_an_empty_directory_says_there_is_no_store() {
         0,
         "audit verify wrote into the directory"
     );
+}
+
+// --- serve, first start ------------------------------------------------------------------
+
+/// `GET path` over plain HTTP/1.0; the status code, or None while nothing answers.
+fn http_status(port: u16, path: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).ok()?;
+    answer.split(' ').nth(1)?.parse().ok()
+}
+
+/// The first `serve` with `--data-dir` and `--listen`: the config it writes, the store and
+/// the `audit` commands all use that one directory, and the config is its owner's alone.
+#[test]
+fn the_first_serve_keeps_its_config_and_store_in_the_data_dir_it_was_given() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("store");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let log = std::fs::File::create(tmp.path().join("serve.log")).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hearth"))
+        .args(["serve", "--data-dir", path_str(&data), "--listen", &listen])
+        .current_dir(root())
+        .env_remove("HEARTH_CONFIG")
+        .env_remove("HEARTH_DATA_DIR")
+        .env_remove("HEARTH_LISTEN")
+        .env("RUST_LOG", "off")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let ready = loop {
+        if let Some(status) = http_status(port, "/readyz") {
+            break status;
+        }
+        if child.try_wait().unwrap().is_some() || std::time::Instant::now() > deadline {
+            break 0;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let printed = std::fs::read_to_string(tmp.path().join("serve.log")).unwrap();
+    assert_eq!(ready, 200, "{printed}");
+    let config = data.join("hearth.toml");
+    assert!(printed.contains(path_str(&config)), "{printed}");
+    assert!(
+        printed.contains("hth_"),
+        "the tokens are shown once: {printed}"
+    );
+    assert!(data.join("hearth.db").exists());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&config).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+    let verify = hearth(&["audit", "verify", "--data-dir", path_str(&data)]);
+    assert!(verify.status.success(), "{}", describe(&verify));
 }
