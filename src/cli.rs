@@ -61,6 +61,14 @@ pub enum Command {
         #[arg(long, default_value = "mappings")]
         mappings: PathBuf,
     },
+    /// Copy the store to FILE as one consistent snapshot, safe beside a running server
+    /// (copying hearth.db alone misses what is still in its write-ahead log), then verify
+    /// the copy's audit chain. FILE must not exist.
+    Backup {
+        #[command(flatten)]
+        store: StoreArgs,
+        file: PathBuf,
+    },
     /// Inspect the audit trail (works beside a running server).
     Audit {
         #[command(subcommand)]
@@ -210,6 +218,30 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             let t = mappings.translate(&resource);
             println!("{}", serde_json::to_string_pretty(&t)?);
             Ok(if t.problems.is_empty() { 0 } else { 1 })
+        }
+        Command::Backup { store, file } => {
+            anyhow::ensure!(
+                !file.exists(),
+                "{} already exists; not overwriting it",
+                file.display()
+            );
+            SqliteStore::backup_file(&store.db_path()?, &file)?;
+            let v = SqliteStore::verify_file(&file, None)?;
+            if v.ok() {
+                println!(
+                    "Backed up to {}: {} audit records verified; head {}",
+                    file.display(),
+                    v.records,
+                    v.head
+                );
+                Ok(0)
+            } else {
+                println!(
+                    "Backed up to {}, but its audit chain does not verify: run `hearth audit verify` on the store",
+                    file.display()
+                );
+                Ok(1)
+            }
         }
         Command::Audit { command } => audit(command),
     }

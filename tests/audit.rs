@@ -301,3 +301,59 @@ async fn the_trail_pages_in_order_and_filters_by_tenant() {
     );
     assert_eq!(app.get("/audit/records?limit=0", AUDITOR).await.status, 400);
 }
+
+/// The operator backs the store up while Hearth runs: one file, everything acknowledged
+/// (also what is still in the write-ahead log), its chain verified; never over a file.
+#[tokio::test]
+async fn a_backup_taken_while_serving_holds_every_acknowledged_exchange() {
+    let app = spawn_app().await.with_consenting_tenant().await;
+    let mut acknowledged = Vec::new();
+    for name in ["risk-flag-update.json", "care-contact-update.json"] {
+        let a = app
+            .post("/fhir/Communication", CLINIC, &fixture(name))
+            .await;
+        assert_eq!(a.status, 201);
+        acknowledged.push(a.reference_id());
+    }
+    let out = tempfile::tempdir().unwrap();
+    let file = out.path().join("hearth-backup.db");
+    let backup = |file: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_hearth"))
+            .args(["backup", "--data-dir"])
+            .arg(app.data.path())
+            .arg(file)
+            .env("RUST_LOG", "off")
+            .output()
+            .unwrap()
+    };
+    let done = backup(&file);
+    let said = String::from_utf8_lossy(&done.stdout).to_string();
+    assert!(
+        done.status.success(),
+        "{said} {}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    assert!(said.contains("verified"), "{said}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "the copy is health data");
+    }
+
+    let copy = rusqlite::Connection::open(&file).unwrap();
+    for reference in &acknowledged {
+        let found: i64 = copy
+            .query_row(
+                "SELECT count(*) FROM exchanges WHERE reference_id = ?1",
+                [reference],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(found, 1, "{reference} is missing from the backup");
+    }
+    drop(copy);
+    let again = backup(&file);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+}

@@ -696,6 +696,35 @@ impl SqliteStore {
         })
     }
 
+    /// Writes one consistent snapshot of the store at `path` (committed data, including
+    /// what is still in the write-ahead log) to the new file `dest`, from a read-only
+    /// connection: safe while the gateway writes.
+    pub fn backup_file(path: &Path, dest: &Path) -> StoreResult<()> {
+        // Read-only, but not `query_only`, which refuses VACUUM INTO as a write.
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let name = dest
+            .to_str()
+            .ok_or_else(|| StoreError::Internal(format!("{} is not UTF-8", dest.display())))?;
+        // The copy is health data: its owner's alone, created here (empty, as VACUUM INTO
+        // accepts) so it never replaces a file; removed again if the copy fails.
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        options
+            .open(dest)
+            .map_err(|e| StoreError::Internal(format!("creating {}: {e}", dest.display())))?;
+        if let Err(e) = conn.execute("VACUUM INTO ?1", [name]) {
+            let _ = std::fs::remove_file(dest);
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
     /// The latest audit record's sequence number and hash, read from the file at `path`.
     pub fn head_of_file(path: &Path) -> StoreResult<(u64, String)> {
         let conn = open_reader(path)?;
