@@ -81,15 +81,16 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let router = http::router(app.state.clone());
-    // The relay stops when the server does; attempts in flight finish first.
-    let (stop_relay, relay_stopped) = tokio::sync::watch::channel(false);
+    // The relay stops when the server does (attempts in flight finish first), and so do
+    // feed long-polls, which would otherwise hold the drain for their whole wait.
+    let stopping = app.state.stopping.clone();
+    let mut relay_stopped = stopping.subscribe();
     let relay = tokio::spawn(app.state.relay.clone().run(async move {
-        let mut rx = relay_stopped;
-        let _ = rx.wait_for(|stop| *stop).await;
+        let _ = relay_stopped.wait_for(|stop| *stop).await;
     }));
     let stop = async move {
         shutdown.await;
-        let _ = stop_relay.send(true);
+        stopping.send_replace(true);
     };
     let result = match app.tls {
         Some((config, timeouts)) => {

@@ -182,3 +182,25 @@ async fn wait_until_polls_waiting(app: &TestApp, n: u32) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// A worker's long-poll does not hold Hearth's shutdown for its whole `wait`: it is
+/// answered (an empty page, its cursor unchanged) and the server stops.
+#[tokio::test]
+async fn shutting_down_answers_waiting_long_polls() {
+    let app = spawn_app().await;
+    let client = app.client.clone();
+    let url = format!("{}/housing/updates?since=0&wait=60", app.base);
+    let poll = tokio::spawn(async move {
+        answer(client.get(url).bearer_auth(HOUSING).send().await.unwrap()).await
+    });
+    wait_until_polls_waiting(&app, 1).await;
+    let stopped = tokio::time::timeout(Duration::from_secs(20), app.stop()).await;
+    assert!(stopped.is_ok(), "the long-poll held the shutdown");
+    let a = tokio::time::timeout(Duration::from_secs(5), poll)
+        .await
+        .expect("the poll was answered")
+        .unwrap();
+    assert_eq!(a.status, 200, "{a:?}");
+    assert_eq!(a.body["entries"], serde_json::json!([]));
+    assert_eq!(a.body["next"], "0");
+}

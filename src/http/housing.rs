@@ -360,7 +360,12 @@ async fn updates(
         .map_err(|e| fail(e.into(), &audit))?;
     if entries.is_empty() && wait > 0 {
         let _waiting = state.metrics.long_poll();
-        let _ = tokio::time::timeout(Duration::from_secs(wait), changed.changed()).await;
+        let mut stopping = state.stopping.subscribe();
+        tokio::select! {
+            _ = tokio::time::timeout(Duration::from_secs(wait), changed.changed()) => {}
+            // Shutting down: answer now (an empty page) so the drain is not held.
+            _ = stopping.wait_for(|stop| *stop) => {}
+        }
         entries = store
             .feed(since, limit as usize)
             .await

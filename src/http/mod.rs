@@ -45,6 +45,9 @@ pub struct AppState {
     /// The outbound relay, woken when a note is queued.
     pub relay: crate::relay::Relay,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Set when the server starts shutting down: the relay stops and long-polls return
+    /// at once rather than holding the drain for their whole `wait`.
+    pub stopping: tokio::sync::watch::Sender<bool>,
 }
 
 impl AppState {
@@ -59,6 +62,7 @@ impl AppState {
             principals: Arc::new(principals),
             relay,
             metrics,
+            stopping: tokio::sync::watch::channel(false).0,
         }
     }
 }
