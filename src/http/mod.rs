@@ -219,16 +219,22 @@ async fn envelope(State(state): State<AppState>, mut req: Request, next: Next) -
         principal = principal.as_ref().map(|p| p.id.as_str()).unwrap_or("-"),
     );
 
-    // Behind a trusted proxy, the client certificate it verified arrives in a header;
-    // from any other peer that header is ignored.
-    if let Some(proxy) = &state.gateway.config.proxy
-        && let Some(header) = &proxy.client_cert_header
-    {
-        let from_proxy = req
-            .extensions()
+    let proxy = state.gateway.config.proxy.as_ref();
+    let from_proxy = proxy.is_some_and(|proxy| {
+        req.extensions()
             .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
             // An IPv4 proxy seen on a dual-stack socket arrives as ::ffff:a.b.c.d.
-            .is_some_and(|c| c.0.ip().to_canonical() == proxy.address.to_canonical());
+            .is_some_and(|c| c.0.ip().to_canonical() == proxy.address.to_canonical())
+    });
+    // `[proxy]` is what lets Hearth serve plain HTTP off loopback: the proxy terminates
+    // TLS. A peer that is not the proxy would be sending bearer tokens in the clear.
+    let bypasses_proxy =
+        proxy.is_some() && state.gateway.config.tls.is_none() && !from_proxy && !public;
+    // Behind a trusted proxy, the client certificate it verified arrives in a header;
+    // from any other peer that header is ignored.
+    if let Some(proxy) = proxy
+        && let Some(header) = &proxy.client_cert_header
+    {
         let cert = from_proxy
             .then(|| {
                 req.headers()
@@ -252,6 +258,10 @@ async fn envelope(State(state): State<AppState>, mut req: Request, next: Next) -
         pinned.is_some_and(|want| presented.is_none_or(|got| !got.eq_ignore_ascii_case(want)))
     });
     let response = match (&principal, public, break_glass(&req)) {
+        _ if bypasses_proxy => Error::Forbidden(
+            "plain HTTP is accepted only from the configured proxy; connect through it".into(),
+        )
+        .into_response(),
         (None, false, _) => Error::Unauthenticated.into_response(),
         (Some(_), _, _) if pinned_cert_missing => Error::Forbidden(
             "this organisation must present its client certificate (mutual TLS)".into(),
