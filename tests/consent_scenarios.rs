@@ -928,6 +928,9 @@ async fn a_revocation_overtakes_a_notice_decided_before_it() {
     let prepared = prepare_clinic_notice(&app, fixture("discharge-notice.json"))
         .await
         .expect("permitted under the consent as it stood");
+    let resend = prepare_clinic_notice(&app, fixture("risk-flag-update.json"))
+        .await
+        .unwrap();
     let revoked = app
         .post_json(
             &format!("/housing/consents/{id}/revoke"),
@@ -948,6 +951,13 @@ async fn a_revocation_overtakes_a_notice_decided_before_it() {
             .iter()
             .any(|e| e["item"]["item"] == "discharge"),
         "the discharge reached housing"
+    );
+    // A resend of the notice stored before the revocation, caught in the same race, is
+    // the replay it is: nothing new stored, nothing refused.
+    let replayed = app.gateway.commit(vec![resend]).await;
+    assert!(
+        matches!(&replayed, Ok(r) if matches!(r[0].outcome, hearth::store::ExchangeOutcome::Replayed { .. })),
+        "{replayed:?}"
     );
 }
 

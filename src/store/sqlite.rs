@@ -1317,13 +1317,30 @@ fn consent_unchanged(tx: &Transaction<'_>, ex: &NewExchange) -> StoreResult<Stor
                AND json_extract(terms, '$.status') NOT IN ('proposed', 'rejected')",
         )?
         .query_row([ex.tenant.as_str()], |r| r.get(0))?;
-    Ok(if may_govern as usize == seen.may_govern {
-        Ok(())
-    } else {
-        Err(StoreError::Conflict(
+    // A resend of what is already stored changes nothing, whatever the consent now says:
+    // it is answered as the replay it is, not refused.
+    let latest_digest: Option<String> = tx
+        .prepare_cached(
+            "SELECT digest FROM exchanges
+             WHERE partner = ?1 AND resource_type = ?2 AND ident_value = ?3 AND ident_system = ?4 AND state != 'superseded'
+             ORDER BY reference_id DESC LIMIT 1",
+        )?
+        .query_row(
+            params![ex.key.partner.as_str(), ex.key.resource_type, ex.key.identifier.value, ex.key.identifier.system],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(
+        if may_govern as usize == seen.may_govern
+            || latest_digest.as_deref() == Some(ex.digest.as_str())
+        {
+            Ok(())
+        } else {
+            Err(StoreError::Conflict(
             "the tenant's consent changed while this exchange was processed; nothing was stored. Send it again to have it decided under the consent now in force".into(),
         ))
-    })
+        },
+    )
 }
 
 /// An exchange under `ex`'s key with its content that was overtaken on arrival: stored
