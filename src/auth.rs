@@ -12,8 +12,9 @@ use sha2::{Digest, Sha256};
 use crate::ids::PartnerId;
 
 /// What a principal may do. Each route states which roles it admits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
+#[clap(rename_all = "kebab-case")]
 pub enum Role {
     /// A clinic EHR: pushes notices and consents.
     Clinic,

@@ -69,6 +69,18 @@ pub enum Command {
         store: StoreArgs,
         file: PathBuf,
     },
+    /// A fresh bearer token for a new principal (e.g. to rotate one): prints the token,
+    /// once, and the `[[principals]]` entry with its hash to add to the config. Touches
+    /// no file; the server reads the config at start-up.
+    Token {
+        /// The new principal's id (unique in the config).
+        id: String,
+        /// The partner id of its organisation.
+        #[arg(long)]
+        org: String,
+        #[arg(long, value_enum)]
+        role: crate::auth::Role,
+    },
     /// Inspect the audit trail (works beside a running server).
     Audit {
         #[command(subcommand)]
@@ -242,6 +254,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 );
                 Ok(1)
             }
+        }
+        Command::Token { id, org, role } => {
+            let token = crate::auth::generate_token();
+            println!("Token for `{id}` (shown once; only its hash goes in the config):\n{token}\n");
+            println!(
+                "Add to the config, then restart Hearth:\n\n[[principals]]\nid = \"{id}\"\norg = \"{org}\"\nrole = \"{}\"\ntoken_sha256 = \"{}\"",
+                role.as_str(),
+                crate::auth::hash_token(&token)
+            );
+            Ok(0)
         }
         Command::Audit { command } => audit(command),
     }

@@ -479,3 +479,53 @@ fn the_first_serve_keeps_its_config_and_store_in_the_data_dir_it_was_given() {
     let verify = hearth(&["audit", "verify", "--data-dir", path_str(&data)]);
     assert!(verify.status.success(), "{}", describe(&verify));
 }
+
+/// Rotating a token: `hearth token` prints a new one and the config entry whose hash
+/// matches it, and that entry is accepted by the config it is added to.
+#[test]
+fn a_new_token_comes_with_the_principal_entry_that_accepts_it() {
+    let o = hearth(&[
+        "token",
+        "riverside-ehr-2",
+        "--org",
+        "riverside-clinic",
+        "--role",
+        "clinic",
+    ]);
+    assert!(o.status.success(), "{}", describe(&o));
+    let out = stdout(&o);
+    let token = out
+        .lines()
+        .find(|l| l.starts_with("hth_"))
+        .expect("the token is printed")
+        .to_string();
+    let entry = &out[out.find("[[principals]]").expect("the entry is printed")..];
+    let hash = entry
+        .lines()
+        .find_map(|l| l.strip_prefix("token_sha256 = "))
+        .unwrap()
+        .trim_matches('"');
+    assert_eq!(hash, hearth::auth::hash_token(&token));
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("cfg");
+    assert!(hearth(&["init", path_str(&dir)]).status.success());
+    let config = dir.join("hearth.toml");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push('\n');
+    text.push_str(entry);
+    let parsed = hearth::config::Config::from_toml(&text).unwrap();
+    let principals = parsed.principals();
+    let who = principals
+        .authenticate(&token)
+        .expect("the new token signs in");
+    assert_eq!(who.org.as_str(), "riverside-clinic");
+    let bad = hearth(&[
+        "token",
+        "x",
+        "--org",
+        "riverside-clinic",
+        "--role",
+        "superuser",
+    ]);
+    assert!(!bad.status.success());
+}
