@@ -907,6 +907,8 @@ mod tests {
             ("status", "draft"),
             ("status", "on-hold"),
             ("status", "entered-in-error"),
+            // Withdrawn before anything was taken: not a stop of something started.
+            ("status", "cancelled"),
             ("intent", "proposal"),
             ("intent", "plan"),
         ] {
@@ -1026,6 +1028,48 @@ mod tests {
         let t = mappings().translate(&r);
         assert_eq!(t.items.len(), 1);
         assert!(t.items[0].labels.contains("SUD"));
+    }
+
+    /// US EHRs code the reason for a medication in ICD-10-CM more often than SNOMED: an
+    /// unlisted product code with an opioid-dependence reason is still substance-use
+    /// treatment, and an antiretroviral for HIV disease is HIV-labelled.
+    #[test]
+    fn icd_10_cm_reasons_label_a_medication() {
+        for (icd, label) in [("F11.20", "SUD"), ("B20", "HIV")] {
+            let mut r = med_notice(json!({}));
+            let m = &mut r["contained"][0];
+            m["medicationCodeableConcept"] = json!({"text": "a product the value sets do not list",
+                "coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "999999"}]});
+            m["reasonCode"] =
+                json!([{"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": icd}]}]);
+            let t = mappings().translate(&r);
+            assert_eq!(t.items.len(), 1, "{icd}");
+            assert!(
+                t.items[0].labels.contains(label),
+                "{icd}: {:?}",
+                t.items[0].labels
+            );
+        }
+    }
+
+    /// A waitlisted appointment has no start yet, only the period asked for: housing is
+    /// told it is requested for then, rather than the whole notice being refused.
+    #[test]
+    fn an_appointment_without_a_start_is_expected_when_it_was_requested() {
+        let mut r = fixture("appointment-notice.json");
+        let at = contained_index(&r, "Appointment");
+        let appointment = r["contained"][at].as_object_mut().unwrap();
+        appointment.remove("start");
+        appointment.remove("end");
+        appointment.insert("status".into(), json!("waitlist"));
+        appointment.insert("requestedPeriod".into(), json!([{"start": "2026-12-01"}]));
+        let t = mappings().translate(&r);
+        assert!(t.problems.is_empty(), "{:?}", t.problems);
+        let DatasetItem::NextAppointment(a) = &t.items[0].item else {
+            panic!("expected an appointment: {:?}", t.items)
+        };
+        assert_eq!(a.start, "2026-12-01");
+        assert_eq!(a.status.as_ref().map(|s| s.as_str()), Some("requested"));
     }
 
     /// A flag entered in error never held: it is no risk flag or need for housing. A
