@@ -317,6 +317,22 @@ async fn an_older_version_stored_after_a_newer_one_changes_nothing() {
     }
 }
 
+/// The clinic revokes the follow-up plan it sent (the tenant was readmitted): the
+/// appointments and follow-ups it gave housing are withdrawn, as by entered-in-error.
+#[tokio::test]
+async fn a_revoked_care_plan_withdraws_what_it_told_housing() {
+    let app = spawn_app().await.with_consenting_tenant().await;
+    let mut plan = fixture("follow-up-plan.json");
+    let sent = app.post("/fhir/CarePlan", CLINIC, &plan).await;
+    assert_eq!(sent.status, 201, "{sent:?}");
+    assert!(!feed_items(&app).await.is_empty());
+    plan["status"] = json!("revoked");
+    let revoked = app.post("/fhir/CarePlan", CLINIC, &plan).await;
+    assert_eq!(revoked.status, 200, "{revoked:?}");
+    let view = app.get("/housing/tenants/T-1001", HOUSING).await;
+    assert_eq!(view.body["items"], json!([]), "{view:?}");
+}
+
 #[tokio::test]
 async fn if_none_exist_matching_one_is_a_replay_and_matching_several_is_412() {
     let app = spawn_app().await.with_consenting_tenant().await;

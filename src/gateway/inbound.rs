@@ -135,7 +135,13 @@ impl Gateway {
             }
         };
         let (tenant, context) = tenant;
-        let retract = resource.get("status").and_then(Value::as_str) == Some("entered-in-error");
+        // Entered in error, or a care plan revoked before it was carried out: what it told
+        // housing (follow-ups, appointments) no longer holds.
+        let retract = match resource.get("status").and_then(Value::as_str) {
+            Some("entered-in-error") => true,
+            Some("revoked") => endpoint_type == "CarePlan",
+            _ => false,
+        };
         let translation = self.mappings.translate(&resource);
         audit.dropped_paths = translation.dropped.clone();
 
