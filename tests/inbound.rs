@@ -326,6 +326,18 @@ async fn a_revoked_care_plan_withdraws_what_it_told_housing() {
     let sent = app.post("/fhir/CarePlan", CLINIC, &plan).await;
     assert_eq!(sent.status, 201, "{sent:?}");
     assert!(!feed_items(&app).await.is_empty());
+    // A plan still being drawn up, or only proposed, is not shared at all.
+    for (element, value) in [("status", "draft"), ("intent", "proposal")] {
+        let mut unfinished = fixture("follow-up-plan.json");
+        unfinished["identifier"][0]["value"] = json!(format!("unfinished-{value}"));
+        unfinished[element] = json!(value);
+        let a = app.post("/fhir/CarePlan", CLINIC, &unfinished).await;
+        assert_eq!(
+            (a.status, a.error_expressions()),
+            (422, vec![format!("CarePlan.{element}")]),
+            "{a:?}"
+        );
+    }
     plan["status"] = json!("revoked");
     let revoked = app.post("/fhir/CarePlan", CLINIC, &plan).await;
     assert_eq!(revoked.status, 200, "{revoked:?}");

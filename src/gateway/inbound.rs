@@ -75,6 +75,9 @@ impl Gateway {
             }
         }
         self.validate(&resource)?;
+        if endpoint_type == "CarePlan" {
+            not_yet_a_plan(&resource)?;
+        }
         let key = ExchangeKey {
             partner: call.principal.org.clone(),
             resource_type: endpoint_type.to_string(),
@@ -730,6 +733,29 @@ mod base64_json {
     use base64::Engine;
     pub fn encode<T: serde::Serialize>(v: &T) -> String {
         base64::engine::general_purpose::STANDARD.encode(serde_json::to_vec(v).unwrap_or_default())
+    }
+}
+
+/// A care plan still being drawn up (`draft`) or only proposed (`proposal`, `option`) tells
+/// housing nothing it can rely on: refused at the element that says so, whoever the
+/// subject is (so it says nothing about tenancy). Sent once active, it is shared.
+fn not_yet_a_plan(plan: &Value) -> Result<(), Error> {
+    let refuse = |element: &str, value: &str| {
+        Err(Error::Invalid(vec![
+            Issue::error(
+                IssueCode::BusinessRule,
+                format!("a care plan with {element} `{value}` is not shared with housing; send it once it is an active plan or order"),
+            )
+            .at(format!("CarePlan.{element}")),
+        ]))
+    };
+    match (
+        plan.get("status").and_then(Value::as_str),
+        plan.get("intent").and_then(Value::as_str),
+    ) {
+        (Some(s @ "draft"), _) => refuse("status", s),
+        (_, Some(i @ ("proposal" | "option"))) => refuse("intent", i),
+        _ => Ok(()),
     }
 }
 
