@@ -355,11 +355,18 @@ impl Mappings {
         node: Node<'a>,
         reads: &mut Vec<Read<'a>>,
     ) -> Option<(&'a Value, Origin<'a>)> {
-        let (path, op) = match rule {
+        let (path, op, when) = match rule {
             Rule::Const(v) => return Some((v, Origin::Mapping)),
-            Rule::Path { path, op } => (path, op),
+            Rule::Path { path, op, when } => (path, op, when),
         };
         let start = reads.len();
+        for condition in when {
+            let result = self.eval_rule(doc, condition, node, reads);
+            if !holds(result) {
+                reads.truncate(start);
+                return None;
+            }
+        }
         let nodes = doc.eval(path, node, reads);
         let found = match op {
             Op::First => nodes.into_iter().find(|n| is_primitive(n.value)).map(|n| {
@@ -933,6 +940,15 @@ mod tests {
         };
         assert_eq!(d.status.as_str(), "admitted");
         assert_eq!(d.date.as_deref(), Some("2026-11-18T22:10:00-08:00"));
+
+        // Discharged, with no end recorded: no date, rather than the admission's.
+        r["contained"][encounter]["status"] = json!("finished");
+        let t = mappings().translate(&r);
+        let DatasetItem::Discharge(d) = &t.items[0].item else {
+            panic!("expected a discharge")
+        };
+        assert_eq!(d.status.as_str(), "discharged");
+        assert_eq!(d.date, None);
     }
 
     /// A follow-up already done, cancelled or entered in error is no requirement.

@@ -163,7 +163,13 @@ pub enum Op {
 /// One rule: read something from the resource, or a constant.
 #[derive(Debug)]
 pub enum Rule {
-    Path { path: Path, op: Op },
+    Path {
+        path: Path,
+        op: Op,
+        /// Rules that must all hold on the same node for this one to apply (`when`): a
+        /// finished encounter is dated by its end, never by its start.
+        when: Vec<Rule>,
+    },
     Const(Value),
 }
 
@@ -287,7 +293,10 @@ impl Ctx<'_> {
             what,
         )?;
         let value = t.get("value").map(to_json);
-        let mut ops = t.keys().filter(|k| !matches!(k.as_str(), "path" | "value"));
+        let when = self.filter(t.get("when"), what)?;
+        let mut ops = t
+            .keys()
+            .filter(|k| !matches!(k.as_str(), "path" | "value" | "when"));
         let op = match ops.next().map(String::as_str) {
             None => Op::First,
             Some("map") => Op::Map(
@@ -330,7 +339,7 @@ impl Ctx<'_> {
                 format!("{what}: `value` only goes with `in`"),
             ));
         }
-        Ok(Rule::Path { path, op })
+        Ok(Rule::Path { path, op, when })
     }
 
     /// A `filter`: one rule, or a list of rules that must all hold.
