@@ -1319,28 +1319,14 @@ fn consent_unchanged(tx: &Transaction<'_>, ex: &NewExchange) -> StoreResult<Stor
         .query_row([ex.tenant.as_str()], |r| r.get(0))?;
     // A resend of what is already stored changes nothing, whatever the consent now says:
     // it is answered as the replay it is, not refused.
-    let latest_digest: Option<String> = tx
-        .prepare_cached(
-            "SELECT digest FROM exchanges
-             WHERE partner = ?1 AND resource_type = ?2 AND ident_value = ?3 AND ident_system = ?4 AND state != 'superseded'
-             ORDER BY reference_id DESC LIMIT 1",
-        )?
-        .query_row(
-            params![ex.key.partner.as_str(), ex.key.resource_type, ex.key.identifier.value, ex.key.identifier.system],
-            |r| r.get(0),
-        )
-        .optional()?;
-    Ok(
-        if may_govern as usize == seen.may_govern
-            || latest_digest.as_deref() == Some(ex.digest.as_str())
-        {
-            Ok(())
-        } else {
-            Err(StoreError::Conflict(
+    let resend = latest_version(tx, &ex.key)?.is_some_and(|(_, digest)| digest == ex.digest);
+    Ok(if may_govern as usize == seen.may_govern || resend {
+        Ok(())
+    } else {
+        Err(StoreError::Conflict(
             "the tenant's consent changed while this exchange was processed; nothing was stored. Send it again to have it decided under the consent now in force".into(),
         ))
-        },
-    )
+    })
 }
 
 /// An exchange under `ex`'s key with its content that was overtaken on arrival: stored
@@ -1399,20 +1385,28 @@ fn insert_exchange(
     Ok(())
 }
 
-fn commit_one(ctx: &mut WriteCtx<'_>, mut ex: NewExchange) -> StoreResult<ExchangeOutcome> {
-    let reference = ex.reference_id.to_string();
-    let earlier: Option<(String, String)> = ctx
-        .tx
+/// The latest version stored under `key` that still stands (current or retracted): its
+/// reference ID and digest.
+fn latest_version(
+    tx: &Transaction<'_>,
+    key: &ExchangeKey,
+) -> StoreResult<Option<(String, String)>> {
+    Ok(tx
         .prepare_cached(
             "SELECT reference_id, digest FROM exchanges
              WHERE partner = ?1 AND resource_type = ?2 AND ident_value = ?3 AND ident_system = ?4 AND state != 'superseded'
              ORDER BY reference_id DESC LIMIT 1",
         )?
         .query_row(
-            params![ex.key.partner.as_str(), ex.key.resource_type, ex.key.identifier.value, ex.key.identifier.system],
+            params![key.partner.as_str(), key.resource_type, key.identifier.value, key.identifier.system],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
-        .optional()?;
+        .optional()?)
+}
+
+fn commit_one(ctx: &mut WriteCtx<'_>, mut ex: NewExchange) -> StoreResult<ExchangeOutcome> {
+    let reference = ex.reference_id.to_string();
+    let earlier = latest_version(ctx.tx, &ex.key)?;
 
     // The same content as the latest version is a replay; so is the same content as a
     // version that was overtaken on arrival (its sender, not told in time, sends it
