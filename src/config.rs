@@ -516,6 +516,13 @@ impl Config {
     pub fn partner(&self, id: &PartnerId) -> Option<&PartnerConfig> {
         self.partners.iter().find(|p| &p.id == id)
     }
+
+    /// The housing provider this Hearth serves ([`Config::check`] allows at most one).
+    pub fn housing(&self) -> Option<&PartnerConfig> {
+        self.partners
+            .iter()
+            .find(|p| p.kind == PartnerKind::Housing)
+    }
 }
 
 /// A sample principal with its freshly generated token (shown once).
@@ -635,16 +642,20 @@ kind = "housing"
     // Readable by its owner only: it names the partners' endpoints, and operators put
     // partner bearer tokens in it. `create_new`: two first starts at once must not both
     // print credentials of which only the last would work.
+    let mut file =
+        create_private_file(path).with_context(|| format!("creating {}", path.display()))?;
+    std::io::Write::write_all(&mut file, text.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(creds)
+}
+
+/// Creates the new file `path` (never over an existing one), readable by its owner only.
+pub fn create_private_file(path: &Path) -> std::io::Result<std::fs::File> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    std::io::Write::write_all(&mut file, text.as_bytes())
-        .with_context(|| format!("writing {}", path.display()))?;
-    Ok(creds)
+    options.open(path)
 }
 
 /// Creates `dir` (and its parents) readable by its owner only when it does not exist:

@@ -189,9 +189,7 @@ impl Gateway {
             || resource["performer"][0]["type"] == "RelatedPerson";
         let custodian = self
             .config
-            .partners
-            .iter()
-            .find(|p| p.kind == crate::config::PartnerKind::Housing)
+            .housing()
             .map_or_else(|| call.principal.org.clone(), |p| p.id.clone());
         let resource = terms_to_fhir(
             &terms,

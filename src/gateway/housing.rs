@@ -208,9 +208,7 @@ impl Gateway {
 
     pub fn housing_name(&self) -> String {
         self.config
-            .partners
-            .iter()
-            .find(|p| p.kind == crate::config::PartnerKind::Housing)
+            .housing()
             .map_or_else(|| "the housing provider".to_string(), |p| p.name.clone())
     }
 

@@ -388,9 +388,7 @@ impl Gateway {
     }
 
     fn is_housing(&self, org: &PartnerId) -> bool {
-        self.config
-            .partner(org)
-            .is_some_and(|p| p.kind == crate::config::PartnerKind::Housing)
+        self.config.housing().is_some_and(|p| &p.id == org)
     }
 
     /// Refuses (403) a caller who may not read review `r`.

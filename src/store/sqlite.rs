@@ -711,12 +711,7 @@ impl SqliteStore {
             .ok_or_else(|| StoreError::Internal(format!("{} is not UTF-8", dest.display())))?;
         // The copy is health data: its owner's alone, created here (empty, as VACUUM INTO
         // accepts) so it never replaces a file; removed again if the copy fails.
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        options
-            .open(dest)
+        crate::config::create_private_file(dest)
             .map_err(|e| StoreError::Internal(format!("creating {}: {e}", dest.display())))?;
         if let Err(e) = conn.execute("VACUUM INTO ?1", [name]) {
             let _ = std::fs::remove_file(dest);
