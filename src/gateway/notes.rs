@@ -68,12 +68,17 @@ impl Gateway {
         call: &Call,
         threads: &mut [NoteThread],
     ) -> Result<(), Error> {
+        // One read for every fact of every thread, not one per thread.
+        let ids: Vec<String> = threads.iter().flat_map(|t| fact_ids(&t.note)).collect();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let retired: std::collections::HashSet<String> =
+            self.store.retired_items(ids).await?.into_iter().collect();
         for t in threads {
-            let ids = fact_ids(&t.note);
-            if ids.is_empty() {
+            if t.note["facts"].as_array().is_none_or(Vec::is_empty) {
                 continue;
             }
-            let retired = self.store.retired_items(ids.clone()).await?;
             let labels: Vec<Vec<String>> = fact_labels(&t.note)
                 .into_iter()
                 .map(|l| l.into_iter().collect())
@@ -93,10 +98,7 @@ impl Gateway {
             };
             for (i, fact) in facts.iter_mut().enumerate() {
                 let id = fact["id"].clone();
-                if id
-                    .as_str()
-                    .is_some_and(|id| retired.iter().any(|r| r == id))
-                {
+                if id.as_str().is_some_and(|id| retired.contains(id)) {
                     *fact = json!({"id": id, "retired": true});
                 } else if withheld.contains(&i) {
                     *fact = json!({"id": id, "restricted": true});
