@@ -163,15 +163,7 @@ async fn wait_until_polls_waiting(app: &TestApp, n: u32) {
     let expected = format!("hearth_feed_long_polls_waiting {n}");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let text = app
-            .client
-            .get(format!("{}/metrics", app.base))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = app.metrics_text().await;
         if text.lines().any(|l| l == expected) {
             return;
         }

@@ -45,6 +45,19 @@ fn note(facts: Value) -> Value {
     })
 }
 
+/// The audit records of forwards (notes a routing rule queued, or refused, for another
+/// partner), oldest first.
+async fn forward_records(app: &TestApp) -> Vec<Value> {
+    let audit = app.get("/audit/records?limit=1000", AUDITOR).await;
+    audit.body["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["record"].clone())
+        .filter(|r| r["action"] == "forward")
+        .collect()
+}
+
 /// Waits for the relay (which runs in the background) to bring the note to `state`.
 async fn wait_for_state(app: &TestApp, reference: &str, state: &str) -> Value {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -499,14 +512,11 @@ async fn a_break_glass_notice_is_not_forwarded_under_the_same_emergency() {
         app.audit_record(&a.reference_id()).await["break_glass"],
         "BTG"
     );
-    let audit = app.get("/audit/records?limit=1000", AUDITOR).await;
-    let forward = audit.body["records"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["record"]["action"] == "forward")
-        .expect("the refused forward is audited")["record"]
-        .clone();
+    let forward = forward_records(&app)
+        .await
+        .into_iter()
+        .next()
+        .expect("the refused forward is audited");
     assert_eq!(forward["outcome"], "refused", "{forward}");
     assert_eq!(forward["partner"], "bayview-health-plan", "{forward}");
     assert_eq!(partner.attempts(), 0);
@@ -592,14 +602,11 @@ async fn a_discharge_that_opens_a_renewal_is_not_forwarded_where_renewal_pauses_
         )
         .await;
     assert_eq!(a.status, 201, "{a:?}");
-    let audit = app.get("/audit/records?limit=1000", AUDITOR).await;
-    let forward = audit.body["records"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["record"]["action"] == "forward")
-        .expect("the routing rule's forward is in the trail")["record"]
-        .clone();
+    let forward = forward_records(&app)
+        .await
+        .into_iter()
+        .next()
+        .expect("the routing rule's forward is in the trail");
     assert_eq!(forward["outcome"], "refused", "{forward}");
     let listed = app.get("/housing/notes?tenant=T-1001", HOUSING).await;
     assert_eq!(listed.body["notes"], json!([]), "{listed:?}");
@@ -622,14 +629,7 @@ async fn in_a_transaction_a_renewal_opened_by_one_entry_holds_the_next_entries_f
         entry("discharge-notice.json"), entry("medication-change-notice.json")]});
     let t = app.post("/fhir", CLINIC, &bundle).await;
     assert_eq!(t.status, 200, "{t:?}");
-    let audit = app.get("/audit/records?limit=1000", AUDITOR).await;
-    let forwards: Vec<Value> = audit.body["records"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|r| r["record"]["action"] == "forward")
-        .map(|r| r["record"].clone())
-        .collect();
+    let forwards = forward_records(&app).await;
     assert_eq!(forwards.len(), 2, "{forwards:?}");
     assert!(
         forwards.iter().all(|f| f["outcome"] == "refused"),
@@ -650,13 +650,11 @@ async fn a_notice_retracted_before_its_forward_is_delivered_is_not_forwarded() {
     let a = app.post("/fhir/Communication", CLINIC, &notice).await;
     assert_eq!(a.status, 201, "{a:?}");
     wait_for_attempts(&partner, 1).await;
-    let audit = app.get("/audit/records?limit=1000", AUDITOR).await;
-    let forward = audit.body["records"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["record"]["action"] == "forward")
-        .expect("a forward was queued")["record"]["reference_id"]
+    let forward = forward_records(&app)
+        .await
+        .into_iter()
+        .next()
+        .expect("a forward was queued")["reference_id"]
         .as_str()
         .unwrap()
         .to_string();
@@ -716,15 +714,8 @@ async fn a_clinic_discharge_notice_is_forwarded_minimised_to_the_mco_when_consen
         assert!(!text.contains(leak), "{leak} was forwarded");
     }
     // The forward is audited, linked to the notice that caused it.
-    let audit = app.get("/audit/records?limit=1000", AUDITOR).await;
-    let forward = audit.body["records"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["record"]["action"] == "forward")
-        .unwrap()
-        .clone();
-    assert_eq!(forward["record"]["related"], a.reference_id());
+    let forward = forward_records(&app).await.into_iter().next().unwrap();
+    assert_eq!(forward["related"], a.reference_id());
 
     // Once the tenant narrows consent to the clinic only, nothing more is forwarded.
     let narrow = json!({"tenant_id": "T-1001", "share_with": [CLINIC_ID], "valid_until": "2027-05-31", "signed_at": "2026-11-23T09:30:00Z"});
@@ -741,15 +732,12 @@ async fn a_clinic_discharge_notice_is_forwarded_minimised_to_the_mco_when_consen
     let threads = app.get("/housing/notes?tenant=T-1001", HOUSING).await;
     assert_eq!(threads.body["notes"].as_array().unwrap().len(), 1);
     // The forward the routing rule asked for is in the trail as refused, with why.
-    let audit = app.get("/audit/records?limit=1000", AUDITOR).await;
-    let refused: Vec<&Value> = audit.body["records"]
-        .as_array()
-        .unwrap()
+    let forwards = forward_records(&app).await;
+    let refused: Vec<&Value> = forwards
         .iter()
-        .map(|r| &r["record"])
-        .filter(|r| r["action"] == "forward" && r["related"] == second.reference_id().as_str())
+        .filter(|r| r["related"] == second.reference_id().as_str())
         .collect();
-    assert_eq!(refused.len(), 1, "{audit:?}");
+    assert_eq!(refused.len(), 1, "{forwards:?}");
     assert_eq!(refused[0]["outcome"], "refused");
     assert_eq!(refused[0]["reason"], "partner-not-covered");
     assert_eq!(refused[0]["partner"], "bayview-health-plan");

@@ -25,15 +25,7 @@ async fn health_readiness_and_metrics_answer_without_credentials() {
             .unwrap();
         assert_eq!(r.status(), 200, "{path}");
     }
-    let metrics = app
-        .client
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics_text().await;
     assert!(metrics.contains("hearth_http_requests_total"), "{metrics}");
     assert!(
         metrics.contains(r#"route="/fhir/Communication/{id}""#),

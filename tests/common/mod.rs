@@ -401,6 +401,18 @@ impl TestApp {
     }
 
     /// Registers tenant T-1001 (MRN-448812 at the clinic, BHP-20931 at the MCO).
+    /// The Prometheus text at `/metrics` (public, no token).
+    pub async fn metrics_text(&self) -> String {
+        self.client
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub async fn register_tenant(&self) {
         self.register(
             "T-1001",
