@@ -251,6 +251,23 @@ pub enum GivenBy {
     Representative,
 }
 
+impl GivenBy {
+    /// Who a Consent says gave it: a representative when its performer is a RelatedPerson,
+    /// else the tenant (the performer [`terms_to_fhir`] writes back).
+    pub fn of(consent: &Value) -> Self {
+        let performer = &consent["performer"][0];
+        let related = performer["type"] == "RelatedPerson"
+            || performer["reference"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("RelatedPerson"));
+        if related {
+            GivenBy::Representative
+        } else {
+            GivenBy::Tenant
+        }
+    }
+}
+
 /// Writes a FHIR R4 Consent for `terms` about `tenant`, kept by `custodian`.
 pub fn terms_to_fhir(
     terms: &ConsentTerms,

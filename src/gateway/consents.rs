@@ -183,10 +183,6 @@ impl Gateway {
         // every partner it names, and what the proposer wrapped around the terms (its own
         // record number for the tenant, a contained Patient, narrative, a scanned form)
         // is not the proposer's to share with them.
-        let representative = resource["performer"][0]["reference"]
-            .as_str()
-            .is_some_and(|r| r.starts_with("RelatedPerson"))
-            || resource["performer"][0]["type"] == "RelatedPerson";
         let custodian = self
             .config
             .housing()
@@ -195,11 +191,7 @@ impl Gateway {
             &terms,
             &Identifier::new(&self.config.tenancy.identifier_system, tenant.as_str()),
             &custodian,
-            if representative {
-                GivenBy::Representative
-            } else {
-                GivenBy::Tenant
-            },
+            GivenBy::of(&resource),
         );
         audit.outcome = crate::audit::Outcome::Accepted;
         self.store
