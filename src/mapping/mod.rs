@@ -869,6 +869,46 @@ mod tests {
         assert_eq!(status_of(&r), None);
     }
 
+    /// Transport is needed only while a transport request or activity still stands: a
+    /// revoked or mistaken request, or a cancelled activity, no longer says so.
+    #[test]
+    fn withdrawn_transport_requests_do_not_make_transport_needed() {
+        let transport = |r: &Value| {
+            let t = mappings().translate(r);
+            assert!(t.problems.is_empty(), "{:?}", t.problems);
+            let found = t.items.iter().find_map(|i| match &i.item {
+                DatasetItem::NextAppointment(a) => Some(a.transport_needed),
+                _ => None,
+            });
+            found.expect("an appointment item")
+        };
+        let notice = fixture("appointment-notice.json");
+        assert_eq!(transport(&notice), Some(true));
+        let request = contained_index(&notice, "ServiceRequest");
+        for status in ["revoked", "entered-in-error"] {
+            let mut r = notice.clone();
+            r["contained"][request]["status"] = json!(status);
+            assert_eq!(transport(&r), None, "ServiceRequest {status}");
+        }
+        let mut r = notice.clone();
+        r["contained"][request]["status"] = json!("completed");
+        assert_eq!(transport(&r), Some(true), "a completed request still stood");
+
+        let plan = fixture("follow-up-plan.json");
+        assert_eq!(transport(&plan), Some(true));
+        let activity = plan["activity"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .position(|a| a["detail"]["kind"] == "ServiceRequest")
+            .unwrap();
+        for status in ["cancelled", "stopped", "entered-in-error"] {
+            let mut r = plan.clone();
+            r["activity"][activity]["detail"]["status"] = json!(status);
+            assert_eq!(transport(&r), None, "activity {status}");
+        }
+    }
+
     #[test]
     fn a_recognised_item_missing_a_required_field_is_a_problem_pointing_at_it() {
         let mut r = med_notice(json!({}));

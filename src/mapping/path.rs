@@ -13,6 +13,28 @@ enum Step {
     OfType(String),
     Resolve,
     Extension(String),
+    /// `where(p = v)` / `where(p in v | w …)`: keep the nodes at which a primitive that
+    /// `p` (relative to the node) yields equals one of the literals.
+    Where(Path, Vec<Literal>),
+}
+
+/// A literal in a `where()` condition: a `'quoted'` string, `true` or `false`.
+#[derive(Debug, Clone, PartialEq)]
+enum Literal {
+    Str(String),
+    Bool(bool),
+}
+
+impl Literal {
+    /// FHIRPath equality: a string equals a string, a boolean a boolean; `'true'` is not
+    /// `true`.
+    fn matches(&self, v: &Value) -> bool {
+        match (self, v) {
+            (Literal::Str(l), Value::String(s)) => l == s,
+            (Literal::Bool(l), Value::Bool(b)) => l == b,
+            _ => false,
+        }
+    }
 }
 
 /// A parsed path such as `participant.actor.resolve().ofType(Location).name`.
@@ -42,12 +64,13 @@ impl Path {
             let name = &rest[..name_len];
             rest = &rest[name_len..];
             if let Some(after) = rest.strip_prefix('(') {
-                let close = after
-                    .find(')')
-                    .ok_or_else(|| format!("unclosed `(` in `{text}`"))?;
-                let arg = after[..close].trim().trim_matches('\'');
+                let close =
+                    closing_paren(after).ok_or_else(|| format!("unclosed `(` in `{text}`"))?;
+                let raw = &after[..close];
+                let arg = raw.trim().trim_matches('\'');
                 rest = &after[close + 1..];
                 steps.push(match (name, arg.is_empty()) {
+                    ("where", false) => parse_where(raw, text)?,
                     ("ofType", false) => Step::OfType(arg.to_string()),
                     ("resolve", true) => Step::Resolve,
                     ("extension", false) => Step::Extension(arg.to_string()),
@@ -91,6 +114,122 @@ impl Path {
                 _ => None,
             })
             .collect()
+    }
+}
+
+/// Where the `)` closing an argument list sits in `s` (the text after its `(`): the first
+/// `)` outside quotes and nested parentheses.
+fn closing_paren(s: &str) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut quoted = false;
+    for (i, b) in s.bytes().enumerate() {
+        match b {
+            b'\'' => quoted = !quoted,
+            _ if quoted => {}
+            b'(' => depth += 1,
+            b')' if depth == 0 => return Some(i),
+            b')' => depth -= 1,
+            _ => {}
+        }
+    }
+    None
+}
+
+/// The argument of `where(…)`: `p = literal` or `p in literal | literal …` (the list may
+/// be parenthesised), where `p` is a path relative to the node being tested.
+fn parse_where(arg: &str, text: &str) -> Result<Step, String> {
+    let shape = || {
+        format!("expected `where(path = literal)` or `where(path in literal | literal)` in `{text}`")
+    };
+    let (left, right, single) = split_operator(arg).ok_or_else(shape)?;
+    let left = left.trim();
+    if left.ends_with(['!', '<', '>', '~']) {
+        return Err(format!(
+            "only `=` and `in` are supported in `where()`, in `{text}`"
+        ));
+    }
+    if left.is_empty() {
+        return Err(shape());
+    }
+    let condition = Path::parse(left)?;
+    if condition.from_resource {
+        return Err(format!(
+            "a `where()` condition reads from the node it tests, not `%resource`, in `{text}`"
+        ));
+    }
+    let literals = parse_literals(right, text)?;
+    if single && literals.len() != 1 {
+        return Err(format!(
+            "`=` compares with one literal; use `in` for a list, in `{text}`"
+        ));
+    }
+    Ok(Step::Where(condition, literals))
+}
+
+/// Splits a `where()` argument at its operator (`=` or the word `in`), outside quotes
+/// and parentheses: the left side, the right side, and whether it was `=`.
+fn split_operator(arg: &str) -> Option<(&str, &str, bool)> {
+    let bytes = arg.as_bytes();
+    let mut quoted = false;
+    let mut depth = 0usize;
+    for (i, &b) in bytes.iter().enumerate() {
+        match b {
+            b'\'' => quoted = !quoted,
+            _ if quoted => {}
+            b'(' => depth += 1,
+            b')' => depth = depth.saturating_sub(1),
+            b'=' if depth == 0 => return Some((&arg[..i], &arg[i + 1..], true)),
+            b'i' if depth == 0
+                && i > 0
+                && bytes[i - 1].is_ascii_whitespace()
+                && bytes.get(i + 1) == Some(&b'n')
+                && bytes
+                    .get(i + 2)
+                    .is_some_and(|c| c.is_ascii_whitespace() || *c == b'(' || *c == b'\'') =>
+            {
+                return Some((&arg[..i], &arg[i + 2..], false));
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// `'a' | 'b' | true`, optionally in parentheses.
+fn parse_literals(list: &str, text: &str) -> Result<Vec<Literal>, String> {
+    let mut list = list.trim();
+    if let Some(inner) = list.strip_prefix('(').and_then(|l| l.strip_suffix(')')) {
+        list = inner;
+    }
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut quoted = false;
+    for (i, b) in list.bytes().enumerate() {
+        match b {
+            b'\'' => quoted = !quoted,
+            b'|' if !quoted => {
+                out.push(parse_literal(&list[start..i], text)?);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(parse_literal(&list[start..], text)?);
+    Ok(out)
+}
+
+fn parse_literal(s: &str, text: &str) -> Result<Literal, String> {
+    match s.trim() {
+        "true" => Ok(Literal::Bool(true)),
+        "false" => Ok(Literal::Bool(false)),
+        s => s
+            .strip_prefix('\'')
+            .and_then(|s| s.strip_suffix('\''))
+            .filter(|s| !s.contains('\''))
+            .map(|s| Literal::Str(s.to_string()))
+            .ok_or_else(|| {
+                format!("expected a 'quoted' string, true or false, not `{s}` in `{text}`")
+            }),
     }
 }
 
@@ -298,7 +437,8 @@ impl<'a> Doc<'a> {
     }
 
     /// Evaluates `path` from `from`. The elements navigation relied on (reference
-    /// strings, extension urls, resolved resources' type and id) go to `reads`.
+    /// strings, extension urls, resolved resources' type and id, the value that let a
+    /// node through a `where()`) go to `reads`.
     pub fn eval(&self, path: &Path, from: Node<'a>, reads: &mut Vec<Read<'a>>) -> Vec<Node<'a>> {
         let mut nodes = vec![if path.from_resource {
             self.root_node()
@@ -326,6 +466,22 @@ impl<'a> Doc<'a> {
                             self.read(target, &["resourceType"], reads);
                             self.read(target, &["id"], reads);
                             next.push(target);
+                        }
+                    }
+                    Step::Where(condition, literals) => {
+                        // What the test read counts only for a node it keeps: a revoked
+                        // request's status decided nothing that was kept.
+                        let mark = reads.len();
+                        let hit = self
+                            .eval(condition, node, reads)
+                            .into_iter()
+                            .find(|n| literals.iter().any(|l| l.matches(n.value)));
+                        match hit {
+                            Some(n) => {
+                                reads.push(Read::Whole(n));
+                                next.push(node);
+                            }
+                            None => reads.truncate(mark),
                         }
                     }
                     Step::Extension(url) => {
@@ -408,6 +564,86 @@ mod tests {
         assert_eq!(p.leaf(), Some("valueBoolean"));
         assert!(Path::parse("a..b").is_err());
         assert!(Path::parse("a.where(x)").is_err());
+    }
+
+    /// `where()` keeps the nodes whose element holds one of the values, and records the
+    /// value that let each kept node through (nothing of a node it drops).
+    #[test]
+    fn where_keeps_only_the_nodes_that_satisfy_it() {
+        let r = json!({
+            "resourceType": "Communication",
+            "contained": [
+                {"resourceType": "ServiceRequest", "id": "a", "status": "revoked", "code": {"text": "A"}},
+                {"resourceType": "ServiceRequest", "id": "b", "status": "active", "code": {"text": "B"}},
+                {"resourceType": "Patient", "id": "p", "communication": [
+                    {"language": "en"},
+                    {"language": "pl", "preferred": true},
+                    {"language": "de", "preferred": "true"}
+                ]}
+            ]
+        });
+        let doc = Doc::new(&r);
+        let values = |path: &str, reads: &mut Vec<_>| -> Vec<Value> {
+            let path = Path::parse(path).unwrap();
+            doc.eval(&path, doc.root_node(), reads)
+                .into_iter()
+                .map(|n| n.value.clone())
+                .collect()
+        };
+        let mut reads = Vec::new();
+        assert_eq!(
+            values(
+                "contained.ofType(ServiceRequest).where(status in 'draft' | 'active').code.text",
+                &mut reads
+            ),
+            [json!("B")]
+        );
+        let read: Vec<String> = reads
+            .iter()
+            .filter_map(|r| match r {
+                Read::Whole(n) => Some(doc.pointer(*n)),
+                Read::Inside(_) => None,
+            })
+            .collect();
+        assert_eq!(read, ["/contained/1/status"]);
+        let mut reads = Vec::new();
+        // A parenthesised list, and `=` with one value.
+        assert_eq!(
+            values("contained.where(status in ('revoked')).id", &mut reads),
+            [json!("a")]
+        );
+        assert_eq!(
+            values("contained.where(id = 'b').status", &mut reads),
+            [json!("active")]
+        );
+        // A boolean is not the string 'true'.
+        assert_eq!(
+            values(
+                "contained.communication.where(preferred = true).language",
+                &mut reads
+            ),
+            [json!("pl")]
+        );
+        assert_eq!(
+            values(
+                "contained.communication.where(preferred = 'true').language",
+                &mut reads
+            ),
+            [json!("de")]
+        );
+        assert!(values("contained.where(status = 'unknown')", &mut reads).is_empty());
+
+        for bad in [
+            "a.where(b != 'x')",
+            "a.where(%resource.b = 'x')",
+            "a.where(b = x)",
+            "a.where(b = 'x' | 'y')",
+            "a.where(b in )",
+            "a.where( = 'x')",
+            "a.where(b = 'x'",
+        ] {
+            assert!(Path::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
