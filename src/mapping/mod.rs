@@ -650,7 +650,7 @@ fn walk_dropped(v: &Value, expr: &mut String, seen: &Seen, out: &mut Vec<String>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dataset::{ChangeKind, DatasetItem};
+    use crate::dataset::{ChangeKind, DatasetItem, NeedKind};
     use serde_json::json;
 
     pub(crate) fn mappings() -> Mappings {
@@ -1126,6 +1126,54 @@ mod tests {
         };
         assert_eq!(a.start, "2026-12-01");
         assert_eq!(a.status.as_ref().map(|s| s.as_str()), Some("requested"));
+    }
+
+    /// The tenant's language is the one marked preferred, not merely the first listed;
+    /// US Core's interpreter-needed extension (a yes/no Coding) counts like FHIR's own.
+    #[test]
+    fn the_preferred_language_and_us_core_interpreter_needed_are_read() {
+        let language_need = |r: &Value| {
+            let t = mappings().translate(r);
+            assert!(t.problems.is_empty(), "{:?}", t.problems);
+            let found = t.items.iter().find_map(|i| match &i.item {
+                DatasetItem::AccommodationNeed(a) if a.need == NeedKind::Language => Some((
+                    a.language.as_ref().map(|c| c.as_str().to_string()),
+                    a.interpreter,
+                )),
+                _ => None,
+            });
+            found.expect("a language need")
+        };
+        let mut r = fixture("accommodation-needs.json");
+        let patient = contained_index(&r, "Patient");
+        r["contained"][patient]["communication"] = json!([
+            {"language": {"coding": [{"system": "urn:ietf:bcp:47", "code": "en"}]}},
+            {"language": {"coding": [{"system": "urn:ietf:bcp:47", "code": "pl"}]}, "preferred": true}
+        ]);
+        assert_eq!(language_need(&r).0.as_deref(), Some("pl"));
+        // None marked preferred: the first listed.
+        r["contained"][patient]["communication"][1]
+            .as_object_mut()
+            .unwrap()
+            .remove("preferred");
+        assert_eq!(language_need(&r).0.as_deref(), Some("en"));
+
+        let us_core = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-interpreter-needed";
+        let coded = |system: &str, code: &str| {
+            json!({"url": us_core, "valueCoding": {"system": system, "code": code}})
+        };
+        for (extension, expected) in [
+            (coded("http://snomed.info/sct", "373066001"), Some(true)),
+            (coded("http://snomed.info/sct", "373067005"), Some(false)),
+            (
+                coded("http://terminology.hl7.org/CodeSystem/v3-NullFlavor", "UNK"),
+                None,
+            ),
+            (json!({"url": us_core, "valueBoolean": true}), Some(true)),
+        ] {
+            r["contained"][patient]["extension"] = json!([extension.clone()]);
+            assert_eq!(language_need(&r).1, expected, "{extension}");
+        }
     }
 
     /// A flag entered in error never held: it is no risk flag or need for housing. A
