@@ -11,6 +11,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::{PartnerId, ReferenceId};
 
+/// The longest free text an item carries (a medication's instruction, a follow-up's
+/// action, a place), in characters: the bound a housing worker's note text has too. The
+/// dataset is short by design; anything longer is narrative, not an item.
+pub const MAX_TEXT: usize = 1000;
+
 /// One item of the integration dataset.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "item", rename_all = "snake_case")]

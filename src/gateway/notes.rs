@@ -17,8 +17,9 @@ use crate::fhir::{self, Issue, IssueCode};
 use crate::ids::{Identifier, PartnerId, TenantId};
 use crate::store::{NewNote, NoteThread};
 
-/// Longest reason or requested action a worker may write.
-pub const MAX_TEXT: usize = 1000;
+/// Longest reason or requested action a worker may write: the same bound as an item's
+/// free text.
+pub const MAX_TEXT: usize = crate::dataset::MAX_TEXT;
 
 /// `POST /housing/notes`.
 #[derive(Debug, Clone, Deserialize)]

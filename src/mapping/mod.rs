@@ -17,7 +17,7 @@ use std::path::Path as FsPath;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::dataset::{DatasetItem, ItemKind};
+use crate::dataset::{DatasetItem, ItemKind, MAX_TEXT};
 use path::{Doc, Node, Read, Seg, address};
 pub use rules::MappingError;
 use rules::{FieldRule, Op, Rule, Sensitivity, Source, ValueSets};
@@ -238,6 +238,19 @@ impl Mappings {
         // a plan kind with nothing under it) say nothing.
         if !trace.iter().any(|t| t.from.starts_with('/')) {
             return None;
+        }
+        // Free text is short (`dataset::MAX_TEXT`, as for housing's own notes): a longer
+        // value is refused at its element, not cut, so nothing is silently changed and the
+        // sender learns which one. The text itself is not quoted back.
+        if let Some(long) = overlong_text(doc.root, &fields, &trace) {
+            let kind = source.kind.as_str().replace('_', " ");
+            return Some(Err(Problem {
+                expression: path::pointer_to_expression(resource_type, &long.from),
+                message: format!(
+                    "this resource carries a {kind}, but its `{}` is longer than the {MAX_TEXT} characters the dataset keeps",
+                    long.field
+                ),
+            }));
         }
         let expression = doc.expression(node, resource_type);
         // Taken before `from_fields` consumes the fields.
@@ -543,6 +556,30 @@ fn collect_codings<'a>(v: &'a Value, out: &mut Vec<(&'a str, &'a str)>) {
         Value::Array(list) => list.iter().for_each(|c| collect_codings(c, out)),
         _ => {}
     }
+}
+
+/// The trace of the first value read from the resource that is longer than an item's
+/// free text may be. The output is scanned first: most values are a few words, and only
+/// a long one needs its element looked up.
+fn overlong_text<'t>(
+    root: &Value,
+    fields: &Map<String, Value>,
+    trace: &'t [Trace],
+) -> Option<&'t Trace> {
+    fn long(v: &Value) -> bool {
+        match v {
+            Value::String(s) => s.len() > MAX_TEXT && s.chars().count() > MAX_TEXT,
+            Value::Array(list) => list.iter().any(long),
+            Value::Object(map) => map.values().any(long),
+            _ => false,
+        }
+    }
+    if !fields.values().any(long) {
+        return None;
+    }
+    trace
+        .iter()
+        .find(|t| t.from.starts_with('/') && root.pointer(&t.from).is_some_and(long))
 }
 
 fn problem_for(source: &Source, node_expr: &str, e: &serde_json::Error) -> Problem {
@@ -1174,6 +1211,31 @@ mod tests {
             r["contained"][patient]["extension"] = json!([extension.clone()]);
             assert_eq!(language_need(&r).1, expected, "{extension}");
         }
+    }
+
+    /// Free text longer than the dataset keeps (the bound on housing's own notes) is
+    /// refused at its element, neither cut nor passed on, and not quoted back. The bound
+    /// counts characters, not bytes.
+    #[test]
+    fn free_text_longer_than_the_dataset_keeps_is_a_problem_at_its_element() {
+        let at = "/contained/0/dosageInstruction/0/patientInstruction";
+        let mut r = med_notice(json!({}));
+        *r.pointer_mut(at).unwrap() = json!("é".repeat(MAX_TEXT));
+        let t = mappings().translate(&r);
+        assert!(t.problems.is_empty(), "{:?}", t.problems);
+        assert_eq!(t.items.len(), 1);
+
+        *r.pointer_mut(at).unwrap() = json!(format!("Take daily. {}", "x".repeat(MAX_TEXT)));
+        let t = mappings().translate(&r);
+        assert!(t.items.is_empty(), "{:?}", t.items);
+        assert_eq!(t.problems.len(), 1, "{:?}", t.problems);
+        assert_eq!(
+            t.problems[0].expression,
+            "Communication.contained[0].dosageInstruction[0].patientInstruction"
+        );
+        let message = &t.problems[0].message;
+        assert!(message.contains("`instruction`"), "{message}");
+        assert!(!message.contains("Take daily"), "{message}");
     }
 
     /// A flag entered in error never held: it is no risk flag or need for housing. A
