@@ -322,33 +322,39 @@ impl Mappings {
                         out.insert(name.clone(), value.clone());
                     }
                 }
-                FieldRule::Each {
-                    each,
-                    filter,
-                    fields,
-                } => {
+                FieldRule::Each(blocks) => {
                     let mut list = Vec::new();
-                    for entry in doc.eval(each, node, reads) {
-                        let entry_start = reads.len();
-                        if !filter
-                            .iter()
-                            .all(|f| holds(self.eval_rule(doc, f, entry, reads)))
-                        {
-                            reads.truncate(entry_start);
-                            continue;
+                    for block in blocks {
+                        for entry in doc.eval(&block.each, node, reads) {
+                            let entry_start = reads.len();
+                            if !block
+                                .filter
+                                .iter()
+                                .all(|f| holds(self.eval_rule(doc, f, entry, reads)))
+                            {
+                                reads.truncate(entry_start);
+                                continue;
+                            }
+                            let entry_prefix = format!("{prefix}{name}[{}].", list.len());
+                            let obj = self.eval_fields(
+                                doc,
+                                &block.fields,
+                                entry,
+                                file,
+                                reads,
+                                &entry_prefix,
+                                trace,
+                            );
+                            if obj.is_empty() {
+                                reads.truncate(entry_start);
+                                continue;
+                            }
+                            if entry.value.get("resourceType").is_some() {
+                                doc.read(entry, &["resourceType"], reads);
+                                doc.read(entry, &["id"], reads);
+                            }
+                            list.push(Value::Object(obj));
                         }
-                        let entry_prefix = format!("{prefix}{name}[{}].", list.len());
-                        let obj =
-                            self.eval_fields(doc, fields, entry, file, reads, &entry_prefix, trace);
-                        if obj.is_empty() {
-                            reads.truncate(entry_start);
-                            continue;
-                        }
-                        if entry.value.get("resourceType").is_some() {
-                            doc.read(entry, &["resourceType"], reads);
-                            doc.read(entry, &["id"], reads);
-                        }
-                        list.push(Value::Object(obj));
                     }
                     if !list.is_empty() {
                         out.insert(name.clone(), Value::Array(list));
@@ -943,6 +949,101 @@ mod tests {
             let mut r = plan.clone();
             r["activity"][activity]["detail"]["status"] = json!(status);
             assert_eq!(transport(&r), None, "activity {status}");
+        }
+    }
+
+    /// A plan may refer to its activities (`activity.reference` to a contained resource)
+    /// instead of describing them: a referred Appointment is an appointment, an open
+    /// referred Task a follow-up, and a referred transport request marks the plan's
+    /// appointments, each only while it stands.
+    #[test]
+    fn plan_activities_given_by_reference_are_read() {
+        let mut r = fixture("follow-up-plan.json");
+        let transport = r["activity"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .position(|a| a["detail"]["kind"] == "ServiceRequest")
+            .unwrap();
+        // The transport request, now referred to rather than described.
+        let _described = r["activity"].as_array_mut().unwrap().remove(transport);
+        let contained = r["contained"].as_array_mut().unwrap();
+        contained.push(json!({
+            "resourceType": "Appointment", "id": "review", "status": "booked",
+            "appointmentType": {"text": "Fracture clinic review"},
+            "start": "2026-12-09T14:00:00-08:00",
+            "participant": [{"actor": {"display": "Fracture clinic"}, "status": "accepted"}]
+        }));
+        contained.push(json!({
+            "resourceType": "Task", "id": "rails", "status": "requested", "intent": "order",
+            "description": "Check the grab rails are fitted",
+            "restriction": {"period": {"end": "2026-12-11"}},
+            "owner": {"display": "Harbor Lane maintenance"}
+        }));
+        contained.push(json!({
+            "resourceType": "Task", "id": "done", "status": "completed", "intent": "order",
+            "description": "Already done"
+        }));
+        contained.push(json!({
+            "resourceType": "ServiceRequest", "id": "ride", "status": "active", "intent": "order",
+            "code": {"coding": [{"system": "https://hearth.example/fhir/CodeSystem/support-service", "code": "transport"}]},
+            "subject": {"identifier": {"system": "https://riverside-clinic.example/fhir/mrn", "value": "MRN-448812"}}
+        }));
+        let ride = contained.len() - 1;
+        for id in ["review", "rails", "done", "ride"] {
+            r["activity"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!({"reference": {"reference": format!("#{id}")}}));
+        }
+
+        let t = mappings().translate(&r);
+        assert!(t.problems.is_empty(), "{:?}", t.problems);
+        let appointments: Vec<_> = t
+            .items
+            .iter()
+            .filter_map(|i| match &i.item {
+                DatasetItem::NextAppointment(a) => Some((a, i.source.as_str())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(appointments.len(), 2, "{appointments:?}");
+        let (review, source) = appointments
+            .iter()
+            .find(|(a, _)| a.start == "2026-12-09T14:00:00-08:00")
+            .expect("the referred appointment");
+        assert_eq!(review.kind.as_deref(), Some("Fracture clinic review"));
+        assert_eq!(review.status.as_ref().map(|s| s.as_str()), Some("booked"));
+        assert!(source.starts_with("CarePlan.contained["), "{source}");
+        for (a, _) in &appointments {
+            assert_eq!(a.transport_needed, Some(true), "{a:?}");
+        }
+        let follow_up = t
+            .items
+            .iter()
+            .find_map(|i| match &i.item {
+                DatasetItem::Discharge(d) => Some(d.follow_up.clone()),
+                _ => None,
+            })
+            .expect("the plan's follow-ups");
+        let actions: Vec<&str> = follow_up.iter().map(|f| f.action.as_str()).collect();
+        assert_eq!(
+            actions,
+            [
+                "Fit grab rails in the bathroom and remove loose rugs",
+                "Check the grab rails are fitted"
+            ]
+        );
+        assert_eq!(follow_up[1].due.as_deref(), Some("2026-12-11"));
+        assert_eq!(follow_up[1].owner.as_deref(), Some("Harbor Lane maintenance"));
+
+        // A revoked transport request no longer marks them.
+        r["contained"][ride]["status"] = json!("revoked");
+        let t = mappings().translate(&r);
+        for i in &t.items {
+            if let DatasetItem::NextAppointment(a) = &i.item {
+                assert_eq!(a.transport_needed, None, "{a:?}");
+            }
         }
     }
 

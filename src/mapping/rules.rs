@@ -178,13 +178,18 @@ pub enum Rule {
 pub enum FieldRule {
     /// The first rule that yields.
     FirstOf(Vec<Rule>),
-    /// A list with one entry per node.
-    Each {
-        each: Path,
-        /// Every rule must hold on an entry for it to count.
-        filter: Vec<Rule>,
-        fields: Vec<(String, FieldRule)>,
-    },
+    /// A list with one entry per node: the entries of each block in turn (a plan's
+    /// follow-ups described inline, then those it refers to).
+    Each(Vec<EachBlock>),
+}
+
+/// One source of a list field's entries.
+#[derive(Debug)]
+pub struct EachBlock {
+    pub each: Path,
+    /// Every rule must hold on an entry for it to count.
+    pub filter: Vec<Rule>,
+    pub fields: Vec<(String, FieldRule)>,
 }
 
 impl FieldRule {
@@ -195,7 +200,7 @@ impl FieldRule {
                 Rule::Path { path, .. } => Some(path),
                 Rule::Const(_) => None,
             }),
-            FieldRule::Each { each, .. } => Some(each),
+            FieldRule::Each(blocks) => blocks.first().map(|b| &b.each),
         }
     }
 }
@@ -357,35 +362,56 @@ impl Ctx<'_> {
         allowed: &[&str],
         what: &str,
     ) -> Result<FieldRule, MappingError> {
+        let is_each = |v: &toml::Value| v.as_table().is_some_and(|t| t.contains_key("each"));
         match v {
+            toml::Value::Table(t) if t.contains_key("each") => {
+                Ok(FieldRule::Each(vec![self.each_block(t, allowed, what)?]))
+            }
+            // A list field may take several `each` blocks: their entries, in order.
+            toml::Value::Array(list) if list.iter().any(is_each) => Ok(FieldRule::Each(
+                list.iter()
+                    .map(|b| match b.as_table() {
+                        Some(t) if t.contains_key("each") => self.each_block(t, allowed, what),
+                        _ => Err(err(
+                            self.file,
+                            format!("{what}: a list of `each` blocks takes only `each` blocks"),
+                        )),
+                    })
+                    .collect::<Result<_, _>>()?,
+            )),
             toml::Value::Array(list) => Ok(FieldRule::FirstOf(
                 list.iter()
                     .map(|r| self.rule(r, what))
                     .collect::<Result<_, _>>()?,
             )),
-            toml::Value::Table(t) if t.contains_key("each") => {
-                let each = self.path(&t["each"], what)?;
-                let filter = self.filter(t.get("filter"), what)?;
-                let fields = t
-                    .get("fields")
-                    .and_then(toml::Value::as_table)
-                    .ok_or_else(|| {
-                        err(self.file, format!("{what}: `each` needs a `fields` table"))
-                    })?;
-                if let Some(k) = t
-                    .keys()
-                    .find(|k| !matches!(k.as_str(), "each" | "filter" | "fields"))
-                {
-                    return Err(err(self.file, format!("{what}: unknown key `{k}`")));
-                }
-                Ok(FieldRule::Each {
-                    each,
-                    filter,
-                    fields: self.fields(fields, allowed, &[], what)?,
-                })
-            }
             other => Ok(FieldRule::FirstOf(vec![self.rule(other, what)?])),
         }
+    }
+
+    /// `{ each = "p", filter = …, fields = { … } }`.
+    fn each_block(
+        &self,
+        t: &toml::Table,
+        allowed: &[&str],
+        what: &str,
+    ) -> Result<EachBlock, MappingError> {
+        let each = self.path(&t["each"], what)?;
+        let filter = self.filter(t.get("filter"), what)?;
+        let fields = t
+            .get("fields")
+            .and_then(toml::Value::as_table)
+            .ok_or_else(|| err(self.file, format!("{what}: `each` needs a `fields` table")))?;
+        if let Some(k) = t
+            .keys()
+            .find(|k| !matches!(k.as_str(), "each" | "filter" | "fields"))
+        {
+            return Err(err(self.file, format!("{what}: unknown key `{k}`")));
+        }
+        Ok(EachBlock {
+            each,
+            filter,
+            fields: self.fields(fields, allowed, &[], what)?,
+        })
     }
 
     fn fields(
@@ -409,7 +435,7 @@ impl Ctx<'_> {
                     ));
                 }
                 let rule = self.field_rule(v, sub.unwrap_or(&[]), &format!("{what}.{name}"))?;
-                if matches!(rule, FieldRule::Each { .. }) != sub.is_some_and(|s| !s.is_empty()) {
+                if matches!(rule, FieldRule::Each(_)) != sub.is_some_and(|s| !s.is_empty()) {
                     return Err(err(
                         self.file,
                         format!("{what}.{name}: list fields take `each`, others do not"),
@@ -581,6 +607,30 @@ pub fn load_dir(dir: &FsPath) -> Result<(ValueSets, Sensitivity, Vec<Source>), M
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A list field given a list of `each` blocks takes the entries of each in turn; a
+    /// plain rule among them is a start-up error, not a block silently ignored.
+    #[test]
+    fn a_list_field_takes_several_each_blocks_and_nothing_else() {
+        let file = |follow_up: &str| {
+            format!(
+                "item = \"discharge\"\n[[source]]\nresource = \"CarePlan\"\n[source.fields]\nstatus = {{ const = \"planned\" }}\nfollow_up = {follow_up}\n"
+            )
+        };
+        let sets = ValueSets::default();
+        let one = r#"{ each = "a", fields = { action = { path = "x" } } }"#;
+        let two = format!(r#"[{one}, {{ each = "b", fields = {{ action = {{ path = "y" }} }} }}]"#);
+        let sources = parse_item_file("d.toml", &file(&two), &sets).unwrap();
+        let follow_up = sources[0].fields.iter().find(|(n, _)| n == "follow_up");
+        assert!(
+            matches!(follow_up, Some((_, FieldRule::Each(blocks))) if blocks.len() == 2),
+            "{follow_up:?}"
+        );
+        assert!(parse_item_file("d.toml", &file(one), &sets).is_ok());
+        let mixed = format!(r#"[{one}, {{ path = "y" }}]"#);
+        let e = parse_item_file("d.toml", &file(&mixed), &sets).unwrap_err();
+        assert!(e.message.contains("only `each` blocks"), "{e}");
+    }
 
     /// A misspelt field in an item rule is a start-up error, not a label never added.
     #[test]
