@@ -1035,7 +1035,10 @@ mod tests {
             ]
         );
         assert_eq!(follow_up[1].due.as_deref(), Some("2026-12-11"));
-        assert_eq!(follow_up[1].owner.as_deref(), Some("Harbor Lane maintenance"));
+        assert_eq!(
+            follow_up[1].owner.as_deref(),
+            Some("Harbor Lane maintenance")
+        );
 
         // A revoked transport request no longer marks them.
         r["contained"][ride]["status"] = json!("revoked");
@@ -1297,9 +1300,7 @@ mod tests {
         assert_eq!(language_need(&r).0.as_deref(), Some("en"));
 
         let us_core = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-interpreter-needed";
-        let coded = |system: &str, code: &str| {
-            json!({"url": us_core, "valueCoding": {"system": system, "code": code}})
-        };
+        let coded = |system: &str, code: &str| json!({"url": us_core, "valueCoding": {"system": system, "code": code}});
         for (extension, expected) in [
             (coded("http://snomed.info/sct", "373066001"), Some(true)),
             (coded("http://snomed.info/sct", "373067005"), Some(false)),

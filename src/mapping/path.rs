@@ -139,7 +139,9 @@ fn closing_paren(s: &str) -> Option<usize> {
 /// be parenthesised), where `p` is a path relative to the node being tested.
 fn parse_where(arg: &str, text: &str) -> Result<Step, String> {
     let shape = || {
-        format!("expected `where(path = literal)` or `where(path in literal | literal)` in `{text}`")
+        format!(
+            "expected `where(path = literal)` or `where(path in literal | literal)` in `{text}`"
+        )
     };
     let (left, right, single) = split_operator(arg).ok_or_else(shape)?;
     let left = left.trim();
