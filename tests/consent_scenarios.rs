@@ -961,6 +961,56 @@ async fn a_revocation_overtakes_a_notice_decided_before_it() {
     );
 }
 
+/// Where sharing pauses while a renewal is due, a notice decided before another
+/// clinic's discharge opened the renewal prompt, and committed after, is not stored: the
+/// sender is told to send it again, and the resend is decided with sharing paused.
+#[tokio::test]
+async fn a_renewal_prompt_opened_after_a_notice_was_decided_stops_it_where_renewal_pauses_sharing()
+{
+    let data = tempfile::tempdir().unwrap();
+    let mut config = test_config_with(data.path(), None);
+    config.consent.share_while_renewal_due = false;
+    hearth::tls::install_crypto_provider();
+    let app = spawn_configured(data, config, reqwest::Client::new(), "http")
+        .await
+        .with_consenting_tenant()
+        .await;
+    let prepared = prepare_clinic_notice(&app, fixture("medication-change-notice.json"))
+        .await
+        .expect("permitted: no renewal is due yet");
+    let discharge = app
+        .post(
+            "/fhir/Communication",
+            CLINIC,
+            &fixture("discharge-notice.json"),
+        )
+        .await;
+    assert_eq!(discharge.status, 201, "{discharge:?}");
+    assert!(
+        feed(&app)
+            .await
+            .iter()
+            .any(|e| e["change"] == "renewal-due"),
+        "the discharge opened a renewal prompt"
+    );
+    let before = housing_items(&app).await.len();
+
+    let committed = app.gateway.commit(vec![prepared]).await;
+    assert!(
+        matches!(&committed, Err(hearth::error::Error::Conflict(m)) if m.contains("consent changed")),
+        "{committed:?}"
+    );
+    assert_eq!(housing_items(&app).await.len(), before);
+    let resent = app
+        .post(
+            "/fhir/Communication",
+            CLINIC,
+            &fixture("medication-change-notice.json"),
+        )
+        .await;
+    assert_eq!(resent.status, 403, "{resent:?}");
+}
+
 /// The worker ticks "treatment" rather than "care coordination": the clinic's routine
 /// notices, which are care coordination, are still covered.
 #[tokio::test]

@@ -223,7 +223,9 @@ impl Gateway {
                 digest,
                 received_at,
                 consent,
-                consents_seen: (!retracts_own).then(|| ConsentsSeen::of(&context.consents)),
+                consents_seen: (!retracts_own).then(|| {
+                    ConsentsSeen::of(&context, !self.config.consent.share_while_renewal_due)
+                }),
                 renewal,
                 in_response_to,
                 forwards,

@@ -100,20 +100,29 @@ pub struct NewExchange {
 /// ([`crate::consent::ConsentStatus::may_govern`]). Versions are only ever added, so
 /// equal counts at commit mean nothing changed; a partner's proposal (or housing
 /// declining one) changes only the first, and must not fail other partners' exchanges.
+///
+/// With sharing paused while a renewal is due (`share_while_renewal_due = false`), a
+/// decision made while no renewal prompt was open also relies on none opening before
+/// the commit (another clinic's discharge notice, say).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConsentsSeen {
     pub all: usize,
     pub may_govern: usize,
+    pub no_renewal_due: bool,
 }
 
 impl ConsentsSeen {
-    pub fn of(versions: &[crate::consent::ConsentVersion]) -> Self {
+    /// What a decision under `context` relied on; `paused_by_renewal` is the
+    /// configuration's `!share_while_renewal_due`.
+    pub fn of(context: &ConsentContext, paused_by_renewal: bool) -> Self {
+        let versions = &context.consents;
         Self {
             all: versions.len(),
             may_govern: versions
                 .iter()
                 .filter(|c| c.terms.status.may_govern())
                 .count(),
+            no_renewal_due: paused_by_renewal && context.renewal_due.is_none(),
         }
     }
 }

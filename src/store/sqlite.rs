@@ -1292,36 +1292,57 @@ fn cursor(after_seq: u64) -> i64 {
 
 /// Consent is decided before the exchange reaches the writer; a consent version stored
 /// in between (a revocation, a narrower consent) would otherwise be overtaken by an
-/// exchange decided under the one it replaced. Counting all the tenant's versions reads
-/// the index alone (this runs for every notice); only when that count moved are the
-/// versions' statuses read, so that a proposal does not count. The `Ok(Err)` refuses
-/// without failing the batch.
+/// exchange decided under the one it replaced. So would a renewal prompt opened in
+/// between, where one pauses sharing. The `Ok(Err)` refuses without failing the batch.
 fn consent_unchanged(tx: &Transaction<'_>, ex: &NewExchange) -> StoreResult<StoreResult<()>> {
     let Some(seen) = ex.consents_seen else {
         return Ok(Ok(()));
     };
-    let all: i64 = tx
-        .prepare_cached("SELECT count(*) FROM consents WHERE tenant_id = ?1")?
-        .query_row([ex.tenant.as_str()], |r| r.get(0))?;
-    if all as usize == seen.all {
+    if !consents_moved(tx, &ex.tenant, seen)? && !renewal_opened(tx, &ex.tenant, seen)? {
         return Ok(Ok(()));
     }
-    let may_govern: i64 = tx
-        .prepare_cached(
-            "SELECT count(*) FROM consents WHERE tenant_id = ?1
-               AND json_extract(terms, '$.status') NOT IN ('proposed', 'rejected')",
-        )?
-        .query_row([ex.tenant.as_str()], |r| r.get(0))?;
     // A resend of what is already stored changes nothing, whatever the consent now says:
     // it is answered as the replay it is, not refused.
     let resend = latest_version(tx, &ex.key)?.is_some_and(|(_, digest)| digest == ex.digest);
-    Ok(if may_govern as usize == seen.may_govern || resend {
+    Ok(if resend {
         Ok(())
     } else {
         Err(StoreError::Conflict(
             "the tenant's consent changed while this exchange was processed; nothing was stored. Send it again to have it decided under the consent now in force".into(),
         ))
     })
+}
+
+/// Whether a version that may govern was stored since `seen`. Counting all the tenant's
+/// versions reads the index alone (this runs for every notice); only when that count
+/// moved are the versions' statuses read, so that a proposal does not count.
+fn consents_moved(
+    tx: &Transaction<'_>,
+    tenant: &TenantId,
+    seen: ConsentsSeen,
+) -> StoreResult<bool> {
+    let all: i64 = tx
+        .prepare_cached("SELECT count(*) FROM consents WHERE tenant_id = ?1")?
+        .query_row([tenant.as_str()], |r| r.get(0))?;
+    if all as usize == seen.all {
+        return Ok(false);
+    }
+    let may_govern: i64 = tx
+        .prepare_cached(
+            "SELECT count(*) FROM consents WHERE tenant_id = ?1
+               AND json_extract(terms, '$.status') NOT IN ('proposed', 'rejected')",
+        )?
+        .query_row([tenant.as_str()], |r| r.get(0))?;
+    Ok(may_govern as usize != seen.may_govern)
+}
+
+/// Whether a renewal prompt opened since a decision that relied on none being open.
+fn renewal_opened(
+    tx: &Transaction<'_>,
+    tenant: &TenantId,
+    seen: ConsentsSeen,
+) -> StoreResult<bool> {
+    Ok(seen.no_renewal_due && open_renewal(tx, tenant.as_str())?.is_some())
 }
 
 /// An exchange under `ex`'s key with its content that was overtaken on arrival: stored
