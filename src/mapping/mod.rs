@@ -421,6 +421,8 @@ impl Mappings {
                 reads.extend(nodes.into_iter().map(Read::Inside));
                 (value, Origin::Mapping)
             }),
+            // Nothing is there to read.
+            Op::Absent(value) => nodes.is_empty().then_some((value, Origin::Mapping)),
         };
         if found.is_none() {
             reads.truncate(start);
@@ -986,7 +988,9 @@ mod tests {
         }));
         contained.push(json!({
             "resourceType": "ServiceRequest", "id": "ride", "status": "active", "intent": "order",
-            "code": {"coding": [{"system": "https://hearth.example/fhir/CodeSystem/support-service", "code": "transport"}]},
+            "code": {"coding": [{"system": "https://hearth.example/fhir/CodeSystem/support-service", "code": "transport"}], "text": "Transport to the fracture clinic"},
+            "occurrenceDateTime": "2026-12-09T13:15:00-08:00",
+            "performer": [{"display": "Bayview Health Plan transportation benefit"}],
             "subject": {"identifier": {"system": "https://riverside-clinic.example/fhir/mrn", "value": "MRN-448812"}}
         }));
         let ride = contained.len() - 1;
@@ -1031,21 +1035,32 @@ mod tests {
             actions,
             [
                 "Fit grab rails in the bathroom and remove loose rugs",
+                "Transport to the fracture clinic",
                 "Check the grab rails are fitted"
             ]
         );
-        assert_eq!(follow_up[1].due.as_deref(), Some("2026-12-11"));
+        assert_eq!(
+            follow_up[1].due.as_deref(),
+            Some("2026-12-09T13:15:00-08:00")
+        );
         assert_eq!(
             follow_up[1].owner.as_deref(),
+            Some("Bayview Health Plan transportation benefit")
+        );
+        assert_eq!(follow_up[2].due.as_deref(), Some("2026-12-11"));
+        assert_eq!(
+            follow_up[2].owner.as_deref(),
             Some("Harbor Lane maintenance")
         );
 
-        // A revoked transport request no longer marks them.
+        // A revoked transport request no longer marks them, nor is it a follow-up.
         r["contained"][ride]["status"] = json!("revoked");
         let t = mappings().translate(&r);
         for i in &t.items {
-            if let DatasetItem::NextAppointment(a) = &i.item {
-                assert_eq!(a.transport_needed, None, "{a:?}");
+            match &i.item {
+                DatasetItem::NextAppointment(a) => assert_eq!(a.transport_needed, None, "{a:?}"),
+                DatasetItem::Discharge(d) => assert_eq!(d.follow_up.len(), 2, "{d:?}"),
+                _ => {}
             }
         }
     }
@@ -1292,6 +1307,11 @@ mod tests {
             {"language": {"coding": [{"system": "urn:ietf:bcp:47", "code": "pl"}]}, "preferred": true}
         ]);
         assert_eq!(language_need(&r).0.as_deref(), Some("pl"));
+        // The preferred one, uncoded: not the first listed, which the tenant did not prefer.
+        r["contained"][patient]["communication"][1]["language"] = json!({"text": "Polish"});
+        assert_eq!(language_need(&r).0, None);
+        r["contained"][patient]["communication"][1]["language"] =
+            json!({"coding": [{"system": "urn:ietf:bcp:47", "code": "pl"}]});
         // None marked preferred: the first listed.
         r["contained"][patient]["communication"][1]
             .as_object_mut()

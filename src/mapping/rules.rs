@@ -158,6 +158,8 @@ pub enum Op {
     In { set: String, value: Value },
     /// `value` when the path yields anything.
     Exists(Value),
+    /// `value` when the path yields nothing (a fallback only when nothing is marked).
+    Absent(Value),
 }
 
 /// One rule: read something from the resource, or a constant.
@@ -325,6 +327,7 @@ impl Ctx<'_> {
                 value: value.clone().unwrap_or(Value::Bool(true)),
             },
             Some("exists") => Op::Exists(to_json(&t["exists"])),
+            Some("absent") => Op::Absent(to_json(&t["absent"])),
             Some(other) => {
                 return Err(err(
                     self.file,
