@@ -54,7 +54,7 @@ impl Metrics {
         registry.register("http_requests", "HTTP requests answered", requests.clone());
         registry.register(
             "http_request_duration_seconds",
-            "Time to answer, audit record included",
+            "Time to answer, audit record included; a feed long-poll's wait for new entries is not",
             latency.clone(),
         );
         registry.register(

@@ -158,6 +158,44 @@ async fn the_feed_needs_the_housing_role_and_sensible_parameters() {
     assert_eq!(far.body["entries"], json!([]), "{far:?}");
 }
 
+/// The latency histogram measures Hearth's time to answer: a long-poll parked on a quiet
+/// feed is not a slow request, and does not push the feed's latency up.
+#[tokio::test]
+async fn a_long_polls_wait_is_not_counted_as_latency() {
+    let app = spawn_app().await.with_consenting_tenant().await;
+    let client = app.client.clone();
+    let url = format!("{}/housing/updates?since=1000&wait=30", app.base);
+    let started = std::time::Instant::now();
+    let poll = tokio::spawn(async move {
+        answer(client.get(url).bearer_auth(HOUSING).send().await.unwrap()).await
+    });
+    wait_until_polls_waiting(&app, 1).await;
+    // Parked for a measurable while before anything arrives.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        app.post("/fhir/Communication", CLINIC, &notice(1))
+            .await
+            .status,
+        201
+    );
+    let a = tokio::time::timeout(Duration::from_secs(10), poll)
+        .await
+        .expect("the poll returned")
+        .unwrap();
+    assert_eq!(a.status, 200, "{a:?}");
+    assert!(started.elapsed() >= Duration::from_millis(600));
+    let text = app.metrics_text().await;
+    let sum: f64 = text
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("hearth_http_request_duration_seconds_sum{route=\"/housing/updates\"} ")
+        })
+        .expect("the feed's latency is recorded")
+        .parse()
+        .unwrap();
+    assert!(sum < 0.3, "the wait was counted: {sum} s");
+}
+
 /// Waits (bounded) until `n` feed reads are parked in their long-poll, as `/metrics` says.
 async fn wait_until_polls_waiting(app: &TestApp, n: u32) {
     let expected = format!("hearth_feed_long_polls_waiting {n}");

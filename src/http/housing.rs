@@ -358,14 +358,17 @@ async fn updates(
         .feed(since, limit as usize)
         .await
         .map_err(|e| fail(e.into(), &audit))?;
+    let mut parked = Duration::ZERO;
     if entries.is_empty() && wait > 0 {
         let _waiting = state.metrics.long_poll();
         let mut stopping = state.stopping.subscribe();
+        let since_parked = std::time::Instant::now();
         tokio::select! {
             _ = tokio::time::timeout(Duration::from_secs(wait), changed.changed()) => {}
             // Shutting down: answer now (an empty page) so the drain is not held.
             _ = stopping.wait_for(|stop| *stop) => {}
         }
+        parked = since_parked.elapsed();
         entries = store
             .feed(since, limit as usize)
             .await
@@ -382,6 +385,7 @@ async fn updates(
         .map_err(|e| fail(Error::Internal(e.to_string()), &audit))?;
     let mut response = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
     response.extensions_mut().insert(AuditDraft(audit));
+    response.extensions_mut().insert(super::Parked(parked));
     Ok(response)
 }
 

@@ -109,6 +109,12 @@ fn framework_rejection(response: Response) -> Response {
     response
 }
 
+/// How long a handler was parked waiting for something to happen (a feed long-poll's
+/// `wait`), which the latency histogram leaves out: it measures Hearth's time to answer,
+/// and a quiet feed would otherwise read as a slow one.
+#[derive(Clone, Copy)]
+pub struct Parked(pub std::time::Duration);
+
 /// Paths anyone may call without credentials (and which are not audited).
 fn is_public(path: &str) -> bool {
     matches!(
@@ -324,11 +330,15 @@ async fn envelope(State(state): State<AppState>, mut req: Request, next: Next) -
             }
             response = error::render(&e.0, &reference_id.to_string(), response);
         }
+        let parked = response
+            .extensions()
+            .get::<Parked>()
+            .map_or(std::time::Duration::ZERO, |p| p.0);
         state.metrics.request(
             &method,
             &route,
             response.status().as_u16(),
-            started.elapsed().as_secs_f64(),
+            started.elapsed().saturating_sub(parked).as_secs_f64(),
         );
         tracing::info!(
             status = response.status().as_u16(),
