@@ -436,25 +436,51 @@ fn default_config(data_dir: Option<&Path>) -> anyhow::Result<Config> {
     if !path.exists() {
         let creds =
             config::write_sample(&path, &dir, Path::new("mappings"), Path::new("profiles"))?;
-        println!(
-            "First start: wrote {} with these credentials (shown once; only their hashes are kept):",
-            path.display()
-        );
-        print_credentials(&creds);
+        if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+            println!(
+                "First start: wrote {} with these credentials (shown once; only their hashes are kept):",
+                path.display()
+            );
+            print!("{}", credential_lines(&creds));
+        } else {
+            // Under a service manager or in a container, stdout is a log that others read
+            // and keep: the tokens go to a file only the owner can read instead.
+            let file = dir.join(FIRST_CREDENTIALS);
+            std::io::Write::write_all(
+                &mut config::create_private_file(&file)
+                    .with_context(|| format!("writing {}", file.display()))?,
+                credential_lines(&creds).as_bytes(),
+            )?;
+            println!(
+                "First start: wrote {} and, readable by its owner only, the sample credentials to {} (only their hashes are kept; copy them and delete the file)",
+                path.display(),
+                file.display()
+            );
+        }
     }
     Config::load(&path)
 }
 
+/// Where a first start that is not at a terminal leaves the sample credentials.
+pub const FIRST_CREDENTIALS: &str = "first-start-credentials.txt";
+
 fn print_credentials(creds: &[config::IssuedCredential]) {
-    for c in creds {
-        println!(
-            "  {:<15} org={:<22} role={:<8} token={}",
-            c.id,
-            c.org,
-            c.role.as_str(),
-            c.token
-        );
-    }
+    print!("{}", credential_lines(creds));
+}
+
+fn credential_lines(creds: &[config::IssuedCredential]) -> String {
+    creds
+        .iter()
+        .map(|c| {
+            format!(
+                "  {:<15} org={:<22} role={:<8} token={}\n",
+                c.id,
+                c.org,
+                c.role.as_str(),
+                c.token
+            )
+        })
+        .collect()
 }
 
 fn absolute(p: &Path) -> anyhow::Result<PathBuf> {

@@ -465,16 +465,21 @@ fn the_first_serve_keeps_its_config_and_store_in_the_data_dir_it_was_given() {
     assert_eq!(ready, 200, "{printed}");
     let config = data.join("hearth.toml");
     assert!(printed.contains(path_str(&config)), "{printed}");
-    assert!(
-        printed.contains("hth_"),
-        "the tokens are shown once: {printed}"
-    );
+    // Its output is a log here, not a terminal: the tokens are not in it, but in a file
+    // only the owner can read, which the output names.
+    let credentials = data.join("first-start-credentials.txt");
+    assert!(printed.contains(path_str(&credentials)), "{printed}");
+    assert!(!printed.contains("hth_"), "tokens in the log: {printed}");
+    let tokens = std::fs::read_to_string(&credentials).unwrap();
+    assert_eq!(tokens.matches("token=hth_").count(), 4, "{tokens}");
     assert!(data.join("hearth.db").exists());
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(&config).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600);
+        for file in [&config, &credentials] {
+            let mode = std::fs::metadata(file).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", file.display());
+        }
     }
     let verify = hearth(&["audit", "verify", "--data-dir", path_str(&data)]);
     assert!(verify.status.success(), "{}", describe(&verify));
