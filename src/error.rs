@@ -33,8 +33,12 @@ pub enum Error {
     /// Profile or business-rule failures (422), one issue each.
     #[error("the resource is not acceptable")]
     Invalid(Vec<Issue>),
+    /// A version precondition (`If-Match`) that no longer holds (412).
     #[error("{0}")]
     PreconditionFailed(String),
+    /// Conditional-create criteria (`If-None-Exist`) matching more than one resource (412).
+    #[error("{0}")]
+    MultipleMatches(String),
     #[error("{0}")]
     Conflict(String),
     /// A failure inside Hearth: logged with the reference ID, shown generically.
@@ -62,6 +66,7 @@ impl Error {
             Error::Malformed { .. } => "malformed",
             Error::Invalid(_) => "invalid",
             Error::PreconditionFailed(_) => "precondition-failed",
+            Error::MultipleMatches(_) => "multiple-matches",
             Error::Conflict(_) => "conflict",
             Error::Internal(_) => "internal-error",
         }

@@ -802,6 +802,10 @@ async fn the_fhir_form_and_the_housing_form_agree() {
     };
     let stale = answer(put_if("W/\"1\"").await.unwrap()).await;
     assert_eq!(stale.status, 412, "{stale:?}");
+    assert_eq!(
+        stale.body["issue"][0]["code"], "conflict",
+        "an edit conflict"
+    );
     let garbled = answer(put_if("yesterday").await.unwrap()).await;
     assert_eq!(garbled.status, 400, "{garbled:?}");
     let list = app.get("/housing/consents?tenant=T-1001", HOUSING).await;
@@ -809,6 +813,66 @@ async fn the_fhir_form_and_the_housing_form_agree() {
     let current = answer(put_if("W/\"2\"").await.unwrap()).await;
     assert_eq!(current.status, 200, "{current:?}");
     assert_eq!(current.header("etag"), Some("W/\"3\"".to_string()));
+
+    // R4 update: the body names the resource the URL does; without an id, or with
+    // another, it is a bad request and nothing is stored.
+    for body in [
+        {
+            let mut b = fhir.clone();
+            b.as_object_mut().unwrap().remove("id");
+            b
+        },
+        {
+            let mut b = fhir.clone();
+            b["id"] = json!("another-consent");
+            b
+        },
+    ] {
+        let a = answer(
+            app.client
+                .put(format!("{}/fhir/Consent/{id}", app.base))
+                .bearer_auth(HOUSING)
+                .header("content-type", "application/fhir+json")
+                .body(body.to_string())
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(a.status, 400, "{a:?}");
+        assert_eq!(a.error_expressions(), ["Consent.id"]);
+    }
+    let list = app.get("/housing/consents?tenant=T-1001", HOUSING).await;
+    assert_eq!(list.body["consents"].as_array().unwrap().len(), 3);
+
+    // History says how each version came about: created, then updated.
+    let history = app
+        .get(&format!("/fhir/Consent/{id}/_history"), HOUSING)
+        .await;
+    let entries = history.body["entry"].as_array().unwrap();
+    let how: Vec<(&str, &str)> = entries
+        .iter()
+        .map(|e| {
+            (
+                e["request"]["method"].as_str().unwrap(),
+                e["response"]["etag"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        how,
+        [("PUT", "W/\"3\""), ("PUT", "W/\"2\""), ("POST", "W/\"1\"")]
+    );
+    assert!(
+        entries
+            .iter()
+            .all(|e| e["fullUrl"] == format!("Consent/{id}"))
+    );
+    // A search that finds nothing has no `entry` (FHIR JSON has no empty arrays).
+    let none = app.get("/fhir/Consent?patient=T-4040", HOUSING).await;
+    assert_eq!(none.status, 200, "{none:?}");
+    assert_eq!(none.body["total"], 0);
+    assert!(none.body.get("entry").is_none(), "{none:?}");
 }
 
 #[tokio::test]

@@ -394,6 +394,7 @@ async fn if_none_exist_matching_one_is_a_replay_and_matching_several_is_412() {
         )
         .await;
     assert_eq!(ambiguous.status, 412, "{ambiguous:?}");
+    assert_eq!(ambiguous.body["issue"][0]["code"], "multiple-matches");
 
     // The same refusal inside a batch is audited as a refusal too, like a whole request.
     let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [{
@@ -810,6 +811,26 @@ async fn a_narrow_sensitivity_label_is_enforced_as_the_broad_one_it_belongs_to()
     ]);
     let c = app.post("/fhir/Consent", HOUSING, &narrow).await;
     assert_eq!(c.status, 201, "{c:?}");
+    // R4 create: Location names the version created, which can be read back.
+    let location = c.header("location").expect("Location");
+    assert_eq!(
+        location,
+        format!(
+            "/fhir/Consent/{}/_history/1",
+            c.body["id"].as_str().unwrap()
+        )
+    );
+    assert_eq!(app.get(&location, HOUSING).await.status, 200);
+    // Conditional create is not offered for Consent: refused, not ignored.
+    let conditional = app
+        .post_with(
+            "/fhir/Consent",
+            HOUSING,
+            &narrow,
+            &[("If-None-Exist", "identifier=consent-1")],
+        )
+        .await;
+    assert_eq!(conditional.status, 400, "{conditional:?}");
     let a = post_notice(&app, "medication-change-buprenorphine-start.json").await;
     assert_eq!(a.status, 201, "{a:?}");
     assert!(

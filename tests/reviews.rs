@@ -141,6 +141,24 @@ async fn a_review_can_arrive_as_fhir_and_bad_reviews_are_refused() {
     let mut careplan = a.body["fhir"].clone();
     careplan.as_object_mut().unwrap().remove("id");
     careplan.as_object_mut().unwrap().remove("meta");
+    // Conditional create is for notices: asked of a review it is refused, not ignored
+    // (ignored, a retry would store the review twice).
+    let conditional = app
+        .post_with(
+            "/fhir/CarePlan",
+            CLINIC_REVIEW,
+            &careplan,
+            &[("If-None-Exist", "identifier=review-1")],
+        )
+        .await;
+    assert_eq!(conditional.status, 400, "{conditional:?}");
+    // A transaction holds notices: a review in one is refused where it stands, rather
+    // than taken for a follow-up plan from a clinic.
+    let transaction = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": careplan.clone(), "request": {"method": "POST", "url": "CarePlan"}}]});
+    let t = app.post("/fhir", CLINIC_REVIEW, &transaction).await;
+    assert_eq!(t.status, 422, "{t:?}");
+    assert_eq!(t.error_expressions(), ["Bundle.entry[0].request.url"]);
     let b = app.post("/fhir/CarePlan", CLINIC_REVIEW, &careplan).await;
     assert_eq!(b.status, 201, "{b:?}");
     assert_eq!(b.body["activity"], careplan["activity"]);

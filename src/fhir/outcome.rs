@@ -27,6 +27,7 @@ pub enum IssueCode {
     NotSupported,
     NotFound,
     Duplicate,
+    MultipleMatches,
     Conflict,
     TooLong,
     BusinessRule,

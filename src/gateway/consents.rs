@@ -234,15 +234,18 @@ impl Gateway {
                 existing.version.version
             )));
         }
-        if resource
-            .get("id")
-            .and_then(Value::as_str)
-            .is_some_and(|rid| rid != id)
-        {
-            return Err(Error::Invalid(vec![
-                Issue::error(IssueCode::Invariant, "the resource id must match the URL")
-                    .at("Consent.id"),
-            ]));
+        // R4 update: a body without an id, or with another one, is a bad request (400).
+        match resource.get("id").and_then(Value::as_str) {
+            Some(rid) if rid == id => {}
+            found => {
+                return Err(Error::Malformed {
+                    message: match found {
+                        Some(_) => "the resource id must match the URL".into(),
+                        None => "an update carries the resource id the URL names".into(),
+                    },
+                    expression: Some("Consent.id".into()),
+                });
+            }
         }
         let (tenant, terms, resource) = self.read_consent(call, resource, audit).await?;
         if tenant != existing.tenant {

@@ -111,7 +111,7 @@ impl Gateway {
                     });
                 }
                 _ => {
-                    return Err(Error::PreconditionFailed(
+                    return Err(Error::MultipleMatches(
                         "If-None-Exist matches more than one resource; make the criteria specific"
                             .into(),
                     ));

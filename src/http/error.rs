@@ -74,7 +74,7 @@ pub fn status_of(e: &Error) -> StatusCode {
         Error::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         Error::Malformed { .. } => StatusCode::BAD_REQUEST,
         Error::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
-        Error::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
+        Error::PreconditionFailed(_) | Error::MultipleMatches(_) => StatusCode::PRECONDITION_FAILED,
         Error::Conflict(_) => StatusCode::CONFLICT,
         Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
@@ -97,7 +97,9 @@ pub fn issues_of(e: &Error) -> Vec<Issue> {
         Error::NotFound(_) => one(IssueCode::NotFound, e.to_string()),
         Error::MethodNotAllowed | Error::UnsupportedMediaType => one(IssueCode::NotSupported, e.to_string()),
         Error::PayloadTooLarge(_) => one(IssueCode::TooLong, e.to_string()),
-        Error::PreconditionFailed(_) => one(IssueCode::Duplicate, e.to_string()),
+        // An edit conflict (R4 `conflict`), or criteria that are not specific enough.
+        Error::PreconditionFailed(_) => one(IssueCode::Conflict, e.to_string()),
+        Error::MultipleMatches(_) => one(IssueCode::MultipleMatches, e.to_string()),
         Error::Conflict(_) => one(IssueCode::Conflict, e.to_string()),
         Error::Internal(_) => one(
             IssueCode::Exception,

@@ -145,6 +145,13 @@ async fn create_one(
     audit: &mut crate::audit::AuditEntry,
 ) -> Result<Created, Error> {
     let g = &state.gateway;
+    let review = rt == "CarePlan" && crate::gateway::reviews::is_review(&body.value);
+    if if_none_exist.is_some() && (rt == "Consent" || review) {
+        // Refused, not ignored: ignoring it would store a retry twice.
+        return Err(Error::malformed(
+            "conditional create (If-None-Exist) applies to notices only; send a Consent or a case review without it",
+        ));
+    }
     if rt == "Consent" {
         return Ok(
             match g
@@ -160,7 +167,7 @@ async fn create_one(
             },
         );
     }
-    if rt == "CarePlan" && crate::gateway::reviews::is_review(&body.value) {
+    if review {
         let stored = g.record_review_fhir(call, body.value, audit).await?;
         return Ok(Created::Resource {
             id: stored.id,
@@ -199,9 +206,14 @@ fn status_and_location(
                 Some("W/\"1\"".to_string()),
             )
         }
+        // A Consent's versions can be read (vread): R4 has Location name the version.
         Created::Resource { id, version, .. } => (
             StatusCode::CREATED,
-            Some(format!("/fhir/{rt}/{id}")),
+            Some(if rt == "Consent" {
+                format!("/fhir/{rt}/{id}/_history/{version}")
+            } else {
+                format!("/fhir/{rt}/{id}")
+            }),
             Some(format!("W/\"{version}\"")),
         ),
         Created::Proposal => (StatusCode::ACCEPTED, None, None),
@@ -567,7 +579,7 @@ async fn batch(state: &AppState, call: &Call, entries: Vec<Value>) -> Value {
             }
         }
     }
-    json!({"resourceType": "Bundle", "type": "batch-response", "entry": out})
+    bundle_of("batch-response", None, out)
 }
 
 async fn transaction(
@@ -583,11 +595,18 @@ async fn transaction(
         let mut audit = entry_call.audit("create", Direction::Inbound);
         let step = async {
             let rt = entry_target(entry, i)?;
-            if rt == "Consent" {
+            let review = rt == "CarePlan"
+                && entry
+                    .get("resource")
+                    .is_some_and(crate::gateway::reviews::is_review);
+            if rt == "Consent" || review {
+                // Transactions hold notices only: a consent or a case review has its own
+                // rules (who may record it) that a notice transaction does not apply.
+                let what = if review { "A case review" } else { "A Consent" };
                 return Err(Error::Invalid(vec![
                     Issue::error(
                         crate::fhir::IssueCode::NotSupported,
-                        "a Consent cannot be part of a transaction; send it on its own or in a batch",
+                        format!("{what} cannot be part of a transaction; send it on its own or in a batch"),
                     )
                     .at(format!("Bundle.entry[{i}].request.url")),
                 ]));
@@ -661,7 +680,7 @@ async fn transaction(
             )
         })
         .collect();
-    Ok(json!({"resourceType": "Bundle", "type": "transaction-response", "entry": out}))
+    Ok(bundle_of("transaction-response", None, out))
 }
 
 /// The version an `If-Match` header names (`W/"3"`, as Hearth's ETags, or `"3"`).
@@ -738,14 +757,28 @@ async fn consent_history(
     let history = visible_history(&state, &call, &id, &mut audit)
         .await
         .map_err(|e| Failure::new(e, audit.clone()))?;
+    // R4 history entries say how each version came about (bdl-3, bdl-4): the first was
+    // created, each later one an update.
     let entries: Vec<Value> = history
         .iter()
         .rev()
-        .map(|c| json!({"fullUrl": format!("Consent/{id}/_history/{}", c.version.version), "resource": c.resource}))
+        .map(|c| {
+            let v = c.version.version;
+            let (method, url, status) = if v == 1 {
+                ("POST", "Consent".to_string(), "201 Created")
+            } else {
+                ("PUT", format!("Consent/{id}"), "200 OK")
+            };
+            json!({
+                "fullUrl": format!("Consent/{id}"),
+                "resource": c.resource,
+                "request": {"method": method, "url": url},
+                "response": {"status": status, "etag": format!("W/\"{v}\""), "lastModified": c.recorded_at},
+            })
+        })
         .collect();
-    let mut response = fhir_json(
-        json!({"resourceType": "Bundle", "type": "history", "total": entries.len(), "entry": entries}),
-    );
+    let total = entries.len();
+    let mut response = fhir_json(bundle_of("history", Some(total), entries));
     response.extensions_mut().insert(AuditDraft(audit));
     Ok(response)
 }
@@ -853,11 +886,22 @@ async fn search_consents(
             .collect();
     }
     audit.count = Some(entries.len());
-    let mut response = fhir_json(
-        json!({"resourceType": "Bundle", "type": "searchset", "total": entries.len(), "entry": entries}),
-    );
+    let total = entries.len();
+    let mut response = fhir_json(bundle_of("searchset", Some(total), entries));
     response.extensions_mut().insert(AuditDraft(audit));
     Ok(response)
+}
+
+/// A Bundle of `kind`. FHIR JSON has no empty arrays: with no entries, `entry` is left out.
+fn bundle_of(kind: &str, total: Option<usize>, entries: Vec<Value>) -> Value {
+    let mut b = json!({"resourceType": "Bundle", "type": kind});
+    if let Some(total) = total {
+        b["total"] = json!(total);
+    }
+    if !entries.is_empty() {
+        b["entry"] = Value::Array(entries);
+    }
+    b
 }
 
 #[cfg(test)]
