@@ -627,7 +627,9 @@ async fn real_answers_match_the_documented_schemas() {
         .await;
     check("post", "/housing/consents/{id}/revoke", &a, 200);
 
-    // Joint case reviews.
+    // Joint case reviews, under a consent that covers the clinic on the team.
+    let a = app.post_json("/housing/consents", HOUSING, &form).await;
+    check("post", "/housing/consents", &a, 201);
     let review = json!({"tenant_id": "T-1001", "date": "2026-11-23",
         "attendees": ["northside-housing", "riverside-clinic"],
         "decisions": [{"kind": "housing-accommodation", "action": "Fit grab rails", "owner": "northside-housing", "due": "2026-12-04"}],

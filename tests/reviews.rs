@@ -20,10 +20,16 @@ fn review() -> Value {
     })
 }
 
+/// Tenant T-1001, consenting to share with both partners on the review team.
+async fn team_consents(app: &TestApp) {
+    app.register_tenant().await;
+    app.consent("consent-clinic-and-mco-no-sud.json").await;
+}
+
 #[tokio::test]
 async fn a_review_is_recorded_as_a_careplan_only_its_team_and_auditors_can_read() {
     let app = spawn_app().await;
-    app.register_tenant().await;
+    team_consents(&app).await;
     let a = app
         .post_json("/housing/reviews", HOUSING_REVIEW, &review())
         .await;
@@ -87,7 +93,7 @@ async fn a_review_is_recorded_as_a_careplan_only_its_team_and_auditors_can_read(
 #[tokio::test]
 async fn the_high_risk_register_lists_reviews_falling_due() {
     let app = spawn_app().await;
-    app.register_tenant().await;
+    team_consents(&app).await;
     assert_eq!(
         app.post_json("/housing/reviews", HOUSING_REVIEW, &review())
             .await
@@ -118,7 +124,7 @@ async fn the_high_risk_register_lists_reviews_falling_due() {
 #[tokio::test]
 async fn a_review_can_arrive_as_fhir_and_bad_reviews_are_refused() {
     let app = spawn_app().await;
-    app.register_tenant().await;
+    team_consents(&app).await;
     // Housing runs the reviews: before its first one, a clinic cannot start a tenant's
     // review, and is refused the same way for someone who is not a tenant at all.
     let first_by_clinic = app
@@ -225,5 +231,72 @@ async fn a_review_can_arrive_as_fhir_and_bad_reviews_are_refused() {
             .await
             .status,
         403
+    );
+}
+
+/// A review's notes go to the partners on the team, so the tenant's consent decides who
+/// may be on it: the tenant shares with the clinic only, and the MCO cannot be sent the
+/// review; once the tenant withdraws consent, the clinic no longer reads it or sees the
+/// tenant on its register, while the auditor still can.
+#[tokio::test]
+async fn the_tenants_consent_decides_which_partners_a_review_is_shared_with() {
+    let app = spawn_app().await.with_consenting_tenant().await;
+    let with_mco = app
+        .post_json("/housing/reviews", HOUSING_REVIEW, &review())
+        .await;
+    assert_eq!(with_mco.status, 422, "{with_mco:?}");
+    assert_eq!(with_mco.error_expressions(), ["attendees[2]"]);
+
+    let mut clinic_only = review();
+    clinic_only["attendees"] = json!(["northside-housing", "riverside-clinic"]);
+    clinic_only["decisions"] = json!([clinic_only["decisions"][1], clinic_only["decisions"][2]]);
+    let a = app
+        .post_json("/housing/reviews", HOUSING_REVIEW, &clinic_only)
+        .await;
+    assert_eq!(a.status, 201, "{a:?}");
+    let id = a.body["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        app.get(&format!("/housing/reviews/{id}"), CLINIC_REVIEW)
+            .await
+            .status,
+        200
+    );
+    app.clock.set(time::macros::datetime!(2026-12-16 09:00 UTC));
+    let due = app.get("/housing/reviews/due", CLINIC_REVIEW).await;
+    assert_eq!(due.body["due"][0]["tenant_id"], "T-1001", "{due:?}");
+
+    let consent = app.consent_id_with_status("active").await;
+    let revoked = app
+        .post_json(
+            &format!("/housing/consents/{consent}/revoke"),
+            HOUSING,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(revoked.status, 200, "{revoked:?}");
+    for path in [
+        format!("/housing/reviews/{id}"),
+        format!("/fhir/CarePlan/{id}"),
+    ] {
+        let read = app.get(&path, CLINIC_REVIEW).await;
+        assert_eq!(read.status, 403, "{path}: {read:?}");
+    }
+    assert_eq!(
+        app.get("/housing/reviews/due", CLINIC_REVIEW).await.body["due"],
+        json!([])
+    );
+    let refused = app
+        .audit_record(
+            &app.get(&format!("/housing/reviews/{id}"), CLINIC_REVIEW)
+                .await
+                .reference_id(),
+        )
+        .await;
+    assert_eq!(refused["outcome"], "refused", "{refused}");
+    assert_eq!(
+        app.get(&format!("/housing/reviews/{id}"), AUDITOR)
+            .await
+            .status,
+        200
     );
 }

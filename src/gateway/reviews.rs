@@ -8,10 +8,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::{Call, Gateway};
-use crate::audit::{AuditEntry, Outcome};
+use crate::audit::{AuditEntry, Direction, Outcome};
 use crate::auth::Role;
 use crate::clock::rfc3339;
-use crate::consent::parse_fhir_instant;
+use crate::consent::{Flow, parse_fhir_instant};
 use crate::error::Error;
 use crate::fhir::{self, Issue, IssueCode};
 use crate::ids::{PartnerId, TenantId};
@@ -230,6 +230,30 @@ impl Gateway {
                 .at(written.at(Field::Tenant)),
             ]));
         }
+        // The review's notes go to every partner that attended, as a forward would: each
+        // needs the tenant's consent to share with it. Housing, which keeps the consent,
+        // is told which one; a partner gets the same refusal as for any exchange.
+        let context = self.store.consent_context(&review.tenant_id).await?;
+        for (i, partner) in review.attendees.iter().enumerate() {
+            if self.is_housing(partner) {
+                continue;
+            }
+            if let Err(refused) =
+                self.decide_with(call, &context, Flow::Outbound, partner, &[], audit)
+            {
+                return Err(if self.is_housing(&call.principal.org) {
+                    Error::Invalid(vec![
+                        Issue::error(
+                            IssueCode::BusinessRule,
+                            format!("the tenant's consent does not cover sharing with {partner} now, so it cannot be sent this review"),
+                        )
+                        .at(written.at(Field::Attendee(i))),
+                    ])
+                } else {
+                    refused
+                });
+            }
+        }
         let id = call.reference_id.to_string();
         let careplan = review_careplan(
             &id,
@@ -391,15 +415,38 @@ impl Gateway {
         self.config.housing().is_some_and(|p| &p.id == org)
     }
 
-    /// Refuses (403) a caller who may not read review `r`.
-    pub fn may_read_review(&self, call: &Call, r: &StoredReview) -> Result<(), Error> {
-        if self.may_see_review(call, r) {
-            Ok(())
-        } else {
-            Err(Error::Forbidden(
+    /// Refuses (403) a caller who may not read review `r`: one off its team, or a partner
+    /// on it that the tenant's consent no longer covers (revoked, expired, narrowed).
+    pub async fn may_read_review(
+        &self,
+        call: &Call,
+        r: &StoredReview,
+        audit: &mut AuditEntry,
+    ) -> Result<(), Error> {
+        if !self.may_see_review(call, r) {
+            return Err(Error::Forbidden(
                 "joint case review notes are for the tenant's review team and auditors".into(),
-            ))
+            ));
         }
+        if self.partner_reads(call) {
+            let partner = &call.principal.org;
+            self.decide(
+                call,
+                &r.review.tenant_id,
+                Flow::Outbound,
+                partner,
+                &[],
+                audit,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// A review member of a partner organisation (not housing): what it reads of a
+    /// tenant's reviews is shared with it, under the tenant's consent.
+    fn partner_reads(&self, call: &Call) -> bool {
+        call.principal.role == Role::ReviewMember && !self.is_housing(&call.principal.org)
     }
 
     /// Whether `call` may read a review: its team's review members, auditors, admins.
@@ -413,10 +460,32 @@ impl Gateway {
     /// for the caller's review teams.
     pub async fn reviews_due(&self, call: &Call) -> Result<Vec<Value>, Error> {
         let horizon = call.at + time::Duration::days(DUE_WITHIN_DAYS);
-        let latest = self.store.latest_reviews().await?;
+        let mut latest = self.store.latest_reviews().await?;
+        latest.retain(|r| self.may_see_review(call, r));
+        if self.partner_reads(call) {
+            // Only tenants whose consent still covers this partner.
+            let mut covered = Vec::with_capacity(latest.len());
+            for r in latest {
+                let context = self.store.consent_context(&r.review.tenant_id).await?;
+                let mut scratch = call.audit("read-review-register", Direction::Internal);
+                if self
+                    .decide_with(
+                        call,
+                        &context,
+                        Flow::Outbound,
+                        &call.principal.org,
+                        &[],
+                        &mut scratch,
+                    )
+                    .is_ok()
+                {
+                    covered.push(r);
+                }
+            }
+            latest = covered;
+        }
         Ok(latest
             .into_iter()
-            .filter(|r| self.may_see_review(call, r))
             .filter(|r| parse_fhir_instant(&r.review.next_review, false).is_some_and(|n| n <= horizon))
             .map(|r| {
                 let overdue = parse_fhir_instant(&r.review.next_review, true).is_some_and(|n| n <= call.at);

@@ -71,7 +71,8 @@ async fn read(
     audit.tenant = Some(review.review.tenant_id.clone());
     state
         .gateway
-        .may_read_review(&call, &review)
+        .may_read_review(&call, &review, &mut audit)
+        .await
         .map_err(|e| Failure::new(e, audit.clone()))?;
     let mut response =
         axum::Json(json!({"id": review.id, "review": review.review, "fhir": review.careplan}))
