@@ -88,12 +88,21 @@ pub struct ConsentPolicy {
     /// the consent expires.
     #[serde(default = "yes")]
     pub share_while_renewal_due: bool,
+    /// How many days before a tenant's consent ends it is listed as due for renewal
+    /// (`GET /housing/consents/due`, reason `expiring`); 0 lists only expired ones.
+    #[serde(default = "thirty")]
+    pub expiry_notice_days: u32,
+}
+
+fn thirty() -> u32 {
+    30
 }
 
 impl Default for ConsentPolicy {
     fn default() -> Self {
         Self {
             share_while_renewal_due: true,
+            expiry_notice_days: thirty(),
         }
     }
 }
@@ -597,6 +606,8 @@ attempt_timeout_ms = 10000
 # Keep sharing while a consent is marked renewal-due (after a hospitalisation, a change
 # of provider or a tenant request)? Sharing always stops when a consent expires.
 share_while_renewal_due = true
+# List a consent as due for renewal this many days before it ends (0: once it has ended).
+expiry_notice_days = 30
 
 # Partner organisations. `id` is how consents name them (Organization/<id>);
 # `identifier_system` is how that partner identifies tenants.

@@ -1075,6 +1075,52 @@ async fn a_renewal_prompt_opened_after_a_notice_was_decided_stops_it_where_renew
     assert_eq!(resent.status, 403, "{resent:?}");
 }
 
+async fn due(app: &TestApp) -> Vec<Value> {
+    let a = app.get("/housing/consents/due", HOUSING).await;
+    assert_eq!(a.status, 200, "{a:?}");
+    a.body["due"].as_array().unwrap().clone()
+}
+
+/// The tenant's consent runs to 31 May 2027. A month before, housing's renewal list says
+/// so, in time to ask the tenant; once it has ended (sharing has stopped), it says that;
+/// the renewed consent takes the tenant off the list.
+#[tokio::test]
+async fn a_consent_coming_to_its_end_is_listed_for_renewal_before_and_after() {
+    let app = spawn_app().await;
+    app.register_tenant().await;
+    assert_eq!(record(&app, share_with(&[CLINIC_ID])).await.status, 201);
+    assert_eq!(due(&app).await, Vec::<Value>::new());
+
+    app.clock.set(datetime!(2027-05-10 09:00 UTC));
+    let listed = due(&app).await;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["tenant_id"], "T-1001");
+    assert_eq!(listed[0]["reason"], "expiring");
+    assert_eq!(
+        listed[0]["ends"], "2027-06-01T00:00:00Z",
+        "sharing stops then"
+    );
+    assert_eq!(listed[0]["since"], "2027-05-02T00:00:00Z");
+
+    app.clock.set(datetime!(2027-06-02 09:00 UTC));
+    let listed = due(&app).await;
+    assert_eq!(listed[0]["reason"], "expired", "{listed:?}");
+    let notice = app
+        .post(
+            "/fhir/Communication",
+            CLINIC,
+            &fixture("risk-flag-update.json"),
+        )
+        .await;
+    assert_eq!(notice.status, 403, "sharing stopped at the end: {notice:?}");
+
+    let mut renewed = share_with(&[CLINIC_ID]);
+    renewed["valid_until"] = json!("2028-05-31");
+    renewed["signed_at"] = json!("2027-06-02T08:30:00Z");
+    assert_eq!(record(&app, renewed).await.status, 201);
+    assert_eq!(due(&app).await, Vec::<Value>::new());
+}
+
 /// The worker ticks "treatment" rather than "care coordination": the clinic's routine
 /// notices, which are care coordination, are still covered.
 #[tokio::test]

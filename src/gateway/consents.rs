@@ -4,6 +4,7 @@
 
 use serde::Serialize;
 use serde_json::{Value, json};
+use time::OffsetDateTime;
 
 use super::{Call, Gateway};
 use crate::audit::AuditEntry;
@@ -53,7 +54,78 @@ pub enum RecordedConsent {
     Proposed,
 }
 
+/// A tenant whose consent needs renewing: a renewal prompt an event opened
+/// (hospitalisation, change of provider, tenant request), or a governing consent that
+/// ends within `consent.expiry_notice_days` (`expiring`) or has ended (`expired`).
+#[derive(Debug, Clone, Serialize)]
+pub struct RenewalListing {
+    pub tenant_id: TenantId,
+    pub reason: String,
+    /// Since when it has been due.
+    pub since: String,
+    /// The exchange or request that opened a prompt.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reference_id: Option<String>,
+    /// The consent that ends, and when.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub consent_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ends: Option<String>,
+}
+
 impl Gateway {
+    /// Housing's renewal list at `at`: open prompts, then consents ending soon or ended,
+    /// oldest first. Sharing stops by itself when a consent ends; this is how the worker
+    /// hears of it in time to ask the tenant.
+    pub async fn consents_due(&self, at: OffsetDateTime) -> Result<Vec<RenewalListing>, Error> {
+        let mut due: Vec<RenewalListing> = self
+            .store
+            .renewals_due()
+            .await?
+            .into_iter()
+            .map(|(tenant_id, d)| RenewalListing {
+                tenant_id,
+                reason: d.reason,
+                since: d.since,
+                reference_id: Some(d.reference_id),
+                consent_id: None,
+                ends: None,
+            })
+            .collect();
+        let notice = time::Duration::days(self.config.consent.expiry_notice_days.into());
+        for (tenant_id, versions) in self.store.all_consents().await? {
+            let Some(governing) = consent::governing(&versions) else {
+                continue;
+            };
+            // An inactive consent (the tenant opted out) has nothing to renew.
+            let Some(end) = governing
+                .terms
+                .end
+                .filter(|_| governing.terms.status == ConsentStatus::Active)
+            else {
+                continue;
+            };
+            if at < end - notice {
+                continue;
+            }
+            let expired = at >= end;
+            due.push(RenewalListing {
+                tenant_id,
+                reason: if expired { "expired" } else { "expiring" }.into(),
+                since: rfc3339(if expired { end } else { end - notice }),
+                reference_id: None,
+                consent_id: Some(governing.id.clone()),
+                ends: Some(rfc3339(end)),
+            });
+        }
+        due.sort_by(|a, b| {
+            a.since
+                .cmp(&b.since)
+                .then_with(|| a.tenant_id.cmp(&b.tenant_id))
+        });
+        Ok(due)
+    }
+
     fn partner_for(&self) -> impl Fn(&str) -> Option<PartnerId> + '_ {
         |reference| {
             let id = reference.strip_prefix("Organization/")?;

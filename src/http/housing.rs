@@ -250,17 +250,12 @@ async fn consents_due(
     housing_only(&call).map_err(|e| Failure::new(e, audit.clone()))?;
     let due = state
         .gateway
-        .store
-        .renewals_due()
+        .consents_due(call.at)
         .await
-        .map_err(|e| Failure::new(e.into(), audit.clone()))?;
+        .map_err(|e| Failure::new(e, audit.clone()))?;
     audit.count = Some(due.len());
-    let list: Vec<_> = due
-        .into_iter()
-        .map(|(tenant, d)| json!({"tenant_id": tenant, "reason": d.reason, "since": d.since, "reference_id": d.reference_id}))
-        .collect();
     Ok(with_draft(
-        axum::Json(json!({"due": list})).into_response(),
+        axum::Json(json!({"due": due})).into_response(),
         audit,
     ))
 }

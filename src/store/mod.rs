@@ -397,6 +397,8 @@ pub trait ConsentStore: Send + Sync {
     ) -> StoreResult<(Vec<Option<TenantId>>, Option<ConsentContext>)>;
     /// Every tenant whose consent is renewal-due.
     async fn renewals_due(&self) -> StoreResult<Vec<(TenantId, RenewalDue)>>;
+    /// Every tenant's consent versions (for the expiry list: one read, not one per tenant).
+    async fn all_consents(&self) -> StoreResult<Vec<(TenantId, Vec<ConsentVersion>)>>;
 }
 
 /// What registering a tenant did, read in the same transaction as the write.

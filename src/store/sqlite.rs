@@ -1255,6 +1255,30 @@ impl ConsentStore for SqliteStore {
         })
         .await
     }
+
+    async fn all_consents(&self) -> StoreResult<Vec<(TenantId, Vec<ConsentVersion>)>> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare(
+                "SELECT tenant_id, consent_id, version, terms FROM consents ORDER BY tenant_id, consent_id, version",
+            )?;
+            let mut rows = stmt.query([])?;
+            let mut out: Vec<(TenantId, Vec<ConsentVersion>)> = Vec::new();
+            while let Some(r) = rows.next()? {
+                let tenant: String = r.get(0)?;
+                let version = ConsentVersion {
+                    id: r.get(1)?,
+                    version: r.get::<_, i64>(2)? as u32,
+                    terms: serde_json::from_str(&r.get::<_, String>(3)?)?,
+                };
+                match out.last_mut() {
+                    Some((t, versions)) if t.as_str() == tenant => versions.push(version),
+                    _ => out.push((TenantId::new(tenant), vec![version])),
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
 }
 
 /// The primary-key range holding the items of exchange `reference`: their ids are
