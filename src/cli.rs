@@ -1,4 +1,4 @@
-//! The `hearth` command line: serve, init, validate, translate, audit.
+//! The `hearth` command line: serve, init, validate, translate, audit, backup, token.
 
 use std::io::Write;
 use std::net::SocketAddr;
