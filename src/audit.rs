@@ -114,6 +114,14 @@ pub struct AuditEntry {
     pub items_written: Vec<ItemRef>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub items_withheld: Vec<ItemRef>,
+    /// For housing's reads: the dataset items shown (ids), so "who saw what about this
+    /// tenant" has an answer for each read.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub items_read: Vec<String>,
+    /// For a read across tenants (the feed): every tenant the page was about. The audit
+    /// query's tenant filter matches these as well as `tenant`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tenants_read: Vec<TenantId>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dropped_paths: Vec<String>,
     /// `sha256:<hex>` of the request payload.
@@ -162,6 +170,8 @@ impl AuditEntry {
             related: None,
             items_written: Vec::new(),
             items_withheld: Vec::new(),
+            items_read: Vec::new(),
+            tenants_read: Vec::new(),
             dropped_paths: Vec::new(),
             payload_digest: None,
             count: None,

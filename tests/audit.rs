@@ -357,3 +357,57 @@ async fn a_backup_taken_while_serving_holds_every_acknowledged_exchange() {
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
 }
+
+/// An inspector asks who at housing saw what about T-1001: every read that showed her
+/// items answers, the feed's included (a page about many tenants), with the items shown.
+#[tokio::test]
+async fn the_trail_says_which_of_a_tenants_items_each_housing_read_showed() {
+    let app = spawn_app().await.with_consenting_tenant().await;
+    let notice = app
+        .post(
+            "/fhir/Communication",
+            CLINIC,
+            &fixture("risk-flag-update.json"),
+        )
+        .await;
+    assert_eq!(notice.status, 201, "{notice:?}");
+    let items: Vec<serde_json::Value> =
+        app.audit_record(&notice.reference_id()).await["items_written"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["id"].clone())
+            .collect();
+    assert!(!items.is_empty());
+    let feed = app.get("/housing/updates?since=0", HOUSING).await;
+    let view = app.get("/housing/tenants/T-1001", HOUSING).await;
+    let empty = app.get("/housing/updates?since=1000", HOUSING).await;
+
+    let about = app
+        .get("/audit/records?tenant=T-1001&limit=1000", AUDITOR)
+        .await;
+    let records: Vec<&serde_json::Value> = about.body["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| &r["record"])
+        .collect();
+    for read in [&feed, &view] {
+        let r = records
+            .iter()
+            .find(|r| r["reference_id"] == read.reference_id())
+            .unwrap_or_else(|| panic!("the read is not in T-1001's trail: {read:?}"));
+        assert_eq!(r["items_read"], serde_json::json!(items), "{r}");
+    }
+    let r = records
+        .iter()
+        .find(|r| r["reference_id"] == feed.reference_id())
+        .unwrap();
+    assert_eq!(r["tenants_read"], serde_json::json!(["T-1001"]));
+    assert!(
+        !records
+            .iter()
+            .any(|r| r["reference_id"] == empty.reference_id()),
+        "a page about no one is not about T-1001"
+    );
+}

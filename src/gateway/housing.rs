@@ -84,6 +84,7 @@ impl Gateway {
             .await?;
         let visible = super::without_withheld(items, &withheld);
         audit.count = Some(visible.len());
+        audit.items_read = visible.iter().map(|i| i.id.clone()).collect();
         let consents = self.consent_summaries(tenant).await?;
         let current = consents.iter().find(|c| c.governing);
         let renewal = self.store.renewal_due(tenant).await?;

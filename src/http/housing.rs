@@ -376,6 +376,15 @@ async fn updates(
         .map_err(|e| fail(e, &audit))?;
     let next = entries.last().map_or(since, |e| e.seq);
     audit.count = Some(entries.len());
+    audit.items_read = entries
+        .iter()
+        .filter(|e| e.item.is_some())
+        .filter_map(|e| e.item_id.clone())
+        .collect();
+    let mut tenants: Vec<TenantId> = entries.iter().map(|e| e.tenant.clone()).collect();
+    tenants.sort();
+    tenants.dedup();
+    audit.tenants_read = tenants;
     let body = page_json(&entries, next, entries.len() as u64 == limit)
         .map_err(|e| fail(Error::Internal(e.to_string()), &audit))?;
     let mut response = ([(header::CONTENT_TYPE, "application/json")], body).into_response();

@@ -1815,7 +1815,8 @@ impl AuditStore for SqliteStore {
             let mut stmt = conn.prepare_cached(
                 "SELECT seq, hash, body FROM audit
                  WHERE seq > ?1 AND (?2 IS NULL OR reference_id = ?2)
-                   AND (?3 IS NULL OR json_extract(body, '$.tenant') = ?3)
+                   AND (?3 IS NULL OR json_extract(body, '$.tenant') = ?3
+                        OR EXISTS (SELECT 1 FROM json_each(body, '$.tenants_read') WHERE value = ?3))
                  ORDER BY seq LIMIT ?4",
             )?;
             let mut rows = stmt.query(params![
