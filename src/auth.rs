@@ -26,7 +26,8 @@ pub enum Role {
     ReviewMember,
     /// Reads and verifies the audit trail.
     Auditor,
-    /// Operates the gateway.
+    /// Operates the gateway: the audit trail, and deliveries that failed (dead letters,
+    /// without what the notes say). Never tenants' information: minimum necessary.
     Admin,
 }
 

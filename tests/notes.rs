@@ -345,13 +345,35 @@ async fn a_refused_or_expired_note_is_dead_lettered_and_can_be_replayed() {
     );
     let dead = app.get("/housing/notes/dead-letters", HOUSING).await;
     assert_eq!(dead.body["notes"].as_array().unwrap().len(), 2);
+    // The operator sees where and why each failed, not what the notes say, and nothing
+    // else of the tenant's.
+    let operator = app.get("/housing/notes/dead-letters", ADMIN).await;
+    assert_eq!(operator.status, 200, "{operator:?}");
+    let failed = operator.body["notes"].as_array().unwrap();
+    assert_eq!(failed.len(), 2);
+    assert!(
+        failed.iter().all(|n| n.get("note").is_none()
+            && n["delivery"]["state"] == "dead"
+            && n["delivery"]["last_error"].is_string()),
+        "{failed:?}"
+    );
+    for path in [
+        format!("/housing/notes/{first_ref}"),
+        "/housing/notes?tenant=T-1001".to_string(),
+        "/housing/tenants/T-1001".to_string(),
+        "/housing/updates?since=0".to_string(),
+        "/housing/consents?tenant=T-1001".to_string(),
+    ] {
+        let a = app.get(&path, ADMIN).await;
+        assert_eq!(a.status, 403, "{path}: {a:?}");
+    }
 
     // The operator replays one once the partner is back.
     partner.set(Mode::Up);
     let r = app
         .post_json(
             &format!("/housing/notes/{first_ref}/replay"),
-            HOUSING,
+            ADMIN,
             &json!({}),
         )
         .await;

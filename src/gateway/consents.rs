@@ -20,7 +20,7 @@ use crate::store::{ConsentSlot, StoredConsent};
 use crate::tenancy::LinkFailure;
 
 /// Roles that keep the consent registry.
-const CUSTODIANS: &[Role] = &[Role::Housing, Role::Admin];
+const CUSTODIANS: &[Role] = &[Role::Housing];
 
 /// A consent in plain terms, for the housing API.
 #[derive(Debug, Clone, Serialize)]
@@ -208,7 +208,7 @@ impl Gateway {
         audit.payload_digest = Some(digest);
         audit.resource_type = Some("Consent".into());
         call.require(
-            &[Role::Housing, Role::Clinic, Role::Mco, Role::Admin],
+            &[Role::Housing, Role::Clinic, Role::Mco],
             "recording a consent",
         )?;
         if !CUSTODIANS.contains(&call.principal.role) {
@@ -596,7 +596,7 @@ impl Gateway {
             stored.version.terms.status,
             ConsentStatus::Proposed | ConsentStatus::Rejected | ConsentStatus::Draft
         );
-        matches!(p.role, Role::Housing | Role::Auditor | Role::Admin)
+        matches!(p.role, Role::Housing | Role::Auditor)
             || (p.role.is_partner()
                 && confirmed
                 && stored.version.terms.partners().contains(&p.org))

@@ -25,7 +25,7 @@ impl Gateway {
         reg: TenantRegistration,
         audit: &mut AuditEntry,
     ) -> Result<crate::store::Registered, Error> {
-        call.require(&[Role::Housing, Role::Admin], "registering a tenant")?;
+        call.require(&[Role::Housing], "registering a tenant")?;
         let ids = reg
             .identifiers_to_link(&self.config.tenancy.identifier_system)
             .map_err(Error::malformed)?;

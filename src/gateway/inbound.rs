@@ -568,10 +568,8 @@ impl Gateway {
             .await?
             .ok_or_else(not_found)?;
         let visible = ex.resource_type == resource_type
-            && (matches!(
-                call.principal.role,
-                Role::Housing | Role::Auditor | Role::Admin
-            ) || (call.principal.role.is_partner() && call.principal.org == ex.partner));
+            && (matches!(call.principal.role, Role::Housing | Role::Auditor)
+                || (call.principal.role.is_partner() && call.principal.org == ex.partner));
         if !visible {
             return Err(not_found());
         }

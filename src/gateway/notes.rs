@@ -120,10 +120,7 @@ impl Gateway {
         audit.tenant = Some(req.tenant_id.clone());
         audit.partner = Some(req.to.clone());
         audit.resource_type = Some("Communication".into());
-        call.require(
-            &[Role::Housing, Role::Admin],
-            "sending a care coordination note",
-        )?;
+        call.require(&[Role::Housing], "sending a care coordination note")?;
         let mut issues = Vec::new();
         let partner = self.config.partner(&req.to);
         match partner {

@@ -452,7 +452,7 @@ impl Gateway {
     /// Whether `call` may read a review: its team's review members, auditors, admins.
     fn may_see_review(&self, call: &Call, r: &StoredReview) -> bool {
         let p = &call.principal;
-        matches!(p.role, Role::Auditor | Role::Admin)
+        p.role == Role::Auditor
             || (p.role == Role::ReviewMember && r.review.attendees.contains(&p.org))
     }
 

@@ -83,11 +83,18 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// The housing API: housing workers and admins.
+/// The housing API, tenants' information: housing workers only (an operator, `admin`,
+/// does not need it).
 pub fn housing_only(call: &Call) -> Result<(), Error> {
+    call.require(&[crate::auth::Role::Housing], "the housing API")
+}
+
+/// Delivery failures (dead letters): housing, and the operator who keeps deliveries
+/// going, who sees where and why a note failed but not what it says.
+pub fn deliveries(call: &Call) -> Result<(), Error> {
     call.require(
         &[crate::auth::Role::Housing, crate::auth::Role::Admin],
-        "the housing API",
+        "delivery failures",
     )
 }
 
@@ -212,9 +219,7 @@ async fn envelope(State(state): State<AppState>, mut req: Request, next: Next) -
     let principal: Option<Principal> = bearer(&req)
         .and_then(|t| state.principals.authenticate(t))
         .cloned();
-    let from_housing = principal
-        .as_ref()
-        .is_some_and(|p| matches!(p.role, Role::Housing | Role::Admin));
+    let from_housing = principal.as_ref().is_some_and(|p| p.role == Role::Housing);
     let logged = logged_path(&path, &route, from_housing);
     let request_line = format!("{} {}", req.method(), logged);
     let span = tracing::info_span!(

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use super::error::{AuditDraft, Audited, Failure};
 use super::extract::JsonBody;
-use super::{AppState, housing_only};
+use super::{AppState, deliveries, housing_only};
 use crate::audit::Direction;
 use crate::error::Error;
 use crate::gateway::Call;
@@ -149,20 +149,31 @@ async fn dead_letters(
     Extension(call): Extension<Call>,
 ) -> Result<Response, Failure> {
     let mut audit = call.audit("list-dead-letters", Direction::Internal);
-    housing_only(&call).map_err(|e| Failure::new(e, audit.clone()))?;
+    deliveries(&call).map_err(|e| Failure::new(e, audit.clone()))?;
     let mut threads = state
         .gateway
         .store
         .dead_letters()
         .await
         .map_err(|e| Failure::new(e.into(), audit.clone()))?;
-    state
-        .gateway
-        .notes_for_housing(&call, &mut threads)
-        .await
-        .map_err(|e| Failure::new(e, audit.clone()))?;
     audit.count = Some(threads.len());
-    let notes: Vec<Value> = threads.iter().map(|t| view(&state, t)).collect();
+    let notes: Vec<Value> = if call.principal.role == crate::auth::Role::Housing {
+        state
+            .gateway
+            .notes_for_housing(&call, &mut threads)
+            .await
+            .map_err(|e| Failure::new(e, audit.clone()))?;
+        threads.iter().map(|t| view(&state, t)).collect()
+    } else {
+        // The operator: where and why each delivery failed, not what the note says.
+        threads
+            .iter()
+            .map(|t| {
+                json!({"reference_id": t.reference_id, "tenant": t.tenant, "partner": t.partner,
+                       "created_at": t.created_at, "delivery": t.delivery})
+            })
+            .collect()
+    };
     let mut response = axum::Json(json!({"notes": notes})).into_response();
     response.extensions_mut().insert(AuditDraft(audit));
     Ok(response)
@@ -175,7 +186,7 @@ async fn replay(
     Path(reference): Path<String>,
 ) -> Result<Response, Failure> {
     let audit = call.audit("replay-dead-letter", Direction::Internal);
-    housing_only(&call).map_err(|e| Failure::new(e, audit.clone()))?;
+    deliveries(&call).map_err(|e| Failure::new(e, audit.clone()))?;
     let id: ReferenceId = reference.parse().map_err(|_| {
         Failure::new(
             Error::NotFound(format!("no note {reference}")),

@@ -88,7 +88,7 @@ async fn due(
     let mut audit = call.audit("read-review-register", Direction::Internal);
     if !matches!(
         call.principal.role,
-        crate::auth::Role::ReviewMember | crate::auth::Role::Auditor | crate::auth::Role::Admin
+        crate::auth::Role::ReviewMember | crate::auth::Role::Auditor
     ) {
         return Err(Failure::new(
             Error::Forbidden("the high-risk register is for review members".into()),

@@ -21,6 +21,8 @@ pub const CLINIC: &str = "test-token-riverside-ehr";
 pub const MCO: &str = "test-token-bayview-care";
 pub const HOUSING: &str = "test-token-housing-worker";
 pub const AUDITOR: &str = "test-token-auditor";
+/// The operator: the audit trail and failed deliveries, never tenants' information.
+pub const ADMIN: &str = "test-token-operator";
 /// Review members (joint case reviews) at the housing provider, the clinic, and a clinic
 /// not on the tenant's review team.
 pub const HOUSING_REVIEW: &str = "test-token-housing-review";
@@ -168,6 +170,12 @@ id = "auditor"
 org = "northside-housing"
 role = "auditor"
 token_sha256 = "{auditor}"
+
+[[principals]]
+id = "operator"
+org = "northside-housing"
+role = "admin"
+token_sha256 = "{admin}"
 "#,
         data = toml_path(data_dir),
         mappings = toml_path(&root().join("mappings")),
@@ -177,6 +185,7 @@ token_sha256 = "{auditor}"
         other = h(OTHER_CLINIC),
         housing = h(HOUSING),
         auditor = h(AUDITOR),
+        admin = h(ADMIN),
         housing_review = h(HOUSING_REVIEW),
         clinic_review = h(CLINIC_REVIEW),
         other_review = h(OTHER_REVIEW),
