@@ -23,7 +23,7 @@ use crate::audit::{AuditEntry, Direction, Outcome};
 use crate::auth::{Principal, Role};
 use crate::clock::rfc3339;
 use crate::consent::Flow;
-use crate::gateway::notes::{fact_ids, fact_labels, unix_ms};
+use crate::gateway::notes::{fact_ids, fact_labels, fact_refs, unix_ms};
 use crate::gateway::{Call, Gateway};
 use crate::ids::{PartnerId, ReferenceId};
 use crate::store::{AttemptResult, Delivery};
@@ -249,6 +249,9 @@ impl Relay {
             match outcome {
                 Ok(status) if (200..300).contains(&status) => {
                     audit.outcome = Outcome::Accepted;
+                    // What the partner now holds: the accounting of disclosures counts
+                    // deliveries, not notes queued.
+                    audit.items_written = fact_refs(&d.note);
                     AttemptResult::Delivered
                 }
                 Ok(status) if (400..500).contains(&status) && status != 408 && status != 429 => {

@@ -345,6 +345,18 @@ async fn a_refused_or_expired_note_is_dead_lettered_and_can_be_replayed() {
     );
     let dead = app.get("/housing/notes/dead-letters", HOUSING).await;
     assert_eq!(dead.body["notes"].as_array().unwrap().len(), 2);
+    // Neither reached the partner: the tenant's accounting of disclosures lists neither.
+    let listed = app
+        .get("/housing/tenants/T-1001/disclosures", HOUSING)
+        .await;
+    assert!(
+        listed.body["disclosures"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["to"] != "Riverside Community Clinic"),
+        "{listed:?}"
+    );
     // The operator sees where and why each failed, not what the notes say, and nothing
     // else of the tenant's.
     let operator = app.get("/housing/notes/dead-letters", ADMIN).await;
@@ -738,6 +750,27 @@ async fn a_clinic_discharge_notice_is_forwarded_minimised_to_the_mco_when_consen
     // The forward is audited, linked to the notice that caused it.
     let forward = forward_records(&app).await.into_iter().next().unwrap();
     assert_eq!(forward["related"], a.reference_id());
+    // The tenant's accounting of disclosures: the clinic's notice to housing, and its
+    // discharge passed on to the MCO, once delivered, naming whose notice it was.
+    wait_for_state(&app, forward["reference_id"].as_str().unwrap(), "delivered").await;
+    let listed = app
+        .get("/housing/tenants/T-1001/disclosures", HOUSING)
+        .await;
+    let summaries: Vec<&str> = listed.body["disclosures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["summary"].as_str().unwrap())
+        .collect();
+    assert_eq!(summaries.len(), 2, "{summaries:?}");
+    assert!(
+        summaries[0].contains("Riverside Community Clinic shared"),
+        "{summaries:?}"
+    );
+    assert!(
+        summaries[1].contains("passed on discharge and follow-up details from Riverside Community Clinic with Bayview Health Plan"),
+        "{summaries:?}"
+    );
 
     // Once the tenant narrows consent to the clinic only, nothing more is forwarded.
     let narrow = json!({"tenant_id": "T-1001", "share_with": [CLINIC_ID], "valid_until": "2027-05-31", "signed_at": "2026-11-23T09:30:00Z"});

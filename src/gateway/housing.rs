@@ -133,6 +133,7 @@ impl Gateway {
             return Err(Error::NotFound(format!("no tenant {tenant}")));
         }
         let mut out = Vec::new();
+        let mut forwarded_from: HashMap<crate::ids::ReferenceId, PartnerId> = HashMap::new();
         let mut after = 0;
         loop {
             let rows = self
@@ -150,7 +151,14 @@ impl Gateway {
                 let Ok(entry) = serde_json::from_value::<AuditEntry>(row.record) else {
                     continue;
                 };
-                if let Some(d) = self.disclosure(&entry) {
+                // A forward is queued under the sender's notice; its delivery names the
+                // note it carried. Remember whose notice each forward passed on.
+                if entry.action == "forward"
+                    && let Some(actor) = &entry.actor
+                {
+                    forwarded_from.insert(entry.reference_id, actor.org.clone());
+                }
+                if let Some(d) = self.disclosure(&entry, &forwarded_from) {
                     out.push(d);
                 }
             }
@@ -164,10 +172,22 @@ impl Gateway {
             .map_or_else(|| id.to_string(), |p| p.name.clone())
     }
 
-    fn disclosure(&self, e: &AuditEntry) -> Option<Disclosure> {
+    /// What one audit record disclosed, if anything: a partner's notice received, or a
+    /// note (housing's own or a forward) delivered. A note queued but stopped or never
+    /// delivered disclosed nothing.
+    fn disclosure(
+        &self,
+        e: &AuditEntry,
+        forwarded_from: &HashMap<crate::ids::ReferenceId, PartnerId>,
+    ) -> Option<Disclosure> {
         let shared = matches!(e.outcome, Outcome::Accepted | Outcome::Corrected)
             && !e.items_written.is_empty();
-        if !shared || e.direction == Direction::Internal {
+        let counts = match e.direction {
+            Direction::Inbound => e.action == "create",
+            Direction::Outbound => e.action == "deliver",
+            Direction::Internal => false,
+        };
+        if !shared || !counts {
             return None;
         }
         let partner = e.partner.as_ref()?;
@@ -176,6 +196,11 @@ impl Gateway {
             Direction::Inbound => (self.partner_name(partner), housing),
             _ => (housing, self.partner_name(partner)),
         };
+        // A forward passes on another partner's notice, under a routing rule.
+        let origin = e
+            .related
+            .and_then(|note| forwarded_from.get(&note))
+            .map(|o| self.partner_name(o));
         let kinds: BTreeSet<String> = e
             .items_written
             .iter()
@@ -191,11 +216,13 @@ impl Gateway {
             |c| format!("under consent {} (version {})", c.id, c.version),
         );
         let day = e.recorded.get(..10).unwrap_or(&e.recorded).to_string();
+        let shared = match &origin {
+            Some(o) => format!("passed on {} from {o}", what.join(", ")),
+            None => format!("shared {}", what.join(", ")),
+        };
         Some(Disclosure {
-            summary: format!(
-                "On {day}, {from} shared {} with {to} for {why}, {under}.",
-                what.join(", ")
-            ),
+            summary: format!("On {day}, {from} {shared} with {to} for {why}, {under}."),
+            forwarded_from: origin,
             when: e.recorded.clone(),
             from,
             to,
@@ -281,6 +308,9 @@ pub struct Disclosure {
     pub when: String,
     pub from: String,
     pub to: String,
+    /// For a forward: the partner whose notice it passed on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forwarded_from: Option<String>,
     pub what: Vec<String>,
     pub why: String,
     pub consent: Option<crate::dataset::ConsentCitation>,

@@ -573,6 +573,25 @@ pub(crate) fn fact_ids(note: &Value) -> Vec<String> {
         .collect()
 }
 
+/// The facts a note carries, as the audit names items: what a delivery disclosed.
+pub(crate) fn fact_refs(note: &Value) -> Vec<crate::audit::ItemRef> {
+    note["facts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|f| crate::audit::ItemRef {
+            kind: f["item"].as_str().unwrap_or_default().to_string(),
+            id: f["id"].as_str().map(str::to_string),
+            labels: f["labels"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|l| l.as_str().map(str::to_string))
+                .collect(),
+        })
+        .collect()
+}
+
 /// The labels of the facts a note carries, so a restriction added since it was queued
 /// stops it.
 pub(crate) fn fact_labels(note: &Value) -> Vec<BTreeSet<String>> {
