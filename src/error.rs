@@ -22,8 +22,11 @@ pub enum Error {
     MethodNotAllowed,
     #[error("the body is larger than the {0}-byte limit")]
     PayloadTooLarge(usize),
-    #[error("send application/fhir+json or application/json")]
+    #[error("send application/fhir+json or application/json (UTF-8)")]
     UnsupportedMediaType,
+    /// A response format Hearth does not serve (`_format=xml`), 406.
+    #[error("Hearth answers in JSON (application/fhir+json) only")]
+    NotAcceptable,
     /// Not parseable, or not a resource of the expected type (400).
     #[error("{message}")]
     Malformed {
@@ -63,6 +66,7 @@ impl Error {
             Error::MethodNotAllowed => "method-not-allowed",
             Error::PayloadTooLarge(_) => "payload-too-large",
             Error::UnsupportedMediaType => "unsupported-media-type",
+            Error::NotAcceptable => "not-acceptable",
             Error::Malformed { .. } => "malformed",
             Error::Invalid(_) => "invalid",
             Error::PreconditionFailed(_) => "precondition-failed",

@@ -748,6 +748,20 @@ async fn the_fhir_form_and_the_housing_form_agree() {
         .get("/fhir/Consent?patient=T-1001&status=revoked", HOUSING)
         .await;
     assert_eq!(odd.status, 400, "{odd:?}");
+    // The state as a token with its code system, and the format asked for as JSON, are
+    // the same search; another format is not served (406).
+    let token = app
+        .get(
+            "/fhir/Consent?patient=T-1001&status=http://hl7.org/fhir/consent-state-codes|active&_format=json&_pretty=true",
+            HOUSING,
+        )
+        .await;
+    assert_eq!(token.status, 200, "{token:?}");
+    assert_eq!(token.body["total"], found.body["total"]);
+    let xml = app
+        .get("/fhir/Consent?patient=T-1001&_format=xml", HOUSING)
+        .await;
+    assert_eq!(xml.status, 406, "{xml:?}");
     let fhir = &found.body["entry"][0]["resource"];
     assert_eq!(fhir["id"], id);
     assert_eq!(fhir["scope"]["coding"][0]["code"], "patient-privacy");

@@ -1054,3 +1054,29 @@ async fn acknowledged_exchanges_survive_a_restart() {
     let v = app.get("/audit/verify", AUDITOR).await;
     assert_eq!(v.body["ok"], true, "{v:?}");
 }
+
+/// JSON is UTF-8: a body declared in another charset is refused as such (415), not
+/// reported as unparseable; UTF-8 declared, in any spelling, is fine.
+#[tokio::test]
+async fn a_body_declared_in_another_charset_is_415() {
+    let app = spawn_app().await.with_consenting_tenant().await;
+    let url = format!("{}/fhir/Communication", app.base);
+    let declared = fixture("risk-flag-update.json");
+    for (charset, status) in [("utf-16", 415), ("\"UTF-8\"", 201)] {
+        let a = answer(
+            app.client
+                .post(&url)
+                .bearer_auth(CLINIC)
+                .header(
+                    "content-type",
+                    format!("application/fhir+json; fhirVersion=4.0; charset={charset}"),
+                )
+                .body(declared.to_string())
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(a.status, status, "{charset}: {a:?}");
+    }
+}

@@ -72,6 +72,7 @@ pub fn status_of(e: &Error) -> StatusCode {
         Error::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         Error::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         Error::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        Error::NotAcceptable => StatusCode::NOT_ACCEPTABLE,
         Error::Malformed { .. } => StatusCode::BAD_REQUEST,
         Error::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
         Error::PreconditionFailed(_) | Error::MultipleMatches(_) => StatusCode::PRECONDITION_FAILED,
@@ -95,7 +96,9 @@ pub fn issues_of(e: &Error) -> Vec<Issue> {
         Error::Unauthenticated => one(IssueCode::Login, e.to_string()),
         Error::Forbidden(_) => one(IssueCode::Forbidden, e.to_string()),
         Error::NotFound(_) => one(IssueCode::NotFound, e.to_string()),
-        Error::MethodNotAllowed | Error::UnsupportedMediaType => one(IssueCode::NotSupported, e.to_string()),
+        Error::MethodNotAllowed | Error::UnsupportedMediaType | Error::NotAcceptable => {
+            one(IssueCode::NotSupported, e.to_string())
+        }
         Error::PayloadTooLarge(_) => one(IssueCode::TooLong, e.to_string()),
         // An edit conflict (R4 `conflict`), or criteria that are not specific enough.
         Error::PreconditionFailed(_) => one(IssueCode::Conflict, e.to_string()),

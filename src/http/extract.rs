@@ -24,13 +24,21 @@ impl FromRequest<AppState> for JsonBody {
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default();
-        let essence = content_type
-            .split(';')
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_ascii_lowercase();
+        let mut parts = content_type.split(';');
+        let essence = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
         if essence != "application/fhir+json" && essence != "application/json" {
+            return Err(Error::UnsupportedMediaType);
+        }
+        // JSON is UTF-8; a body declared in another charset would only fail to parse,
+        // with a less useful message.
+        let other_charset = parts.filter_map(|p| p.split_once('=')).any(|(k, v)| {
+            k.trim().eq_ignore_ascii_case("charset")
+                && !matches!(
+                    v.trim().trim_matches('"').to_ascii_lowercase().as_str(),
+                    "utf-8" | "utf8"
+                )
+        });
+        if other_charset {
             return Err(Error::UnsupportedMediaType);
         }
         let declared = req

@@ -821,8 +821,34 @@ struct ConsentSearch {
     /// `system|value` of any identifier the tenant is known by.
     #[serde(rename = "patient:identifier")]
     patient_identifier: Option<String>,
-    /// A FHIR consent state; anything else is refused rather than matching nothing.
-    status: Option<crate::consent::ConsentStatus>,
+    /// A FHIR consent state (`active`, or as a token with its code system); anything else
+    /// is refused rather than matching nothing.
+    status: Option<String>,
+    /// Only JSON is served (`json`, `application/json`, `application/fhir+json`).
+    #[serde(rename = "_format")]
+    format: Option<String>,
+    /// Accepted and ignored: answers are compact JSON either way.
+    #[serde(rename = "_pretty")]
+    _pretty: Option<String>,
+}
+
+/// The consent state a `status` search token names: `code` or `system|code`, the system
+/// being FHIR's consent-state-codes.
+fn consent_state(token: &str) -> Option<crate::consent::ConsentStatus> {
+    let code = match token.split_once('|') {
+        Some(("http://hl7.org/fhir/consent-state-codes" | "", code)) => code,
+        Some(_) => return None,
+        None => token,
+    };
+    serde_json::from_value(json!(code)).ok()
+}
+
+/// Whether a `_format` value asks for JSON, the only format served.
+fn wants_json(format: &str) -> bool {
+    matches!(
+        format.split(';').next().unwrap_or_default().trim(),
+        "json" | "application/json" | "application/fhir+json"
+    )
 }
 
 /// `GET /fhir/Consent?patient=…&status=…`: the latest version of each matching consent
@@ -838,12 +864,26 @@ async fn search_consents(
     let axum::extract::Query(q) = query.map_err(|e| {
         fail(
             Error::malformed(format!(
-                "supported search parameters: patient, patient:identifier, status ({})",
+                "supported search parameters: patient, patient:identifier, status, _format, _pretty ({})",
                 e.body_text()
             )),
             &audit,
         )
     })?;
+    if q.format.as_deref().is_some_and(|f| !wants_json(f)) {
+        return Err(fail(Error::NotAcceptable, &audit));
+    }
+    let status = match q.status.as_deref() {
+        None => None,
+        Some(token) => Some(consent_state(token).ok_or_else(|| {
+            fail(
+                Error::malformed(format!(
+                    "`status` {token} is not a consent state (draft, proposed, active, rejected, inactive, entered-in-error)"
+                )),
+                &audit,
+            )
+        })?),
+    };
     let g = &state.gateway;
     let tenant = match (&q.patient, &q.patient_identifier) {
         (Some(t), None) => Some(crate::ids::TenantId::new(t.trim_start_matches("Patient/"))),
@@ -872,7 +912,7 @@ async fn search_consents(
     if let Some(tenant) = &tenant {
         audit.tenant = Some(tenant.clone());
         let found = g
-            .search_consents(&call, tenant, q.status)
+            .search_consents(&call, tenant, status)
             .await
             .map_err(|e| fail(e, &audit))?;
         entries = found
