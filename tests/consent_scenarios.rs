@@ -274,6 +274,49 @@ async fn staff_need_urgent_clinical_advice() {
     assert_eq!(verify.body["ok"], true);
     assert_eq!(verify.body["verification"]["break_glass"]["emergencies"], 1);
 
+    // An auditor reviews it: once, final, in the chain; the list then shows the finding
+    // and no longer counts it as waiting.
+    let waiting = app.get("/audit/break-glass?unreviewed=true", AUDITOR).await;
+    assert_eq!(waiting.body["break_glass"].as_array().unwrap().len(), 1);
+    let path = format!("/audit/break-glass/{}/review", urgent.reference_id());
+    let justified = json!({"outcome": "justified"});
+    assert_eq!(app.post_json(&path, ADMIN, &justified).await.status, 403);
+    assert_eq!(
+        app.post_json(&path, AUDITOR, &json!({"outcome": "fine"}))
+            .await
+            .status,
+        400
+    );
+    let reviewed = app.post_json(&path, AUDITOR, &justified).await;
+    assert_eq!(reviewed.status, 200, "{reviewed:?}");
+    let again = app
+        .post_json(&path, AUDITOR, &json!({"outcome": "not-justified"}))
+        .await;
+    assert_eq!(again.status, 409, "{again:?}");
+    let rec = app.audit_record(&reviewed.reference_id()).await;
+    assert_eq!(rec["action"], "review-break-glass");
+    assert_eq!(rec["related"], urgent.reference_id());
+    assert_eq!(rec["reason"], "justified");
+    let listed = app.get("/audit/break-glass", AUDITOR).await;
+    assert_eq!(
+        listed.body["break_glass"][0]["review"]["outcome"],
+        "justified"
+    );
+    assert_eq!(
+        listed.body["break_glass"][0]["review"]["reviewer"],
+        "auditor"
+    );
+    let waiting = app.get("/audit/break-glass?unreviewed=true", AUDITOR).await;
+    assert_eq!(waiting.body["break_glass"], json!([]));
+    let unknown = app
+        .post_json(
+            "/audit/break-glass/01JD5ZK9Q3XG6V7Y8N2M4P1R0S/review",
+            AUDITOR,
+            &justified,
+        )
+        .await;
+    assert_eq!(unknown.status, 404, "{unknown:?}");
+
     // The reasons are append-only, and the chain holds each one's digest: a reason
     // edited behind Hearth's back (triggers dropped first) shows as not matching.
     let db = rusqlite::Connection::open(app.data.path().join("hearth.db")).unwrap();
@@ -298,6 +341,8 @@ async fn staff_need_urgent_clinical_advice() {
     // still records the emergency.
     db.execute_batch(
         "DROP TRIGGER break_glass_is_append_only_delete;
+         DROP TRIGGER break_glass_reviews_are_final_delete;
+         DELETE FROM break_glass_reviews;
          DELETE FROM break_glass;",
     )
     .unwrap();

@@ -1,14 +1,16 @@
 //! `/audit`: read and verify the trail (auditor and admin roles).
 
 use axum::Router;
+use axum::extract::Path;
 use axum::extract::{Extension, Query, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::json;
 
 use super::AppState;
-use super::error::{AuditDraft, Failure};
+use super::error::{AuditDraft, Audited, Failure};
+use super::extract::JsonBody;
 use crate::audit::Direction;
 use crate::auth::Role;
 use crate::error::Error;
@@ -20,6 +22,10 @@ pub fn router() -> Router<AppState> {
         .route("/audit/records", get(records))
         .route("/audit/verify", get(verify))
         .route("/audit/break-glass", get(break_glass))
+        .route(
+            "/audit/break-glass/{reference}/review",
+            post(review_break_glass),
+        )
 }
 
 fn auditors_only(call: &Call) -> Result<(), Error> {
@@ -101,21 +107,114 @@ async fn verify(
     Ok(response)
 }
 
-/// Emergency exchanges, newest first, with their stated reasons, for review.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BreakGlassQuery {
+    /// `true`: only the emergency exchanges no auditor has reviewed yet.
+    unreviewed: Option<bool>,
+}
+
+/// Emergency exchanges, newest first, with their stated reasons and reviews.
 async fn break_glass(
     State(state): State<AppState>,
     Extension(call): Extension<Call>,
+    query: Result<Query<BreakGlassQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, Failure> {
     let mut audit = call.audit("read-break-glass", Direction::Internal);
     auditors_only(&call).map_err(|e| Failure::new(e, audit.clone()))?;
-    let list = state
+    let q = super::extract::query(query).map_err(|e| Failure::new(e, audit.clone()))?;
+    let mut list = state
         .gateway
         .store
         .break_glass_records()
         .await
         .map_err(|e| Failure::new(e.into(), audit.clone()))?;
+    if q.unreviewed == Some(true) {
+        list.retain(|r| r.review.is_none());
+    }
     audit.count = Some(list.len());
     let mut response = axum::Json(json!({"break_glass": list})).into_response();
     response.extensions_mut().insert(AuditDraft(audit));
+    Ok(response)
+}
+
+/// `POST /audit/break-glass/{reference}/review`: an auditor's finding on one emergency
+/// exchange. No free text: what the reviewer concluded, in the chain.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReviewRequest {
+    outcome: ReviewOutcome,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum ReviewOutcome {
+    Justified,
+    NotJustified,
+}
+
+impl ReviewOutcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            ReviewOutcome::Justified => "justified",
+            ReviewOutcome::NotJustified => "not-justified",
+        }
+    }
+}
+
+async fn review_break_glass(
+    State(state): State<AppState>,
+    Extension(call): Extension<Call>,
+    Path(reference): Path<String>,
+    body: Result<JsonBody, Error>,
+) -> Result<Response, Failure> {
+    let mut audit = call.audit("review-break-glass", Direction::Internal);
+    let fail = |e: Error, a: &crate::audit::AuditEntry| Failure::new(e, a.clone());
+    // Reviewing is the auditor's; the operator reads the trail but does not judge it.
+    call.require(&[Role::Auditor], "reviewing an emergency exchange")
+        .map_err(|e| fail(e, &audit))?;
+    let related: crate::ids::ReferenceId = reference.parse().map_err(|_| {
+        fail(
+            Error::NotFound(format!("no emergency exchange {reference}")),
+            &audit,
+        )
+    })?;
+    audit.related = Some(related);
+    let body = body.map_err(|e| fail(e, &audit))?;
+    let req: ReviewRequest = serde_json::from_value(body.value).map_err(|e| {
+        fail(
+            Error::Malformed {
+                message: format!(
+                    "a review is {{\"outcome\": \"justified\" | \"not-justified\"}} ({e})"
+                ),
+                expression: Some("outcome".into()),
+            },
+            &audit,
+        )
+    })?;
+    let outcome = req.outcome.as_str();
+    audit.reason = Some(outcome.to_string());
+    audit.outcome = crate::audit::Outcome::Accepted;
+    audit.status = 200;
+    let review = crate::store::BreakGlassReview {
+        reviewed_at: crate::clock::rfc3339(call.at),
+        reviewer: call.principal.id.clone(),
+        outcome: outcome.to_string(),
+    };
+    state
+        .gateway
+        .store
+        .review_break_glass(reference.clone(), review.clone(), audit.clone())
+        .await
+        .map_err(|e| match e {
+            crate::store::StoreError::NotFound => fail(
+                Error::NotFound(format!("no emergency exchange {reference}")),
+                &audit,
+            ),
+            e => fail(e.into(), &audit),
+        })?;
+    let mut response =
+        axum::Json(json!({"reference_id": reference, "review": review})).into_response();
+    response.extensions_mut().insert(Audited);
     Ok(response)
 }

@@ -278,6 +278,17 @@ pub struct BreakGlassRecord {
     /// records from before digests were kept.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason_matches_audit: Option<bool>,
+    /// The auditor's review, once made.
+    pub review: Option<BreakGlassReview>,
+}
+
+/// An auditor's finding on one emergency exchange.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BreakGlassReview {
+    pub reviewed_at: String,
+    pub reviewer: String,
+    /// `justified` or `not-justified`.
+    pub outcome: String,
 }
 
 /// A tenant's consent versions and renewal prompt.
@@ -454,6 +465,14 @@ pub trait AuditStore: Send + Sync {
     async fn verify(&self, anchor: Option<Vec<u8>>) -> StoreResult<Verification>;
     /// Emergency exchanges, newest first, for review.
     async fn break_glass_records(&self) -> StoreResult<Vec<BreakGlassRecord>>;
+    /// Records the review of emergency exchange `reference` with its audit record:
+    /// `NotFound` if there is no such exchange, `Conflict` if it was reviewed already.
+    async fn review_break_glass(
+        &self,
+        reference: String,
+        review: BreakGlassReview,
+        audit: AuditEntry,
+    ) -> StoreResult<()>;
 }
 
 /// A care coordination note to queue, with its delivery.

@@ -141,6 +141,19 @@ CREATE TABLE IF NOT EXISTS break_glass (
     reason       TEXT NOT NULL
 );
 
+-- The review of each emergency exchange: whether it was justified. One per exchange and
+-- never changed; its audit record carries the same, in the chain.
+CREATE TABLE IF NOT EXISTS break_glass_reviews (
+    reference_id TEXT PRIMARY KEY REFERENCES break_glass(reference_id),
+    reviewed_at  TEXT NOT NULL,
+    reviewer     TEXT NOT NULL,
+    outcome      TEXT NOT NULL CHECK (outcome = 'justified' OR outcome = 'not-justified')
+);
+CREATE TRIGGER IF NOT EXISTS break_glass_reviews_are_final_update BEFORE UPDATE ON break_glass_reviews
+BEGIN SELECT RAISE(ABORT, 'a break-glass review is final'); END;
+CREATE TRIGGER IF NOT EXISTS break_glass_reviews_are_final_delete BEFORE DELETE ON break_glass_reviews
+BEGIN SELECT RAISE(ABORT, 'a break-glass review is final'); END;
+
 CREATE TABLE IF NOT EXISTS audit (
     seq          INTEGER PRIMARY KEY,
     reference_id TEXT NOT NULL,

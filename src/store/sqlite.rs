@@ -1846,14 +1846,24 @@ impl AuditStore for SqliteStore {
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT b.reference_id, b.recorded_at, b.tenant_id, b.principal, b.purpose, b.reason,
+                        r.reviewed_at, r.reviewer, r.outcome,
                         (SELECT json_extract(a.body, '$.break_glass_reason_digest') FROM audit a
                           WHERE a.reference_id = b.reference_id
                             AND json_extract(a.body, '$.break_glass_reason_digest') IS NOT NULL)
-                 FROM break_glass b ORDER BY b.reference_id DESC",
+                 FROM break_glass b LEFT JOIN break_glass_reviews r ON r.reference_id = b.reference_id
+                 ORDER BY b.reference_id DESC",
             )?;
             let rows = stmt.query_map([], |r| {
                 let reason: String = r.get(5)?;
-                let digest: Option<String> = r.get(6)?;
+                let digest: Option<String> = r.get(9)?;
+                let review = match (r.get(6)?, r.get(7)?, r.get(8)?) {
+                    (Some(reviewed_at), Some(reviewer), Some(outcome)) => Some(BreakGlassReview {
+                        reviewed_at,
+                        reviewer,
+                        outcome,
+                    }),
+                    _ => None,
+                };
                 Ok(BreakGlassRecord {
                     reference_id: r.get(0)?,
                     recorded_at: r.get(1)?,
@@ -1862,9 +1872,43 @@ impl AuditStore for SqliteStore {
                     purpose: r.get(4)?,
                     reason_matches_audit: digest.map(|d| d == audit::digest(reason.as_bytes())),
                     reason,
+                    review,
                 })
             })?;
             Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    async fn review_break_glass(
+        &self,
+        reference: String,
+        review: BreakGlassReview,
+        audit: AuditEntry,
+    ) -> StoreResult<()> {
+        self.write(move |ctx| {
+            let known = ctx
+                .tx
+                .prepare_cached("SELECT 1 FROM break_glass WHERE reference_id = ?1")?
+                .exists([&reference])?;
+            if !known {
+                return Err(StoreError::NotFound);
+            }
+            let reviewed = ctx
+                .tx
+                .prepare_cached("SELECT 1 FROM break_glass_reviews WHERE reference_id = ?1")?
+                .exists([&reference])?;
+            if reviewed {
+                return Err(StoreError::Conflict(format!(
+                    "emergency exchange {reference} has been reviewed already; a review is final"
+                )));
+            }
+            ctx.tx
+                .prepare_cached(
+                    "INSERT INTO break_glass_reviews (reference_id, reviewed_at, reviewer, outcome) VALUES (?1, ?2, ?3, ?4)",
+                )?
+                .execute(params![reference, review.reviewed_at, review.reviewer, review.outcome])?;
+            ctx.audit(&audit)
         })
         .await
     }
