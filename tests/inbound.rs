@@ -1080,3 +1080,64 @@ async fn a_body_declared_in_another_charset_is_415() {
         assert_eq!(a.status, status, "{charset}: {a:?}");
     }
 }
+
+/// Partners send new notices rather than correcting old ones: the tenant's record keeps
+/// each appointment and each flag notice, and the view says which holds now — the next
+/// appointment still to come, and each risk flag as its latest notice left it.
+#[tokio::test]
+async fn the_tenant_view_says_which_appointment_is_next_and_how_each_flag_stands_now() {
+    let app = spawn_app().await.with_consenting_tenant().await;
+    let first = fixture("appointment-notice.json");
+    let mut review = first.clone();
+    review["identifier"][0]["value"] = serde_json::json!("RCC-MSG-20261128-0007");
+    let appointment = review["contained"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|c| c["resourceType"] == "Appointment")
+        .unwrap();
+    review["contained"][appointment]["start"] = serde_json::json!("2026-12-09T14:00:00-08:00");
+    let flags = fixture("risk-flag-update.json");
+    let mut falls_over = flags.clone();
+    falls_over["identifier"][0]["value"] = serde_json::json!("RCC-MSG-20261128-0009");
+    for c in falls_over["contained"].as_array_mut().unwrap() {
+        if c["resourceType"] == "Flag" {
+            c["status"] = serde_json::json!("inactive");
+        }
+    }
+    for (notice, at) in [
+        (first, time::macros::datetime!(2026-11-23 10:00 UTC)),
+        (flags, time::macros::datetime!(2026-11-23 10:05 UTC)),
+        (review, time::macros::datetime!(2026-11-28 09:00 UTC)),
+        (falls_over, time::macros::datetime!(2026-11-28 09:05 UTC)),
+    ] {
+        app.clock.set(at);
+        let a = app.post("/fhir/Communication", CLINIC, &notice).await;
+        assert_eq!(a.status, 201, "{a:?}");
+    }
+    // 28 November: the 27 November appointment has passed.
+    let view = app.get("/housing/tenants/T-1001", HOUSING).await;
+    assert_eq!(view.status, 200, "{view:?}");
+    let now = &view.body["now"];
+    assert_eq!(
+        now["next_appointment"]["start"], "2026-12-09T14:00:00-08:00",
+        "{now}"
+    );
+    let flags = now["risk_flags"].as_array().unwrap();
+    assert!(!flags.is_empty(), "{now}");
+    assert!(
+        flags.iter().all(|f| f["status"] == "inactive"),
+        "the later notice left every flag inactive: {now}"
+    );
+    let kinds: std::collections::BTreeSet<&str> =
+        flags.iter().map(|f| f["flag"].as_str().unwrap()).collect();
+    assert_eq!(kinds.len(), flags.len(), "one per flag: {now}");
+    // Every notice's items are still there, for the record.
+    let held = view.body["items"].as_array().unwrap();
+    assert_eq!(
+        held.iter()
+            .filter(|i| i["item"] == "next_appointment")
+            .count(),
+        2
+    );
+}

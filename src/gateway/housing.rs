@@ -11,7 +11,7 @@ use super::{Call, Gateway};
 use crate::audit::{AuditEntry, Direction, Outcome};
 use crate::auth::Role;
 use crate::consent::{self, Flow};
-use crate::dataset::StoredItem;
+use crate::dataset::{DatasetItem, StoredItem};
 use crate::error::Error;
 use crate::ids::{Identifier, PartnerId, TenantId};
 use crate::store::{AuditQuery, FeedEntry};
@@ -95,6 +95,7 @@ impl Gateway {
             renewal,
             withheld.len(),
             visible,
+            call.at,
         ))
     }
 
@@ -339,6 +340,7 @@ pub fn tenant_view(
     renewal_due: Option<consent::RenewalDue>,
     restricted: usize,
     items: Vec<StoredItem>,
+    now: time::OffsetDateTime,
 ) -> Value {
     json!({
         "tenant_id": tenant,
@@ -346,6 +348,46 @@ pub fn tenant_view(
         "consent": consent,
         "renewal_due": renewal_due,
         "restricted_items": restricted,
+        "now": picture_now(&items, now),
         "items": items,
     })
+}
+
+/// The picture a worker needs at a glance, from the items held: the next appointment
+/// still to come, and each risk flag as its latest notice left it. Partners send new
+/// notices rather than correcting old ones, so `items` keeps every appointment and every
+/// flag notice received; this says which of them holds now.
+fn picture_now(items: &[StoredItem], now: time::OffsetDateTime) -> Value {
+    let next_appointment = items
+        .iter()
+        .filter_map(|i| match &i.item {
+            DatasetItem::NextAppointment(a) => Some((i, a)),
+            _ => None,
+        })
+        .filter(|(_, a)| {
+            let open = a
+                .status
+                .as_ref()
+                .is_none_or(|s| matches!(s.as_str(), "booked" | "requested"));
+            let ahead =
+                crate::consent::parse_fhir_instant(&a.start, false).is_some_and(|t| t >= now);
+            open && ahead
+        })
+        .min_by_key(|(_, a)| crate::consent::parse_fhir_instant(&a.start, false))
+        .map(|(i, _)| i);
+    let mut flags: Vec<&StoredItem> = Vec::new();
+    for i in items {
+        let DatasetItem::RiskFlag(f) = &i.item else {
+            continue;
+        };
+        let same = flags
+            .iter()
+            .position(|held| matches!(&held.item, DatasetItem::RiskFlag(h) if h.flag == f.flag));
+        match same {
+            Some(at) if flags[at].provenance.received_at >= i.provenance.received_at => {}
+            Some(at) => flags[at] = i,
+            None => flags.push(i),
+        }
+    }
+    json!({"next_appointment": next_appointment, "risk_flags": flags})
 }
