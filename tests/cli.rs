@@ -431,6 +431,14 @@ fn http_status(port: u16, path: &str) -> Option<u16> {
 fn the_first_serve_keeps_its_config_and_store_in_the_data_dir_it_was_given() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("store");
+    // An operator's own directory, readable by others: the files Hearth puts in it are
+    // still its owner's alone.
+    std::fs::create_dir(&data).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -476,7 +484,8 @@ fn the_first_serve_keeps_its_config_and_store_in_the_data_dir_it_was_given() {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        for file in [&config, &credentials] {
+        let store = data.join("hearth.db");
+        for file in [&config, &credentials, &store] {
             let mode = std::fs::metadata(file).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o600, "{}", file.display());
         }
