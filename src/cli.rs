@@ -446,11 +446,16 @@ fn default_config(data_dir: Option<&Path>) -> anyhow::Result<Config> {
             // Under a service manager or in a container, stdout is a log that others read
             // and keep: the tokens go to a file only the owner can read instead.
             let file = dir.join(FIRST_CREDENTIALS);
-            std::io::Write::write_all(
-                &mut config::create_private_file(&file)
-                    .with_context(|| format!("writing {}", file.display()))?,
-                credential_lines(&creds).as_bytes(),
-            )?;
+            let written = config::create_private_file(&file).and_then(|mut f| {
+                std::io::Write::write_all(&mut f, credential_lines(&creds).as_bytes())
+            });
+            if let Err(e) = written {
+                // Nobody would ever see these tokens: start over next time.
+                let _ = std::fs::remove_file(&path);
+                return Err(e).with_context(|| {
+                    format!("writing the first credentials to {}", file.display())
+                });
+            }
             println!(
                 "First start: wrote {} and, readable by its owner only, the sample credentials to {} (only their hashes are kept; copy them and delete the file)",
                 path.display(),

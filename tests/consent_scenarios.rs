@@ -297,6 +297,14 @@ async fn staff_need_urgent_clinical_advice() {
     assert_eq!(rec["action"], "review-break-glass");
     assert_eq!(rec["related"], urgent.reference_id());
     assert_eq!(rec["reason"], "justified");
+    assert_eq!(rec["tenant"], "T-1001", "found under the tenant's trail");
+    let refused = app.audit_record(&again.reference_id()).await;
+    assert!(
+        refused.get("reason").is_none_or(|r| r != "not-justified"),
+        "{refused}"
+    );
+    // The reasons are free text about the tenant: not the operator's to read.
+    assert_eq!(app.get("/audit/break-glass", ADMIN).await.status, 403);
     let listed = app.get("/audit/break-glass", AUDITOR).await;
     assert_eq!(
         listed.body["break_glass"][0]["review"]["outcome"],

@@ -365,6 +365,7 @@ async fn a_refused_or_expired_note_is_dead_lettered_and_can_be_replayed() {
     assert_eq!(failed.len(), 2);
     assert!(
         failed.iter().all(|n| n.get("note").is_none()
+            && n.get("tenant").is_none()
             && n["delivery"]["state"] == "dead"
             && n["delivery"]["last_error"].is_string()),
         "{failed:?}"
@@ -701,6 +702,18 @@ async fn a_notice_retracted_before_its_forward_is_delivered_is_not_forwarded() {
     app.clock.advance(time::Duration::minutes(30));
     let t = wait_for_state(&app, &forward, "stopped").await;
     assert!(last_error(&t).contains("retracted"), "{t}");
+    // Queued with its facts but never delivered: the tenant's accounting does not say it
+    // was shared with the MCO.
+    let listed = app
+        .get("/housing/tenants/T-1001/disclosures", HOUSING)
+        .await;
+    let to_mco: Vec<_> = listed.body["disclosures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["to"] == "Bayview Health Plan")
+        .collect();
+    assert!(to_mco.is_empty(), "{to_mco:?}");
     assert!(
         partner.bundles().is_empty(),
         "the retracted notice went out"
@@ -770,6 +783,11 @@ async fn a_clinic_discharge_notice_is_forwarded_minimised_to_the_mco_when_consen
     assert!(
         summaries[1].contains("passed on discharge and follow-up details from Riverside Community Clinic with Bayview Health Plan"),
         "{summaries:?}"
+    );
+    // It names the note housing can look up, not the delivery attempt.
+    assert_eq!(
+        listed.body["disclosures"][1]["reference_id"],
+        forward["reference_id"]
     );
 
     // Once the tenant narrows consent to the clinic only, nothing more is forwarded.

@@ -97,22 +97,24 @@ impl Gateway {
             let Some(governing) = consent::governing(&versions) else {
                 continue;
             };
-            // An inactive consent (the tenant opted out) has nothing to renew.
-            let Some(end) = governing
-                .terms
-                .end
-                .filter(|_| governing.terms.status == ConsentStatus::Active)
-            else {
+            // An inactive consent, or a refusal (the tenant opted out), has nothing to renew.
+            let renewable =
+                governing.terms.status == ConsentStatus::Active && !governing.terms.refused;
+            let Some(end) = governing.terms.end.filter(|_| renewable) else {
                 continue;
             };
-            if at < end - notice {
+            // A notice period longer than the calendar holds: due from the start.
+            let from = end
+                .checked_sub(notice)
+                .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+            if at < from {
                 continue;
             }
             let expired = at >= end;
             due.push(RenewalListing {
                 tenant_id,
                 reason: if expired { "expired" } else { "expiring" }.into(),
-                since: rfc3339(if expired { end } else { end - notice }),
+                since: rfc3339(if expired { end } else { from }),
                 reference_id: None,
                 consent_id: Some(governing.id.clone()),
                 ends: Some(rfc3339(end)),

@@ -134,7 +134,7 @@ impl Gateway {
             return Err(Error::NotFound(format!("no tenant {tenant}")));
         }
         let mut out = Vec::new();
-        let mut forwarded_from: HashMap<crate::ids::ReferenceId, PartnerId> = HashMap::new();
+        let mut queued: HashMap<crate::ids::ReferenceId, Queued> = HashMap::new();
         let mut after = 0;
         loop {
             let rows = self
@@ -149,17 +149,28 @@ impl Gateway {
             let Some(last) = rows.last() else { break };
             after = last.seq;
             for row in rows {
-                let Ok(entry) = serde_json::from_value::<AuditEntry>(row.record) else {
+                let Ok(mut entry) = serde_json::from_value::<AuditEntry>(row.record) else {
                     continue;
                 };
-                // A forward is queued under the sender's notice; its delivery names the
-                // note it carried. Remember whose notice each forward passed on.
-                if entry.action == "forward"
-                    && let Some(actor) = &entry.actor
+                // A note is queued (housing's own, or a forward under the sender's
+                // notice) and later delivered; the delivery names the note. Remember what
+                // each queued note carried and, for a forward, whose notice it passed on.
+                if matches!(entry.action.as_str(), "forward" | "queue-note")
+                    && entry.outcome == Outcome::Accepted
                 {
-                    forwarded_from.insert(entry.reference_id, actor.org.clone());
+                    let origin = (entry.action == "forward")
+                        .then(|| entry.actor.as_ref().map(|a| a.org.clone()))
+                        .flatten();
+                    queued.insert(entry.reference_id, (entry.items_written.clone(), origin));
                 }
-                if let Some(d) = self.disclosure(&entry, &forwarded_from) {
+                // Deliveries recorded before they listed their items: the note's.
+                if entry.action == "deliver"
+                    && entry.items_written.is_empty()
+                    && let Some((items, _)) = entry.related.and_then(|n| queued.get(&n))
+                {
+                    entry.items_written = items.clone();
+                }
+                if let Some(d) = self.disclosure(&entry, &queued) {
                     out.push(d);
                 }
             }
@@ -179,7 +190,7 @@ impl Gateway {
     fn disclosure(
         &self,
         e: &AuditEntry,
-        forwarded_from: &HashMap<crate::ids::ReferenceId, PartnerId>,
+        queued: &HashMap<crate::ids::ReferenceId, Queued>,
     ) -> Option<Disclosure> {
         let shared = matches!(e.outcome, Outcome::Accepted | Outcome::Corrected)
             && !e.items_written.is_empty();
@@ -200,7 +211,8 @@ impl Gateway {
         // A forward passes on another partner's notice, under a routing rule.
         let origin = e
             .related
-            .and_then(|note| forwarded_from.get(&note))
+            .and_then(|note| queued.get(&note))
+            .and_then(|(_, origin)| origin.as_ref())
             .map(|o| self.partner_name(o));
         let kinds: BTreeSet<String> = e
             .items_written
@@ -230,7 +242,11 @@ impl Gateway {
             what,
             why: why.to_string(),
             consent: e.consent.clone(),
-            reference_id: e.reference_id.to_string(),
+            // For a delivery, the note housing can look up, not the attempt.
+            reference_id: match e.action.as_str() {
+                "deliver" => e.related.unwrap_or(e.reference_id).to_string(),
+                _ => e.reference_id.to_string(),
+            },
             emergency: e.break_glass.is_some(),
         })
     }
@@ -303,6 +319,9 @@ impl Gateway {
 }
 
 /// One line of the accounting of disclosures.
+/// What a queued note carried, and for a forward the partner whose notice it passed on.
+type Queued = (Vec<crate::audit::ItemRef>, Option<PartnerId>);
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Disclosure {
     pub summary: String,

@@ -463,14 +463,19 @@ impl Gateway {
         let mut latest = self.store.latest_reviews().await?;
         latest.retain(|r| self.may_see_review(call, r));
         if self.partner_reads(call) {
-            // Only tenants whose consent still covers this partner.
+            // Only tenants whose consent still covers this partner, decided as routine: an
+            // emergency is for one tenant's record, not a list, and would go unflagged here.
+            let routine = Call {
+                break_glass: None,
+                ..call.clone()
+            };
             let mut covered = Vec::with_capacity(latest.len());
             for r in latest {
                 let context = self.store.consent_context(&r.review.tenant_id).await?;
                 let mut scratch = call.audit("read-review-register", Direction::Internal);
                 if self
                     .decide_with(
-                        call,
+                        &routine,
                         &context,
                         Flow::Outbound,
                         &call.principal.org,

@@ -169,7 +169,7 @@ async fn dead_letters(
         threads
             .iter()
             .map(|t| {
-                json!({"reference_id": t.reference_id, "tenant": t.tenant, "partner": t.partner,
+                json!({"reference_id": t.reference_id, "partner": t.partner,
                        "created_at": t.created_at, "delivery": t.delivery})
             })
             .collect()

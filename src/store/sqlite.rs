@@ -1887,13 +1887,17 @@ impl AuditStore for SqliteStore {
         audit: AuditEntry,
     ) -> StoreResult<()> {
         self.write(move |ctx| {
-            let known = ctx
+            let mut audit = audit;
+            let tenant: Option<Option<String>> = ctx
                 .tx
-                .prepare_cached("SELECT 1 FROM break_glass WHERE reference_id = ?1")?
-                .exists([&reference])?;
-            if !known {
+                .prepare_cached("SELECT tenant_id FROM break_glass WHERE reference_id = ?1")?
+                .query_row([&reference], |r| r.get(0))
+                .optional()?;
+            let Some(tenant) = tenant else {
                 return Err(StoreError::NotFound);
-            }
+            };
+            // Found under the tenant's trail, like the emergency it reviews.
+            audit.tenant = tenant.map(TenantId::new);
             let reviewed = ctx
                 .tx
                 .prepare_cached("SELECT 1 FROM break_glass_reviews WHERE reference_id = ?1")?
