@@ -246,7 +246,8 @@ pub fn to_audit_event(seq: u64, hash: &str, e: &AuditEntry) -> serde_json::Value
         }));
     }
     let mut entities = Vec::new();
-    if let Some(t) = &e.tenant {
+    // The tenant, or every tenant a read across tenants (the feed) was about.
+    for t in e.tenant.iter().chain(&e.tenants_read) {
         entities.push(json!({
             "what": {"identifier": {"value": t.as_str()}},
             "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "1"},
@@ -275,6 +276,9 @@ pub fn to_audit_event(seq: u64, hash: &str, e: &AuditEntry) -> serde_json::Value
     }
     for i in &e.items_withheld {
         detail.push(json!({"type": "item-withheld", "valueString": i.kind}));
+    }
+    for id in &e.items_read {
+        detail.push(json!({"type": "item-read", "valueString": id}));
     }
     entities.push(json!({
         "what": {"identifier": {"system": crate::fhir::REFERENCE_ID_SYSTEM, "value": e.reference_id.to_string()}},

@@ -356,7 +356,7 @@ fn audit(command: AuditCommand) -> anyhow::Result<i32> {
     }
 }
 
-const CSV_COLUMNS: [&str; 18] = [
+const CSV_COLUMNS: [&str; 19] = [
     "seq",
     "recorded",
     "reference_id",
@@ -374,6 +374,7 @@ const CSV_COLUMNS: [&str; 18] = [
     "resource_type",
     "consent",
     "items_written",
+    "items_read",
     "hash",
 ];
 
@@ -402,6 +403,19 @@ fn csv_row(row: &crate::store::AuditRow) -> Vec<String> {
         })
         .collect::<Vec<_>>()
         .join(";");
+    let list = |k: &str| {
+        r[k].as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str())
+            .collect::<Vec<_>>()
+            .join(";")
+    };
+    // A read across tenants (the feed) names each tenant it was about.
+    let tenant = match s("tenant") {
+        t if t.is_empty() => list("tenants_read"),
+        t => t,
+    };
     vec![
         row.seq.to_string(),
         s("recorded"),
@@ -419,10 +433,11 @@ fn csv_row(row: &crate::store::AuditRow) -> Vec<String> {
         r["actor"]["org"].as_str().unwrap_or_default().to_string(),
         r["actor"]["role"].as_str().unwrap_or_default().to_string(),
         s("partner"),
-        s("tenant"),
+        tenant,
         s("resource_type"),
         consent,
         items,
+        list("items_read"),
         row.hash.clone(),
     ]
 }

@@ -43,13 +43,17 @@ async fn the_trail_exports_as_jsonl_csv_and_fhir_audit_events_without_clinical_v
         &fixture("risk-flag-update.json"),
     )
     .await;
+    // Housing's feed read: a read across tenants, which the exports must still tie to
+    // the tenant it showed.
+    let read = app.get("/housing/updates?since=0", HOUSING).await;
+    assert_eq!(read.status, 200);
     let data = app.stop().await;
 
     let jsonl = export(data.path(), "jsonl");
     assert_eq!(
         jsonl.lines().count(),
-        4,
-        "register, consent, accepted, refused… {jsonl}"
+        5,
+        "register, consent, accepted, refused, read… {jsonl}"
     );
 
     let csv = export(data.path(), "csv");
@@ -65,11 +69,30 @@ async fn the_trail_exports_as_jsonl_csv_and_fhir_audit_events_without_clinical_v
         accepted.contains("accepted") && accepted.contains("risk_flag"),
         "{accepted}"
     );
+    let feed = csv
+        .lines()
+        .find(|l| l.contains(&read.reference_id()))
+        .unwrap();
+    let item = format!("{}-0", a.reference_id());
+    assert!(
+        feed.contains(",T-1001,") && feed.contains(&item),
+        "the feed read names the tenant and the items it showed: {feed}"
+    );
 
     let bundle: serde_json::Value =
         serde_json::from_str(&export(data.path(), "audit-event")).unwrap();
     let events = bundle["entry"].as_array().unwrap();
-    assert_eq!(events.len(), 4);
+    assert_eq!(events.len(), 5);
+    let feed = events
+        .iter()
+        .map(|e| &e["resource"])
+        .find(|r| r.to_string().contains(&read.reference_id()))
+        .unwrap();
+    assert_eq!(
+        feed["entity"][0]["what"]["identifier"]["value"], "T-1001",
+        "{feed}"
+    );
+    assert!(feed.to_string().contains(&item), "{feed}");
     let import = events
         .iter()
         .map(|e| &e["resource"])
