@@ -300,3 +300,46 @@ async fn the_tenants_consent_decides_which_partners_a_review_is_shared_with() {
         200
     );
 }
+
+/// The clinic records the review it attended: what it decided goes to housing, which
+/// needs the tenant's consent for the clinic to send, as a notice would. With consent
+/// only for housing to send to the clinic, the clinic's review is refused.
+#[tokio::test]
+async fn a_partner_records_a_review_only_where_the_tenant_lets_it_send_to_housing() {
+    let app = spawn_app().await;
+    app.register_tenant().await;
+    let one_way = json!({"tenant_id": "T-1001", "share_with": ["riverside-clinic"],
+        "valid_until": "2027-05-31", "direction": "from-housing"});
+    assert_eq!(
+        app.post_json("/housing/consents", HOUSING, &one_way)
+            .await
+            .status,
+        201
+    );
+    let mut clinic_only = review();
+    clinic_only["attendees"] = json!(["northside-housing", "riverside-clinic"]);
+    clinic_only["decisions"] = json!([clinic_only["decisions"][1], clinic_only["decisions"][2]]);
+    let by_housing = app
+        .post_json("/housing/reviews", HOUSING_REVIEW, &clinic_only)
+        .await;
+    assert_eq!(by_housing.status, 201, "{by_housing:?}");
+    let by_clinic = app
+        .post_json("/housing/reviews", CLINIC_REVIEW, &clinic_only)
+        .await;
+    assert_eq!(by_clinic.status, 403, "{by_clinic:?}");
+    // The operator cannot use a consent search to learn whose MRN is whose.
+    let probe = app
+        .get(
+            &format!("/fhir/Consent?patient:identifier={MRN_SYSTEM}|MRN-448812"),
+            ADMIN,
+        )
+        .await;
+    assert_eq!(probe.status, 403, "{probe:?}");
+    assert!(
+        app.audit_record(&probe.reference_id())
+            .await
+            .get("tenant")
+            .is_none(),
+        "the trail of the refused search names no tenant"
+    );
+}

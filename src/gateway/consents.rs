@@ -588,7 +588,7 @@ impl Gateway {
         )
     }
 
-    /// Whether `call`'s principal may see consent `stored`: housing, auditors, admins,
+    /// Whether `call`'s principal may see consent `stored`: housing, auditors,
     /// and partners the consent names — once housing has confirmed it. A proposal (or a
     /// declined one) a partner could read back would tell it, by being there, that its
     /// subject is a tenant.

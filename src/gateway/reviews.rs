@@ -234,6 +234,18 @@ impl Gateway {
         // needs the tenant's consent to share with it. Housing, which keeps the consent,
         // is told which one; a partner gets the same refusal as for any exchange.
         let context = self.store.consent_context(&review.tenant_id).await?;
+        // A partner recording a review tells housing (and the team) what it decided: that
+        // needs the tenant's consent for it to send, as a notice would.
+        if !self.is_housing(&call.principal.org) {
+            self.decide_with(
+                call,
+                &context,
+                Flow::Inbound,
+                &call.principal.org,
+                &[],
+                audit,
+            )?;
+        }
         for (i, partner) in review.attendees.iter().enumerate() {
             if self.is_housing(partner) {
                 continue;
