@@ -162,6 +162,17 @@ impl Relay {
 
     async fn attempt(&self, d: Delivery) {
         let g = &self.gateway;
+        // A pass that read the outbox just before another attempt of this note finished
+        // (and left the in-flight set) would send it a second time: go ahead only while
+        // the note is as that pass read it.
+        match g.store.still_due(&d.reference_id, d.attempts).await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                tracing::warn!(note = %d.reference_id, error = %e, "relay could not check a note is still due; a later pass tries it");
+                return;
+            }
+        }
         let at = g.now();
         let call = Call {
             reference_id: ReferenceId::new(),

@@ -575,6 +575,9 @@ pub trait NoteStore: Send + Sync {
         at: String,
         audit: AuditEntry,
     ) -> StoreResult<()>;
+    /// Whether the note is still pending after `attempts` attempts, as an outbox read
+    /// found it: false once another attempt has been recorded since.
+    async fn still_due(&self, reference_id: &ReferenceId, attempts: u32) -> StoreResult<bool>;
     async fn note_thread(&self, reference_id: &ReferenceId) -> StoreResult<Option<NoteThread>>;
     /// Threads of a tenant (or all tenants), newest first.
     async fn note_threads(&self, tenant: Option<&TenantId>) -> StoreResult<Vec<NoteThread>>;

@@ -2047,6 +2047,18 @@ impl NoteStore for SqliteStore {
         .await
     }
 
+    async fn still_due(&self, reference_id: &ReferenceId, attempts: u32) -> StoreResult<bool> {
+        let reference = reference_id.to_string();
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached(
+                    "SELECT 1 FROM notes WHERE reference_id = ?1 AND state = 'pending' AND attempts = ?2",
+                )?
+                .exists(params![reference, attempts])?)
+        })
+        .await
+    }
+
     async fn record_attempt(
         &self,
         reference_id: ReferenceId,
@@ -2427,6 +2439,47 @@ mod tests {
         let thread = store.note_thread(&reference).await.unwrap().unwrap();
         assert_eq!(thread.delivery.state, "delivered");
         assert!(store.due_deliveries(100, 10).await.unwrap().is_empty());
+    }
+
+    /// The relay's guard against sending a note twice: an outbox read is stale once an
+    /// attempt has been recorded since, whatever its result.
+    #[tokio::test]
+    async fn a_note_is_still_due_only_as_the_outbox_read_found_it() {
+        let (_dir, store, tenant) = store_with_tenant().await;
+        let reference = ReferenceId::new();
+        store
+            .queue_note(NewNote {
+                reference_id: reference,
+                tenant,
+                partner: PartnerId::new("clinic"),
+                note: serde_json::json!({"reason": "r", "facts": []}),
+                payload: serde_json::json!({"resourceType": "Bundle"}),
+                created_at: "2026-11-23T10:00:00Z".into(),
+                created_ms: 0,
+                give_up_ms: 1_000_000,
+                audit: entry(1),
+            })
+            .await
+            .unwrap();
+        let read = store.due_deliveries(0, 10).await.unwrap();
+        assert_eq!(read[0].attempts, 0);
+        assert!(store.still_due(&reference, 0).await.unwrap());
+        let at = || "2026-11-23T10:00:01Z".to_string();
+        let retry = AttemptResult::Retry {
+            next_ms: 0,
+            error: "partner answered HTTP 503".into(),
+        };
+        store
+            .record_attempt(reference, retry, at(), entry(2))
+            .await
+            .unwrap();
+        assert!(!store.still_due(&reference, 0).await.unwrap(), "stale read");
+        assert!(store.still_due(&reference, 1).await.unwrap());
+        store
+            .record_attempt(reference, AttemptResult::Delivered, at(), entry(3))
+            .await
+            .unwrap();
+        assert!(!store.still_due(&reference, 2).await.unwrap(), "delivered");
     }
 
     /// A damaged last audit record stops start-up; it used to restart the chain from
