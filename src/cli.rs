@@ -461,11 +461,23 @@ fn default_config(data_dir: Option<&Path>) -> anyhow::Result<Config> {
             // Under a service manager or in a container, stdout is a log that others read
             // and keep: the tokens go to a file only the owner can read instead.
             let file = dir.join(FIRST_CREDENTIALS);
-            let written = config::create_private_file(&file).and_then(|mut f| {
-                std::io::Write::write_all(&mut f, credential_lines(&creds).as_bytes())
-            });
-            if let Err(e) = written {
-                // Nobody would ever see these tokens: start over next time.
+            // Nobody would ever see these tokens if they are not written: start over
+            // next time, without this run's config or a half-written file.
+            let mut created = match config::create_private_file(&file) {
+                Ok(f) => f,
+                Err(e) => {
+                    let _ = std::fs::remove_file(&path);
+                    return Err(e).with_context(|| {
+                        format!(
+                            "writing the first credentials to {} (one left by an earlier first start? remove it and start again)",
+                            file.display()
+                        )
+                    });
+                }
+            };
+            let lines = credential_lines(&creds);
+            if let Err(e) = std::io::Write::write_all(&mut created, lines.as_bytes()) {
+                let _ = std::fs::remove_file(&file);
                 let _ = std::fs::remove_file(&path);
                 return Err(e).with_context(|| {
                     format!("writing the first credentials to {}", file.display())

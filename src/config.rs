@@ -460,6 +460,11 @@ impl Config {
             r.dead_letter_after_secs >= 60 && r.dead_letter_after_secs <= 90 * 24 * 3600,
             "relay.dead_letter_after_secs must be between a minute and 90 days"
         );
+        // Consents run for months to a few years; a notice beyond that is a typo.
+        anyhow::ensure!(
+            self.consent.expiry_notice_days <= 3650,
+            "consent.expiry_notice_days must be at most 3650 (ten years)"
+        );
         // Hearth terminating TLS itself sees the client certificate first-hand; a proxy's
         // certificate header would replace it, and every pinned partner be refused.
         anyhow::ensure!(
@@ -749,6 +754,11 @@ mod tests {
                 "{text}\n[[forward]]\nfrom = \"riverside-clinic\"\nto = \"riverside-clinic\"\n"
             ),
             "to itself",
+        );
+        // A notice period past the calendar would put "due since" before year 0.
+        refused(
+            text.replace("expiry_notice_days = 30", "expiry_notice_days = 4000000"),
+            "expiry_notice_days",
         );
         // A pinned certificate that no request can present would refuse the partner.
         let pinned = text.replacen(

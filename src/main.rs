@@ -10,7 +10,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> std::process::ExitCode {
     // The store, its log and every backup hold tenants' health data: whatever directory
     // they land in, what Hearth creates is readable by its owner only.
-    #[cfg(target_os = "linux")]
+    #[cfg(unix)]
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -106,6 +106,7 @@ impl Gateway {
             // A notice period longer than the calendar holds: due from the start.
             let from = end
                 .checked_sub(notice)
+                .filter(|f| *f >= OffsetDateTime::UNIX_EPOCH)
                 .unwrap_or(OffsetDateTime::UNIX_EPOCH);
             if at < from {
                 continue;

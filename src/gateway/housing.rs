@@ -318,10 +318,10 @@ impl Gateway {
     }
 }
 
-/// One line of the accounting of disclosures.
 /// What a queued note carried, and for a forward the partner whose notice it passed on.
 type Queued = (Vec<crate::audit::ItemRef>, Option<PartnerId>);
 
+/// One line of the accounting of disclosures.
 #[derive(Debug, Clone, Serialize)]
 pub struct Disclosure {
     pub summary: String,
