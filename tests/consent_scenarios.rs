@@ -1208,6 +1208,86 @@ async fn a_consent_for_treatment_covers_the_clinics_routine_notices() {
     assert!(!housing_items(&app).await.is_empty());
 }
 
+/// The tenant shares with the clinic and the MCO, but wants the MCO kept out of her
+/// substance-use treatment ("who / what"): the clinic's buprenorphine notice reaches
+/// housing, the clinic may receive it back, the MCO would not; the consent says so in its
+/// summary and in FHIR, and the FHIR form records the same terms when put back.
+#[tokio::test]
+async fn a_restriction_can_hold_for_one_partner_only() {
+    let app = spawn_app().await;
+    app.register_tenant().await;
+    let mut form = share_with(&[CLINIC_ID, MCO_ID]);
+    form["withhold_from"] = json!({MCO_ID: ["substance-use"]});
+    let recorded = record(&app, form).await;
+    assert_eq!(recorded.status, 201, "{recorded:?}");
+    let start = app
+        .post(
+            "/fhir/Communication",
+            CLINIC,
+            &fixture("medication-change-buprenorphine-start.json"),
+        )
+        .await;
+    assert_eq!(start.status, 201, "{start:?}");
+    let preview = |partner: &'static str| {
+        let app = &app;
+        async move {
+            let p = app
+                .get(
+                    &format!("/housing/tenants/T-1001/preview?partner={partner}"),
+                    HOUSING,
+                )
+                .await;
+            assert_eq!(p.status, 200, "{p:?}");
+            p.body
+        }
+    };
+    let to_mco = preview(MCO_ID).await;
+    let held: Vec<&str> = to_mco["withheld"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["item"].as_str().unwrap())
+        .collect();
+    assert!(held.contains(&"medication_change"), "{to_mco}");
+    let to_clinic = preview(CLINIC_ID).await;
+    assert_eq!(to_clinic["withheld"], json!([]), "{to_clinic}");
+
+    let list = app.get("/housing/consents?tenant=T-1001", HOUSING).await;
+    let summary = &list.body["consents"][0];
+    assert_eq!(
+        summary["withhold_from"],
+        json!({MCO_ID: ["substance-use"]}),
+        "{summary}"
+    );
+    assert_eq!(summary["restrictions"], json!([]));
+    // In FHIR: a nested deny naming the MCO as recipient; put back, the same terms.
+    let id = summary["id"].as_str().unwrap();
+    let fhir = app.get(&format!("/fhir/Consent/{id}"), HOUSING).await.body;
+    let nested = &fhir["provision"]["provision"][0];
+    assert_eq!(
+        nested["actor"][0]["reference"]["reference"],
+        format!("Organization/{MCO_ID}")
+    );
+    assert_eq!(nested["actor"][0]["role"]["coding"][0]["code"], "IRCP");
+    let put = answer(
+        app.client
+            .put(format!("{}/fhir/Consent/{id}", app.base))
+            .bearer_auth(HOUSING)
+            .header("content-type", "application/fhir+json")
+            .body(fhir.to_string())
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(put.status, 200, "{put:?}");
+    let list = app.get("/housing/consents?tenant=T-1001", HOUSING).await;
+    assert_eq!(
+        list.body["consents"][0]["withhold_from"],
+        summary["withhold_from"]
+    );
+}
+
 /// The tenant has since asked that substance-use details stay private: before the worker
 /// shares with the MCO, the preview shows which items would stay behind, and why.
 #[tokio::test]

@@ -4,7 +4,7 @@
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
-use super::{ConsentStatus, ConsentTerms};
+use super::{ConsentStatus, ConsentTerms, PartnerDenial};
 use crate::clock::rfc3339;
 use crate::fhir::{Issue, IssueCode};
 use crate::ids::{Identifier, PartnerId};
@@ -157,6 +157,7 @@ pub fn terms_from_fhir(
         issues.push(unenforceable("Consent.provision.action"));
     }
     let mut denied_labels = Vec::new();
+    let mut partner_denials = Vec::new();
     for (i, nested) in provision
         .get("provision")
         .and_then(Value::as_array)
@@ -175,7 +176,45 @@ pub fn terms_from_fhir(
             issues.push(unenforceable(&format!("Consent.provision.provision[{i}]")));
             continue;
         }
-        denied_labels.extend(labels);
+        // Naming actors, the deny holds for those partners only, in the direction each
+        // role says: IRCP when the partner receives from housing, INF when it sends.
+        let actors = nested.get("actor").and_then(Value::as_array);
+        let Some(actors) = actors.filter(|a| !a.is_empty()) else {
+            denied_labels.extend(labels);
+            continue;
+        };
+        for (j, actor) in actors.iter().enumerate() {
+            let at = format!("Consent.provision.provision[{i}].actor[{j}]");
+            let partner = actor
+                .pointer("/reference/reference")
+                .and_then(Value::as_str)
+                .and_then(&partner_for);
+            let role = actor
+                .pointer("/role/coding")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter(|c| c.get("system").and_then(Value::as_str) == Some(PARTICIPATION_TYPE))
+                .find_map(|c| match c.get("code").and_then(Value::as_str) {
+                    Some(ROLE_RECIPIENT) => Some(true),
+                    Some(ROLE_INFORMANT) => Some(false),
+                    _ => None,
+                });
+            match (partner, role) {
+                (Some(partner), Some(receiving)) => partner_denials.push(PartnerDenial {
+                    partner,
+                    receiving,
+                    labels: labels.clone(),
+                }),
+                _ => issues.push(
+                    Issue::error(
+                        IssueCode::BusinessRule,
+                        "a restriction for one partner names it as Organization/<partner id>, with role IRCP (receiving from housing) or INF (sending to housing)",
+                    )
+                    .at(at),
+                ),
+            }
+        }
     }
     match (issues.is_empty(), recorded) {
         (true, Some(recorded)) => Ok(ConsentTerms {
@@ -188,6 +227,7 @@ pub fn terms_from_fhir(
             recipients,
             purposes,
             denied_labels,
+            partner_denials,
         }),
         _ => Err(issues),
     }
@@ -226,12 +266,19 @@ const ROOT_PROVISION: &[&str] = &[
 
 /// A nested provision Hearth enforces: a deny of security labels (for whatever action it
 /// names: Hearth withholds them from every exchange, which is the stricter reading).
-const NESTED_PROVISION: &[&str] = &["id", "extension", "type", "action", "securityLabel"];
+const NESTED_PROVISION: &[&str] = &[
+    "id",
+    "extension",
+    "type",
+    "action",
+    "actor",
+    "securityLabel",
+];
 
 fn unenforceable(at: &str) -> Issue {
     Issue::error(
         IssueCode::NotSupported,
-        "Hearth cannot enforce this part of a consent, so it does not accept it: it reads who may share (actor), when (period), why (purpose) and nested deny provisions by securityLabel",
+        "Hearth cannot enforce this part of a consent, so it does not accept it: it reads who may share (actor), when (period), why (purpose) and nested deny provisions by securityLabel, for everyone or for the partners they name as actor",
     )
     .at(at)
 }
@@ -313,11 +360,32 @@ pub fn terms_to_fhir(
             .map(|p| json!({"system": ACT_REASON, "code": p}))
             .collect();
     }
+    let labels = |ls: &[String]| {
+        ls.iter()
+            .map(|l| json!({"system": ACT_CODE, "code": l}))
+            .collect::<Vec<_>>()
+    };
+    let mut nested = Vec::new();
     if !terms.denied_labels.is_empty() {
-        provision["provision"] = json!([{
+        nested.push(json!({"type": "deny", "securityLabel": labels(&terms.denied_labels)}));
+    }
+    for d in &terms.partner_denials {
+        let (role, display) = if d.receiving {
+            (ROLE_RECIPIENT, "information recipient")
+        } else {
+            (ROLE_INFORMANT, "informant")
+        };
+        nested.push(json!({
             "type": "deny",
-            "securityLabel": terms.denied_labels.iter().map(|l| json!({"system": ACT_CODE, "code": l})).collect::<Vec<_>>(),
-        }]);
+            "actor": [{
+                "role": {"coding": [{"system": PARTICIPATION_TYPE, "code": role, "display": display}]},
+                "reference": {"reference": format!("Organization/{}", d.partner)},
+            }],
+            "securityLabel": labels(&d.labels),
+        }));
+    }
+    if !nested.is_empty() {
+        provision["provision"] = Value::Array(nested);
     }
     let performer = match given_by {
         GivenBy::Tenant => {
@@ -466,6 +534,18 @@ mod tests {
             recipients: vec![PartnerId::new("clinic")],
             purposes: vec!["COC".into()],
             denied_labels: vec!["SUD".into(), "ETH".into()],
+            partner_denials: vec![
+                PartnerDenial {
+                    partner: PartnerId::new("mco"),
+                    receiving: true,
+                    labels: vec!["HIV".into()],
+                },
+                PartnerDenial {
+                    partner: PartnerId::new("clinic"),
+                    receiving: false,
+                    labels: vec!["PSY".into()],
+                },
+            ],
         };
         let fhir = terms_to_fhir(
             &terms,

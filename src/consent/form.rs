@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::fhir::GivenBy;
-use super::{ConsentStatus, ConsentTerms, parse_fhir_instant};
+use super::{ConsentStatus, ConsentTerms, PartnerDenial, parse_fhir_instant};
 use crate::fhir::{Issue, IssueCode};
 use crate::ids::{PartnerId, TenantId};
 
@@ -34,6 +34,11 @@ pub struct ConsentForm {
     /// Named restrictions from `mappings/sensitivity.toml` (e.g. `substance-use`).
     #[serde(default)]
     pub restrictions: Vec<String>,
+    /// Restrictions for one partner only, when it receives from housing: e.g.
+    /// `{"bayview-health-plan": ["substance-use"]}` shares those details with the clinic
+    /// but not the MCO.
+    #[serde(default)]
+    pub withhold_from: std::collections::BTreeMap<PartnerId, Vec<String>>,
     /// `tenant` (default) or `representative`.
     #[serde(default)]
     pub given_by: FormGivenBy,
@@ -161,6 +166,41 @@ impl ConsentForm {
                 ),
             }
         }
+        let mut partner_denials = Vec::new();
+        for (partner, names) in &self.withhold_from {
+            if !known_partner(partner) {
+                issues.push(
+                    Issue::error(
+                        IssueCode::Value,
+                        format!("`{partner}` is not a configured partner"),
+                    )
+                    .at(format!("withhold_from.{partner}")),
+                );
+                continue;
+            }
+            let mut labels = Vec::new();
+            for (i, r) in names.iter().enumerate() {
+                match restriction_labels(r) {
+                    Some(l) => labels.extend(l),
+                    None => issues.push(
+                        Issue::error(
+                            IssueCode::Value,
+                            format!(
+                                "`{r}` is not a restriction named in mappings/sensitivity.toml"
+                            ),
+                        )
+                        .at(format!("withhold_from.{partner}[{i}]")),
+                    ),
+                }
+            }
+            if !labels.is_empty() {
+                partner_denials.push(PartnerDenial {
+                    partner: partner.clone(),
+                    receiving: true,
+                    labels,
+                });
+            }
+        }
         if let (Some(s), Some(e)) = (start, end)
             && e <= s
         {
@@ -192,6 +232,7 @@ impl ConsentForm {
             recipients,
             purposes: vec![self.purpose.code().to_string()],
             denied_labels,
+            partner_denials,
         })
     }
 }

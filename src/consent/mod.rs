@@ -102,6 +102,19 @@ pub struct ConsentTerms {
     /// Security labels a nested deny provision withholds.
     #[serde(default)]
     pub denied_labels: Vec<String>,
+    /// Labels withheld for one partner only (a nested deny naming it as actor): "share
+    /// with the clinic and the MCO, but no substance-use details to the MCO".
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub partner_denials: Vec<PartnerDenial>,
+}
+
+/// A nested deny for one partner: its labels are withheld when that partner receives
+/// from housing (`receiving`, actor role IRCP) or sends to it (actor role INF).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartnerDenial {
+    pub partner: PartnerId,
+    pub receiving: bool,
+    pub labels: Vec<String>,
 }
 
 impl ConsentTerms {
@@ -305,16 +318,42 @@ pub fn latest_by<T>(items: &[T], key: impl Fn(&T) -> (&str, u32)) -> Vec<&T> {
 /// hierarchy, whenever they were recorded: an item labelled OPIOIDUD is substance-use
 /// information to a denial of SUD, and a denial of OPIOIDUD withholds what codes can only
 /// call substance use.
+#[cfg(test)]
 fn withheld(
     terms: Option<&ConsentTerms>,
     item_labels: &[BTreeSet<String>],
     hierarchy: &LabelHierarchy,
 ) -> Vec<usize> {
     let Some(t) = terms else { return Vec::new() };
-    if t.denied_labels.is_empty() {
+    withheld_labels(&t.denied_labels, item_labels, hierarchy)
+}
+
+/// The labels withheld from this exchange: the consent's own, and those it denies the
+/// partner in this direction (none on housing's own reads).
+fn denied_for(t: &ConsentTerms, req: &ExchangeRequest) -> Vec<String> {
+    let receiving = match req.flow {
+        Flow::Outbound => true,
+        Flow::Inbound => false,
+        Flow::HousingUse => return t.denied_labels.clone(),
+    };
+    let mut denied = t.denied_labels.clone();
+    for d in &t.partner_denials {
+        if &d.partner == req.partner && d.receiving == receiving {
+            denied.extend(d.labels.iter().cloned());
+        }
+    }
+    denied
+}
+
+fn withheld_labels(
+    denied: &[String],
+    item_labels: &[BTreeSet<String>],
+    hierarchy: &LabelHierarchy,
+) -> Vec<usize> {
+    if denied.is_empty() {
         return Vec::new();
     }
-    let mut denied: BTreeSet<String> = t.denied_labels.iter().cloned().collect();
+    let mut denied: BTreeSet<String> = denied.iter().cloned().collect();
     widen(&mut denied, hierarchy);
     item_labels
         .iter()
@@ -342,8 +381,8 @@ pub fn decide(consents: &[ConsentVersion], req: &ExchangeRequest) -> Decision {
     let citation = governing.map(ConsentVersion::citation);
     // Restrictions the tenant stated hold on every permit, an emergency's included.
     let permit = |break_glass| Decision::Permit {
-        withheld: withheld(
-            governing.map(|c| &c.terms),
+        withheld: withheld_labels(
+            &governing.map_or_else(Vec::new, |c| denied_for(&c.terms, req)),
             req.item_labels,
             req.label_hierarchy,
         ),
@@ -453,6 +492,7 @@ mod tests {
             recipients: Vec::new(),
             purposes: Vec::new(),
             denied_labels: labels.iter().map(|l| l.to_string()).collect(),
+            partner_denials: Vec::new(),
         };
         let items = |sets: &[&[&str]]| -> Vec<BTreeSet<String>> {
             sets.iter()
@@ -497,6 +537,7 @@ mod tests {
             recipients: p,
             purposes: vec!["COC".into()],
             denied_labels: deny.iter().map(|d| d.to_string()).collect(),
+            partner_denials: Vec::new(),
         }
     }
 
@@ -550,6 +591,42 @@ mod tests {
                 label_hierarchy: &LabelHierarchy::new(),
             },
         )
+    }
+
+    /// A restriction for one partner holds for that partner, in that direction, only:
+    /// "no substance-use details to the MCO" withholds them from the MCO receiving, not
+    /// from the clinic receiving, nor from the MCO sending, nor from housing's own reads.
+    #[test]
+    fn a_restriction_for_one_partner_holds_for_it_in_its_direction_only() {
+        let mut t = terms(
+            ConsentStatus::Active,
+            datetime!(2026-11-01 00:00 UTC),
+            &["clinic", "mco"],
+            &[],
+        );
+        t.partner_denials = vec![PartnerDenial {
+            partner: PartnerId::new("mco"),
+            receiving: true,
+            labels: vec!["SUD".into()],
+        }];
+        let consents = [version("c", 1, t)];
+        let sud = || vec![BTreeSet::from(["SUD".to_string()]), BTreeSet::new()];
+        let withheld = |flow, partner| match ask(
+            &consents,
+            Ask {
+                flow,
+                partner,
+                labels: sud(),
+                ..Ask::default()
+            },
+        ) {
+            Decision::Permit { withheld, .. } => withheld,
+            Decision::Deny { reason, .. } => panic!("denied: {reason:?}"),
+        };
+        assert_eq!(withheld(Flow::Outbound, "mco"), [0]);
+        assert_eq!(withheld(Flow::Outbound, "clinic"), Vec::<usize>::new());
+        assert_eq!(withheld(Flow::Inbound, "mco"), Vec::<usize>::new());
+        assert_eq!(withheld(Flow::HousingUse, "mco"), Vec::<usize>::new());
     }
 
     fn reason(d: Decision) -> Option<&'static str> {

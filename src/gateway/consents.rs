@@ -2,6 +2,8 @@
 //! partner's proposal, prompt renewal. Housing is the custodian: only housing (or an
 //! admin) makes a consent that is enforced; a partner's Consent is kept as `proposed`.
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
@@ -41,6 +43,12 @@ pub struct ConsentSummary {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub valid_until: Option<String>,
     pub restrictions: Vec<String>,
+    /// Restrictions for one partner only, when it receives from housing.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub withhold_from: BTreeMap<PartnerId, Vec<String>>,
+    /// Restrictions for one partner only, when it sends to housing (FHIR consents only).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub withhold_when_sent_by: BTreeMap<PartnerId, Vec<String>>,
     /// Whether this version is the one that governs the tenant's exchanges now.
     pub governing: bool,
 }
@@ -175,8 +183,28 @@ impl Gateway {
             restrictions: self
                 .mappings
                 .restrictions_for(&self.mappings.widen(&t.denied_labels)),
+            withhold_from: self.partner_restrictions(t, true),
+            withhold_when_sent_by: self.partner_restrictions(t, false),
             governing,
         }
+    }
+
+    /// A consent's restrictions for single partners, by name, in one direction.
+    fn partner_restrictions(
+        &self,
+        t: &ConsentTerms,
+        receiving: bool,
+    ) -> BTreeMap<PartnerId, Vec<String>> {
+        t.partner_denials
+            .iter()
+            .filter(|d| d.receiving == receiving)
+            .map(|d| {
+                let names = self
+                    .mappings
+                    .restrictions_for(&self.mappings.widen(&d.labels));
+                (d.partner.clone(), names)
+            })
+            .collect()
     }
 
     /// Summaries of every version of the tenant's consents, newest first.
