@@ -1216,6 +1216,15 @@ async fn a_consent_for_treatment_covers_the_clinics_routine_notices() {
 async fn a_restriction_can_hold_for_one_partner_only() {
     let app = spawn_app().await;
     app.register_tenant().await;
+    // A restriction for a partner the tenant does not share with could never apply.
+    let mut stray = share_with(&[CLINIC_ID]);
+    stray["withhold_from"] = json!({MCO_ID: ["substance-use"]});
+    let refused = record(&app, stray).await;
+    assert_eq!(refused.status, 422, "{refused:?}");
+    assert_eq!(
+        refused.error_expressions(),
+        [format!("withhold_from.{MCO_ID}")]
+    );
     let mut form = share_with(&[CLINIC_ID, MCO_ID]);
     form["withhold_from"] = json!({MCO_ID: ["substance-use"]});
     let recorded = record(&app, form).await;

@@ -189,27 +189,43 @@ pub fn terms_from_fhir(
                 .pointer("/reference/reference")
                 .and_then(Value::as_str)
                 .and_then(&partner_for);
-            let role = actor
+            let roles: Vec<bool> = actor
                 .pointer("/role/coding")
                 .and_then(Value::as_array)
                 .into_iter()
                 .flatten()
                 .filter(|c| c.get("system").and_then(Value::as_str) == Some(PARTICIPATION_TYPE))
-                .find_map(|c| match c.get("code").and_then(Value::as_str) {
+                .filter_map(|c| match c.get("code").and_then(Value::as_str) {
                     Some(ROLE_RECIPIENT) => Some(true),
                     Some(ROLE_INFORMANT) => Some(false),
                     _ => None,
-                });
-            match (partner, role) {
-                (Some(partner), Some(receiving)) => partner_denials.push(PartnerDenial {
-                    partner,
-                    receiving,
-                    labels: labels.clone(),
-                }),
+                })
+                .collect();
+            // Only a partner the consent lets exchange in that direction: anything else
+            // would be kept as if it held and never apply (housing itself, say).
+            let holds = |p: &PartnerId, receiving: bool| {
+                if receiving {
+                    recipients.contains(p)
+                } else {
+                    senders.contains(p)
+                }
+            };
+            match partner {
+                Some(partner)
+                    if !roles.is_empty() && roles.iter().all(|r| holds(&partner, *r)) =>
+                {
+                    for receiving in roles {
+                        partner_denials.push(PartnerDenial {
+                            partner: partner.clone(),
+                            receiving,
+                            labels: labels.clone(),
+                        });
+                    }
+                }
                 _ => issues.push(
                     Issue::error(
                         IssueCode::BusinessRule,
-                        "a restriction for one partner names it as Organization/<partner id>, with role IRCP (receiving from housing) or INF (sending to housing)",
+                        "a restriction for one partner names, as Organization/<partner id>, a partner the consent lets receive from housing (role IRCP) or send to it (INF), with that role",
                     )
                     .at(at),
                 ),
@@ -536,7 +552,7 @@ mod tests {
             denied_labels: vec!["SUD".into(), "ETH".into()],
             partner_denials: vec![
                 PartnerDenial {
-                    partner: PartnerId::new("mco"),
+                    partner: PartnerId::new("clinic"),
                     receiving: true,
                     labels: vec!["HIV".into()],
                 },
@@ -554,6 +570,25 @@ mod tests {
             GivenBy::Tenant,
         );
         assert_eq!(terms_from_fhir(&fhir, partner).unwrap(), terms);
+        // A restriction for a partner the consent does not let receive could never apply:
+        // refused where it is written, not kept as if it held.
+        let mut stray = terms.clone();
+        stray.partner_denials = vec![PartnerDenial {
+            partner: PartnerId::new("mco"),
+            receiving: true,
+            labels: vec!["HIV".into()],
+        }];
+        let fhir = terms_to_fhir(
+            &stray,
+            &Identifier::new("urn:t", "T-1"),
+            &PartnerId::new("housing"),
+            GivenBy::Tenant,
+        );
+        let issues = terms_from_fhir(&fhir, partner).unwrap_err();
+        assert_eq!(
+            issues[0].expression,
+            ["Consent.provision.provision[1].actor[0]"]
+        );
         let mut refusal = terms.clone();
         refusal.refused = true;
         let fhir = terms_to_fhir(

@@ -167,14 +167,24 @@ impl ConsentForm {
             }
         }
         let mut partner_denials = Vec::new();
+        // A restriction that could never apply is refused, not kept as if it held: the
+        // partner must be one the tenant shares with, able to receive from housing.
+        let receives = !refused && self.direction != FormDirection::ToHousing;
         for (partner, names) in &self.withhold_from {
-            if !known_partner(partner) {
+            let problem = if !known_partner(partner) {
+                Some(format!("`{partner}` is not a configured partner"))
+            } else if !receives || !self.share_with.contains(partner) {
+                Some(format!(
+                    "`{partner}` receives nothing from housing under this consent, so nothing can be withheld from it"
+                ))
+            } else if names.is_empty() {
+                Some("name at least one restriction".to_string())
+            } else {
+                None
+            };
+            if let Some(message) = problem {
                 issues.push(
-                    Issue::error(
-                        IssueCode::Value,
-                        format!("`{partner}` is not a configured partner"),
-                    )
-                    .at(format!("withhold_from.{partner}")),
+                    Issue::error(IssueCode::Value, message).at(format!("withhold_from.{partner}")),
                 );
                 continue;
             }

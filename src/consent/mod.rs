@@ -627,6 +627,24 @@ mod tests {
         assert_eq!(withheld(Flow::Outbound, "clinic"), Vec::<usize>::new());
         assert_eq!(withheld(Flow::Inbound, "mco"), Vec::<usize>::new());
         assert_eq!(withheld(Flow::HousingUse, "mco"), Vec::<usize>::new());
+        // The other direction: what the MCO may not send to housing.
+        let mut t = consents[0].terms.clone();
+        t.partner_denials[0].receiving = false;
+        let consents = [version("c", 2, t)];
+        let withheld = |flow, partner| match ask(
+            &consents,
+            Ask {
+                flow,
+                partner,
+                labels: sud(),
+                ..Ask::default()
+            },
+        ) {
+            Decision::Permit { withheld, .. } => withheld,
+            Decision::Deny { reason, .. } => panic!("denied: {reason:?}"),
+        };
+        assert_eq!(withheld(Flow::Inbound, "mco"), [0]);
+        assert_eq!(withheld(Flow::Outbound, "mco"), Vec::<usize>::new());
     }
 
     fn reason(d: Decision) -> Option<&'static str> {

@@ -195,15 +195,20 @@ impl Gateway {
         t: &ConsentTerms,
         receiving: bool,
     ) -> BTreeMap<PartnerId, Vec<String>> {
-        t.partner_denials
+        let mut labels: BTreeMap<PartnerId, Vec<String>> = BTreeMap::new();
+        for d in t
+            .partner_denials
             .iter()
             .filter(|d| d.receiving == receiving)
-            .map(|d| {
-                let names = self
-                    .mappings
-                    .restrictions_for(&self.mappings.widen(&d.labels));
-                (d.partner.clone(), names)
-            })
+        {
+            labels
+                .entry(d.partner.clone())
+                .or_default()
+                .extend(d.labels.iter().cloned());
+        }
+        labels
+            .into_iter()
+            .map(|(p, l)| (p, self.mappings.restrictions_for(&self.mappings.widen(&l))))
             .collect()
     }
 
