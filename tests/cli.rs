@@ -485,7 +485,11 @@ fn the_first_serve_keeps_its_config_and_store_in_the_data_dir_it_was_given() {
     {
         use std::os::unix::fs::PermissionsExt;
         let store = data.join("hearth.db");
-        for file in [&config, &credentials, &store] {
+        let log = data.join("hearth.db-wal");
+        let shm = data.join("hearth.db-shm");
+        let logs: Vec<&std::path::PathBuf> =
+            [&log, &shm].into_iter().filter(|f| f.exists()).collect();
+        for file in [&config, &credentials, &store].into_iter().chain(logs) {
             let mode = std::fs::metadata(file).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o600, "{}", file.display());
         }

@@ -299,6 +299,7 @@ async fn staff_need_urgent_clinical_advice() {
     assert_eq!(rec["reason"], "justified");
     assert_eq!(rec["tenant"], "T-1001", "found under the tenant's trail");
     let refused = app.audit_record(&again.reference_id()).await;
+    assert_eq!(refused["status"], 409, "{refused}");
     assert!(
         refused.get("reason").is_none_or(|r| r != "not-justified"),
         "{refused}"
@@ -811,6 +812,23 @@ async fn the_fhir_form_and_the_housing_form_agree() {
         .await;
     assert_eq!(token.status, 200, "{token:?}");
     assert_eq!(token.body["total"], found.body["total"]);
+    let inactive = app
+        .get(
+            "/fhir/Consent?patient=T-1001&status=http://hl7.org/fhir/consent-state-codes|inactive",
+            HOUSING,
+        )
+        .await;
+    assert_eq!(
+        inactive.body["total"], 0,
+        "the state is filtered: {inactive:?}"
+    );
+    let other_system = app
+        .get(
+            "/fhir/Consent?patient=T-1001&status=http://example.org/states|active",
+            HOUSING,
+        )
+        .await;
+    assert_eq!(other_system.status, 400, "{other_system:?}");
     let xml = app
         .get("/fhir/Consent?patient=T-1001&_format=xml", HOUSING)
         .await;

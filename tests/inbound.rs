@@ -1097,6 +1097,10 @@ async fn the_tenant_view_says_which_appointment_is_next_and_how_each_flag_stands
         .position(|c| c["resourceType"] == "Appointment")
         .unwrap();
     review["contained"][appointment]["start"] = serde_json::json!("2026-12-09T14:00:00-08:00");
+    // Received last, but further off: the review stays next.
+    let mut later = review.clone();
+    later["identifier"][0]["value"] = serde_json::json!("RCC-MSG-20261128-0011");
+    later["contained"][appointment]["start"] = serde_json::json!("2027-01-15T10:00:00-08:00");
     let flags = fixture("risk-flag-update.json");
     let mut falls_over = flags.clone();
     falls_over["identifier"][0]["value"] = serde_json::json!("RCC-MSG-20261128-0009");
@@ -1110,6 +1114,7 @@ async fn the_tenant_view_says_which_appointment_is_next_and_how_each_flag_stands
         (flags, time::macros::datetime!(2026-11-23 10:05 UTC)),
         (review, time::macros::datetime!(2026-11-28 09:00 UTC)),
         (falls_over, time::macros::datetime!(2026-11-28 09:05 UTC)),
+        (later, time::macros::datetime!(2026-11-28 09:10 UTC)),
     ] {
         app.clock.set(at);
         let a = app.post("/fhir/Communication", CLINIC, &notice).await;
@@ -1138,6 +1143,6 @@ async fn the_tenant_view_says_which_appointment_is_next_and_how_each_flag_stands
         held.iter()
             .filter(|i| i["item"] == "next_appointment")
             .count(),
-        2
+        3
     );
 }

@@ -335,11 +335,10 @@ async fn a_partner_records_a_review_only_where_the_tenant_lets_it_send_to_housin
         )
         .await;
     assert_eq!(probe.status, 403, "{probe:?}");
+    let record = app.audit_record(&probe.reference_id()).await;
+    assert_eq!(record["outcome"], "refused", "{record}");
     assert!(
-        app.audit_record(&probe.reference_id())
-            .await
-            .get("tenant")
-            .is_none(),
+        record.get("tenant").is_none(),
         "the trail of the refused search names no tenant"
     );
 }
