@@ -23,7 +23,7 @@ use crate::audit::{AuditEntry, Direction, Outcome};
 use crate::auth::{Principal, Role};
 use crate::clock::rfc3339;
 use crate::consent::Flow;
-use crate::gateway::notes::{fact_ids, fact_labels, fact_refs, unix_ms};
+use crate::gateway::notes::{fact_refs, unix_ms};
 use crate::gateway::{Call, Gateway};
 use crate::ids::{PartnerId, ReferenceId};
 use crate::store::{AttemptResult, Delivery};
@@ -194,8 +194,13 @@ impl Relay {
 
         // A fact its sender has since retracted or corrected (a notice about the wrong
         // patient) must not go out through a forward queued before.
-        let retired = g.store.retired_items(fact_ids(&d.note)).await;
-        let labels = fact_labels(&d.note);
+        let facts = fact_refs(&d.note);
+        let ids = facts.iter().filter_map(|f| f.id.clone()).collect();
+        let retired = g.store.retired_items(ids).await;
+        let labels: Vec<std::collections::BTreeSet<String>> = facts
+            .iter()
+            .map(|f| f.labels.iter().cloned().collect())
+            .collect();
         let decision = g
             .decide(
                 &call,
@@ -262,7 +267,7 @@ impl Relay {
                     audit.outcome = Outcome::Accepted;
                     // What the partner now holds: the accounting of disclosures counts
                     // deliveries, not notes queued.
-                    audit.items_written = fact_refs(&d.note);
+                    audit.items_written = facts;
                     AttemptResult::Delivered
                 }
                 Ok(status) if (400..500).contains(&status) && status != 408 && status != 429 => {

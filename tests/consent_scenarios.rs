@@ -850,17 +850,9 @@ async fn the_fhir_form_and_the_housing_form_agree() {
         "to-housing only: the clinic may send, not receive"
     );
     // Putting the FHIR form back unchanged yields the same terms, as a new version.
-    let put = answer(
-        app.client
-            .put(format!("{}/fhir/Consent/{id}", app.base))
-            .bearer_auth(HOUSING)
-            .header("content-type", "application/fhir+json")
-            .body(fhir.to_string())
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let put = app
+        .put_with(&format!("/fhir/Consent/{id}"), HOUSING, fhir, &[])
+        .await;
     assert_eq!(put.status, 200, "{put:?}");
     let list = app.get("/housing/consents?tenant=T-1001", HOUSING).await;
     let versions = list.body["consents"].as_array().unwrap();
@@ -876,26 +868,25 @@ async fn the_fhir_form_and_the_housing_form_agree() {
 
     // An edit of version 1 after version 2 was stored would undo it: with If-Match
     // naming the version the worker edited, it is refused (412) and nothing is stored.
+    let path = format!("/fhir/Consent/{id}");
     let put_if = |version: &'static str| {
-        app.client
-            .put(format!("{}/fhir/Consent/{id}", app.base))
-            .bearer_auth(HOUSING)
-            .header("content-type", "application/fhir+json")
-            .header("if-match", version)
-            .body(fhir.to_string())
-            .send()
+        let (app, path, fhir) = (&app, &path, &fhir);
+        async move {
+            app.put_with(path, HOUSING, fhir, &[("if-match", version)])
+                .await
+        }
     };
-    let stale = answer(put_if("W/\"1\"").await.unwrap()).await;
+    let stale = put_if("W/\"1\"").await;
     assert_eq!(stale.status, 412, "{stale:?}");
     assert_eq!(
         stale.body["issue"][0]["code"], "conflict",
         "an edit conflict"
     );
-    let garbled = answer(put_if("yesterday").await.unwrap()).await;
+    let garbled = put_if("yesterday").await;
     assert_eq!(garbled.status, 400, "{garbled:?}");
     let list = app.get("/housing/consents?tenant=T-1001", HOUSING).await;
     assert_eq!(list.body["consents"].as_array().unwrap().len(), 2);
-    let current = answer(put_if("W/\"2\"").await.unwrap()).await;
+    let current = put_if("W/\"2\"").await;
     assert_eq!(current.status, 200, "{current:?}");
     assert_eq!(current.header("etag"), Some("W/\"3\"".to_string()));
 
@@ -913,17 +904,9 @@ async fn the_fhir_form_and_the_housing_form_agree() {
             b
         },
     ] {
-        let a = answer(
-            app.client
-                .put(format!("{}/fhir/Consent/{id}", app.base))
-                .bearer_auth(HOUSING)
-                .header("content-type", "application/fhir+json")
-                .body(body.to_string())
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        let a = app
+            .put_with(&format!("/fhir/Consent/{id}"), HOUSING, &body, &[])
+            .await;
         assert_eq!(a.status, 400, "{a:?}");
         assert_eq!(a.error_expressions(), ["Consent.id"]);
     }
@@ -1296,17 +1279,9 @@ async fn a_restriction_can_hold_for_one_partner_only() {
         format!("Organization/{MCO_ID}")
     );
     assert_eq!(nested["actor"][0]["role"]["coding"][0]["code"], "IRCP");
-    let put = answer(
-        app.client
-            .put(format!("{}/fhir/Consent/{id}", app.base))
-            .bearer_auth(HOUSING)
-            .header("content-type", "application/fhir+json")
-            .body(fhir.to_string())
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let put = app
+        .put_with(&format!("/fhir/Consent/{id}"), HOUSING, &fhir, &[])
+        .await;
     assert_eq!(put.status, 200, "{put:?}");
     let list = app.get("/housing/consents?tenant=T-1001", HOUSING).await;
     assert_eq!(

@@ -1006,17 +1006,8 @@ async fn the_capability_statement_tells_the_truth() {
                         .await
                 }
                 "update" => {
-                    answer(
-                        app.client
-                            .put(format!("{}/fhir/{ty}/{id}", app.base))
-                            .bearer_auth(HOUSING)
-                            .header("content-type", "application/fhir+json")
-                            .body(stub.to_string())
-                            .send()
-                            .await
-                            .unwrap(),
-                    )
-                    .await
+                    app.put_with(&format!("/fhir/{ty}/{id}"), HOUSING, &stub, &[])
+                        .await
                 }
                 other => panic!("the statement claims {other}, which this test does not know"),
             };

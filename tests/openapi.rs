@@ -440,17 +440,9 @@ async fn real_answers_match_the_documented_schemas() {
     check("get", "/fhir/Consent/{id}", &a, 200);
     let mut resource = a.body.clone();
     resource.as_object_mut().unwrap().remove("meta");
-    let a = answer(
-        app.client
-            .put(format!("{}/fhir/Consent/{consent}", app.base))
-            .bearer_auth(HOUSING)
-            .header("content-type", "application/fhir+json")
-            .body(resource.to_string())
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let a = app
+        .put_with(&format!("/fhir/Consent/{consent}"), HOUSING, &resource, &[])
+        .await;
     check("put", "/fhir/Consent/{id}", &a, 200);
     let a = app
         .get(&format!("/fhir/Consent/{consent}/_history"), HOUSING)

@@ -330,19 +330,24 @@ fn withheld(
 
 /// The labels withheld from this exchange: the consent's own, and those it denies the
 /// partner in this direction (none on housing's own reads).
-fn denied_for(t: &ConsentTerms, req: &ExchangeRequest) -> Vec<String> {
+/// Borrowed unless the partner has restrictions of its own: this runs on every exchange.
+fn denied_for<'t>(t: &'t ConsentTerms, req: &ExchangeRequest) -> std::borrow::Cow<'t, [String]> {
     let receiving = match req.flow {
         Flow::Outbound => true,
         Flow::Inbound => false,
-        Flow::HousingUse => return t.denied_labels.clone(),
+        Flow::HousingUse => return (&t.denied_labels[..]).into(),
     };
-    let mut denied = t.denied_labels.clone();
-    for d in &t.partner_denials {
-        if &d.partner == req.partner && d.receiving == receiving {
-            denied.extend(d.labels.iter().cloned());
-        }
+    let mut own = t
+        .partner_denials
+        .iter()
+        .filter(|d| &d.partner == req.partner && d.receiving == receiving)
+        .peekable();
+    if own.peek().is_none() {
+        return (&t.denied_labels[..]).into();
     }
-    denied
+    let mut denied = t.denied_labels.clone();
+    denied.extend(own.flat_map(|d| d.labels.iter().cloned()));
+    denied.into()
 }
 
 fn withheld_labels(
@@ -382,7 +387,7 @@ pub fn decide(consents: &[ConsentVersion], req: &ExchangeRequest) -> Decision {
     // Restrictions the tenant stated hold on every permit, an emergency's included.
     let permit = |break_glass| Decision::Permit {
         withheld: withheld_labels(
-            &governing.map_or_else(Vec::new, |c| denied_for(&c.terms, req)),
+            &governing.map_or_else(Default::default, |c| denied_for(&c.terms, req)),
             req.item_labels,
             req.label_hierarchy,
         ),
@@ -610,41 +615,42 @@ mod tests {
             labels: vec!["SUD".into()],
         }];
         let consents = [version("c", 1, t)];
-        let sud = || vec![BTreeSet::from(["SUD".to_string()]), BTreeSet::new()];
-        let withheld = |flow, partner| match ask(
-            &consents,
-            Ask {
+        // What of an SUD-labelled item and an unlabelled one is withheld.
+        fn withheld_of(consents: &[ConsentVersion], flow: Flow, partner: &str) -> Vec<usize> {
+            let labels = vec![BTreeSet::from(["SUD".to_string()]), BTreeSet::new()];
+            let ask_for = Ask {
                 flow,
                 partner,
-                labels: sud(),
+                labels,
                 ..Ask::default()
-            },
-        ) {
-            Decision::Permit { withheld, .. } => withheld,
-            Decision::Deny { reason, .. } => panic!("denied: {reason:?}"),
-        };
-        assert_eq!(withheld(Flow::Outbound, "mco"), [0]);
-        assert_eq!(withheld(Flow::Outbound, "clinic"), Vec::<usize>::new());
-        assert_eq!(withheld(Flow::Inbound, "mco"), Vec::<usize>::new());
-        assert_eq!(withheld(Flow::HousingUse, "mco"), Vec::<usize>::new());
+            };
+            match ask(consents, ask_for) {
+                Decision::Permit { withheld, .. } => withheld,
+                Decision::Deny { reason, .. } => panic!("denied: {reason:?}"),
+            }
+        }
+        assert_eq!(withheld_of(&consents, Flow::Outbound, "mco"), [0]);
+        assert_eq!(
+            withheld_of(&consents, Flow::Outbound, "clinic"),
+            Vec::<usize>::new()
+        );
+        assert_eq!(
+            withheld_of(&consents, Flow::Inbound, "mco"),
+            Vec::<usize>::new()
+        );
+        assert_eq!(
+            withheld_of(&consents, Flow::HousingUse, "mco"),
+            Vec::<usize>::new()
+        );
         // The other direction: what the MCO may not send to housing.
         let mut t = consents[0].terms.clone();
         t.partner_denials[0].receiving = false;
-        let consents = [version("c", 2, t)];
-        let withheld = |flow, partner| match ask(
-            &consents,
-            Ask {
-                flow,
-                partner,
-                labels: sud(),
-                ..Ask::default()
-            },
-        ) {
-            Decision::Permit { withheld, .. } => withheld,
-            Decision::Deny { reason, .. } => panic!("denied: {reason:?}"),
-        };
-        assert_eq!(withheld(Flow::Inbound, "mco"), [0]);
-        assert_eq!(withheld(Flow::Outbound, "mco"), Vec::<usize>::new());
+        let sending = [version("c", 2, t)];
+        assert_eq!(withheld_of(&sending, Flow::Inbound, "mco"), [0]);
+        assert_eq!(
+            withheld_of(&sending, Flow::Outbound, "mco"),
+            Vec::<usize>::new()
+        );
     }
 
     fn reason(d: Decision) -> Option<&'static str> {

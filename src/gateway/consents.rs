@@ -637,4 +637,18 @@ impl Gateway {
                 && confirmed
                 && stored.version.terms.partners().contains(&p.org))
     }
+
+    /// Refuses a role [`Gateway::may_see_consent`] can never let see a consent, before
+    /// anything is looked up for it.
+    pub fn may_search_consents(&self, call: &Call) -> Result<(), Error> {
+        if matches!(call.principal.role, Role::Housing | Role::Auditor)
+            || call.principal.role.is_partner()
+        {
+            Ok(())
+        } else {
+            Err(Error::Forbidden(
+                "consents are for housing, auditors and the partners they name".into(),
+            ))
+        }
+    }
 }

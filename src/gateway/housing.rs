@@ -379,21 +379,19 @@ pub fn tenant_view(
 fn picture_now(items: &[StoredItem], now: time::OffsetDateTime) -> Value {
     let next_appointment = items
         .iter()
-        .filter_map(|i| match &i.item {
-            DatasetItem::NextAppointment(a) => Some((i, a)),
-            _ => None,
-        })
-        .filter(|(_, a)| {
+        .filter_map(|i| {
+            let DatasetItem::NextAppointment(a) = &i.item else {
+                return None;
+            };
             let open = a
                 .status
                 .as_ref()
                 .is_none_or(|s| matches!(s.as_str(), "booked" | "requested"));
-            let ahead =
-                crate::consent::parse_fhir_instant(&a.start, false).is_some_and(|t| t >= now);
-            open && ahead
+            let start = crate::consent::parse_fhir_instant(&a.start, false)?;
+            (open && start >= now).then_some((start, i))
         })
-        .min_by_key(|(_, a)| crate::consent::parse_fhir_instant(&a.start, false))
-        .map(|(i, _)| i);
+        .min_by_key(|(start, _)| *start)
+        .map(|(_, i)| i);
     let mut flags: Vec<&StoredItem> = Vec::new();
     for i in items {
         let DatasetItem::RiskFlag(f) = &i.item else {

@@ -1,8 +1,6 @@
 //! Care coordination notes: a housing worker's structured request to a partner, built
 //! into FHIR from dataset items only and queued for durable delivery.
 
-use std::collections::BTreeSet;
-
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -70,7 +68,11 @@ impl Gateway {
         threads: &mut [NoteThread],
     ) -> Result<(), Error> {
         // One read for every fact of every thread, not one per thread.
-        let ids: Vec<String> = threads.iter().flat_map(|t| fact_ids(&t.note)).collect();
+        let ids: Vec<String> = threads
+            .iter()
+            .flat_map(|t| fact_refs(&t.note))
+            .filter_map(|f| f.id)
+            .collect();
         if ids.is_empty() {
             return Ok(());
         }
@@ -80,17 +82,14 @@ impl Gateway {
             if t.note["facts"].as_array().is_none_or(Vec::is_empty) {
                 continue;
             }
-            let labels: Vec<Vec<String>> = fact_labels(&t.note)
-                .into_iter()
-                .map(|l| l.into_iter().collect())
-                .collect();
+            let facts = fact_refs(&t.note);
             // The read is audited as one record; per-note decisions are not.
             let mut scratch = call.audit("read-note", crate::audit::Direction::Internal);
             let withheld = self
                 .housing_use(
                     call,
                     &t.tenant,
-                    labels.iter().map(Vec::as_slice),
+                    facts.iter().map(|f| f.labels.as_slice()),
                     &mut scratch,
                 )
                 .await?;
@@ -563,17 +562,8 @@ fn describe(item: &DatasetItem) -> String {
     }
 }
 
-/// The ids of the facts a note carries.
-pub(crate) fn fact_ids(note: &Value) -> Vec<String> {
-    note["facts"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|f| f["id"].as_str().map(str::to_string))
-        .collect()
-}
-
-/// The facts a note carries, as the audit names items: what a delivery disclosed.
+/// The facts a note carries, as the audit names items (kind, id, labels): what a
+/// delivery disclosed, what must still be current, and what a restriction may stop.
 pub(crate) fn fact_refs(note: &Value) -> Vec<crate::audit::ItemRef> {
     note["facts"]
         .as_array()
@@ -588,24 +578,6 @@ pub(crate) fn fact_refs(note: &Value) -> Vec<crate::audit::ItemRef> {
                 .flatten()
                 .filter_map(|l| l.as_str().map(str::to_string))
                 .collect(),
-        })
-        .collect()
-}
-
-/// The labels of the facts a note carries, so a restriction added since it was queued
-/// stops it.
-pub(crate) fn fact_labels(note: &Value) -> Vec<BTreeSet<String>> {
-    note["facts"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|f| {
-            f["labels"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|l| l.as_str().map(str::to_string))
-                .collect()
         })
         .collect()
 }

@@ -875,16 +875,10 @@ async fn search_consents(
     }
     // Before any identifier is resolved: a role that may see no consent (the operator)
     // must not learn, from the trail, which tenant an MRN belongs to.
-    call.require(
-        &[
-            crate::auth::Role::Housing,
-            crate::auth::Role::Auditor,
-            crate::auth::Role::Clinic,
-            crate::auth::Role::Mco,
-        ],
-        "searching consents",
-    )
-    .map_err(|e| fail(e, &audit))?;
+    state
+        .gateway
+        .may_search_consents(&call)
+        .map_err(|e| fail(e, &audit))?;
     let status = match q.status.as_deref() {
         None => None,
         Some(token) => Some(consent_state(token).ok_or_else(|| {

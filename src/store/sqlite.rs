@@ -2205,6 +2205,27 @@ mod tests {
         (dir, store, tenant)
     }
 
+    /// A store holding one note, queued for the clinic and not yet attempted.
+    async fn store_with_queued_note() -> (tempfile::TempDir, SqliteStore, ReferenceId) {
+        let (dir, store, tenant) = store_with_tenant().await;
+        let reference = ReferenceId::new();
+        store
+            .queue_note(NewNote {
+                reference_id: reference,
+                tenant,
+                partner: PartnerId::new("clinic"),
+                note: serde_json::json!({"reason": "r", "facts": []}),
+                payload: serde_json::json!({"resourceType": "Bundle"}),
+                created_at: "2026-11-23T10:00:00Z".into(),
+                created_ms: 0,
+                give_up_ms: 1_000_000,
+                audit: entry(1),
+            })
+            .await
+            .unwrap();
+        (dir, store, reference)
+    }
+
     /// Verify reads the store ahead only when the page cache can hold it: on a store
     /// larger than the memory to spare, reading ahead would read every page twice.
     #[test]
@@ -2407,22 +2428,7 @@ mod tests {
     /// pending one (which would send it again and again).
     #[tokio::test]
     async fn a_delivered_note_stays_delivered() {
-        let (_dir, store, tenant) = store_with_tenant().await;
-        let reference = ReferenceId::new();
-        store
-            .queue_note(NewNote {
-                reference_id: reference,
-                tenant: tenant.clone(),
-                partner: PartnerId::new("clinic"),
-                note: serde_json::json!({"reason": "r", "facts": []}),
-                payload: serde_json::json!({"resourceType": "Bundle"}),
-                created_at: "2026-11-23T10:00:00Z".into(),
-                created_ms: 0,
-                give_up_ms: 1_000_000,
-                audit: entry(1),
-            })
-            .await
-            .unwrap();
+        let (_dir, store, reference) = store_with_queued_note().await;
         let at = || "2026-11-23T10:00:01Z".to_string();
         store
             .record_attempt(reference, AttemptResult::Delivered, at(), entry(2))
@@ -2445,22 +2451,7 @@ mod tests {
     /// attempt has been recorded since, whatever its result.
     #[tokio::test]
     async fn a_note_is_still_due_only_as_the_outbox_read_found_it() {
-        let (_dir, store, tenant) = store_with_tenant().await;
-        let reference = ReferenceId::new();
-        store
-            .queue_note(NewNote {
-                reference_id: reference,
-                tenant,
-                partner: PartnerId::new("clinic"),
-                note: serde_json::json!({"reason": "r", "facts": []}),
-                payload: serde_json::json!({"resourceType": "Bundle"}),
-                created_at: "2026-11-23T10:00:00Z".into(),
-                created_ms: 0,
-                give_up_ms: 1_000_000,
-                audit: entry(1),
-            })
-            .await
-            .unwrap();
+        let (_dir, store, reference) = store_with_queued_note().await;
         let read = store.due_deliveries(0, 10).await.unwrap();
         assert_eq!(read[0].attempts, 0);
         assert!(store.still_due(&reference, 0).await.unwrap());

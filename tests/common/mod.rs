@@ -370,9 +370,33 @@ impl TestApp {
         body: &Value,
         headers: &[(&str, &str)],
     ) -> Answer {
+        self.fhir_write(reqwest::Method::POST, path, token, body, headers)
+            .await
+    }
+
+    /// PUT a FHIR resource (an update), with extra headers such as `If-Match`.
+    pub async fn put_with(
+        &self,
+        path: &str,
+        token: &str,
+        body: &Value,
+        headers: &[(&str, &str)],
+    ) -> Answer {
+        self.fhir_write(reqwest::Method::PUT, path, token, body, headers)
+            .await
+    }
+
+    async fn fhir_write(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: &Value,
+        headers: &[(&str, &str)],
+    ) -> Answer {
         let mut req = self
             .client
-            .post(format!("{}{path}", self.base))
+            .request(method, format!("{}{path}", self.base))
             .bearer_auth(token)
             .header("content-type", "application/fhir+json")
             .body(body.to_string());
