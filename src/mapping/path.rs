@@ -120,19 +120,24 @@ impl Path {
 /// Where the `)` closing an argument list sits in `s` (the text after its `(`): the first
 /// `)` outside quotes and nested parentheses.
 fn closing_paren(s: &str) -> Option<usize> {
-    let mut depth = 0usize;
-    let mut quoted = false;
-    for (i, b) in s.bytes().enumerate() {
+    top_level(s).find(|&(_, b)| b == b')').map(|(i, _)| i)
+}
+
+/// The bytes of `s` outside quoted literals and nested parentheses, with their offsets;
+/// a `)` that closes nothing opened in `s` is among them (it ends an argument list).
+fn top_level(s: &str) -> impl Iterator<Item = (usize, u8)> + '_ {
+    let (mut quoted, mut depth) = (false, 0usize);
+    s.bytes().enumerate().filter(move |&(_, b)| {
+        let outside = !quoted && depth == 0;
         match b {
             b'\'' => quoted = !quoted,
             _ if quoted => {}
             b'(' => depth += 1,
-            b')' if depth == 0 => return Some(i),
-            b')' => depth -= 1,
+            b')' => depth = depth.saturating_sub(1),
             _ => {}
         }
-    }
-    None
+        outside && b != b'\''
+    })
 }
 
 /// The argument of `where(…)`: `p = literal` or `p in literal | literal …` (the list may
@@ -172,17 +177,10 @@ fn parse_where(arg: &str, text: &str) -> Result<Step, String> {
 /// and parentheses: the left side, the right side, and whether it was `=`.
 fn split_operator(arg: &str) -> Option<(&str, &str, bool)> {
     let bytes = arg.as_bytes();
-    let mut quoted = false;
-    let mut depth = 0usize;
-    for (i, &b) in bytes.iter().enumerate() {
+    for (i, b) in top_level(arg) {
         match b {
-            b'\'' => quoted = !quoted,
-            _ if quoted => {}
-            b'(' => depth += 1,
-            b')' => depth = depth.saturating_sub(1),
-            b'=' if depth == 0 => return Some((&arg[..i], &arg[i + 1..], true)),
-            b'i' if depth == 0
-                && i > 0
+            b'=' => return Some((&arg[..i], &arg[i + 1..], true)),
+            b'i' if i > 0
                 && bytes[i - 1].is_ascii_whitespace()
                 && bytes.get(i + 1) == Some(&b'n')
                 && bytes
@@ -205,16 +203,9 @@ fn parse_literals(list: &str, text: &str) -> Result<Vec<Literal>, String> {
     }
     let mut out = Vec::new();
     let mut start = 0;
-    let mut quoted = false;
-    for (i, b) in list.bytes().enumerate() {
-        match b {
-            b'\'' => quoted = !quoted,
-            b'|' if !quoted => {
-                out.push(parse_literal(&list[start..i], text)?);
-                start = i + 1;
-            }
-            _ => {}
-        }
+    for (i, _) in top_level(list).filter(|&(_, b)| b == b'|') {
+        out.push(parse_literal(&list[start..i], text)?);
+        start = i + 1;
     }
     out.push(parse_literal(&list[start..], text)?);
     Ok(out)
