@@ -134,6 +134,7 @@ fn bench(c: &mut Criterion) {
                             partner: &clinic,
                             purpose: "COC",
                             item_labels: labels,
+                            item_senders: &[],
                             at,
                             renewal_due: false,
                             block_while_renewal_due: false,

@@ -1290,6 +1290,77 @@ async fn a_restriction_can_hold_for_one_partner_only() {
     );
 }
 
+/// Later the tenant asks that nothing about her substance-use treatment that the clinic
+/// sends be kept by housing (a restriction on what the clinic sends, FHIR actor role
+/// INF). The buprenorphine notice the clinic sent before is hidden from housing's view
+/// and the feed from then on, as a restriction for every partner would hide it.
+#[tokio::test]
+async fn a_restriction_on_what_a_partner_sends_hides_what_it_already_sent() {
+    let app = spawn_app().await;
+    app.register_tenant().await;
+    assert_eq!(
+        record(&app, share_with(&[CLINIC_ID, MCO_ID])).await.status,
+        201
+    );
+    let start = app
+        .post(
+            "/fhir/Communication",
+            CLINIC,
+            &fixture("medication-change-buprenorphine-start.json"),
+        )
+        .await;
+    assert_eq!(start.status, 201, "{start:?}");
+    let kinds = |items: &[Value]| -> Vec<String> {
+        items
+            .iter()
+            .map(|i| i["item"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert!(kinds(&housing_items(&app).await).contains(&"medication_change".to_string()));
+    let before = feed(&app).await;
+    assert!(
+        before.iter().all(|e| e["restricted"].is_null()),
+        "{before:?}"
+    );
+
+    // The form names restrictions on what a partner receives; the FHIR form also on
+    // what it sends: the same nested deny, its actor's role INF.
+    let mut form = share_with(&[CLINIC_ID, MCO_ID]);
+    form["withhold_from"] = json!({CLINIC_ID: ["substance-use"]});
+    assert_eq!(record(&app, form).await.status, 201);
+    let list = app.get("/housing/consents?tenant=T-1001", HOUSING).await;
+    let id = list.body["consents"][0]["id"].as_str().unwrap().to_string();
+    let mut fhir = app.get(&format!("/fhir/Consent/{id}"), HOUSING).await.body;
+    let role = &mut fhir["provision"]["provision"][0]["actor"][0]["role"]["coding"][0]["code"];
+    assert_eq!(*role, "IRCP");
+    *role = json!("INF");
+    let put = app
+        .put_with(&format!("/fhir/Consent/{id}"), HOUSING, &fhir, &[])
+        .await;
+    assert_eq!(put.status, 200, "{put:?}");
+    let list = app.get("/housing/consents?tenant=T-1001", HOUSING).await;
+    assert_eq!(
+        list.body["consents"][0]["withhold_when_sent_by"],
+        json!({CLINIC_ID: ["substance-use"]}),
+        "{list:?}"
+    );
+
+    let view = app.get("/housing/tenants/T-1001", HOUSING).await;
+    let items = view.body["items"].as_array().unwrap();
+    assert!(
+        !kinds(items).contains(&"medication_change".to_string()),
+        "{view:?}"
+    );
+    assert!(
+        view.body["restricted_items"].as_u64().unwrap() >= 1,
+        "{view:?}"
+    );
+    let after = feed(&app).await;
+    let hidden: Vec<&Value> = after.iter().filter(|e| e["restricted"] == true).collect();
+    assert!(!hidden.is_empty(), "{after:?}");
+    assert!(hidden.iter().all(|e| e.get("item").is_none()), "{hidden:?}");
+}
+
 /// The tenant has since asked that substance-use details stay private: before the worker
 /// shares with the MCO, the preview shows which items would stay behind, and why.
 #[tokio::test]

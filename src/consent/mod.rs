@@ -192,6 +192,10 @@ pub struct ExchangeRequest<'a> {
     pub purpose: &'a str,
     /// The security labels of each dataset item involved.
     pub item_labels: &'a [BTreeSet<String>],
+    /// Housing use only: the partner that sent each item, where known (empty when no
+    /// restriction needs it). A restriction on what that partner sends (actor INF) hides
+    /// the items it sent before the restriction was added, as it would have at intake.
+    pub item_senders: &'a [Option<PartnerId>],
     pub at: OffsetDateTime,
     /// Whether the tenant's consent is marked renewal-due, and whether the site blocks
     /// sharing until it is renewed.
@@ -395,7 +399,13 @@ pub fn decide(consents: &[ConsentVersion], req: &ExchangeRequest) -> Decision {
         break_glass,
     };
     if req.flow == Flow::HousingUse {
-        return permit(false);
+        let mut decision = permit(false);
+        if let (Some(c), Decision::Permit { withheld, .. }) = (governing, &mut decision) {
+            withheld.extend(withheld_from_senders(&c.terms, req));
+            withheld.sort_unstable();
+            withheld.dedup();
+        }
+        return decision;
     }
     let refusal = match governing {
         None => Some(DenyReason::NoConsent),
@@ -420,6 +430,28 @@ pub fn decide(consents: &[ConsentVersion], req: &ExchangeRequest) -> Decision {
             consent: citation,
         },
     }
+}
+
+/// Housing use: the items each partner's sending-side restriction withholds, among the
+/// items that partner sent.
+fn withheld_from_senders(t: &ConsentTerms, req: &ExchangeRequest) -> Vec<usize> {
+    let mut withheld = Vec::new();
+    for d in t.partner_denials.iter().filter(|d| !d.receiving) {
+        let sent: Vec<usize> = (0..req.item_labels.len())
+            .filter(|&i| req.item_senders.get(i).and_then(Option::as_ref) == Some(&d.partner))
+            .collect();
+        if sent.is_empty() {
+            continue;
+        }
+        let labels: Vec<BTreeSet<String>> =
+            sent.iter().map(|&i| req.item_labels[i].clone()).collect();
+        withheld.extend(
+            withheld_labels(&d.labels, &labels, req.label_hierarchy)
+                .into_iter()
+                .map(|j| sent[j]),
+        );
+    }
+    withheld
 }
 
 /// Row 7: the consent names this partner in the role the exchange's direction needs.
@@ -560,6 +592,7 @@ mod tests {
         purpose: &'a str,
         at: OffsetDateTime,
         labels: Vec<BTreeSet<String>>,
+        senders: Vec<Option<PartnerId>>,
         renewal_due: bool,
         block: bool,
         glass: Option<BreakGlass>,
@@ -573,6 +606,7 @@ mod tests {
                 purpose: "COC",
                 at: datetime!(2026-11-23 10:00 UTC),
                 labels: vec![],
+                senders: vec![],
                 renewal_due: false,
                 block: false,
                 glass: None,
@@ -589,6 +623,7 @@ mod tests {
                 partner: &p,
                 purpose: a.purpose,
                 item_labels: &a.labels,
+                item_senders: &a.senders,
                 at: a.at,
                 renewal_due: a.renewal_due,
                 block_while_renewal_due: a.block,
@@ -649,6 +684,48 @@ mod tests {
         assert_eq!(withheld_of(&sending, Flow::Inbound, "mco"), [0]);
         assert_eq!(
             withheld_of(&sending, Flow::Outbound, "mco"),
+            Vec::<usize>::new()
+        );
+    }
+
+    /// A restriction on what one partner sends, added after it sent, hides what it sent
+    /// from housing's own reads; the same labels from another partner stay in view.
+    #[test]
+    fn a_sending_restriction_hides_what_that_partner_already_sent() {
+        let mut t = terms(
+            ConsentStatus::Active,
+            datetime!(2026-11-01 00:00 UTC),
+            &["clinic", "mco"],
+            &[],
+        );
+        t.partner_denials = vec![PartnerDenial {
+            partner: PartnerId::new("mco"),
+            receiving: false,
+            labels: vec!["SUD".into()],
+        }];
+        let sud = || BTreeSet::from(["SUD".to_string()]);
+        let read = |t: &ConsentTerms, senders: Vec<Option<PartnerId>>| {
+            let a = Ask {
+                flow: Flow::HousingUse,
+                partner: "housing",
+                labels: vec![sud(), BTreeSet::new(), sud(), sud()],
+                senders,
+                ..Ask::default()
+            };
+            match ask(&[version("c", 1, t.clone())], a) {
+                Decision::Permit { withheld, .. } => withheld,
+                Decision::Deny { reason, .. } => panic!("denied: {reason:?}"),
+            }
+        };
+        let mco = Some(PartnerId::new("mco"));
+        let clinic = Some(PartnerId::new("clinic"));
+        // The MCO's SUD item is withheld; its unlabelled one, the clinic's SUD item and
+        // an item whose sender is unknown are not.
+        assert_eq!(read(&t, vec![mco.clone(), mco, clinic, None]), [0]);
+        // A restriction on what the MCO receives does not touch housing's reads.
+        t.partner_denials[0].receiving = true;
+        assert_eq!(
+            read(&t, vec![Some(PartnerId::new("mco")); 4]),
             Vec::<usize>::new()
         );
     }

@@ -39,26 +39,38 @@ impl Gateway {
     }
 
     /// Housing's own use of what it holds: items the tenant's current consent restricts
-    /// are withheld from view. Takes each item's labels; returns the indexes withheld.
+    /// are withheld from view. Takes each item's id and labels; returns the indexes
+    /// withheld.
     pub(super) async fn housing_use<'a>(
         &self,
         call: &Call,
         tenant: &TenantId,
-        item_labels: impl Iterator<Item = &'a [String]>,
+        items: impl Iterator<Item = (&'a str, &'a [String])>,
         audit: &mut AuditEntry,
     ) -> Result<Vec<usize>, Error> {
-        let labels: Vec<BTreeSet<String>> =
-            item_labels.map(|l| l.iter().cloned().collect()).collect();
-        let permit = self
-            .decide(
-                call,
-                tenant,
-                Flow::HousingUse,
-                &call.principal.org,
-                &labels,
-                audit,
-            )
-            .await?;
+        let (ids, labels): (Vec<&str>, Vec<BTreeSet<String>>) = items
+            .map(|(id, l)| (id, l.iter().cloned().collect()))
+            .unzip();
+        let context = self.store.consent_context(tenant).await?;
+        // Who sent each item matters only to a restriction on what a partner sends
+        // (rare), so the store is asked only then.
+        let by_sender = consent::governing(&context.consents)
+            .is_some_and(|c| c.terms.partner_denials.iter().any(|d| !d.receiving));
+        let senders = if by_sender {
+            let ids = ids.iter().map(|id| id.to_string()).collect();
+            self.store.item_senders(ids).await?
+        } else {
+            Vec::new()
+        };
+        let permit = self.decide_items(
+            call,
+            &context,
+            Flow::HousingUse,
+            &call.principal.org,
+            &labels,
+            &senders,
+            audit,
+        )?;
         Ok(permit.withheld)
     }
 
@@ -78,7 +90,7 @@ impl Gateway {
             .housing_use(
                 call,
                 tenant,
-                items.iter().map(|i| i.labels.as_slice()),
+                items.iter().map(|i| (i.id.as_str(), i.labels.as_slice())),
                 audit,
             )
             .await?;
@@ -109,10 +121,12 @@ impl Gateway {
             }
         }
         for (tenant, positions) in by_tenant {
-            let labels = positions
-                .iter()
-                .filter_map(|&i| entries[i].item.as_ref())
-                .map(|item| item.labels.as_slice());
+            // Every position holds an item (see above), so indexes stay aligned.
+            let labels = positions.iter().filter_map(|&i| {
+                let e = &entries[i];
+                let labels = e.item.as_ref()?.labels.as_slice();
+                Some((e.item_id.as_deref().unwrap_or_default(), labels))
+            });
             // The feed read is audited as one record; per-tenant decisions are not.
             let mut scratch = call.audit("read-feed", Direction::Outbound);
             let withheld = self

@@ -586,7 +586,9 @@ impl Gateway {
                 .housing_use(
                     call,
                     &ex.tenant,
-                    ex.items.iter().map(|i| i.labels.as_slice()),
+                    ex.items
+                        .iter()
+                        .map(|i| (i.id.as_str(), i.labels.as_slice())),
                     audit,
                 )
                 .await?;

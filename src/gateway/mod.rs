@@ -202,6 +202,21 @@ impl Gateway {
         item_labels: &[std::collections::BTreeSet<String>],
         audit: &mut AuditEntry,
     ) -> Result<Permit, Error> {
+        self.decide_items(call, context, flow, partner, item_labels, &[], audit)
+    }
+
+    /// [`Gateway::decide_with`], knowing who sent each item (housing's own reads).
+    #[allow(clippy::too_many_arguments)]
+    fn decide_items(
+        &self,
+        call: &Call,
+        context: &crate::store::ConsentContext,
+        flow: Flow,
+        partner: &PartnerId,
+        item_labels: &[std::collections::BTreeSet<String>],
+        item_senders: &[Option<PartnerId>],
+        audit: &mut AuditEntry,
+    ) -> Result<Permit, Error> {
         let renewal_due = context.renewal_due.is_some();
         let decision = consent::decide(
             &context.consents,
@@ -210,6 +225,7 @@ impl Gateway {
                 partner,
                 purpose: call.purpose(),
                 item_labels,
+                item_senders,
                 at: call.at,
                 renewal_due,
                 block_while_renewal_due: !self.config.consent.share_while_renewal_due,

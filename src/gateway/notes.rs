@@ -89,7 +89,9 @@ impl Gateway {
                 .housing_use(
                     call,
                     &t.tenant,
-                    facts.iter().map(|f| f.labels.as_slice()),
+                    facts
+                        .iter()
+                        .map(|f| (f.id.as_deref().unwrap_or_default(), f.labels.as_slice())),
                     &mut scratch,
                 )
                 .await?;

@@ -454,6 +454,8 @@ pub trait ExchangeStore: Send + Sync {
     /// superseded by their sender). Ids not stored at all (facts typed into a note) are
     /// not among them.
     async fn retired_items(&self, item_ids: Vec<String>) -> StoreResult<Vec<String>>;
+    /// The partner that sent each of `item_ids`, in order; `None` for an id not stored.
+    async fn item_senders(&self, item_ids: Vec<String>) -> StoreResult<Vec<Option<PartnerId>>>;
 }
 
 /// The audit log.

@@ -1801,6 +1801,23 @@ impl ExchangeStore for SqliteStore {
         })
         .await
     }
+
+    async fn item_senders(&self, item_ids: Vec<String>) -> StoreResult<Vec<Option<PartnerId>>> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT e.partner FROM items i JOIN exchanges e ON e.reference_id = i.reference_id
+                 WHERE i.item_id = ?1",
+            )?;
+            item_ids
+                .iter()
+                .map(|id| {
+                    let partner: Option<String> = stmt.query_row([id], |r| r.get(0)).optional()?;
+                    Ok(partner.map(PartnerId::new))
+                })
+                .collect()
+        })
+        .await
+    }
 }
 
 #[async_trait]
