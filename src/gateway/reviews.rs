@@ -15,6 +15,7 @@ use crate::consent::{Flow, parse_fhir_instant};
 use crate::error::Error;
 use crate::fhir::{self, Issue, IssueCode};
 use crate::ids::{PartnerId, TenantId};
+use crate::store::ConsentsSeen;
 
 /// The CarePlan category that marks a joint case review.
 pub const REVIEW_CATEGORY: &str = "joint-case-review";
@@ -234,6 +235,7 @@ impl Gateway {
         // needs the tenant's consent to share with it. Housing, which keeps the consent,
         // is told which one; a partner gets the same refusal as for any exchange.
         let context = self.store.consent_context(&review.tenant_id).await?;
+        let seen = ConsentsSeen::of(&context, !self.config.consent.share_while_renewal_due);
         // A partner recording a review tells housing (and the team) what it decided: that
         // needs the tenant's consent for it to send, as a notice would.
         if !self.is_housing(&call.principal.org) {
@@ -282,7 +284,7 @@ impl Gateway {
         audit.outcome = Outcome::Accepted;
         audit.status = 201;
         self.store
-            .save_review(stored.clone(), audit.clone())
+            .save_review(stored.clone(), seen, audit.clone())
             .await?;
         Ok(stored)
     }

@@ -598,9 +598,12 @@ pub trait NoteStore: Send + Sync {
 /// Joint case reviews (kept apart from the housing dataset).
 #[async_trait]
 pub trait ReviewStore: Send + Sync {
+    /// Stores a review whose sharing was decided under `seen`; refused with
+    /// [`StoreError::Conflict`], nothing stored, if the tenant's consent moved since.
     async fn save_review(
         &self,
         review: crate::gateway::reviews::StoredReview,
+        seen: ConsentsSeen,
         audit: AuditEntry,
     ) -> StoreResult<()>;
     async fn review(&self, id: &str) -> StoreResult<Option<crate::gateway::reviews::StoredReview>>;

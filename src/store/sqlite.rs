@@ -2153,9 +2153,18 @@ impl ReviewStore for SqliteStore {
     async fn save_review(
         &self,
         review: crate::gateway::reviews::StoredReview,
+        seen: ConsentsSeen,
         audit: AuditEntry,
     ) -> StoreResult<()> {
         self.write(move |ctx| {
+            // As for exchanges: the attendees were decided before the writer ran, and a
+            // revocation stored in between must not be overtaken.
+            let tenant = &review.review.tenant_id;
+            if consents_moved(ctx.tx, tenant, seen)? || renewal_opened(ctx.tx, tenant, seen)? {
+                return Err(StoreError::Conflict(
+                    "the tenant's consent changed while this review was recorded; nothing was stored. Record it again to have it decided under the consent now in force".into(),
+                ));
+            }
             ctx.tx.execute(
                 "INSERT INTO reviews (review_id, tenant_id, recorded_at, body) VALUES (?1, ?2, ?3, ?4)",
                 params![review.id, review.review.tenant_id.as_str(), review.recorded_at, serde_json::to_string(&review)?],
@@ -2547,6 +2556,52 @@ mod tests {
             latest.version.terms.status,
             crate::consent::ConsentStatus::Inactive
         );
+    }
+
+    /// A joint case review's attendees are decided before the writer runs: a revocation
+    /// stored in between refuses the review (409), and nothing of it is kept.
+    #[tokio::test]
+    async fn a_review_decided_before_a_revocation_is_not_stored_after_it() {
+        let (_dir, store, tenant) = store_with_tenant().await;
+        let save = |status: &str, n| {
+            let terms: ConsentTerms = serde_json::from_value(
+                serde_json::json!({"status": status, "recorded": "2026-11-23T10:00:00Z"}),
+            )
+            .unwrap();
+            store.save_consent(
+                ConsentSlot {
+                    id: Some("c".into()),
+                    based_on: (n > 1).then_some(n - 1),
+                },
+                tenant.clone(),
+                terms,
+                serde_json::json!({"resourceType": "Consent"}),
+                false,
+                entry(n),
+            )
+        };
+        save("active", 1).await.unwrap();
+        let review = |id: &str| crate::gateway::reviews::StoredReview {
+            id: id.into(),
+            review: serde_json::from_value(serde_json::json!({
+                "tenant_id": "T-1", "date": "2026-11-23", "attendees": ["clinic"],
+                "decisions": [], "next_review": "2026-12-23"
+            }))
+            .unwrap(),
+            recorded_at: "2026-11-23T10:00:00Z".into(),
+            careplan: serde_json::json!({"resourceType": "CarePlan"}),
+        };
+        let seen = ConsentsSeen::of(&store.consent_context(&tenant).await.unwrap(), false);
+        store
+            .save_review(review("r1"), seen, entry(2))
+            .await
+            .unwrap();
+        // Decided under version 1; the tenant revokes before it is stored.
+        save("inactive", 2).await.unwrap();
+        let late = store.save_review(review("r2"), seen, entry(3)).await;
+        assert!(matches!(late, Err(StoreError::Conflict(_))), "{late:?}");
+        assert!(store.review("r1").await.unwrap().is_some());
+        assert!(store.review("r2").await.unwrap().is_none());
     }
 
     /// When SQLite ends the transaction by itself (as on a full disk), the jobs after
