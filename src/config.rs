@@ -21,6 +21,11 @@ pub struct Config {
     /// header — believed only on connections from the proxy's address.
     #[serde(default)]
     pub proxy: Option<Proxy>,
+    /// The address clients reach Hearth's FHIR API at (`https://hearth.example.org/fhir`),
+    /// when it is not what they send in `Host` (a proxy that rewrites it, a path prefix).
+    /// Bundle `fullUrl`s and links are absolute under it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_base_url: Option<String>,
     /// Where the store file lives.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
@@ -481,6 +486,15 @@ impl Config {
                 "tls.handshake_timeout_ms must be at least 100 and accept_error_pause_ms at least 1"
             );
         }
+        if let Some(url) = &self.public_base_url {
+            let parsed = reqwest::Url::parse(url).context("public_base_url")?;
+            anyhow::ensure!(
+                matches!(parsed.scheme(), "http" | "https")
+                    && parsed.query().is_none()
+                    && parsed.fragment().is_none(),
+                "public_base_url {url} must be an http(s) address without query or fragment"
+            );
+        }
         for p in &self.partners {
             if let Some(url) = &p.fhir_base_url {
                 check_partner_url(url)
@@ -827,6 +841,27 @@ mod tests {
         let before = std::fs::read_to_string(&path).unwrap();
         assert!(write_sample(&path, &data, Path::new("m"), Path::new("p")).is_err());
         assert_eq!(std::fs::read_to_string(&path).unwrap(), before);
+    }
+
+    #[test]
+    fn the_public_base_url_is_an_http_address() {
+        let with = |url: &str| {
+            Config::from_toml(&format!(
+                "public_base_url = \"{url}\"\n[tenancy]\nidentifier_system = \"x\"\n"
+            ))
+        };
+        assert!(with("https://hearth.example.org/fhir").is_ok());
+        for bad in [
+            "hearth.example.org/fhir",
+            "ftp://h/fhir",
+            "https://h/fhir?x=1",
+        ] {
+            let err = with(bad).unwrap_err();
+            assert!(
+                format!("{err:#}").contains("public_base_url"),
+                "{bad}: {err:#}"
+            );
+        }
     }
 
     #[test]

@@ -797,6 +797,19 @@ async fn the_fhir_form_and_the_housing_form_agree() {
         )
         .await;
     assert_eq!(found.body["total"], 1, "{found:?}");
+    // R4 fullUrls are absolute, under the base the client used; the searchset links
+    // itself as the search it ran.
+    assert_eq!(
+        found.body["entry"][0]["fullUrl"],
+        format!("{}/fhir/Consent/{id}", app.base)
+    );
+    assert_eq!(found.body["link"][0]["relation"], "self");
+    let own = found.body["link"][0]["url"].as_str().unwrap();
+    assert!(
+        own.starts_with(&format!("{}/fhir/Consent?patient:identifier=", app.base))
+            && own.ends_with("&status=active"),
+        "{own}"
+    );
     // A status that is not a consent state is refused, not matched against nothing.
     let odd = app
         .get("/fhir/Consent?patient=T-1001&status=revoked", HOUSING)
@@ -934,13 +947,43 @@ async fn the_fhir_form_and_the_housing_form_agree() {
     assert!(
         entries
             .iter()
-            .all(|e| e["fullUrl"] == format!("Consent/{id}"))
+            .all(|e| e["fullUrl"] == format!("{}/fhir/Consent/{id}", app.base))
     );
     // A search that finds nothing has no `entry` (FHIR JSON has no empty arrays).
     let none = app.get("/fhir/Consent?patient=T-4040", HOUSING).await;
     assert_eq!(none.status, 200, "{none:?}");
     assert_eq!(none.body["total"], 0);
     assert!(none.body.get("entry").is_none(), "{none:?}");
+}
+
+/// Behind a proxy that rewrites the host, or under a path prefix, the configured public
+/// base is what Bundles name.
+#[tokio::test]
+async fn bundles_name_the_configured_public_base() {
+    let data = tempfile::tempdir().unwrap();
+    let mut config = test_config_with(data.path(), None);
+    config.public_base_url = Some("https://hearth.housing.example/api/fhir/".into());
+    hearth::tls::install_crypto_provider();
+    let app = spawn_configured(data, config, reqwest::Client::new(), "http").await;
+    app.register_tenant().await;
+    let a = record(&app, share_with(&[CLINIC_ID])).await;
+    let id = a.body["consent"]["id"].as_str().unwrap();
+    let found = app.get("/fhir/Consent?patient=T-1001", HOUSING).await;
+    assert_eq!(
+        found.body["entry"][0]["fullUrl"],
+        format!("https://hearth.housing.example/api/fhir/Consent/{id}")
+    );
+    assert_eq!(
+        found.body["link"][0]["url"],
+        "https://hearth.housing.example/api/fhir/Consent?patient=T-1001"
+    );
+    let history = app
+        .get(&format!("/fhir/Consent/{id}/_history"), HOUSING)
+        .await;
+    assert_eq!(
+        history.body["link"][0]["url"],
+        format!("https://hearth.housing.example/api/fhir/Consent/{id}/_history")
+    );
 }
 
 #[tokio::test]

@@ -752,7 +752,9 @@ async fn consent_history(
     State(state): State<AppState>,
     Extension(call): Extension<Call>,
     Path(id): Path<String>,
+    headers: HeaderMap,
 ) -> Result<Response, Failure> {
+    let base = fhir_base(&state, &headers);
     let mut audit = call.audit("history", Direction::Outbound);
     audit.resource_type = Some("Consent".into());
     let history = visible_history(&state, &call, &id, &mut audit)
@@ -771,7 +773,7 @@ async fn consent_history(
                 ("PUT", format!("Consent/{id}"), "200 OK")
             };
             json!({
-                "fullUrl": format!("Consent/{id}"),
+                "fullUrl": format!("{base}/Consent/{id}"),
                 "resource": c.resource,
                 "request": {"method": method, "url": url},
                 "response": {"status": status, "etag": format!("W/\"{v}\""), "lastModified": c.recorded_at},
@@ -779,7 +781,9 @@ async fn consent_history(
         })
         .collect();
     let total = entries.len();
-    let mut response = fhir_json(bundle_of("history", Some(total), entries));
+    let mut bundle = bundle_of("history", Some(total), entries);
+    bundle["link"] = json!([{"relation": "self", "url": format!("{base}/Consent/{id}/_history")}]);
+    let mut response = fhir_json(bundle);
     response.extensions_mut().insert(AuditDraft(audit));
     Ok(response)
 }
@@ -856,8 +860,11 @@ fn wants_json(format: &str) -> bool {
 async fn search_consents(
     State(state): State<AppState>,
     Extension(call): Extension<Call>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
     query: Result<axum::extract::Query<ConsentSearch>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, Failure> {
+    let base = fhir_base(&state, &headers);
     let mut audit = call.audit("search", Direction::Outbound);
     audit.resource_type = Some("Consent".into());
     let fail = |e: Error, a: &crate::audit::AuditEntry| Failure::new(e, a.clone());
@@ -925,7 +932,7 @@ async fn search_consents(
             .into_iter()
             .map(|c| {
                 json!({
-                    "fullUrl": format!("Consent/{}", c.version.id),
+                    "fullUrl": format!("{base}/Consent/{}", c.version.id),
                     "resource": c.resource,
                     "search": {"mode": "match"},
                 })
@@ -934,9 +941,38 @@ async fn search_consents(
     }
     audit.count = Some(entries.len());
     let total = entries.len();
-    let mut response = fhir_json(bundle_of("searchset", Some(total), entries));
+    let mut bundle = bundle_of("searchset", Some(total), entries);
+    // The search as it was understood: the query the client sent.
+    let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+    bundle["link"] = json!([{"relation": "self", "url": format!("{base}/Consent{query}")}]);
+    let mut response = fhir_json(bundle);
     response.extensions_mut().insert(AuditDraft(audit));
     Ok(response)
+}
+
+/// The FHIR base URL clients use: `public_base_url`, or this request's own host (a
+/// `Host` that is not a plain authority falls back to the listen address).
+fn fhir_base(state: &AppState, headers: &HeaderMap) -> String {
+    let config = &state.gateway.config;
+    if let Some(base) = &config.public_base_url {
+        return base.trim_end_matches('/').to_string();
+    }
+    // Behind the proxy, clients reached Hearth over TLS too.
+    let scheme = if config.tls.is_some() || config.proxy.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| {
+            !h.contains('@')
+                && h.parse::<axum::http::uri::Authority>()
+                    .is_ok_and(|a| a.as_str() == *h)
+        })
+        .map_or_else(|| config.listen.to_string(), str::to_string);
+    format!("{scheme}://{host}/fhir")
 }
 
 /// A Bundle of `kind`. FHIR JSON has no empty arrays: with no entries, `entry` is left out.
