@@ -197,10 +197,18 @@ impl Relay {
         let facts = fact_refs(&d.note);
         let ids = facts.iter().filter_map(|f| f.id.clone()).collect();
         let retired = g.store.retired_items(ids).await;
-        let labels: Vec<std::collections::BTreeSet<String>> = facts
+        let mut labels: Vec<std::collections::BTreeSet<String>> = facts
             .iter()
             .map(|f| f.labels.iter().cloned().collect())
             .collect();
+        // The labels the worker's own words carried (see `queue_note`).
+        if let Some(text) = d.note["text_labels"].as_array() {
+            labels.push(
+                text.iter()
+                    .filter_map(|l| l.as_str().map(str::to_string))
+                    .collect(),
+            );
+        }
         let decision = g
             .decide(
                 &call,
@@ -213,7 +221,8 @@ impl Relay {
             .await;
         let restricted = decision.as_ref().is_ok_and(|p| !p.withheld.is_empty());
         if restricted {
-            audit.reason = Some("a fact is now restricted by the tenant's consent".into());
+            audit.reason =
+                Some("a fact or the note's text is now restricted by the tenant's consent".into());
         }
         // Only a refusal stops a note; failing to read the consent (the store busy or
         // failing) is retried like a failed send.

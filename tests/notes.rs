@@ -493,6 +493,74 @@ async fn a_typed_fact_cannot_carry_restricted_detail_past_the_consent() {
     assert_eq!(c.status, 201, "{c:?}");
 }
 
+/// The worker's own words are held to the consent too. Under a consent that keeps
+/// substance use from the clinic, a note whose reason says "methadone" is refused at that
+/// field (the words are not quoted back) and nothing is queued; said without it, the note
+/// goes. A note already queued when such a restriction is recorded stops at delivery,
+/// as one carrying a now-restricted fact does.
+#[tokio::test]
+async fn a_notes_own_words_are_held_to_the_consent() {
+    let partner = Partner::start().await;
+    let app = ready(&partner).await;
+    let mut about_methadone = note(json!([]));
+    about_methadone["reason"] =
+        json!("Her Methadone dose changed at discharge; she is unsure of the new amount");
+    // Queued while the consent allows it, the partner down: its words' labels are kept.
+    partner.set(Mode::Down);
+    let queued = app
+        .post_json("/housing/notes", HOUSING, &about_methadone)
+        .await;
+    assert_eq!(queued.status, 201, "{queued:?}");
+    assert_eq!(
+        queued.body["note"]["text_labels"],
+        json!(["ETH", "SUD"]),
+        "{queued:?}"
+    );
+    let reference = queued.body["reference_id"].as_str().unwrap().to_string();
+    wait_for_attempts(&partner, 1).await;
+
+    let narrower = json!({"tenant_id": "T-1001", "share_with": [CLINIC_ID], "restrictions": ["substance-use"],
+        "valid_until": "2027-05-31", "signed_at": "2026-11-23T10:00:00Z"});
+    assert_eq!(
+        app.post_json("/housing/consents", HOUSING, &narrower)
+            .await
+            .status,
+        201
+    );
+    partner.set(Mode::Up);
+    app.clock.advance(time::Duration::minutes(5));
+    let t = wait_for_state(&app, &reference, "stopped").await;
+    assert!(last_error(&t).contains("restricted"), "{t}");
+    assert!(partner.created().is_empty());
+
+    let refused = app
+        .post_json("/housing/notes", HOUSING, &about_methadone)
+        .await;
+    assert_eq!(refused.status, 422, "{refused:?}");
+    assert_eq!(refused.error_expressions(), ["reason"]);
+    assert!(
+        !refused
+            .body
+            .to_string()
+            .to_lowercase()
+            .contains("methadone"),
+        "{refused:?}"
+    );
+    let mut in_the_action = note(json!([]));
+    in_the_action["requested_action"] = json!("Can her buprenorphine be delivered?");
+    let refused = app
+        .post_json("/housing/notes", HOUSING, &in_the_action)
+        .await;
+    assert_eq!(refused.error_expressions(), ["requested_action"]);
+    // Whole words only, and the plain note goes.
+    let mut plain = note(json!([]));
+    plain["reason"] =
+        json!("Her medication dose changed at discharge; she is unsure of the new amount");
+    let sent = app.post_json("/housing/notes", HOUSING, &plain).await;
+    assert_eq!(sent.status, 201, "{sent:?}");
+    assert!(sent.body["note"].get("text_labels").is_none(), "{sent:?}");
+}
+
 /// An emergency lets the clinic's own notice in past an expired consent; it does not
 /// carry on to the MCO the notice would be routed to, whose sharing the consent decides.
 #[tokio::test]

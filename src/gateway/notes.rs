@@ -183,7 +183,18 @@ impl Gateway {
         let facts = self.resolve_facts(&req.tenant_id, &req.facts).await?;
 
         // Consent for the receiving partner, now; the relay asks again before each attempt.
-        let labels = super::labels_of(&facts);
+        // The worker's own words count as two more items: "her methadone dose changed"
+        // is substance-use information whatever facts are attached.
+        let texts = [
+            ("reason", Some(req.reason.as_str())),
+            ("requested_action", req.requested_action.as_deref()),
+        ];
+        let text_labels: Vec<std::collections::BTreeSet<String>> = texts
+            .iter()
+            .map(|(_, t)| t.map(|t| self.mappings.text_labels(t)).unwrap_or_default())
+            .collect();
+        let mut labels = super::labels_of(&facts);
+        labels.extend(text_labels.iter().cloned());
         let permit = match self
             .decide(
                 call,
@@ -211,12 +222,18 @@ impl Gateway {
                 permit
                     .withheld
                     .iter()
-                    .map(|i| {
-                        Issue::error(
+                    .map(|&i| match i.checked_sub(facts.len()).and_then(|t| texts.get(t)) {
+                        // The words are the worker's own: not quoted back.
+                        Some((field, _)) => Issue::error(
+                            IssueCode::BusinessRule,
+                            format!("this text mentions information the tenant's consent withholds from {}; rephrase it without that", req.to),
+                        )
+                        .at(*field),
+                        None => Issue::error(
                             IssueCode::BusinessRule,
                             format!("the tenant's consent restricts this item for {}", req.to),
                         )
-                        .at(format!("facts[{i}]"))
+                        .at(format!("facts[{i}]")),
                     })
                     .collect(),
             ));
@@ -239,6 +256,15 @@ impl Gateway {
                 audit.clone(),
             )
             .await?;
+        // Kept with the note, so the relay's decision before each attempt counts the
+        // words too (a restriction recorded after the note was queued stops it).
+        let text_labels: std::collections::BTreeSet<String> =
+            text_labels.into_iter().flatten().collect();
+        let (mut note, mut new_note) = (note, new_note);
+        if !text_labels.is_empty() {
+            note["text_labels"] = json!(text_labels);
+            new_note.note["text_labels"] = json!(text_labels);
+        }
         *audit = new_note.audit.clone();
         self.store.queue_note(new_note).await?;
         Ok(note)

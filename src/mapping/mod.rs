@@ -456,6 +456,12 @@ impl Mappings {
         labels
     }
 
+    /// The labels free text carries by its words (`[[words]]` in sensitivity.toml): a
+    /// note's reason that says "methadone" is substance-use information.
+    pub fn text_labels(&self, text: &str) -> BTreeSet<String> {
+        self.sensitivity.text_labels(text)
+    }
+
     /// Which labels imply which broader ones (`[implies]` in sensitivity.toml).
     pub fn label_hierarchy(&self) -> &crate::consent::LabelHierarchy {
         &self.sensitivity.implies

@@ -229,6 +229,24 @@ pub struct Sensitivity {
     pub restrictions: BTreeMap<String, Vec<String>>,
     /// Narrow labels and the broader ones each belongs to (OPIOIDUD → SUD, ETH).
     pub implies: crate::consent::LabelHierarchy,
+    /// Words and phrases (normalised, see [`normalise_words`]) that mark free text a
+    /// worker types as carrying labels, and those labels.
+    pub by_words: Vec<(Vec<String>, Vec<String>)>,
+}
+
+/// Text as lowercase words separated by single spaces, padded with a space at each end,
+/// so a phrase matches only whole words: " methadone " is not found in "methadones".
+pub fn normalise_words(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push(' ');
+    for word in text
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+    {
+        out.extend(word.chars().flat_map(char::to_lowercase));
+        out.push(' ');
+    }
+    out
 }
 
 impl Sensitivity {
@@ -238,11 +256,28 @@ impl Sensitivity {
         crate::consent::widen(labels, &self.implies);
     }
 
+    /// The labels free text carries by the words it uses (`[[words]]`), widened.
+    pub fn text_labels(&self, text: &str) -> BTreeSet<String> {
+        let text = normalise_words(text);
+        let mut labels: BTreeSet<String> = self
+            .by_words
+            .iter()
+            .filter(|(words, _)| words.iter().any(|w| text.contains(w.as_str())))
+            .flat_map(|(_, l)| l.iter().cloned())
+            .collect();
+        self.widen(&mut labels);
+        labels
+    }
+
     /// Whether any rule or restriction names this label.
     pub fn names_label(&self, code: &str) -> bool {
         self.by_codes
             .iter()
             .any(|(_, l)| l.iter().any(|x| x == code))
+            || self
+                .by_words
+                .iter()
+                .any(|(_, l)| l.iter().any(|x| x == code))
             || self
                 .by_item
                 .iter()
@@ -540,9 +575,17 @@ pub fn parse_sensitivity(
     }
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
+    struct WordRule {
+        words: Vec<String>,
+        labels: Vec<String>,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
     struct File {
         #[serde(default)]
         codes: Vec<CodeRule>,
+        #[serde(default)]
+        words: Vec<WordRule>,
         #[serde(default)]
         items: Vec<ItemRule>,
         #[serde(default)]
@@ -561,6 +604,24 @@ pub fn parse_sensitivity(
             return Err(err(file, format!("no value set named `{}`", r.valueset)));
         }
         out.by_codes.push((r.valueset, r.labels));
+    }
+    for r in f.words {
+        let mut words = Vec::new();
+        for w in &r.words {
+            let normal = normalise_words(w);
+            // A blank entry would match every text.
+            if normal.trim().is_empty() {
+                return Err(err(
+                    file,
+                    format!("`{w}` in [[words]] has no letters or digits"),
+                ));
+            }
+            words.push(normal);
+        }
+        if r.labels.is_empty() {
+            return Err(err(file, "a [[words]] rule names no labels".to_string()));
+        }
+        out.by_words.push((words, r.labels));
     }
     for r in f.items {
         let kind = ItemKind::parse(&r.item)
@@ -647,5 +708,25 @@ mod tests {
         assert!(parse_sensitivity("sensitivity.toml", &rule("flag"), &sets).is_ok());
         let e = parse_sensitivity("sensitivity.toml", &rule("flags"), &sets).unwrap_err();
         assert!(e.message.contains("has no field `flags`"), "{e}");
+    }
+
+    /// Words match whole words in any case, phrases their words in order across any
+    /// punctuation, and carry the labels they imply; a blank word is refused, since it
+    /// would match every text.
+    #[test]
+    fn free_text_carries_the_labels_of_the_words_it_uses() {
+        let sets = ValueSets::default();
+        let file = "[[words]]\nlabels = [\"OPIOIDUD\"]\nwords = [\"methadone\", \"drug use\"]\n[implies]\nOPIOIDUD = [\"SUD\"]\n";
+        let s = parse_sensitivity("sensitivity.toml", file, &sets).unwrap();
+        let labels = |t: &str| s.text_labels(t).into_iter().collect::<Vec<_>>();
+        assert_eq!(labels("Her METHADONE dose changed."), ["OPIOIDUD", "SUD"]);
+        assert_eq!(
+            labels("history of drug-use, now stable"),
+            ["OPIOIDUD", "SUD"]
+        );
+        assert!(labels("methadones; drug user; use of drugs").is_empty());
+        let blank = "[[words]]\nlabels = [\"SUD\"]\nwords = [\" - \"]\n";
+        let e = parse_sensitivity("sensitivity.toml", blank, &sets).unwrap_err();
+        assert!(e.message.contains("no letters or digits"), "{e}");
     }
 }
