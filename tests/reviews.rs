@@ -90,6 +90,35 @@ async fn a_review_is_recorded_as_a_careplan_only_its_team_and_auditors_can_read(
     );
 }
 
+/// A review's actions go to every partner that attended: under a consent that keeps
+/// substance use from them, an action that names the tenant's methadone is refused at
+/// that action (not quoted back); said without it, the review is recorded.
+#[tokio::test]
+async fn a_review_action_cannot_say_what_the_consent_withholds() {
+    let app = spawn_app().await;
+    team_consents(&app).await;
+    let mut slip = review();
+    slip["decisions"][1]["action"] =
+        json!("Falls clinic referral and a review of her methadone dose");
+    let refused = app
+        .post_json("/housing/reviews", HOUSING_REVIEW, &slip)
+        .await;
+    assert_eq!(refused.status, 422, "{refused:?}");
+    assert_eq!(refused.error_expressions(), ["decisions[1].action"]);
+    assert!(
+        !refused
+            .body
+            .to_string()
+            .to_lowercase()
+            .contains("methadone"),
+        "{refused:?}"
+    );
+    let plain = app
+        .post_json("/housing/reviews", HOUSING_REVIEW, &review())
+        .await;
+    assert_eq!(plain.status, 201, "{plain:?}");
+}
+
 #[tokio::test]
 async fn the_high_risk_register_lists_reviews_falling_due() {
     let app = spawn_app().await;

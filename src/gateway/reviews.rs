@@ -248,13 +248,44 @@ impl Gateway {
                 audit,
             )?;
         }
+        // Each decision's action is free text every attendee receives: its words carry
+        // labels as a note's do, and a consent that withholds them from an attendee
+        // refuses the review at that action.
+        let action_labels: Vec<std::collections::BTreeSet<String>> = review
+            .decisions
+            .iter()
+            .map(|d| self.mappings.text_labels(&d.action))
+            .collect();
         for (i, partner) in review.attendees.iter().enumerate() {
             if self.is_housing(partner) {
                 continue;
             }
-            if let Err(refused) =
-                self.decide_with(call, &context, Flow::Outbound, partner, &[], audit)
+            let decided = self.decide_with(
+                call,
+                &context,
+                Flow::Outbound,
+                partner,
+                &action_labels,
+                audit,
+            );
+            if let Ok(permit) = &decided
+                && !permit.withheld.is_empty()
             {
+                return Err(Error::Invalid(
+                    permit
+                        .withheld
+                        .iter()
+                        .map(|&d| {
+                            Issue::error(
+                                IssueCode::BusinessRule,
+                                format!("this action mentions information the tenant's consent withholds from {partner}; rephrase it without that"),
+                            )
+                            .at(written.at(Field::Action(d)))
+                        })
+                        .collect(),
+                ));
+            }
+            if let Err(refused) = decided {
                 return Err(if self.is_housing(&call.principal.org) {
                     Error::Invalid(vec![
                         Issue::error(
