@@ -452,6 +452,14 @@ impl Mappings {
                 labels.extend(item_labels.iter().cloned());
             }
         }
+        // And for the words it uses: a medication coded at product level (a brand, a
+        // strength) that no value set lists is still substance-use treatment when its
+        // name says buprenorphine.
+        let mut texts = Vec::new();
+        strings_in(fields.values(), &mut texts);
+        for text in texts {
+            labels.extend(self.sensitivity.text_labels(text));
+        }
         self.sensitivity.widen(&mut labels);
         labels
     }
@@ -506,6 +514,18 @@ const LABEL_SYSTEMS: &[&str] = &[
     "http://terminology.hl7.org/CodeSystem/v3-ActCode",
     "http://terminology.hl7.org/CodeSystem/v3-Confidentiality",
 ];
+
+/// Every string among `values`, however deeply nested.
+fn strings_in<'a>(values: impl Iterator<Item = &'a Value>, out: &mut Vec<&'a str>) {
+    for v in values {
+        match v {
+            Value::String(s) => out.push(s),
+            Value::Array(a) => strings_in(a.iter(), out),
+            Value::Object(o) => strings_in(o.values(), out),
+            _ => {}
+        }
+    }
+}
 
 /// HL7 confidentiality and sensitivity codes Hearth recognises in `meta.security`,
 /// besides those `sensitivity.toml` names.
@@ -860,6 +880,32 @@ mod tests {
         };
         assert_eq!(m.medication, "Methadone 10 mg/mL oral solution");
         assert!(t.items[0].labels.contains("SUD"), "{:?}", t.items[0].labels);
+    }
+
+    /// A medication coded at product level, which no value set lists, is labelled by its
+    /// name: "buprenorphine" is substance-use treatment whatever the code.
+    #[test]
+    fn a_medication_no_value_set_lists_is_labelled_by_its_name() {
+        let mut r = med_notice(json!({}));
+        r["contained"][0]["medicationCodeableConcept"] = json!({
+            "text": "Buprenorphine 8 MG / Naloxone 2 MG Sublingual Film",
+            "coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "1010600"}]
+        });
+        let t = mappings().translate(&r);
+        assert!(t.problems.is_empty(), "{:?}", t.problems);
+        let DatasetItem::MedicationChange(m) = &t.items[0].item else {
+            panic!("expected a medication change")
+        };
+        assert_eq!(
+            m.medication,
+            "Buprenorphine 8 MG / Naloxone 2 MG Sublingual Film"
+        );
+        assert!(t.items[0].labels.contains("SUD"), "{:?}", t.items[0].labels);
+        // A name no word list knows, under a code no value set lists: no label.
+        r["contained"][0]["medicationCodeableConcept"]["text"] =
+            json!("Amlodipine 5 MG Oral Tablet");
+        let t = mappings().translate(&r);
+        assert!(t.items[0].labels.is_empty(), "{:?}", t.items[0].labels);
     }
 
     /// Housing reads one appointment status vocabulary whether the appointment came as
