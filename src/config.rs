@@ -488,11 +488,16 @@ impl Config {
         }
         if let Some(url) = &self.public_base_url {
             let parsed = reqwest::Url::parse(url).context("public_base_url")?;
+            // Exactly as written (it is copied into every Bundle): no stray spaces the
+            // parser would forgive, and no credentials to hand out.
             anyhow::ensure!(
                 matches!(parsed.scheme(), "http" | "https")
                     && parsed.query().is_none()
-                    && parsed.fragment().is_none(),
-                "public_base_url {url} must be an http(s) address without query or fragment"
+                    && parsed.fragment().is_none()
+                    && parsed.username().is_empty()
+                    && parsed.password().is_none()
+                    && !url.contains(char::is_whitespace),
+                "public_base_url {url} must be an http(s) address without credentials, query or fragment"
             );
         }
         for p in &self.partners {
@@ -855,6 +860,8 @@ mod tests {
             "hearth.example.org/fhir",
             "ftp://h/fhir",
             "https://h/fhir?x=1",
+            "https://user:pw@h/fhir",
+            " https://h/fhir",
         ] {
             let err = with(bad).unwrap_err();
             assert!(

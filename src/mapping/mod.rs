@@ -882,6 +882,41 @@ mod tests {
         assert!(t.items[0].labels.contains("SUD"), "{:?}", t.items[0].labels);
     }
 
+    /// The shipped word list reads housing's everyday words as housing's, and the plain
+    /// clinical slips as what they are.
+    #[test]
+    fn the_word_list_leaves_housing_phrases_unlabelled() {
+        let m = mappings();
+        for housing in [
+            "Unit rehab works start Monday",
+            "Hallway sectioned off for repairs",
+            "Std tenancy agreement, 12 months",
+            "Referred to the council's housing crisis team",
+            "Alcohol-free scheme; naloxone kit kept in the office",
+            "Depression in the kitchen floor near the door",
+            "Mobility aids fitted; crack in the bedroom ceiling",
+            "Benefit withdrawal appeal pending",
+            "Gambling addiction support leaflet given",
+            "Email: std.rehab@housing.example",
+        ] {
+            assert!(
+                m.text_labels(housing).is_empty(),
+                "{housing}: {:?}",
+                m.text_labels(housing)
+            );
+        }
+        for (clinical, label) in [
+            ("Her methadone dose changed", "SUD"),
+            ("Recent overdose, now home", "SUD"),
+            ("Drinking problem getting worse", "ETH"),
+            ("Started antiretrovirals last month", "HIV"),
+            ("Under the community mental health team", "PSY"),
+            ("Pregnant, due in March", "SEX"),
+        ] {
+            assert!(m.text_labels(clinical).contains(label), "{clinical}");
+        }
+    }
+
     /// A medication coded at product level, which no value set lists, is labelled by its
     /// name: "buprenorphine" is substance-use treatment whatever the code.
     #[test]
