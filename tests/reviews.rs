@@ -92,7 +92,8 @@ async fn a_review_is_recorded_as_a_careplan_only_its_team_and_auditors_can_read(
 
 /// A review's actions go to every partner that attended: under a consent that keeps
 /// substance use from them, an action that names the tenant's methadone is refused at
-/// that action (not quoted back); said without it, the review is recorded.
+/// that action (not quoted back); said without it, the review is recorded. A partner
+/// recording it learns nothing of the restriction.
 #[tokio::test]
 async fn a_review_action_cannot_say_what_the_consent_withholds() {
     let app = spawn_app().await;
@@ -117,6 +118,21 @@ async fn a_review_action_cannot_say_what_the_consent_withholds() {
         .post_json("/housing/reviews", HOUSING_REVIEW, &review())
         .await;
     assert_eq!(plain.status, 201, "{plain:?}");
+    // A partner on the team recording the same slip is told what it is told for any
+    // refusal: not which category the tenant withholds, nor from whom. The audit keeps why.
+    let mut clinic_slip = slip.clone();
+    clinic_slip["attendees"] = json!(["northside-housing", "riverside-clinic"]);
+    clinic_slip["decisions"] = json!([slip["decisions"][1], slip["decisions"][2]]);
+    let by_clinic = app
+        .post_json("/housing/reviews", CLINIC_REVIEW, &clinic_slip)
+        .await;
+    assert_eq!(by_clinic.status, 403, "{by_clinic:?}");
+    assert_eq!(
+        by_clinic.body["issue"][0]["diagnostics"],
+        hearth::error::NO_AGREEMENT
+    );
+    let record = app.audit_record(&by_clinic.reference_id()).await;
+    assert_eq!(record["reason"], "text-withheld-by-consent", "{record}");
 }
 
 #[tokio::test]

@@ -236,26 +236,33 @@ impl Gateway {
         // is told which one; a partner gets the same refusal as for any exchange.
         let context = self.store.consent_context(&review.tenant_id).await?;
         let seen = ConsentsSeen::of(&context, !self.config.consent.share_while_renewal_due);
-        // A partner recording a review tells housing (and the team) what it decided: that
-        // needs the tenant's consent for it to send, as a notice would.
-        if !self.is_housing(&call.principal.org) {
-            self.decide_with(
-                call,
-                &context,
-                Flow::Inbound,
-                &call.principal.org,
-                &[],
-                audit,
-            )?;
-        }
         // Each decision's action is free text every attendee receives: its words carry
-        // labels as a note's do, and a consent that withholds them from an attendee
-        // refuses the review at that action.
+        // labels as a note's do.
         let action_labels: Vec<std::collections::BTreeSet<String>> = review
             .decisions
             .iter()
             .map(|d| self.mappings.text_labels(&d.action))
             .collect();
+        let from_housing = self.is_housing(&call.principal.org);
+        // A partner is told no more than for any exchange: what the tenant withholds, and
+        // from whom, stays with housing (and in the audit).
+        let opaque = || Error::Forbidden(crate::error::NO_AGREEMENT.into());
+        // A partner recording a review tells housing (and the team) what it decided: that
+        // needs the tenant's consent for it to send, as a notice would, its words included.
+        if !from_housing {
+            let permit = self.decide_with(
+                call,
+                &context,
+                Flow::Inbound,
+                &call.principal.org,
+                &action_labels,
+                audit,
+            )?;
+            if !permit.withheld.is_empty() {
+                audit.reason = Some("text-withheld-by-consent".into());
+                return Err(opaque());
+            }
+        }
         for (i, partner) in review.attendees.iter().enumerate() {
             if self.is_housing(partner) {
                 continue;
@@ -268,35 +275,37 @@ impl Gateway {
                 &action_labels,
                 audit,
             );
-            if let Ok(permit) = &decided
-                && !permit.withheld.is_empty()
-            {
-                return Err(Error::Invalid(
-                    permit
-                        .withheld
-                        .iter()
-                        .map(|&d| {
-                            Issue::error(
-                                IssueCode::BusinessRule,
-                                format!("this action mentions information the tenant's consent withholds from {partner}; rephrase it without that"),
-                            )
-                            .at(written.at(Field::Action(d)))
-                        })
-                        .collect(),
-                ));
-            }
-            if let Err(refused) = decided {
-                return Err(if self.is_housing(&call.principal.org) {
-                    Error::Invalid(vec![
+            match decided {
+                Ok(permit) if permit.withheld.is_empty() => {}
+                Ok(permit) if from_housing => {
+                    return Err(Error::Invalid(
+                        permit
+                            .withheld
+                            .iter()
+                            .map(|&d| {
+                                Issue::error(
+                                    IssueCode::BusinessRule,
+                                    format!("this action mentions information the tenant's consent withholds from {partner}; rephrase it without that"),
+                                )
+                                .at(written.at(Field::Action(d)))
+                            })
+                            .collect(),
+                    ));
+                }
+                Ok(_) => {
+                    audit.reason = Some("text-withheld-by-consent".into());
+                    return Err(opaque());
+                }
+                Err(_) if from_housing => {
+                    return Err(Error::Invalid(vec![
                         Issue::error(
                             IssueCode::BusinessRule,
                             format!("the tenant's consent does not cover sharing with {partner} now, so it cannot be sent this review"),
                         )
                         .at(written.at(Field::Attendee(i))),
-                    ])
-                } else {
-                    refused
-                });
+                    ]));
+                }
+                Err(refused) => return Err(refused),
             }
         }
         let id = call.reference_id.to_string();
