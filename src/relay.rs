@@ -201,21 +201,39 @@ impl Relay {
             .iter()
             .map(|f| f.labels.iter().cloned().collect())
             .collect();
-        // The labels the worker's own words carried (see `queue_note`).
-        if let Some(text) = d.note["text_labels"].as_array() {
-            labels.push(
-                text.iter()
-                    .filter_map(|l| l.as_str().map(str::to_string))
-                    .collect(),
-            );
+        // The labels the worker's own words carry (see `queue_note`): those kept with the
+        // note, and those the word list finds now (a note queued before a word was
+        // listed, or before this check existed, is held to it too).
+        let mut text: std::collections::BTreeSet<String> = d.note["text_labels"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|l| l.as_str().map(str::to_string))
+            .collect();
+        for field in ["reason", "requested_action"] {
+            if let Some(t) = d.note[field].as_str() {
+                text.extend(g.mappings.text_labels(t));
+            }
         }
+        if !text.is_empty() {
+            labels.push(text);
+        }
+        let ids: Vec<&str> = facts
+            .iter()
+            .map(|f| f.id.as_deref().unwrap_or_default())
+            .chain(std::iter::repeat_n("", labels.len() - facts.len()))
+            .collect();
+        let held = crate::gateway::Held {
+            ids: &ids,
+            labels: &labels,
+        };
         let decision = g
-            .decide(
+            .decide_held(
                 &call,
                 &d.tenant,
                 Flow::Outbound,
                 &d.partner,
-                &labels,
+                held,
                 &mut audit,
             )
             .await;

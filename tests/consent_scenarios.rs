@@ -1339,7 +1339,12 @@ async fn a_restriction_can_hold_for_one_partner_only() {
 /// and the feed from then on, as a restriction for every partner would hide it.
 #[tokio::test]
 async fn a_restriction_on_what_a_partner_sends_hides_what_it_already_sent() {
-    let app = spawn_app().await;
+    // Partners with an endpoint, so a note to the MCO is judged on its facts (nothing is
+    // queued in this test: the endpoint is never reached).
+    let data = tempfile::tempdir().unwrap();
+    let config = test_config_with(data.path(), Some("http://127.0.0.1:9/fhir"));
+    hearth::tls::install_crypto_provider();
+    let app = spawn_configured(data, config, reqwest::Client::new(), "http").await;
     app.register_tenant().await;
     assert_eq!(
         record(&app, share_with(&[CLINIC_ID, MCO_ID])).await.status,
@@ -1359,7 +1364,12 @@ async fn a_restriction_on_what_a_partner_sends_hides_what_it_already_sent() {
             .map(|i| i["item"].as_str().unwrap().to_string())
             .collect()
     };
-    assert!(kinds(&housing_items(&app).await).contains(&"medication_change".to_string()));
+    let held = housing_items(&app).await;
+    let medication = held
+        .iter()
+        .find(|i| i["item"] == "medication_change")
+        .expect("housing holds the clinic's medication change");
+    let medication_id = medication["id"].as_str().unwrap().to_string();
     let before = feed(&app).await;
     assert!(
         before.iter().all(|e| e["restricted"].is_null()),
@@ -1402,6 +1412,24 @@ async fn a_restriction_on_what_a_partner_sends_hides_what_it_already_sent() {
     let hidden: Vec<&Value> = after.iter().filter(|e| e["restricted"] == true).collect();
     assert!(!hidden.is_empty(), "{after:?}");
     assert!(hidden.iter().all(|e| e.get("item").is_none()), "{hidden:?}");
+    // Nor does housing pass it on: the preview for the MCO holds it back, and a note
+    // cannot attach it.
+    let preview = app
+        .get(
+            &format!("/housing/tenants/T-1001/preview?partner={MCO_ID}"),
+            HOUSING,
+        )
+        .await;
+    assert!(
+        !kinds(preview.body["would_receive"].as_array().unwrap())
+            .contains(&"medication_change".to_string()),
+        "{preview:?}"
+    );
+    let note = json!({"tenant_id": "T-1001", "to": MCO_ID, "reason": "Please check in with her this week",
+        "facts": [{"item_id": medication_id}]});
+    let attached = app.post_json("/housing/notes", HOUSING, &note).await;
+    assert_eq!(attached.status, 422, "{attached:?}");
+    assert_eq!(attached.error_expressions(), ["facts[0]"]);
 }
 
 /// The tenant has since asked that substance-use details stay private: before the worker

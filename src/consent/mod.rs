@@ -192,9 +192,10 @@ pub struct ExchangeRequest<'a> {
     pub purpose: &'a str,
     /// The security labels of each dataset item involved.
     pub item_labels: &'a [BTreeSet<String>],
-    /// Housing use only: the partner that sent each item, where known (empty when no
-    /// restriction needs it). A restriction on what that partner sends (actor INF) hides
-    /// the items it sent before the restriction was added, as it would have at intake.
+    /// Housing use and outbound: the partner that sent each item, where known (empty when
+    /// no restriction needs it). A restriction on what that partner sends (actor INF)
+    /// withholds the items it sent before the restriction was added, from housing's view
+    /// and from whatever housing passes on, as it would have at intake.
     pub item_senders: &'a [Option<PartnerId>],
     pub at: OffsetDateTime,
     /// Whether the tenant's consent is marked renewal-due, and whether the site blocks
@@ -389,23 +390,28 @@ pub fn decide(consents: &[ConsentVersion], req: &ExchangeRequest) -> Decision {
     let governing = governing(consents);
     let citation = governing.map(ConsentVersion::citation);
     // Restrictions the tenant stated hold on every permit, an emergency's included.
-    let permit = |break_glass| Decision::Permit {
-        withheld: withheld_labels(
+    let permit = |break_glass| {
+        let mut withheld = withheld_labels(
             &governing.map_or_else(Default::default, |c| denied_for(&c.terms, req)),
             req.item_labels,
             req.label_hierarchy,
-        ),
-        consent: citation.clone(),
-        break_glass,
-    };
-    if req.flow == Flow::HousingUse {
-        let mut decision = permit(false);
-        if let (Some(c), Decision::Permit { withheld, .. }) = (governing, &mut decision) {
+        );
+        // What a partner may not send housing is not housing's to read or pass on.
+        if req.flow != Flow::Inbound
+            && let Some(c) = governing
+        {
             withheld.extend(withheld_from_senders(&c.terms, req));
             withheld.sort_unstable();
             withheld.dedup();
         }
-        return decision;
+        Decision::Permit {
+            withheld,
+            consent: citation.clone(),
+            break_glass,
+        }
+    };
+    if req.flow == Flow::HousingUse {
+        return permit(false);
     }
     let refusal = match governing {
         None => Some(DenyReason::NoConsent),
@@ -722,6 +728,18 @@ mod tests {
         // The MCO's SUD item is withheld; its unlabelled one, the clinic's SUD item and
         // an item whose sender is unknown are not.
         assert_eq!(read(&t, vec![mco.clone(), mco, clinic, None]), [0]);
+        // Nor does housing pass it on to another partner.
+        let a = Ask {
+            flow: Flow::Outbound,
+            partner: "clinic",
+            labels: vec![sud()],
+            senders: vec![Some(PartnerId::new("mco"))],
+            ..Ask::default()
+        };
+        assert!(matches!(
+            ask(&[version("c", 1, t.clone())], a),
+            Decision::Permit { withheld, .. } if withheld == [0]
+        ));
         // A restriction on what the MCO receives does not touch housing's reads.
         t.partner_denials[0].receiving = true;
         assert_eq!(

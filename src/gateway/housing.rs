@@ -51,26 +51,19 @@ impl Gateway {
         let (ids, labels): (Vec<&str>, Vec<BTreeSet<String>>) = items
             .map(|(id, l)| (id, l.iter().cloned().collect()))
             .unzip();
-        let context = self.store.consent_context(tenant).await?;
-        // Who sent each item matters only to a restriction on what a partner sends
-        // (rare), so the store is asked only then.
-        let by_sender = consent::governing(&context.consents)
-            .is_some_and(|c| c.terms.partner_denials.iter().any(|d| !d.receiving));
-        let senders = if by_sender {
-            let ids = ids.iter().map(|id| id.to_string()).collect();
-            self.store.item_senders(ids).await?
-        } else {
-            Vec::new()
-        };
-        let permit = self.decide_items(
-            call,
-            &context,
-            Flow::HousingUse,
-            &call.principal.org,
-            &labels,
-            &senders,
-            audit,
-        )?;
+        let permit = self
+            .decide_held(
+                call,
+                tenant,
+                Flow::HousingUse,
+                &call.principal.org,
+                super::Held {
+                    ids: &ids,
+                    labels: &labels,
+                },
+                audit,
+            )
+            .await?;
         Ok(permit.withheld)
     }
 
@@ -293,20 +286,25 @@ impl Gateway {
             .map(|i| i.labels.iter().cloned().collect())
             .collect();
         // The same decision a delivery would get, without break-glass: a preview is routine.
-        let context = self.store.consent_context(tenant).await?;
         let routine = Call {
             break_glass: None,
             ..call.clone()
         };
         let mut scratch = routine.audit("preview", crate::audit::Direction::Internal);
-        let decision = self.decide_with(
-            &routine,
-            &context,
-            Flow::Outbound,
-            partner,
-            &labels,
-            &mut scratch,
-        );
+        let ids: Vec<&str> = items.iter().map(|i| i.id.as_str()).collect();
+        let decision = self
+            .decide_held(
+                &routine,
+                tenant,
+                Flow::Outbound,
+                partner,
+                super::Held {
+                    ids: &ids,
+                    labels: &labels,
+                },
+                &mut scratch,
+            )
+            .await;
         Ok(match decision {
             Ok(super::Permit { consent, withheld }) => {
                 let (kept, held): (Vec<_>, Vec<_>) = items
@@ -321,13 +319,15 @@ impl Gateway {
                     "withheld": held.into_iter().map(|(_, i)| json!({"id": i.id, "item": i.item.kind(), "labels": i.labels})).collect::<Vec<_>>(),
                 })
             }
-            Err(_) => json!({
+            Err(Error::Forbidden(_)) => json!({
                 "partner": partner,
                 "decision": "deny",
                 "reason": scratch.reason,
                 "consent": scratch.consent,
                 "would_receive": [],
             }),
+            // The consent could not be read: that is no decision to preview.
+            Err(e) => return Err(e),
         })
     }
 }

@@ -205,7 +205,42 @@ impl Gateway {
         self.decide_items(call, context, flow, partner, item_labels, &[], audit)
     }
 
-    /// [`Gateway::decide_with`], knowing who sent each item (housing's own reads).
+    /// [`Gateway::decide`] for items housing holds, each named by its item id (empty for
+    /// text that is no stored item): a restriction on what the partner that sent an item
+    /// may send (INF) withholds it too, from housing's own reads and from whatever
+    /// housing passes on.
+    pub async fn decide_held(
+        &self,
+        call: &Call,
+        tenant: &TenantId,
+        flow: Flow,
+        partner: &PartnerId,
+        held: Held<'_>,
+        audit: &mut AuditEntry,
+    ) -> Result<Permit, Error> {
+        let context = self.store.consent_context(tenant).await?;
+        let senders = self.senders_of(&context, held.ids).await?;
+        self.decide_items(call, &context, flow, partner, held.labels, &senders, audit)
+    }
+
+    /// Who sent each of `item_ids`, when the tenant's governing consent restricts what a
+    /// partner sends; otherwise nothing (such a restriction is rare, the lookup is not
+    /// free).
+    async fn senders_of(
+        &self,
+        context: &crate::store::ConsentContext,
+        item_ids: &[&str],
+    ) -> Result<Vec<Option<PartnerId>>, Error> {
+        let by_sender = consent::governing(&context.consents)
+            .is_some_and(|c| c.terms.partner_denials.iter().any(|d| !d.receiving));
+        if !by_sender {
+            return Ok(Vec::new());
+        }
+        let ids = item_ids.iter().map(|id| id.to_string()).collect();
+        Ok(self.store.item_senders(ids).await?)
+    }
+
+    /// [`Gateway::decide_with`], knowing who sent each item.
     #[allow(clippy::too_many_arguments)]
     fn decide_items(
         &self,
@@ -252,6 +287,12 @@ impl Gateway {
             }
         }
     }
+}
+
+/// Items housing holds, for [`Gateway::decide_held`]: each one's item id and labels.
+pub struct Held<'a> {
+    pub ids: &'a [&'a str],
+    pub labels: &'a [std::collections::BTreeSet<String>],
 }
 
 /// Every check that needs no store: the profile, and (for anything but a Bundle) that

@@ -195,15 +195,19 @@ impl Gateway {
             .collect();
         let mut labels = super::labels_of(&facts);
         labels.extend(text_labels.iter().cloned());
+        // The facts by item id (a restriction on what their sender may send holds them
+        // back too); the two texts are no stored item.
+        let ids: Vec<&str> = facts
+            .iter()
+            .map(|f| f.id.as_str())
+            .chain(["", ""])
+            .collect();
+        let held = super::Held {
+            ids: &ids,
+            labels: &labels,
+        };
         let permit = match self
-            .decide(
-                call,
-                &req.tenant_id,
-                Flow::Outbound,
-                &req.to,
-                &labels,
-                audit,
-            )
+            .decide_held(call, &req.tenant_id, Flow::Outbound, &req.to, held, audit)
             .await
         {
             Ok(p) => p,
