@@ -135,6 +135,62 @@ async fn a_review_action_cannot_say_what_the_consent_withholds() {
     assert_eq!(record["reason"], "text-withheld-by-consent", "{record}");
 }
 
+/// A restriction recorded after a review holds when a partner reads it: the action
+/// that names the tenant's methadone is withheld from the clinic, in the review and its
+/// CarePlan; the auditor still reads what was recorded.
+#[tokio::test]
+async fn a_restriction_recorded_later_withholds_a_review_action_from_partners() {
+    let app = spawn_app().await;
+    app.register_tenant().await;
+    let consent = |restrictions: Value| {
+        json!({"tenant_id": "T-1001", "share_with": ["riverside-clinic", "bayview-health-plan"],
+            "restrictions": restrictions, "valid_until": "2027-05-31", "signed_at": "2026-11-23T09:00:00Z"})
+    };
+    let recorded = app
+        .post_json("/housing/consents", HOUSING, &consent(json!([])))
+        .await;
+    assert_eq!(recorded.status, 201, "{recorded:?}");
+    let mut r = review();
+    r["decisions"][1]["action"] = json!("Falls clinic referral and a review of her methadone dose");
+    let a = app.post_json("/housing/reviews", HOUSING_REVIEW, &r).await;
+    assert_eq!(a.status, 201, "{a:?}");
+    let id = a.body["id"].as_str().unwrap().to_string();
+    let narrower = app
+        .post_json(
+            "/housing/consents",
+            HOUSING,
+            &consent(json!(["substance-use"])),
+        )
+        .await;
+    assert_eq!(narrower.status, 201, "{narrower:?}");
+
+    let read = app
+        .get(&format!("/housing/reviews/{id}"), CLINIC_REVIEW)
+        .await;
+    assert_eq!(read.status, 200, "{read:?}");
+    assert!(
+        !read.body.to_string().to_lowercase().contains("methadone"),
+        "{read:?}"
+    );
+    assert_eq!(
+        read.body["review"]["decisions"][0]["action"], r["decisions"][0]["action"],
+        "other actions are read as recorded"
+    );
+    let fhir = app
+        .get(&format!("/fhir/CarePlan/{id}"), CLINIC_REVIEW)
+        .await;
+    assert_eq!(fhir.status, 200, "{fhir:?}");
+    assert!(
+        !fhir.body.to_string().to_lowercase().contains("methadone"),
+        "{fhir:?}"
+    );
+    let audited = app.get(&format!("/housing/reviews/{id}"), AUDITOR).await;
+    assert!(
+        audited.body.to_string().contains("methadone"),
+        "{audited:?}"
+    );
+}
+
 #[tokio::test]
 async fn the_high_risk_register_lists_reviews_falling_due() {
     let app = spawn_app().await;

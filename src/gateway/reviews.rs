@@ -469,32 +469,52 @@ impl Gateway {
         self.config.housing().is_some_and(|p| &p.id == org)
     }
 
-    /// Refuses (403) a caller who may not read review `r`: one off its team, or a partner
-    /// on it that the tenant's consent no longer covers (revoked, expired, narrowed).
-    pub async fn may_read_review(
+    /// Review `r` as `call` may read it. Refuses (403) a caller off its team, or a partner
+    /// on it that the tenant's consent no longer covers (revoked, expired, narrowed). A
+    /// partner reads each action under the consent as it stands now: an action whose
+    /// words the consent has since come to withhold from it is replaced by a note saying
+    /// so, in the review and in its CarePlan.
+    pub async fn read_review(
         &self,
         call: &Call,
-        r: &StoredReview,
+        mut r: StoredReview,
         audit: &mut AuditEntry,
-    ) -> Result<(), Error> {
-        if !self.may_see_review(call, r) {
+    ) -> Result<StoredReview, Error> {
+        if !self.may_see_review(call, &r) {
             return Err(Error::Forbidden(
                 "joint case review notes are for the tenant's review team and auditors".into(),
             ));
         }
         if self.partner_reads(call) {
-            let partner = &call.principal.org;
-            self.decide(
-                call,
-                &r.review.tenant_id,
-                Flow::Outbound,
-                partner,
-                &[],
-                audit,
-            )
-            .await?;
+            let labels: Vec<std::collections::BTreeSet<String>> = r
+                .review
+                .decisions
+                .iter()
+                .map(|d| self.mappings.text_labels(&d.action))
+                .collect();
+            let permit = self
+                .decide(
+                    call,
+                    &r.review.tenant_id,
+                    Flow::Outbound,
+                    &call.principal.org,
+                    &labels,
+                    audit,
+                )
+                .await?;
+            if !permit.withheld.is_empty() {
+                for &i in &permit.withheld {
+                    r.review.decisions[i].action = WITHHELD_ACTION.into();
+                }
+                r.careplan = review_careplan(
+                    &r.id,
+                    &r.review,
+                    &self.config.tenancy.identifier_system,
+                    &r.recorded_at,
+                );
+            }
         }
-        Ok(())
+        Ok(r)
     }
 
     /// A review member of a partner organisation (not housing): what it reads of a
@@ -553,6 +573,9 @@ impl Gateway {
             .collect())
     }
 }
+
+/// What a partner reads in place of an action the tenant's consent withholds from it.
+const WITHHELD_ACTION: &str = "(withheld under the tenant's consent)";
 
 /// Whether a CarePlan is a joint case review.
 pub fn is_review(careplan: &Value) -> bool {

@@ -304,7 +304,8 @@ async fn read(
     {
         audit.resource_type = Some("CarePlan".into());
         audit.tenant = Some(review.review.tenant_id.clone());
-        g.may_read_review(&call, &review, &mut audit)
+        let review = g
+            .read_review(&call, review, &mut audit)
             .await
             .map_err(|e| Failure::new(e, audit.clone()))?;
         let mut response = fhir_json(review.careplan);

@@ -69,9 +69,9 @@ async fn read(
         .map_err(|e| Failure::new(e.into(), audit.clone()))?
         .ok_or_else(|| Failure::new(Error::NotFound(format!("no review {id}")), audit.clone()))?;
     audit.tenant = Some(review.review.tenant_id.clone());
-    state
+    let review = state
         .gateway
-        .may_read_review(&call, &review, &mut audit)
+        .read_review(&call, review, &mut audit)
         .await
         .map_err(|e| Failure::new(e, audit.clone()))?;
     let mut response =
