@@ -215,6 +215,7 @@ impl Relay {
                 text.extend(g.mappings.text_labels(t));
             }
         }
+        let text_labels = text.clone();
         if !text.is_empty() {
             labels.push(text);
         }
@@ -295,6 +296,15 @@ impl Relay {
                     // What the partner now holds: the accounting of disclosures counts
                     // deliveries, not notes queued.
                     audit.items_written = facts;
+                    // A worker's note shares its own words too, with what they carry (a
+                    // forward's covering line says nothing about the tenant).
+                    if d.note.get("forward_of").is_none() {
+                        audit.items_written.push(crate::audit::ItemRef {
+                            kind: crate::gateway::notes::NOTE_TEXT.into(),
+                            id: None,
+                            labels: text_labels.iter().cloned().collect(),
+                        });
+                    }
                     AttemptResult::Delivered
                 }
                 Ok(status) if (400..500).contains(&status) && status != 408 && status != 429 => {

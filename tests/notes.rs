@@ -559,6 +559,24 @@ async fn a_notes_own_words_are_held_to_the_consent() {
     let sent = app.post_json("/housing/notes", HOUSING, &plain).await;
     assert_eq!(sent.status, 201, "{sent:?}");
     assert!(sent.body["note"].get("text_labels").is_none(), "{sent:?}");
+    // Delivered, it is in the tenant's accounting of disclosures though it carries no
+    // fact: the worker's words about her were shared.
+    let reference = sent.body["reference_id"].as_str().unwrap();
+    wait_for_state(&app, reference, "delivered").await;
+    let listed = app
+        .get("/housing/tenants/T-1001/disclosures", HOUSING)
+        .await;
+    let to_clinic: Vec<&Value> = listed.body["disclosures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["reference_id"] == reference)
+        .collect();
+    assert_eq!(to_clinic.len(), 1, "{listed:?}");
+    assert_eq!(
+        to_clinic[0]["what"],
+        json!(["a note in the sender's own words"])
+    );
 }
 
 /// An emergency lets the clinic's own notice in past an expired consent; it does not

@@ -360,6 +360,7 @@ fn describe_kind(kind: &str) -> &str {
         "discharge" => "discharge and follow-up details",
         "risk_flag" => "tenancy risk flags",
         "accommodation_need" => "accommodation needs",
+        super::notes::NOTE_TEXT => "a note in the sender's own words",
         other => other,
     }
 }

@@ -440,7 +440,7 @@ impl Gateway {
                 .partner(&call.principal.org)
                 .map_or(call.principal.org.to_string(), |p| p.name.clone());
             let reason = format!("Forwarded from {from} for care coordination");
-            let (_, note) = self
+            let (_, mut note) = self
                 .outbound_note(
                     &forward_call,
                     reference,
@@ -456,6 +456,8 @@ impl Gateway {
                     audit,
                 )
                 .await?;
+            // Its text is Hearth's own covering line, not a worker's words about the tenant.
+            note.note["forward_of"] = json!(call.reference_id.to_string());
             out.push(note);
         }
         Ok((out, refused))
