@@ -153,7 +153,33 @@ fn pipeline(c: &mut Criterion) {
     g.bench_function("minimise", |b| {
         b.iter(|| black_box(minimise(black_box(&t))))
     });
+    // Part of translate: the `[[words]]` scan over every string of every item it maps.
+    let texts: Vec<String> = t
+        .items
+        .iter()
+        .flat_map(|i| {
+            let mut out = Vec::new();
+            collect_strings(&serde_json::to_value(&i.item).unwrap(), &mut out);
+            out
+        })
+        .collect();
+    g.bench_function("words", |b| {
+        b.iter(|| {
+            for text in &texts {
+                black_box(mappings.text_labels(black_box(text)));
+            }
+        })
+    });
     g.finish();
+}
+
+fn collect_strings(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::String(s) => out.push(s.clone()),
+        Value::Array(a) => a.iter().for_each(|v| collect_strings(v, out)),
+        Value::Object(o) => o.values().for_each(|v| collect_strings(v, out)),
+        _ => {}
+    }
 }
 
 criterion_group! {

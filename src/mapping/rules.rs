@@ -229,9 +229,57 @@ pub struct Sensitivity {
     pub restrictions: BTreeMap<String, Vec<String>>,
     /// Narrow labels and the broader ones each belongs to (OPIOIDUD → SUD, ETH).
     pub implies: crate::consent::LabelHierarchy,
-    /// Words and phrases (normalised, see [`normalise_words`]) that mark free text a
-    /// worker types as carrying labels, and those labels.
-    pub by_words: Vec<(Vec<String>, Vec<String>)>,
+    /// Words and phrases that make text carry labels (`[[words]]`).
+    pub by_words: Words,
+}
+
+/// `[[words]]`: every listed phrase, found in one pass over a text (Aho-Corasick), and
+/// the labels of the rule each came from.
+#[derive(Debug, Default)]
+pub struct Words {
+    finder: Option<aho_corasick::AhoCorasick>,
+    /// Indexed by pattern id: the labels that phrase gives.
+    labels: Vec<Vec<String>>,
+}
+
+impl Words {
+    /// From (phrases, labels) rules; phrases already normalised ([`normalise_words`]).
+    fn new(rules: Vec<(Vec<String>, Vec<String>)>) -> Result<Self, String> {
+        let mut phrases = Vec::new();
+        let mut labels = Vec::new();
+        for (words, rule_labels) in rules {
+            for w in words {
+                phrases.push(w);
+                labels.push(rule_labels.clone());
+            }
+        }
+        if phrases.is_empty() {
+            return Ok(Self::default());
+        }
+        let finder = aho_corasick::AhoCorasick::new(&phrases).map_err(|e| e.to_string())?;
+        Ok(Self {
+            finder: Some(finder),
+            labels,
+        })
+    }
+
+    /// The labels of every phrase `text` uses.
+    fn found_in(&self, text: &str) -> impl Iterator<Item = &String> {
+        let normal = normalise_words(text);
+        let mut found: Vec<usize> = self
+            .finder
+            .iter()
+            .flat_map(|f| f.find_overlapping_iter(&normal))
+            .map(|m| m.pattern().as_usize())
+            .collect();
+        found.sort_unstable();
+        found.dedup();
+        found.into_iter().flat_map(|p| self.labels[p].iter())
+    }
+
+    fn names_label(&self, code: &str) -> bool {
+        self.labels.iter().flatten().any(|x| x == code)
+    }
 }
 
 /// Text as lowercase words separated by single spaces, padded with a space at each end,
@@ -258,13 +306,7 @@ impl Sensitivity {
 
     /// The labels free text carries by the words it uses (`[[words]]`), widened.
     pub fn text_labels(&self, text: &str) -> BTreeSet<String> {
-        let text = normalise_words(text);
-        let mut labels: BTreeSet<String> = self
-            .by_words
-            .iter()
-            .filter(|(words, _)| words.iter().any(|w| text.contains(w.as_str())))
-            .flat_map(|(_, l)| l.iter().cloned())
-            .collect();
+        let mut labels: BTreeSet<String> = self.by_words.found_in(text).cloned().collect();
         self.widen(&mut labels);
         labels
     }
@@ -274,10 +316,7 @@ impl Sensitivity {
         self.by_codes
             .iter()
             .any(|(_, l)| l.iter().any(|x| x == code))
-            || self
-                .by_words
-                .iter()
-                .any(|(_, l)| l.iter().any(|x| x == code))
+            || self.by_words.names_label(code)
             || self
                 .by_item
                 .iter()
@@ -605,6 +644,7 @@ pub fn parse_sensitivity(
         }
         out.by_codes.push((r.valueset, r.labels));
     }
+    let mut word_rules = Vec::new();
     for r in f.words {
         let mut words = Vec::new();
         for w in &r.words {
@@ -621,8 +661,9 @@ pub fn parse_sensitivity(
         if r.labels.is_empty() {
             return Err(err(file, "a [[words]] rule names no labels".to_string()));
         }
-        out.by_words.push((words, r.labels));
+        word_rules.push((words, r.labels));
     }
+    out.by_words = Words::new(word_rules).map_err(|e| err(file, format!("[[words]]: {e}")))?;
     for r in f.items {
         let kind = ItemKind::parse(&r.item)
             .ok_or_else(|| err(file, format!("unknown item `{}`", r.item)))?;
