@@ -118,6 +118,17 @@ async fn a_review_action_cannot_say_what_the_consent_withholds() {
         .post_json("/housing/reviews", HOUSING_REVIEW, &review())
         .await;
     assert_eq!(plain.status, 201, "{plain:?}");
+    // As a CarePlan, housing is told at the activity's description.
+    let mut careplan = plain.body["fhir"].clone();
+    careplan.as_object_mut().unwrap().remove("id");
+    careplan.as_object_mut().unwrap().remove("meta");
+    careplan["activity"][1]["detail"]["description"] = slip["decisions"][1]["action"].clone();
+    let as_fhir = app.post("/fhir/CarePlan", HOUSING_REVIEW, &careplan).await;
+    assert_eq!(as_fhir.status, 422, "{as_fhir:?}");
+    assert_eq!(
+        as_fhir.error_expressions(),
+        ["CarePlan.activity[1].detail.description"]
+    );
     // A partner on the team recording the same slip is told what it is told for any
     // refusal: not which category the tenant withholds, nor from whom. The audit keeps why.
     let mut clinic_slip = slip.clone();
