@@ -175,6 +175,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 }
                 tracing::warn!(listen = %config.listen, "plain HTTP on a non-loopback address: TLS must be terminated by the proxy in front");
             }
+            if config.proxy.is_some() && config.public_base_url.is_none() {
+                // A proxy that does not pass the client's Host on would have Bundles name
+                // Hearth's own upstream address.
+                tracing::warn!(
+                    "[proxy] without public_base_url: FHIR Bundle links use the Host header the proxy passes on; set public_base_url to the address clients use"
+                );
+            }
             let listener = tokio::net::TcpListener::bind(config.listen)
                 .await
                 .with_context(|| format!("binding {}", config.listen))?;
