@@ -210,7 +210,13 @@ impl Relay {
             .flatten()
             .filter_map(|l| l.as_str().map(str::to_string))
             .collect();
-        for field in ["reason", "requested_action"] {
+        // A forward's text is Hearth's own covering line (naming the partner it came
+        // from), not words about the tenant: its facts alone are decided.
+        let forward = d.note.get("forward_of").is_some();
+        for field in ["reason", "requested_action"]
+            .into_iter()
+            .filter(|_| !forward)
+        {
             if let Some(t) = d.note[field].as_str() {
                 text.extend(g.mappings.text_labels(t));
             }
@@ -298,7 +304,7 @@ impl Relay {
                     audit.items_written = facts;
                     // A worker's note shares its own words too, with what they carry (a
                     // forward's covering line says nothing about the tenant).
-                    if d.note.get("forward_of").is_none() {
+                    if !forward {
                         audit.items_written.push(crate::audit::ItemRef {
                             kind: crate::gateway::notes::NOTE_TEXT.into(),
                             id: None,

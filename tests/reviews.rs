@@ -195,11 +195,61 @@ async fn a_restriction_recorded_later_withholds_a_review_action_from_partners() 
         !fhir.body.to_string().to_lowercase().contains("methadone"),
         "{fhir:?}"
     );
+    // The partner's read records which action was held back (its position and labels).
+    let record = app.audit_record(&read.reference_id()).await;
+    assert_eq!(
+        record["items_withheld"][0]["id"], "decisions[1]",
+        "{record}"
+    );
     let audited = app.get(&format!("/housing/reviews/{id}"), AUDITOR).await;
     assert!(
         audited.body.to_string().contains("methadone"),
         "{audited:?}"
     );
+}
+
+/// The tenant keeps substance use from the MCO only. The clinic, on the team, records a
+/// review the MCO attended with an action naming her methadone: refused as any refusal is
+/// (403, nothing about why), and the audit says for whom and why.
+#[tokio::test]
+async fn a_partner_recording_a_review_is_not_told_what_is_withheld_from_another() {
+    let app = spawn_app().await;
+    app.register_tenant().await;
+    let consent = json!({"tenant_id": "T-1001", "share_with": ["riverside-clinic", "bayview-health-plan"],
+        "withhold_from": {"bayview-health-plan": ["substance-use"]},
+        "valid_until": "2027-05-31", "signed_at": "2026-11-23T09:00:00Z"});
+    assert_eq!(
+        app.post_json("/housing/consents", HOUSING, &consent)
+            .await
+            .status,
+        201
+    );
+    let first = app
+        .post_json("/housing/reviews", HOUSING_REVIEW, &review())
+        .await;
+    assert_eq!(first.status, 201, "{first:?}");
+    let mut slip = review();
+    slip["decisions"][1]["action"] =
+        json!("Falls clinic referral and a review of her methadone dose");
+    let by_clinic = app
+        .post_json("/housing/reviews", CLINIC_REVIEW, &slip)
+        .await;
+    assert_eq!(by_clinic.status, 403, "{by_clinic:?}");
+    assert_eq!(
+        by_clinic.body["issue"][0]["diagnostics"],
+        hearth::error::NO_AGREEMENT
+    );
+    let record = app.audit_record(&by_clinic.reference_id()).await;
+    assert_eq!(record["reason"], "text-withheld-by-consent", "{record}");
+    assert_eq!(record["partner"], "bayview-health-plan", "{record}");
+    // Without the MCO attending, the same words may go to the clinic's own team.
+    let mut without_mco = slip.clone();
+    without_mco["attendees"] = json!(["northside-housing", "riverside-clinic"]);
+    without_mco["decisions"] = json!([slip["decisions"][1], slip["decisions"][2]]);
+    let ok = app
+        .post_json("/housing/reviews", CLINIC_REVIEW, &without_mco)
+        .await;
+    assert_eq!(ok.status, 201, "{ok:?}");
 }
 
 #[tokio::test]

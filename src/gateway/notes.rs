@@ -594,12 +594,12 @@ fn describe(item: &DatasetItem) -> String {
     }
 }
 
-/// The facts a note carries, as the audit names items (kind, id, labels): what a
-/// delivery disclosed, what must still be current, and what a restriction may stop.
 /// The kind under which a delivered note's own text is recorded among what it shared
 /// (its labels are those its words carry): the accounting of disclosures counts it.
 pub const NOTE_TEXT: &str = "note_text";
 
+/// The facts a note carries, as the audit names items (kind, id, labels): what a
+/// delivery disclosed, what must still be current, and what a restriction may stop.
 pub(crate) fn fact_refs(note: &Value) -> Vec<crate::audit::ItemRef> {
     note["facts"]
         .as_array()

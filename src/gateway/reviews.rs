@@ -293,6 +293,7 @@ impl Gateway {
                     ));
                 }
                 Ok(_) => {
+                    audit.partner = Some(partner.clone());
                     audit.reason = Some("text-withheld-by-consent".into());
                     return Err(opaque());
                 }
@@ -502,16 +503,17 @@ impl Gateway {
                     audit,
                 )
                 .await?;
-            if !permit.withheld.is_empty() {
-                for &i in &permit.withheld {
-                    r.review.decisions[i].action = WITHHELD_ACTION.into();
-                }
-                r.careplan = review_careplan(
-                    &r.id,
-                    &r.review,
-                    &self.config.tenancy.identifier_system,
-                    &r.recorded_at,
-                );
+            // The CarePlan is patched, not rebuilt: activities follow the decisions in
+            // order, and everything else stays as recorded. The partner still sees the
+            // decision's kind, owner and date (what the team agreed to do), not its words.
+            for &i in &permit.withheld {
+                r.review.decisions[i].action = WITHHELD_ACTION.into();
+                r.careplan["activity"][i]["detail"]["description"] = WITHHELD_ACTION.into();
+                audit.items_withheld.push(crate::audit::ItemRef {
+                    kind: "review_action".into(),
+                    id: Some(format!("decisions[{i}]")),
+                    labels: labels[i].iter().cloned().collect(),
+                });
             }
         }
         Ok(r)
