@@ -208,6 +208,75 @@ async fn a_restriction_recorded_later_withholds_a_review_action_from_partners() 
     );
 }
 
+/// The clinic records a review whose action names the tenant's methadone. Later the
+/// tenant asks that what the clinic tells housing about substance use not be kept (a
+/// restriction on what the clinic sends, FHIR actor role INF): housing's review member
+/// now reads that action as withheld; the clinic still reads what it wrote.
+#[tokio::test]
+async fn a_restriction_on_what_the_recorder_sends_holds_back_its_review_actions() {
+    let app = spawn_app().await;
+    app.register_tenant().await;
+    let share = json!({"tenant_id": "T-1001", "share_with": ["riverside-clinic", "bayview-health-plan"],
+        "valid_until": "2027-05-31", "signed_at": "2026-11-23T09:00:00Z"});
+    assert_eq!(
+        app.post_json("/housing/consents", HOUSING, &share)
+            .await
+            .status,
+        201
+    );
+    let first = app
+        .post_json("/housing/reviews", HOUSING_REVIEW, &review())
+        .await;
+    assert_eq!(first.status, 201, "{first:?}");
+    let mut by_clinic = review();
+    by_clinic["decisions"][1]["action"] =
+        json!("Falls clinic referral and a review of her methadone dose");
+    let recorded = app
+        .post_json("/housing/reviews", CLINIC_REVIEW, &by_clinic)
+        .await;
+    assert_eq!(recorded.status, 201, "{recorded:?}");
+    let id = recorded.body["id"].as_str().unwrap().to_string();
+
+    // The sending-side restriction, through the FHIR form (the housing form names only
+    // what a partner receives): the same nested deny with the actor's role INF.
+    let mut narrower = share.clone();
+    narrower["withhold_from"] = json!({"riverside-clinic": ["substance-use"]});
+    assert_eq!(
+        app.post_json("/housing/consents", HOUSING, &narrower)
+            .await
+            .status,
+        201
+    );
+    let list = app.get("/housing/consents?tenant=T-1001", HOUSING).await;
+    let consent = list.body["consents"][0]["id"].as_str().unwrap().to_string();
+    let mut fhir = app
+        .get(&format!("/fhir/Consent/{consent}"), HOUSING)
+        .await
+        .body;
+    fhir["provision"]["provision"][0]["actor"][0]["role"]["coding"][0]["code"] = json!("INF");
+    let put = app
+        .put_with(&format!("/fhir/Consent/{consent}"), HOUSING, &fhir, &[])
+        .await;
+    assert_eq!(put.status, 200, "{put:?}");
+
+    let action_read_by = |token: &'static str| {
+        let (app, id) = (&app, &id);
+        async move {
+            let read = app.get(&format!("/housing/reviews/{id}"), token).await;
+            assert_eq!(read.status, 200, "{read:?}");
+            read.body["review"]["decisions"][1]["action"].clone()
+        }
+    };
+    assert_eq!(
+        action_read_by(HOUSING_REVIEW).await,
+        "(withheld under the tenant's consent)"
+    );
+    assert_eq!(
+        action_read_by(CLINIC_REVIEW).await,
+        by_clinic["decisions"][1]["action"]
+    );
+}
+
 /// The tenant keeps substance use from the MCO only. The clinic, on the team, records a
 /// review the MCO attended with an action naming her methadone: refused as any refusal is
 /// (403, nothing about why), and the audit says for whom and why.

@@ -73,6 +73,9 @@ pub struct StoredReview {
     pub review: Review,
     pub recorded_at: String,
     pub careplan: Value,
+    /// The organisation that recorded it: a partner's actions are what it told housing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recorded_by: Option<PartnerId>,
 }
 
 /// Where a review's fields were written, so a problem is reported at the caller's own
@@ -321,6 +324,7 @@ impl Gateway {
             review,
             recorded_at: rfc3339(call.at),
             careplan,
+            recorded_by: Some(call.principal.org.clone()),
         };
         audit.outcome = Outcome::Accepted;
         audit.status = 201;
@@ -486,25 +490,40 @@ impl Gateway {
                 "joint case review notes are for the tenant's review team and auditors".into(),
             ));
         }
-        if self.partner_reads(call) {
+        // Review members read the actions under the consent as it stands now; auditors
+        // read what was recorded.
+        if call.principal.role == Role::ReviewMember {
             let labels: Vec<std::collections::BTreeSet<String>> = r
                 .review
                 .decisions
                 .iter()
                 .map(|d| self.mappings.text_labels(&d.action))
                 .collect();
-            let permit = self
-                .decide(
-                    call,
-                    &r.review.tenant_id,
-                    Flow::Outbound,
-                    &call.principal.org,
-                    &labels,
-                    audit,
-                )
-                .await?;
+            // A partner's actions are what it told housing: a restriction on what it may
+            // send (INF) holds them back from the others as it holds back its notices.
+            let senders = match &r.recorded_by {
+                Some(p) if !self.is_housing(p) && p != &call.principal.org => {
+                    vec![Some(p.clone()); labels.len()]
+                }
+                _ => Vec::new(),
+            };
+            let flow = if self.partner_reads(call) {
+                Flow::Outbound
+            } else {
+                Flow::HousingUse
+            };
+            let context = self.store.consent_context(&r.review.tenant_id).await?;
+            let permit = self.decide_items(
+                call,
+                &context,
+                flow,
+                &call.principal.org,
+                &labels,
+                &senders,
+                audit,
+            )?;
             // The CarePlan is patched, not rebuilt: activities follow the decisions in
-            // order, and everything else stays as recorded. The partner still sees the
+            // order, and everything else stays as recorded. The reader still sees the
             // decision's kind, owner and date (what the team agreed to do), not its words.
             for &i in &permit.withheld {
                 r.review.decisions[i].action = WITHHELD_ACTION.into();

@@ -2590,6 +2590,7 @@ mod tests {
             .unwrap(),
             recorded_at: "2026-11-23T10:00:00Z".into(),
             careplan: serde_json::json!({"resourceType": "CarePlan"}),
+            recorded_by: None,
         };
         let seen = ConsentsSeen::of(&store.consent_context(&tenant).await.unwrap(), false);
         store
