@@ -579,6 +579,48 @@ async fn a_notes_own_words_are_held_to_the_consent() {
     );
 }
 
+/// A note delivered before deliveries listed what they carried, and before a note's own
+/// words counted, is still in the tenant's accounting: the queued note's record says
+/// what it carried, and the words went with it.
+#[tokio::test]
+async fn a_note_delivered_before_its_words_counted_is_still_a_disclosure() {
+    let partner = Partner::start().await;
+    let app = ready(&partner).await;
+    use hearth::audit::{AuditEntry, Direction, Outcome};
+    let note = hearth::ids::ReferenceId::new();
+    let record = |action: &str, direction| {
+        let mut e = AuditEntry::new(
+            hearth::ids::ReferenceId::new(),
+            "2026-11-20T10:00:00Z".into(),
+            "POST /housing/notes".into(),
+            action,
+            direction,
+        );
+        e.outcome = Outcome::Accepted;
+        e.status = 201;
+        e.partner = Some(hearth::ids::PartnerId::new(CLINIC_ID));
+        e.tenant = Some(hearth::ids::TenantId::new("T-1001"));
+        e
+    };
+    let mut queued = record("queue-note", Direction::Outbound);
+    queued.reference_id = note;
+    let mut delivered = record("deliver", Direction::Outbound);
+    delivered.related = Some(note);
+    delivered.status = 200;
+    app.gateway.store.append(queued).await.unwrap();
+    app.gateway.store.append(delivered).await.unwrap();
+    let listed = app
+        .get("/housing/tenants/T-1001/disclosures", HOUSING)
+        .await;
+    let old: Vec<&Value> = listed.body["disclosures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["what"] == json!(["a note in the sender's own words"]))
+        .collect();
+    assert_eq!(old.len(), 1, "{listed:?}");
+}
+
 /// An emergency lets the clinic's own notice in past an expired consent; it does not
 /// carry on to the MCO the notice would be routed to, whose sharing the consent decides.
 #[tokio::test]

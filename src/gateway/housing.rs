@@ -170,12 +170,21 @@ impl Gateway {
                         .flatten();
                     queued.insert(entry.reference_id, (entry.items_written.clone(), origin));
                 }
-                // Deliveries recorded before they listed their items: the note's.
+                // Deliveries recorded before they listed their items: the note's, and for
+                // housing's own note (not a forward) its words, which those records did
+                // not name either.
                 if entry.action == "deliver"
                     && entry.items_written.is_empty()
-                    && let Some((items, _)) = entry.related.and_then(|n| queued.get(&n))
+                    && let Some((items, origin)) = entry.related.and_then(|n| queued.get(&n))
                 {
                     entry.items_written = items.clone();
+                    if origin.is_none() {
+                        entry.items_written.push(crate::audit::ItemRef {
+                            kind: super::notes::NOTE_TEXT.into(),
+                            id: None,
+                            labels: Vec::new(),
+                        });
+                    }
                 }
                 if let Some(d) = self.disclosure(&entry, &queued) {
                     out.push(d);
