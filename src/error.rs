@@ -18,8 +18,10 @@ pub enum Error {
     Forbidden(String),
     #[error("{0}")]
     NotFound(String),
-    #[error("this method is not supported here")]
-    MethodNotAllowed,
+    /// 405: the route has no such method, or (R4 update) the resource does not exist and
+    /// Hearth does not create resources under ids the client chose.
+    #[error("{0}")]
+    MethodNotAllowed(String),
     #[error("the body is larger than the {0}-byte limit")]
     PayloadTooLarge(usize),
     #[error("send application/fhir+json or application/json (UTF-8)")]
@@ -63,7 +65,7 @@ impl Error {
             Error::Unauthenticated => "unauthenticated",
             Error::Forbidden(_) => "forbidden",
             Error::NotFound(_) => "not-found",
-            Error::MethodNotAllowed => "method-not-allowed",
+            Error::MethodNotAllowed(_) => "method-not-allowed",
             Error::PayloadTooLarge(_) => "payload-too-large",
             Error::UnsupportedMediaType => "unsupported-media-type",
             Error::NotAcceptable => "not-acceptable",

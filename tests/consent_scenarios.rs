@@ -925,6 +925,16 @@ async fn the_fhir_form_and_the_housing_form_agree() {
     }
     let list = app.get("/housing/consents?tenant=T-1001", HOUSING).await;
     assert_eq!(list.body["consents"].as_array().unwrap().len(), 3);
+    // An update of a consent that does not exist creates nothing (R4: 405, Hearth does
+    // not take client-chosen ids).
+    let mut stray = fhir.clone();
+    stray["id"] = json!("no-such-consent");
+    let missing = app
+        .put_with("/fhir/Consent/no-such-consent", HOUSING, &stray, &[])
+        .await;
+    assert_eq!(missing.status, 405, "{missing:?}");
+    let list = app.get("/housing/consents?tenant=T-1001", HOUSING).await;
+    assert_eq!(list.body["consents"].as_array().unwrap().len(), 3);
 
     // History says how each version came about: created, then updated.
     let history = app

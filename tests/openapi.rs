@@ -162,6 +162,15 @@ fn is_router_fallback(a: &Answer) -> bool {
         })
 }
 
+/// The router's own 405: no such method on a route (a handler's 405, such as an update of
+/// a consent that does not exist, says why in its own words).
+fn is_method_fallback(a: &Answer) -> bool {
+    a.status == 405
+        && a.issues("error")
+            .iter()
+            .any(|i| i["diagnostics"] == "this method is not supported here")
+}
+
 /// Asserts `a` is a documented answer of `method template`: its status is listed, it
 /// carries `X-Reference-Id` (documented and present), its content type is documented, and
 /// a JSON body matches the documented schema.
@@ -232,7 +241,7 @@ async fn every_documented_operation_is_served() {
         )
         .await;
         let what = format!("{} {path}", method.to_uppercase());
-        assert_ne!(a.status, 405, "{what} is not served: {a:?}");
+        assert!(!is_method_fallback(&a), "{what} is not served: {a:?}");
         assert!(!is_router_fallback(&a), "{what} is not routed: {a:?}");
         check_documented(&doc, method, template, &a);
     }

@@ -333,7 +333,13 @@ impl Gateway {
             .store
             .consent(id)
             .await?
-            .ok_or_else(|| Error::NotFound(format!("Consent/{id} is not known here")))?;
+            // R4 update: a resource that does not exist is not created under the client's
+            // id (consent ids are Hearth's); POST creates.
+            .ok_or_else(|| {
+                Error::MethodNotAllowed(format!(
+                    "Consent/{id} does not exist, and Hearth does not create consents under ids the client chose: POST /fhir/Consent to record one"
+                ))
+            })?;
         if let Some(edited) = if_match
             && edited != existing.version.version
         {

@@ -69,7 +69,7 @@ pub fn status_of(e: &Error) -> StatusCode {
         Error::Unauthenticated => StatusCode::UNAUTHORIZED,
         Error::Forbidden(_) => StatusCode::FORBIDDEN,
         Error::NotFound(_) => StatusCode::NOT_FOUND,
-        Error::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
         Error::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         Error::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         Error::NotAcceptable => StatusCode::NOT_ACCEPTABLE,
@@ -96,7 +96,7 @@ pub fn issues_of(e: &Error) -> Vec<Issue> {
         Error::Unauthenticated => one(IssueCode::Login, e.to_string()),
         Error::Forbidden(_) => one(IssueCode::Forbidden, e.to_string()),
         Error::NotFound(_) => one(IssueCode::NotFound, e.to_string()),
-        Error::MethodNotAllowed | Error::UnsupportedMediaType | Error::NotAcceptable => {
+        Error::MethodNotAllowed(_) | Error::UnsupportedMediaType | Error::NotAcceptable => {
             one(IssueCode::NotSupported, e.to_string())
         }
         Error::PayloadTooLarge(_) => one(IssueCode::TooLong, e.to_string()),

@@ -77,7 +77,9 @@ pub fn router(state: AppState) -> Router {
         .merge(audit::router())
         .merge(ops::router())
         .fallback(|| async { Error::NotFound("there is nothing at this path".into()) })
-        .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
+        .method_not_allowed_fallback(|| async {
+            Error::MethodNotAllowed("this method is not supported here".into())
+        })
         // Outermost: every request, matched or not, gets a reference ID and an audit record.
         .layer(middleware::from_fn_with_state(state.clone(), envelope))
         .with_state(state)
