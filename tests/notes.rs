@@ -621,6 +621,69 @@ async fn a_note_delivered_before_its_words_counted_is_still_a_disclosure() {
     assert_eq!(old.len(), 1, "{listed:?}");
 }
 
+/// The clinic's medication change notice arrives; housing answers it ("she has no
+/// blister pack yet"). The clinic receives the note threaded to its own notice, by the
+/// identifier it gave it. A note cannot claim to answer what that partner never sent
+/// about this tenant.
+#[tokio::test]
+async fn housing_answers_a_partners_notice_in_its_thread() {
+    let partner = Partner::start().await;
+    let app = ready(&partner).await;
+    let notice = fixture("medication-change-notice.json");
+    let received = app.post("/fhir/Communication", CLINIC, &notice).await;
+    assert_eq!(received.status, 201, "{received:?}");
+    let mut answer = note(json!([]));
+    answer["in_response_to"] = json!(received.reference_id());
+    let sent = app.post_json("/housing/notes", HOUSING, &answer).await;
+    assert_eq!(sent.status, 201, "{sent:?}");
+    assert_eq!(sent.body["note"]["in_response_to"], received.reference_id());
+    wait_for_state(
+        &app,
+        sent.body["reference_id"].as_str().unwrap(),
+        "delivered",
+    )
+    .await;
+    let bundle = &partner.bundles()[0];
+    let communication = bundle["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["resource"])
+        .find(|r| r["resourceType"] == "Communication")
+        .unwrap();
+    assert_eq!(
+        communication["inResponseTo"][0]["identifier"], notice["identifier"][0],
+        "{communication}"
+    );
+
+    // Not a notice the clinic sent about this tenant: refused at the field, nothing queued.
+    let mut to_the_mco = answer.clone();
+    to_the_mco["to"] = json!("bayview-health-plan");
+    for (body, why) in [
+        (to_the_mco, "the MCO never sent it"),
+        (
+            {
+                let mut a = answer.clone();
+                a["in_response_to"] = json!("01KAQZ3D0000000000000000N1");
+                a
+            },
+            "no such notice",
+        ),
+        (
+            {
+                let mut a = answer.clone();
+                a["in_response_to"] = json!("not a reference ID");
+                a
+            },
+            "not a reference ID",
+        ),
+    ] {
+        let refused = app.post_json("/housing/notes", HOUSING, &body).await;
+        assert_eq!(refused.status, 422, "{why}: {refused:?}");
+        assert_eq!(refused.error_expressions(), ["in_response_to"], "{why}");
+    }
+}
+
 /// An emergency lets the clinic's own notice in past an expired consent; it does not
 /// carry on to the MCO the notice would be routed to, whose sharing the consent decides.
 #[tokio::test]

@@ -451,6 +451,7 @@ impl Gateway {
                         action: None,
                         deadline: None,
                         priority: crate::gateway::notes::Priority::Routine,
+                        answers: None,
                     },
                     &facts,
                     audit,

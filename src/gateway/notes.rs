@@ -13,7 +13,7 @@ use crate::dataset::{DatasetItem, ItemKind, StoredItem};
 use crate::error::Error;
 use crate::fhir::{self, Issue, IssueCode};
 use crate::ids::{Identifier, PartnerId, TenantId};
-use crate::store::{NewNote, NoteThread};
+use crate::store::{NewNote, NoteThread, StoredExchange};
 
 /// Longest reason or requested action a worker may write: the same bound as an item's
 /// free text.
@@ -38,6 +38,9 @@ pub struct NoteRequest {
     /// `routine` (default) or `urgent`.
     #[serde(default)]
     pub priority: Priority,
+    /// The reference ID of the partner's notice this note answers (a discharge notice
+    /// housing acts on, say): the partner receives it threaded to its own notice.
+    pub in_response_to: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -177,6 +180,25 @@ impl Gateway {
                 .at("tenant_id"),
             );
         }
+        let answers = match &req.in_response_to {
+            None => None,
+            Some(r) => {
+                let notice = self.notice_answered(r, &req).await?;
+                if notice.is_none() {
+                    issues.push(
+                        Issue::error(
+                            IssueCode::BusinessRule,
+                            format!(
+                                "no notice {} has sent about this tenant has this reference ID",
+                                req.to
+                            ),
+                        )
+                        .at("in_response_to"),
+                    );
+                }
+                notice
+            }
+        };
         if !issues.is_empty() {
             return Err(Error::Invalid(issues));
         }
@@ -255,6 +277,7 @@ impl Gateway {
                     action: req.requested_action.as_deref(),
                     deadline: req.deadline.as_deref(),
                     priority: req.priority,
+                    answers: answers.as_ref(),
                 },
                 &facts,
                 audit.clone(),
@@ -305,6 +328,10 @@ impl Gateway {
             "priority": text.priority,
             "author": call.principal.id,
         });
+        let mut note = note;
+        if let Some(ex) = text.answers {
+            note["in_response_to"] = json!(ex.reference_id.to_string());
+        }
         let payload = note_bundle(&NoteParts {
             reference: &reference,
             sent: &rfc3339(call.at),
@@ -317,6 +344,7 @@ impl Gateway {
             action: text.action,
             deadline: text.deadline,
             priority: text.priority,
+            answers: text.answers.map(|ex| &ex.identifier),
         });
         audit.items_written = facts
             .iter()
@@ -341,6 +369,25 @@ impl Gateway {
             audit,
         };
         Ok((note, new_note))
+    }
+
+    /// The partner's notice `reference` names, if it is one `req.to` sent about
+    /// `req.tenant_id` and has not retracted: what a note may answer. Anything else is
+    /// answered alike (not found), whoever's it is.
+    async fn notice_answered(
+        &self,
+        reference: &str,
+        req: &NoteRequest,
+    ) -> Result<Option<StoredExchange>, Error> {
+        let Ok(id) = reference.parse::<crate::ids::ReferenceId>() else {
+            return Ok(None);
+        };
+        Ok(self.store.exchange(&id).await?.filter(|ex| {
+            ex.partner == req.to
+                && ex.tenant == req.tenant_id
+                && ex.resource_type == "Communication"
+                && ex.state != "retracted"
+        }))
     }
 
     async fn resolve_facts(
@@ -439,6 +486,8 @@ pub(crate) struct OutboundText<'a> {
     pub action: Option<&'a str>,
     pub deadline: Option<&'a str>,
     pub priority: Priority,
+    /// The partner's notice it answers.
+    pub answers: Option<&'a StoredExchange>,
 }
 
 pub fn unix_ms(t: time::OffsetDateTime) -> i64 {
@@ -457,6 +506,8 @@ struct NoteParts<'a> {
     action: Option<&'a str>,
     deadline: Option<&'a str>,
     priority: Priority,
+    /// The partner's own identifier of the notice this note answers.
+    answers: Option<&'a Identifier>,
 }
 
 /// The FHIR a partner receives: a transaction Bundle with the Communication and, when an
@@ -479,7 +530,7 @@ fn note_bundle(n: &NoteParts) -> Value {
         payload.push(json!({"contentString": format!("Requested action: {a}{due}")}));
     }
     let communication_url = format!("urn:uuid:{}", uuid_like(n.reference, 'c'));
-    let communication = json!({
+    let mut communication = json!({
         "resourceType": "Communication",
         "identifier": [id_of("")],
         "status": "completed",
@@ -491,6 +542,12 @@ fn note_bundle(n: &NoteParts) -> Value {
         "sender": {"display": n.sender_name},
         "payload": payload,
     });
+    // Threaded to the partner's notice by the identifier the partner gave it, which is
+    // all of it Hearth keeps.
+    if let Some(i) = n.answers {
+        communication["inResponseTo"] =
+            json!([{"identifier": {"system": i.system, "value": i.value}}]);
+    }
     let mut entries = vec![json!({
         "fullUrl": communication_url,
         "resource": communication,
