@@ -682,6 +682,29 @@ async fn housing_answers_a_partners_notice_in_its_thread() {
         assert_eq!(refused.status, 422, "{why}: {refused:?}");
         assert_eq!(refused.error_expressions(), ["in_response_to"], "{why}");
     }
+    // Nor a follow-up plan (a CarePlan: inResponseTo names Communications), nor a notice
+    // the clinic has since retracted.
+    let plan = app
+        .post("/fhir/CarePlan", CLINIC, &fixture("follow-up-plan.json"))
+        .await;
+    assert_eq!(plan.status, 201, "{plan:?}");
+    let mut retraction = notice.clone();
+    retraction["status"] = json!("entered-in-error");
+    let retracted = app.post("/fhir/Communication", CLINIC, &retraction).await;
+    assert!(
+        retracted.status == 200 || retracted.status == 201,
+        "{retracted:?}"
+    );
+    for (reference, why) in [
+        (plan.reference_id(), "a CarePlan"),
+        (received.reference_id(), "a retracted notice"),
+    ] {
+        let mut a = answer.clone();
+        a["in_response_to"] = json!(reference);
+        let refused = app.post_json("/housing/notes", HOUSING, &a).await;
+        assert_eq!(refused.status, 422, "{why}: {refused:?}");
+        assert_eq!(refused.error_expressions(), ["in_response_to"], "{why}");
+    }
 }
 
 /// An emergency lets the clinic's own notice in past an expired consent; it does not

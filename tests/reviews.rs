@@ -195,6 +195,14 @@ async fn a_restriction_recorded_later_withholds_a_review_action_from_partners() 
         !fhir.body.to_string().to_lowercase().contains("methadone"),
         "{fhir:?}"
     );
+    // Housing recorded it: its own words are not held back from its own team.
+    let by_housing = app
+        .get(&format!("/housing/reviews/{id}"), HOUSING_REVIEW)
+        .await;
+    assert!(
+        by_housing.body.to_string().contains("methadone"),
+        "{by_housing:?}"
+    );
     // The partner's read records which action was held back (its position and labels).
     let record = app.audit_record(&read.reference_id()).await;
     assert_eq!(

@@ -170,15 +170,20 @@ impl Gateway {
                         .flatten();
                     queued.insert(entry.reference_id, (entry.items_written.clone(), origin));
                 }
-                // Deliveries recorded before they listed their items: the note's, and for
-                // housing's own note (not a forward) its words, which those records did
-                // not name either.
+                // Deliveries recorded before they listed their items take the note's; and
+                // housing's own note (not a forward) shared its words, which deliveries
+                // recorded before those counted do not name (nor what they carried).
                 if entry.action == "deliver"
-                    && entry.items_written.is_empty()
                     && let Some((items, origin)) = entry.related.and_then(|n| queued.get(&n))
                 {
-                    entry.items_written = items.clone();
-                    if origin.is_none() {
+                    if entry.items_written.is_empty() {
+                        entry.items_written = items.clone();
+                    }
+                    let words_named = entry
+                        .items_written
+                        .iter()
+                        .any(|i| i.kind == super::notes::NOTE_TEXT);
+                    if origin.is_none() && !words_named {
                         entry.items_written.push(crate::audit::ItemRef {
                             kind: super::notes::NOTE_TEXT.into(),
                             id: None,

@@ -545,8 +545,7 @@ fn note_bundle(n: &NoteParts) -> Value {
     // Threaded to the partner's notice by the identifier the partner gave it, which is
     // all of it Hearth keeps.
     if let Some(i) = n.answers {
-        communication["inResponseTo"] =
-            json!([{"identifier": {"system": i.system, "value": i.value}}]);
+        communication["inResponseTo"] = json!([{"type": "Communication", "identifier": {"system": i.system, "value": i.value}}]);
     }
     let mut entries = vec![json!({
         "fullUrl": communication_url,

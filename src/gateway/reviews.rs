@@ -492,7 +492,15 @@ impl Gateway {
         }
         // Review members read the actions under the consent as it stands now; auditors
         // read what was recorded.
-        if call.principal.role == Role::ReviewMember {
+        // Housing's own words are not held from its own team (as its notes are not); what
+        // a partner recorded is what it told housing.
+        let partner_recorded = r
+            .recorded_by
+            .as_ref()
+            .is_some_and(|p| !self.is_housing(p) && p != &call.principal.org);
+        if call.principal.role == Role::ReviewMember
+            && (self.partner_reads(call) || partner_recorded)
+        {
             let labels: Vec<std::collections::BTreeSet<String>> = r
                 .review
                 .decisions
@@ -501,11 +509,10 @@ impl Gateway {
                 .collect();
             // A partner's actions are what it told housing: a restriction on what it may
             // send (INF) holds them back from the others as it holds back its notices.
-            let senders = match &r.recorded_by {
-                Some(p) if !self.is_housing(p) && p != &call.principal.org => {
-                    vec![Some(p.clone()); labels.len()]
-                }
-                _ => Vec::new(),
+            let senders = if partner_recorded {
+                vec![r.recorded_by.clone(); labels.len()]
+            } else {
+                Vec::new()
             };
             let flow = if self.partner_reads(call) {
                 Flow::Outbound
