@@ -263,11 +263,35 @@ impl Relay {
                 AttemptResult::Retry { next_ms, error }
             }
         };
+        // Nor may an answer to a partner's notice the partner has since retracted.
+        let answered = d.note["in_response_to"]
+            .as_str()
+            .and_then(|r| r.parse::<crate::ids::ReferenceId>().ok());
+        let answer_withdrawn = match answered {
+            None => Ok(false),
+            Some(r) => g
+                .store
+                .exchange(&r)
+                .await
+                .map(|ex| ex.is_none_or(|ex| ex.state == "retracted")),
+        };
         let result = if let Err(e) = &retired {
             retry(
                 format!("could not check the facts are current: {e}"),
                 &mut audit,
             )
+        } else if let Err(e) = &answer_withdrawn {
+            retry(
+                format!("could not check the notice it answers is current: {e}"),
+                &mut audit,
+            )
+        } else if let Ok(true) = answer_withdrawn {
+            audit.outcome = Outcome::Refused;
+            audit.status = 409;
+            audit.reason = Some("the notice it answers was retracted by its sender".into());
+            AttemptResult::Stopped {
+                reason: "the notice it answers was retracted by its sender before delivery".into(),
+            }
         } else if let Ok(ids) = &retired
             && !ids.is_empty()
         {

@@ -707,6 +707,37 @@ async fn housing_answers_a_partners_notice_in_its_thread() {
     }
 }
 
+/// Housing answers the clinic's notice while the clinic is down; the clinic then
+/// retracts the notice (it was about the wrong patient). The queued answer is stopped,
+/// not delivered into a thread that no longer exists.
+#[tokio::test]
+async fn an_answer_to_a_notice_retracted_before_delivery_is_stopped() {
+    let partner = Partner::start().await;
+    let app = ready(&partner).await;
+    let notice = fixture("medication-change-notice.json");
+    let received = app.post("/fhir/Communication", CLINIC, &notice).await;
+    assert_eq!(received.status, 201, "{received:?}");
+    partner.set(Mode::Down);
+    let mut answer = note(json!([]));
+    answer["in_response_to"] = json!(received.reference_id());
+    let sent = app.post_json("/housing/notes", HOUSING, &answer).await;
+    assert_eq!(sent.status, 201, "{sent:?}");
+    let reference = sent.body["reference_id"].as_str().unwrap().to_string();
+    wait_for_attempts(&partner, 1).await;
+    let mut retraction = notice.clone();
+    retraction["status"] = json!("entered-in-error");
+    let retracted = app.post("/fhir/Communication", CLINIC, &retraction).await;
+    assert!(
+        retracted.status == 200 || retracted.status == 201,
+        "{retracted:?}"
+    );
+    partner.set(Mode::Up);
+    app.clock.advance(time::Duration::minutes(5));
+    let t = wait_for_state(&app, &reference, "stopped").await;
+    assert!(last_error(&t).contains("retracted"), "{t}");
+    assert!(partner.created().is_empty());
+}
+
 /// An emergency lets the clinic's own notice in past an expired consent; it does not
 /// carry on to the MCO the notice would be routed to, whose sharing the consent decides.
 #[tokio::test]
