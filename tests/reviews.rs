@@ -285,6 +285,83 @@ async fn a_restriction_on_what_the_recorder_sends_holds_back_its_review_actions(
     );
 }
 
+/// A review the clinic recorded before reviews named their recorder: its audit record
+/// says who did, so the clinic's sending-side restriction holds its actions back as for a
+/// review recorded today.
+#[tokio::test]
+async fn a_review_stored_before_it_named_its_recorder_is_read_under_the_recorders_restriction() {
+    let app = spawn_app().await;
+    app.register_tenant().await;
+    let share = json!({"tenant_id": "T-1001", "share_with": ["riverside-clinic", "bayview-health-plan"],
+        "withhold_from": {"riverside-clinic": ["substance-use"]},
+        "valid_until": "2027-05-31", "signed_at": "2026-11-23T09:00:00Z"});
+    assert_eq!(
+        app.post_json("/housing/consents", HOUSING, &share)
+            .await
+            .status,
+        201
+    );
+    // Made a restriction on what the clinic sends (FHIR actor role INF).
+    let list = app.get("/housing/consents?tenant=T-1001", HOUSING).await;
+    let consent = list.body["consents"][0]["id"].as_str().unwrap().to_string();
+    let mut fhir = app
+        .get(&format!("/fhir/Consent/{consent}"), HOUSING)
+        .await
+        .body;
+    fhir["provision"]["provision"][0]["actor"][0]["role"]["coding"][0]["code"] = json!("INF");
+    let put = app
+        .put_with(&format!("/fhir/Consent/{consent}"), HOUSING, &fhir, &[])
+        .await;
+    assert_eq!(put.status, 200, "{put:?}");
+
+    // The old shape: no recorded_by; the recording's audit record names the clinic.
+    let id = hearth::ids::ReferenceId::new();
+    let mut r = review();
+    r["decisions"][1]["action"] = json!("Falls clinic referral and a review of her methadone dose");
+    let old = hearth::gateway::reviews::StoredReview {
+        id: id.to_string(),
+        review: serde_json::from_value(r).unwrap(),
+        recorded_at: "2026-11-20T10:00:00Z".into(),
+        careplan: json!({"resourceType": "CarePlan", "activity": [{}, {"detail": {"description": "methadone"}}, {}, {}]}),
+        recorded_by: None,
+    };
+    let mut audit = hearth::audit::AuditEntry::new(
+        id,
+        "2026-11-20T10:00:00Z".into(),
+        "POST /housing/reviews".into(),
+        "record-review",
+        hearth::audit::Direction::Internal,
+    );
+    audit.actor = Some(hearth::audit::Actor {
+        principal: "riverside-review".into(),
+        org: hearth::ids::PartnerId::new("riverside-clinic"),
+        role: "review-member".into(),
+    });
+    audit.outcome = hearth::audit::Outcome::Accepted;
+    audit.status = 201;
+    let context = app
+        .gateway
+        .store
+        .consent_context(&hearth::ids::TenantId::new("T-1001"))
+        .await
+        .unwrap();
+    app.gateway
+        .store
+        .save_review(old, hearth::store::ConsentsSeen::of(&context, false), audit)
+        .await
+        .unwrap();
+
+    let read = app
+        .get(&format!("/housing/reviews/{id}"), HOUSING_REVIEW)
+        .await;
+    assert_eq!(read.status, 200, "{read:?}");
+    assert_eq!(
+        read.body["review"]["decisions"][1]["action"], "(withheld under the tenant's consent)",
+        "{read:?}"
+    );
+    assert!(!read.body.to_string().contains("methadone"), "{read:?}");
+}
+
 /// The tenant keeps substance use from the MCO only. The clinic, on the team, records a
 /// review the MCO attended with an action naming her methadone: refused as any refusal is
 /// (403, nothing about why), and the audit says for whom and why.

@@ -494,6 +494,9 @@ impl Gateway {
         // read what was recorded.
         // Housing's own words are not held from its own team (as its notes are not); what
         // a partner recorded is what it told housing.
+        if r.recorded_by.is_none() {
+            r.recorded_by = self.recorder_of(&r.id).await?;
+        }
         let partner_recorded = r
             .recorded_by
             .as_ref()
@@ -543,6 +546,24 @@ impl Gateway {
             }
         }
         Ok(r)
+    }
+
+    /// Who recorded review `id`, from its audit record: reviews stored before they named
+    /// their recorder.
+    async fn recorder_of(&self, id: &str) -> Result<Option<PartnerId>, Error> {
+        let rows = self
+            .store
+            .query(crate::store::AuditQuery {
+                reference_id: Some(id.to_string()),
+                limit: 10,
+                ..Default::default()
+            })
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|row| serde_json::from_value::<AuditEntry>(row.record).ok())
+            .find(|e| e.outcome == Outcome::Accepted && e.status == 201)
+            .and_then(|e| e.actor.map(|a| a.org)))
     }
 
     /// A review member of a partner organisation (not housing): what it reads of a
