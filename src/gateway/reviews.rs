@@ -476,9 +476,9 @@ impl Gateway {
 
     /// Review `r` as `call` may read it. Refuses (403) a caller off its team, or a partner
     /// on it that the tenant's consent no longer covers (revoked, expired, narrowed). A
-    /// partner reads each action under the consent as it stands now: an action whose
-    /// words the consent has since come to withhold from it is replaced by a note saying
-    /// so, in the review and in its CarePlan.
+    /// review member reads each action under the consent as it stands now: an action
+    /// whose words the consent has since come to withhold from them is replaced by a note
+    /// saying so, in the review and in its CarePlan.
     pub async fn read_review(
         &self,
         call: &Call,
@@ -491,9 +491,8 @@ impl Gateway {
             ));
         }
         // Review members read the actions under the consent as it stands now; auditors
-        // read what was recorded.
-        // Housing's own words are not held from its own team (as its notes are not); what
-        // a partner recorded is what it told housing.
+        // read what was recorded. Housing's own words are not held from its own team (as
+        // its notes are not); what a partner recorded is what it told housing.
         if r.recorded_by.is_none() {
             r.recorded_by = self.recorder_of(&r.id).await?;
         }
@@ -537,7 +536,10 @@ impl Gateway {
             // decision's kind, owner and date (what the team agreed to do), not its words.
             for &i in &permit.withheld {
                 r.review.decisions[i].action = WITHHELD_ACTION.into();
-                r.careplan["activity"][i]["detail"]["description"] = WITHHELD_ACTION.into();
+                let description = format!("/activity/{i}/detail/description");
+                if let Some(d) = r.careplan.pointer_mut(&description) {
+                    *d = WITHHELD_ACTION.into();
+                }
                 audit.items_withheld.push(crate::audit::ItemRef {
                     kind: "review_action".into(),
                     id: Some(format!("decisions[{i}]")),
