@@ -212,7 +212,7 @@ impl Relay {
             .collect();
         // A forward's text is Hearth's own covering line (naming the partner it came
         // from), not words about the tenant: its facts alone are decided.
-        let forward = d.note.get("forward_of").is_some();
+        let forward = g.is_forward(&d.note);
         for field in ["reason", "requested_action"]
             .into_iter()
             .filter(|_| !forward)

@@ -738,6 +738,54 @@ async fn an_answer_to_a_notice_retracted_before_delivery_is_stopped() {
     assert!(partner.created().is_empty());
 }
 
+/// A forward queued before forwards were marked as such: its covering line names the
+/// partner it came from ("… Mental Health Team"), which is Hearth's text, not a
+/// worker's words about the tenant. A consent that keeps mental health from the MCO
+/// does not stop it for that line; its author, the sending partner's principal, says it
+/// is a forward.
+#[tokio::test]
+async fn an_old_forwards_covering_line_is_not_held_to_the_word_list() {
+    let partner = Partner::start().await;
+    let app = ready(&partner).await;
+    let narrower = json!({"tenant_id": "T-1001", "share_with": [CLINIC_ID, "bayview-health-plan"],
+        "restrictions": ["mental-health"], "valid_until": "2027-05-31", "signed_at": "2026-11-23T10:00:00Z"});
+    assert_eq!(
+        app.post_json("/housing/consents", HOUSING, &narrower)
+            .await
+            .status,
+        201
+    );
+    let reference = hearth::ids::ReferenceId::new();
+    let mut audit = hearth::audit::AuditEntry::new(
+        reference,
+        "2026-11-23T10:00:00Z".into(),
+        "FORWARD".into(),
+        "forward",
+        hearth::audit::Direction::Outbound,
+    );
+    audit.outcome = hearth::audit::Outcome::Accepted;
+    audit.status = 201;
+    app.gateway
+        .store
+        .queue_note(hearth::store::NewNote {
+            reference_id: reference,
+            tenant: hearth::ids::TenantId::new("T-1001"),
+            partner: hearth::ids::PartnerId::new("bayview-health-plan"),
+            note: json!({"reason": "Forwarded from Eastside Community Mental Health Team for care coordination",
+                "facts": [], "author": "riverside-ehr"}),
+            payload: json!({"resourceType": "Bundle", "type": "transaction", "entry": []}),
+            created_at: "2026-11-23T10:00:00Z".into(),
+            created_ms: 0,
+            give_up_ms: i64::MAX,
+            audit,
+        })
+        .await
+        .unwrap();
+    // The relay polls every 20 ms in the test configuration.
+    let t = wait_for_state(&app, &reference.to_string(), "delivered").await;
+    assert_eq!(t["delivery"]["state"], "delivered", "{t}");
+}
+
 /// An emergency lets the clinic's own notice in past an expired consent; it does not
 /// carry on to the MCO the notice would be routed to, whose sharing the consent decides.
 #[tokio::test]

@@ -371,6 +371,19 @@ impl Gateway {
         Ok((note, new_note))
     }
 
+    /// Whether a queued note is a forward (a partner's notice passed on under a routing
+    /// rule) rather than a housing worker's note: marked so since forwards were, and
+    /// before that, written by the sending partner's principal.
+    pub(crate) fn is_forward(&self, note: &Value) -> bool {
+        note.get("forward_of").is_some()
+            || note["author"].as_str().is_some_and(|author| {
+                self.config
+                    .principals
+                    .iter()
+                    .any(|p| p.id == author && p.role.is_partner())
+            })
+    }
+
     /// The partner's notice `reference` names, if it is one `req.to` sent about
     /// `req.tenant_id` and has not retracted: what a note may answer. Anything else is
     /// answered alike (not found), whoever's it is.
