@@ -201,34 +201,26 @@ impl Relay {
             .iter()
             .map(|f| f.labels.iter().cloned().collect())
             .collect();
-        // The labels the worker's own words carry (see `queue_note`): those kept with the
-        // note, and those the word list finds now (a note queued before a word was
-        // listed, or before this check existed, is held to it too).
-        let mut text: std::collections::BTreeSet<String> = d.note["text_labels"]
-            .as_array()
+        // The worker's own words, read again with the current word list (a note queued
+        // before a word was listed is held to it too); a forward's covering line is
+        // Hearth's text, not words about the tenant.
+        let forward = g.is_forward(&d.note);
+        let text_labels: std::collections::BTreeSet<String> = if forward {
+            Default::default()
+        } else {
+            g.words_labels(
+                d.note["reason"].as_str(),
+                d.note["requested_action"].as_str(),
+            )
             .into_iter()
             .flatten()
-            .filter_map(|l| l.as_str().map(str::to_string))
-            .collect();
-        // A forward's text is Hearth's own covering line (naming the partner it came
-        // from), not words about the tenant: its facts alone are decided.
-        let forward = g.is_forward(&d.note);
-        for field in ["reason", "requested_action"]
-            .into_iter()
-            .filter(|_| !forward)
-        {
-            if let Some(t) = d.note[field].as_str() {
-                text.extend(g.mappings.text_labels(t));
-            }
-        }
-        let text_labels = text.clone();
-        if !text.is_empty() {
-            labels.push(text);
-        }
+            .collect()
+        };
+        labels.push(text_labels.clone());
         let ids: Vec<&str> = facts
             .iter()
             .map(|f| f.id.as_deref().unwrap_or_default())
-            .chain(std::iter::repeat_n("", labels.len() - facts.len()))
+            .chain([""])
             .collect();
         let held = crate::gateway::Held {
             ids: &ids,
@@ -264,16 +256,12 @@ impl Relay {
             }
         };
         // Nor may an answer to a partner's notice the partner has since retracted.
-        let answered = d.note["in_response_to"]
-            .as_str()
-            .and_then(|r| r.parse::<crate::ids::ReferenceId>().ok());
-        let answer_withdrawn = match answered {
+        let answer_withdrawn = match d.note["in_response_to"].as_str() {
             None => Ok(false),
             Some(r) => g
-                .store
-                .exchange(&r)
+                .notice_answered(r, &d.partner, &d.tenant)
                 .await
-                .map(|ex| ex.is_none_or(|ex| ex.state == "retracted")),
+                .map(|notice| notice.is_none()),
         };
         let result = if let Err(e) = &retired {
             retry(

@@ -452,6 +452,8 @@ impl Gateway {
                         deadline: None,
                         priority: crate::gateway::notes::Priority::Routine,
                         answers: None,
+                        // Hearth's own covering line: no words about the tenant.
+                        word_labels: Default::default(),
                     },
                     &facts,
                     audit,

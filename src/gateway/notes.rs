@@ -15,6 +15,10 @@ use crate::fhir::{self, Issue, IssueCode};
 use crate::ids::{Identifier, PartnerId, TenantId};
 use crate::store::{NewNote, NoteThread, StoredExchange};
 
+/// The fields of a note a worker writes in their own words, as [`Gateway::words_labels`]
+/// reads them.
+const WORD_FIELDS: [&str; 2] = ["reason", "requested_action"];
+
 /// Longest reason or requested action a worker may write: the same bound as an item's
 /// free text.
 pub const MAX_TEXT: usize = crate::dataset::MAX_TEXT;
@@ -183,7 +187,7 @@ impl Gateway {
         let answers = match &req.in_response_to {
             None => None,
             Some(r) => {
-                let notice = self.notice_answered(r, &req).await?;
+                let notice = self.notice_answered(r, &req.to, &req.tenant_id).await?;
                 if notice.is_none() {
                     issues.push(
                         Issue::error(
@@ -205,18 +209,10 @@ impl Gateway {
         let facts = self.resolve_facts(&req.tenant_id, &req.facts).await?;
 
         // Consent for the receiving partner, now; the relay asks again before each attempt.
-        // The worker's own words count as two more items: "her methadone dose changed"
-        // is substance-use information whatever facts are attached.
-        let texts = [
-            ("reason", Some(req.reason.as_str())),
-            ("requested_action", req.requested_action.as_deref()),
-        ];
-        let text_labels: Vec<std::collections::BTreeSet<String>> = texts
-            .iter()
-            .map(|(_, t)| t.map(|t| self.mappings.text_labels(t)).unwrap_or_default())
-            .collect();
+        // The worker's own words count as two more items (see `words_labels`).
+        let words = self.words_labels(Some(&req.reason), req.requested_action.as_deref());
         let mut labels = super::labels_of(&facts);
-        labels.extend(text_labels.iter().cloned());
+        labels.extend(words.iter().cloned());
         // The facts by item id (a restriction on what their sender may send holds them
         // back too); the two texts are no stored item.
         let ids: Vec<&str> = facts
@@ -248,9 +244,9 @@ impl Gateway {
                 permit
                     .withheld
                     .iter()
-                    .map(|&i| match i.checked_sub(facts.len()).and_then(|t| texts.get(t)) {
+                    .map(|&i| match i.checked_sub(facts.len()).and_then(|t| WORD_FIELDS.get(t)) {
                         // The words are the worker's own: not quoted back.
-                        Some((field, _)) => Issue::error(
+                        Some(field) => Issue::error(
                             IssueCode::BusinessRule,
                             format!("this text mentions information the tenant's consent withholds from {}; rephrase it without that", req.to),
                         )
@@ -278,20 +274,12 @@ impl Gateway {
                     deadline: req.deadline.as_deref(),
                     priority: req.priority,
                     answers: answers.as_ref(),
+                    word_labels: words.into_iter().flatten().collect(),
                 },
                 &facts,
                 audit.clone(),
             )
             .await?;
-        // Kept with the note, so the relay's decision before each attempt counts the
-        // words too (a restriction recorded after the note was queued stops it).
-        let text_labels: std::collections::BTreeSet<String> =
-            text_labels.into_iter().flatten().collect();
-        let (mut note, mut new_note) = (note, new_note);
-        if !text_labels.is_empty() {
-            note["text_labels"] = json!(text_labels);
-            new_note.note["text_labels"] = json!(text_labels);
-        }
         *audit = new_note.audit.clone();
         self.store.queue_note(new_note).await?;
         Ok(note)
@@ -320,7 +308,7 @@ impl Gateway {
                 Identifier::new(&self.config.tenancy.identifier_system, tenant.as_str())
             });
         let reference = reference_id.to_string();
-        let note = json!({
+        let mut note = json!({
             "reason": text.reason,
             "facts": facts,
             "requested_action": text.action,
@@ -328,9 +316,13 @@ impl Gateway {
             "priority": text.priority,
             "author": call.principal.id,
         });
-        let mut note = note;
         if let Some(ex) = text.answers {
             note["in_response_to"] = json!(ex.reference_id.to_string());
+        }
+        // What the worker's words were read as carrying, for the worker to see; the relay
+        // reads the words again before each attempt.
+        if !text.word_labels.is_empty() {
+            note["text_labels"] = json!(text.word_labels);
         }
         let payload = note_bundle(&NoteParts {
             reference: &reference,
@@ -384,20 +376,32 @@ impl Gateway {
             })
     }
 
-    /// The partner's notice `reference` names, if it is one `req.to` sent about
-    /// `req.tenant_id` and has not retracted: what a note may answer. Anything else is
-    /// answered alike (not found), whoever's it is.
-    async fn notice_answered(
+    /// The labels a note's own words carry, per field of [`WORD_FIELDS`] (reason,
+    /// requested action): "her methadone dose changed" is substance-use information
+    /// whatever facts are attached.
+    pub(crate) fn words_labels(
+        &self,
+        reason: Option<&str>,
+        action: Option<&str>,
+    ) -> [std::collections::BTreeSet<String>; 2] {
+        [reason, action].map(|t| t.map(|t| self.mappings.text_labels(t)).unwrap_or_default())
+    }
+
+    /// The partner's notice `reference` names, if it is one `partner` sent about
+    /// `tenant` and has not retracted: what a note may answer, when it is queued and when
+    /// it is delivered. Anything else is answered alike (not found), whoever's it is.
+    pub(crate) async fn notice_answered(
         &self,
         reference: &str,
-        req: &NoteRequest,
+        partner: &PartnerId,
+        tenant: &TenantId,
     ) -> Result<Option<StoredExchange>, Error> {
         let Ok(id) = reference.parse::<crate::ids::ReferenceId>() else {
             return Ok(None);
         };
         Ok(self.store.exchange(&id).await?.filter(|ex| {
-            ex.partner == req.to
-                && ex.tenant == req.tenant_id
+            &ex.partner == partner
+                && &ex.tenant == tenant
                 && ex.resource_type == "Communication"
                 && ex.state != "retracted"
         }))
@@ -501,6 +505,8 @@ pub(crate) struct OutboundText<'a> {
     pub priority: Priority,
     /// The partner's notice it answers.
     pub answers: Option<&'a StoredExchange>,
+    /// The labels its words carry (see [`Gateway::words_labels`]).
+    pub word_labels: std::collections::BTreeSet<String>,
 }
 
 pub fn unix_ms(t: time::OffsetDateTime) -> i64 {

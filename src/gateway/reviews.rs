@@ -239,13 +239,7 @@ impl Gateway {
         // is told which one; a partner gets the same refusal as for any exchange.
         let context = self.store.consent_context(&review.tenant_id).await?;
         let seen = ConsentsSeen::of(&context, !self.config.consent.share_while_renewal_due);
-        // Each decision's action is free text every attendee receives: its words carry
-        // labels as a note's do.
-        let action_labels: Vec<std::collections::BTreeSet<String>> = review
-            .decisions
-            .iter()
-            .map(|d| self.mappings.text_labels(&d.action))
-            .collect();
+        let action_labels = self.action_labels(&review);
         let from_housing = self.is_housing(&call.principal.org);
         // A partner is told no more than for any exchange: what the tenant withholds, and
         // from whom, stays with housing (and in the audit).
@@ -503,12 +497,7 @@ impl Gateway {
         if call.principal.role == Role::ReviewMember
             && (self.partner_reads(call) || partner_recorded)
         {
-            let labels: Vec<std::collections::BTreeSet<String>> = r
-                .review
-                .decisions
-                .iter()
-                .map(|d| self.mappings.text_labels(&d.action))
-                .collect();
+            let labels = self.action_labels(&r.review);
             // A partner's actions are what it told housing: a restriction on what it may
             // send (INF) holds them back from the others as it holds back its notices.
             let senders = if partner_recorded {
@@ -548,6 +537,16 @@ impl Gateway {
             }
         }
         Ok(r)
+    }
+
+    /// The labels each decision's action carries by its words: free text every attendee
+    /// receives, held to the consent as a note's words are.
+    fn action_labels(&self, review: &Review) -> Vec<std::collections::BTreeSet<String>> {
+        review
+            .decisions
+            .iter()
+            .map(|d| self.mappings.text_labels(&d.action))
+            .collect()
     }
 
     /// Who recorded review `id`, from its audit record: reviews stored before they named
