@@ -441,23 +441,18 @@ pub fn decide(consents: &[ConsentVersion], req: &ExchangeRequest) -> Decision {
 /// Housing use: the items each partner's sending-side restriction withholds, among the
 /// items that partner sent.
 fn withheld_from_senders(t: &ConsentTerms, req: &ExchangeRequest) -> Vec<usize> {
-    let mut withheld = Vec::new();
-    for d in t.partner_denials.iter().filter(|d| !d.receiving) {
-        let sent: Vec<usize> = (0..req.item_labels.len())
-            .filter(|&i| req.item_senders.get(i).and_then(Option::as_ref) == Some(&d.partner))
-            .collect();
-        if sent.is_empty() {
-            continue;
-        }
-        let labels: Vec<BTreeSet<String>> =
-            sent.iter().map(|&i| req.item_labels[i].clone()).collect();
-        withheld.extend(
-            withheld_labels(&d.labels, &labels, req.label_hierarchy)
+    let sent_by = |i: usize, partner: &PartnerId| {
+        req.item_senders.get(i).and_then(Option::as_ref) == Some(partner)
+    };
+    t.partner_denials
+        .iter()
+        .filter(|d| !d.receiving)
+        .flat_map(|d| {
+            withheld_labels(&d.labels, req.item_labels, req.label_hierarchy)
                 .into_iter()
-                .map(|j| sent[j]),
-        );
-    }
-    withheld
+                .filter(|&i| sent_by(i, &d.partner))
+        })
+        .collect()
 }
 
 /// Row 7: the consent names this partner in the role the exchange's direction needs.
@@ -639,11 +634,9 @@ mod tests {
         )
     }
 
-    /// A restriction for one partner holds for that partner, in that direction, only:
-    /// "no substance-use details to the MCO" withholds them from the MCO receiving, not
-    /// from the clinic receiving, nor from the MCO sending, nor from housing's own reads.
-    #[test]
-    fn a_restriction_for_one_partner_holds_for_it_in_its_direction_only() {
+    /// Consent to share with the clinic and the MCO, but no substance use for the MCO
+    /// when it receives from housing (`receiving`) or sends to it.
+    fn mco_denied_sud(receiving: bool) -> ConsentTerms {
         let mut t = terms(
             ConsentStatus::Active,
             datetime!(2026-11-01 00:00 UTC),
@@ -652,9 +645,18 @@ mod tests {
         );
         t.partner_denials = vec![PartnerDenial {
             partner: PartnerId::new("mco"),
-            receiving: true,
+            receiving,
             labels: vec!["SUD".into()],
         }];
+        t
+    }
+
+    /// A restriction for one partner holds for that partner, in that direction, only:
+    /// "no substance-use details to the MCO" withholds them from the MCO receiving, not
+    /// from the clinic receiving, nor from the MCO sending, nor from housing's own reads.
+    #[test]
+    fn a_restriction_for_one_partner_holds_for_it_in_its_direction_only() {
+        let t = mco_denied_sud(true);
         let consents = [version("c", 1, t)];
         // What of an SUD-labelled item and an unlabelled one is withheld.
         fn withheld_of(consents: &[ConsentVersion], flow: Flow, partner: &str) -> Vec<usize> {
@@ -698,17 +700,7 @@ mod tests {
     /// from housing's own reads; the same labels from another partner stay in view.
     #[test]
     fn a_sending_restriction_hides_what_that_partner_already_sent() {
-        let mut t = terms(
-            ConsentStatus::Active,
-            datetime!(2026-11-01 00:00 UTC),
-            &["clinic", "mco"],
-            &[],
-        );
-        t.partner_denials = vec![PartnerDenial {
-            partner: PartnerId::new("mco"),
-            receiving: false,
-            labels: vec!["SUD".into()],
-        }];
+        let mut t = mco_denied_sud(false);
         let sud = || BTreeSet::from(["SUD".to_string()]);
         let read = |t: &ConsentTerms, senders: Vec<Option<PartnerId>>| {
             let a = Ask {
