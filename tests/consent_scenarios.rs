@@ -1390,17 +1390,7 @@ async fn a_restriction_on_what_a_partner_sends_hides_what_it_already_sent() {
     // what it sends: the same nested deny, its actor's role INF.
     let mut form = share_with(&[CLINIC_ID, MCO_ID]);
     form["withhold_from"] = json!({CLINIC_ID: ["substance-use"]});
-    assert_eq!(record(&app, form).await.status, 201);
-    let list = app.get("/housing/consents?tenant=T-1001", HOUSING).await;
-    let id = list.body["consents"][0]["id"].as_str().unwrap().to_string();
-    let mut fhir = app.get(&format!("/fhir/Consent/{id}"), HOUSING).await.body;
-    let role = &mut fhir["provision"]["provision"][0]["actor"][0]["role"]["coding"][0]["code"];
-    assert_eq!(*role, "IRCP");
-    *role = json!("INF");
-    let put = app
-        .put_with(&format!("/fhir/Consent/{id}"), HOUSING, &fhir, &[])
-        .await;
-    assert_eq!(put.status, 200, "{put:?}");
+    app.record_sending_restriction(&form).await;
     let list = app.get("/housing/consents?tenant=T-1001", HOUSING).await;
     assert_eq!(
         list.body["consents"][0]["withhold_when_sent_by"],

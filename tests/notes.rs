@@ -538,14 +538,7 @@ async fn a_notes_own_words_are_held_to_the_consent() {
         .await;
     assert_eq!(refused.status, 422, "{refused:?}");
     assert_eq!(refused.error_expressions(), ["reason"]);
-    assert!(
-        !refused
-            .body
-            .to_string()
-            .to_lowercase()
-            .contains("methadone"),
-        "{refused:?}"
-    );
+    assert!(!refused.mentions("methadone"), "{refused:?}");
     let mut in_the_action = note(json!([]));
     in_the_action["requested_action"] = json!("Can her buprenorphine be delivered?");
     let refused = app

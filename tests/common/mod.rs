@@ -312,6 +312,15 @@ impl Answer {
     }
 
     /// The `expression`s of the OperationOutcome's error issues.
+    /// Whether the answer repeats `word` anywhere (any case): what a refusal must not do
+    /// with a worker's own words.
+    pub fn mentions(&self, word: &str) -> bool {
+        self.body
+            .to_string()
+            .to_lowercase()
+            .contains(&word.to_lowercase())
+    }
+
     pub fn error_expressions(&self) -> Vec<String> {
         self.issues("error")
             .iter()
@@ -404,6 +413,23 @@ impl TestApp {
             req = req.header(*k, *v);
         }
         answer(req.send().await.expect("request")).await
+    }
+
+    /// Records consent `form` for T-1001, whose `withhold_from` names one partner, and
+    /// makes that restriction one on what the partner *sends* to housing (FHIR actor role
+    /// INF): the housing form names only what a partner receives.
+    pub async fn record_sending_restriction(&self, form: &Value) {
+        let recorded = self.post_json("/housing/consents", HOUSING, form).await;
+        assert_eq!(recorded.status, 201, "{recorded:?}");
+        let list = self.get("/housing/consents?tenant=T-1001", HOUSING).await;
+        let id = list.body["consents"][0]["id"].as_str().unwrap().to_string();
+        let path = format!("/fhir/Consent/{id}");
+        let mut fhir = self.get(&path, HOUSING).await.body;
+        let role = &mut fhir["provision"]["provision"][0]["actor"][0]["role"]["coding"][0]["code"];
+        assert_eq!(*role, "IRCP");
+        *role = json!("INF");
+        let put = self.put_with(&path, HOUSING, &fhir, &[]).await;
+        assert_eq!(put.status, 200, "{put:?}");
     }
 
     /// POST with `application/json` (the housing API).
