@@ -28,6 +28,22 @@ fn review_naming_methadone() -> Value {
     r
 }
 
+/// Tenant T-1001 under consent form `consent`, and housing's first review of the team
+/// (after which the partners on it may record reviews too).
+async fn team_under(app: &TestApp, consent: &Value) {
+    app.register_tenant().await;
+    assert_eq!(
+        app.post_json("/housing/consents", HOUSING, consent)
+            .await
+            .status,
+        201
+    );
+    let first = app
+        .post_json("/housing/reviews", HOUSING_REVIEW, &review())
+        .await;
+    assert_eq!(first.status, 201, "{first:?}");
+}
+
 /// Tenant T-1001, consenting to share with both partners on the review team.
 async fn team_consents(app: &TestApp) {
     app.register_tenant().await;
@@ -215,19 +231,9 @@ async fn a_restriction_recorded_later_withholds_a_review_action_from_partners() 
 #[tokio::test]
 async fn a_restriction_on_what_the_recorder_sends_holds_back_its_review_actions() {
     let app = spawn_app().await;
-    app.register_tenant().await;
     let share = json!({"tenant_id": "T-1001", "share_with": ["riverside-clinic", "bayview-health-plan"],
         "valid_until": "2027-05-31", "signed_at": "2026-11-23T09:00:00Z"});
-    assert_eq!(
-        app.post_json("/housing/consents", HOUSING, &share)
-            .await
-            .status,
-        201
-    );
-    let first = app
-        .post_json("/housing/reviews", HOUSING_REVIEW, &review())
-        .await;
-    assert_eq!(first.status, 201, "{first:?}");
+    team_under(&app, &share).await;
     let by_clinic = review_naming_methadone();
     let recorded = app
         .post_json("/housing/reviews", CLINIC_REVIEW, &by_clinic)
@@ -324,20 +330,10 @@ async fn a_review_stored_before_it_named_its_recorder_is_read_under_the_recorder
 #[tokio::test]
 async fn a_partner_recording_a_review_is_not_told_what_is_withheld_from_another() {
     let app = spawn_app().await;
-    app.register_tenant().await;
     let consent = json!({"tenant_id": "T-1001", "share_with": ["riverside-clinic", "bayview-health-plan"],
         "withhold_from": {"bayview-health-plan": ["substance-use"]},
         "valid_until": "2027-05-31", "signed_at": "2026-11-23T09:00:00Z"});
-    assert_eq!(
-        app.post_json("/housing/consents", HOUSING, &consent)
-            .await
-            .status,
-        201
-    );
-    let first = app
-        .post_json("/housing/reviews", HOUSING_REVIEW, &review())
-        .await;
-    assert_eq!(first.status, 201, "{first:?}");
+    team_under(&app, &consent).await;
     let slip = review_naming_methadone();
     let by_clinic = app
         .post_json("/housing/reviews", CLINIC_REVIEW, &slip)
