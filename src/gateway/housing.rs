@@ -235,12 +235,9 @@ impl Gateway {
             .and_then(|note| queued.get(&note))
             .and_then(|(_, origin)| origin.as_ref())
             .map(|o| self.partner_name(o));
-        // A forward queued before forwards were marked had its covering line recorded
-        // as a note's words; it passed on the notice's items only.
         let kinds: BTreeSet<String> = e
             .items_written
             .iter()
-            .filter(|i| origin.is_none() || i.kind != super::notes::NOTE_TEXT)
             .map(|i| describe_kind(&i.kind).to_string())
             .collect();
         let what: Vec<String> = kinds.into_iter().collect();
