@@ -170,20 +170,14 @@ impl Gateway {
                         .flatten();
                     queued.insert(entry.reference_id, (entry.items_written.clone(), origin));
                 }
-                // Deliveries recorded before they listed their items take the note's; and
-                // housing's own note (not a forward) shared its words, which deliveries
-                // recorded before those counted do not name (nor what they carried).
+                // Deliveries recorded before they listed what they carried: the note's
+                // facts, and for housing's own note (not a forward) its words.
                 if entry.action == "deliver"
+                    && entry.items_written.is_empty()
                     && let Some((items, origin)) = entry.related.and_then(|n| queued.get(&n))
                 {
-                    if entry.items_written.is_empty() {
-                        entry.items_written = items.clone();
-                    }
-                    let words_named = entry
-                        .items_written
-                        .iter()
-                        .any(|i| i.kind == super::notes::NOTE_TEXT);
-                    if origin.is_none() && !words_named {
+                    entry.items_written = items.clone();
+                    if origin.is_none() {
                         entry.items_written.push(crate::audit::ItemRef {
                             kind: super::notes::NOTE_TEXT.into(),
                             id: None,
