@@ -90,6 +90,19 @@ async fn send_note_while(app: &TestApp, partner: &Partner, mode: Mode) -> String
     reference
 }
 
+/// Brings the partner back, moves the clock past the next attempt (`minutes`), and waits
+/// for the relay to stop the note rather than deliver it; returns the thread.
+async fn resume_until_stopped(
+    app: &TestApp,
+    partner: &Partner,
+    reference: &str,
+    minutes: i64,
+) -> Value {
+    partner.set(Mode::Up);
+    app.clock.advance(time::Duration::minutes(minutes));
+    wait_for_state(app, reference, "stopped").await
+}
+
 /// The note thread's last delivery error.
 fn last_error(thread: &Value) -> &str {
     thread["delivery"]["last_error"].as_str().unwrap()
@@ -308,9 +321,7 @@ async fn a_revocation_during_an_outage_stops_queued_notes() {
         .status,
         200
     );
-    partner.set(Mode::Up);
-    app.clock.advance(time::Duration::minutes(5));
-    let t = wait_for_state(&app, &reference, "stopped").await;
+    let t = resume_until_stopped(&app, &partner, &reference, 5).await;
     assert!(last_error(&t).contains("consent-revoked"), "{t}");
     assert!(partner.created().is_empty());
     assert_eq!(t["open"], false);
@@ -527,9 +538,7 @@ async fn a_notes_own_words_are_held_to_the_consent() {
             .status,
         201
     );
-    partner.set(Mode::Up);
-    app.clock.advance(time::Duration::minutes(5));
-    let t = wait_for_state(&app, &reference, "stopped").await;
+    let t = resume_until_stopped(&app, &partner, &reference, 5).await;
     assert!(last_error(&t).contains("restricted"), "{t}");
     assert!(partner.created().is_empty());
 
@@ -724,9 +733,7 @@ async fn an_answer_to_a_notice_retracted_before_delivery_is_stopped() {
         retracted.status == 200 || retracted.status == 201,
         "{retracted:?}"
     );
-    partner.set(Mode::Up);
-    app.clock.advance(time::Duration::minutes(5));
-    let t = wait_for_state(&app, &reference, "stopped").await;
+    let t = resume_until_stopped(&app, &partner, &reference, 5).await;
     assert!(last_error(&t).contains("retracted"), "{t}");
     assert!(partner.created().is_empty());
 }
@@ -973,9 +980,7 @@ async fn a_notice_retracted_before_its_forward_is_delivered_is_not_forwarded() {
     retraction["status"] = json!("entered-in-error");
     let r = app.post("/fhir/Communication", CLINIC, &retraction).await;
     assert!(r.status == 200 || r.status == 201, "{r:?}");
-    partner.set(Mode::Up);
-    app.clock.advance(time::Duration::minutes(30));
-    let t = wait_for_state(&app, &forward, "stopped").await;
+    let t = resume_until_stopped(&app, &partner, &forward, 30).await;
     assert!(last_error(&t).contains("retracted"), "{t}");
     // Queued with its facts but never delivered: the tenant's accounting does not say it
     // was shared with the MCO.
