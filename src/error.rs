@@ -19,9 +19,13 @@ pub enum Error {
     #[error("{0}")]
     NotFound(String),
     /// 405: the route has no such method, or (R4 update) the resource does not exist and
-    /// Hearth does not create resources under ids the client chose.
-    #[error("{0}")]
-    MethodNotAllowed(String),
+    /// Hearth does not create resources under ids the client chose. `allow` is the
+    /// `Allow` header's list; the router sets it itself for a method no route has.
+    #[error("{message}")]
+    MethodNotAllowed {
+        message: String,
+        allow: Option<&'static str>,
+    },
     #[error("the body is larger than the {0}-byte limit")]
     PayloadTooLarge(usize),
     #[error("send application/fhir+json or application/json (UTF-8)")]
@@ -65,7 +69,7 @@ impl Error {
             Error::Unauthenticated => "unauthenticated",
             Error::Forbidden(_) => "forbidden",
             Error::NotFound(_) => "not-found",
-            Error::MethodNotAllowed(_) => "method-not-allowed",
+            Error::MethodNotAllowed { .. } => "method-not-allowed",
             Error::PayloadTooLarge(_) => "payload-too-large",
             Error::UnsupportedMediaType => "unsupported-media-type",
             Error::NotAcceptable => "not-acceptable",

@@ -933,6 +933,11 @@ async fn the_fhir_form_and_the_housing_form_agree() {
         .put_with("/fhir/Consent/no-such-consent", HOUSING, &stray, &[])
         .await;
     assert_eq!(missing.status, 405, "{missing:?}");
+    assert_eq!(
+        missing.header("allow").as_deref(),
+        Some("GET"),
+        "{missing:?}"
+    );
     let list = app.get("/housing/consents?tenant=T-1001", HOUSING).await;
     assert_eq!(list.body["consents"].as_array().unwrap().len(), 3);
 

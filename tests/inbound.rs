@@ -558,6 +558,8 @@ async fn error_statuses_are_operation_outcomes() {
     .await;
     assert_eq!(a.status, 405);
     assert_eq!(a.body["resourceType"], "OperationOutcome");
+    // RFC 9110: a 405 names what the resource does take.
+    assert_eq!(a.header("allow").as_deref(), Some("POST"), "{a:?}");
     // 400: a path segment that is not UTF-8, refused before any handler runs, and still
     // audited with a reason.
     let a = app.get("/fhir/Communication/%FF", CLINIC).await;
@@ -912,6 +914,121 @@ async fn a_transaction_whose_third_entry_fails_leaves_the_store_unchanged() {
         .collect();
     assert_eq!(statuses, ["201 Created"; 3]);
     assert!(!feed_items(&app).await.is_empty());
+}
+
+/// The transaction an EHR builds around a patient: the Patient as one entry (name, date of
+/// birth, address — none of it housing's business) and the notices pointing at it by
+/// `fullUrl`.
+fn transaction_with_patient_entry(patient_url: &str) -> Value {
+    let mut bundle = fixture("bundle-transaction.json");
+    let entries = bundle["entry"].as_array_mut().unwrap();
+    entries.truncate(2);
+    for e in entries.iter_mut() {
+        // Retries are recognised by content, not by a condition.
+        e["request"].as_object_mut().unwrap().remove("ifNoneExist");
+        e["resource"]["subject"] =
+            json!({"reference": patient_url, "display": "Grace Okonkwo-Tull"});
+    }
+    entries.insert(0, json!({
+        "fullUrl": patient_url,
+        "resource": {"resourceType": "Patient",
+            "identifier": [{"system": "https://riverside-clinic.example/fhir/mrn", "value": "MRN-448812"}],
+            "name": [{"family": "Okonkwo-Tull", "given": ["Grace"]}],
+            "birthDate": "1961-04-02",
+            "address": [{"line": ["14 Quarry Rise"], "city": "Riverside"}]},
+        "request": {"method": "POST", "url": "Patient",
+            "ifNoneExist": "identifier=https://riverside-clinic.example/fhir/mrn|MRN-448812"}
+    }));
+    bundle
+}
+
+fn entry_statuses(a: &Answer) -> Vec<String> {
+    a.body["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["response"]["status"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_transaction_names_its_subject_by_a_patient_entry_and_hearth_keeps_none_of_it() {
+    let app = spawn_app().await.with_consenting_tenant().await;
+    let bundle = transaction_with_patient_entry("urn:uuid:6a1e0c4e-0b8d-4c3e-9f10-2b7c5d9e1a01");
+    let a = app.post("/fhir", CLINIC, &bundle).await;
+    assert_eq!(a.status, 200, "{a:?}");
+    assert_eq!(entry_statuses(&a), ["200 OK", "201 Created", "201 Created"]);
+    // Linked to the tenant by the Patient's identifier, as a notice sent alone would be.
+    let items = app.feed_all().await;
+    assert!(
+        !items.is_empty() && items.iter().all(|e| e["tenant"] == "T-1001"),
+        "{items:?}"
+    );
+    // The Patient's answer points at the Bundle's audit record; its own entries have theirs.
+    let patient_outcome = &a.body["entry"][0]["response"]["outcome"];
+    assert_eq!(patient_outcome["id"], a.reference_id(), "{patient_outcome}");
+
+    // An EHR retrying mints fresh urn:uuids; the notices are still the ones it sent.
+    let retry = transaction_with_patient_entry("urn:uuid:0d5b7f3a-77c2-4e0e-8a5e-9c0b1d2e3f04");
+    let b = app.post("/fhir", CLINIC, &retry).await;
+    assert_eq!(entry_statuses(&b), ["200 OK", "200 OK", "200 OK"], "{b:?}");
+    assert_eq!(app.feed_all().await.len(), items.len());
+
+    // Nothing of the Patient beyond its identifier is kept, answered or stored.
+    let location = a.body["entry"][1]["response"]["location"].as_str().unwrap();
+    let copy = app.get(&format!("/fhir/{location}"), CLINIC).await;
+    assert_eq!(copy.status, 200, "{copy:?}");
+    let db = app.db_path();
+    for (what, text) in [
+        ("answer", a.body.to_string()),
+        ("copy", copy.body.to_string()),
+    ] {
+        assert!(
+            !text.contains("Okonkwo") && !text.contains("1961-04-02"),
+            "{what}: {text}"
+        );
+    }
+    for file in [db.clone(), db.with_extension("db-wal")] {
+        if let Ok(bytes) = std::fs::read(&file) {
+            for secret in ["Okonkwo", "Quarry Rise", "1961-04-02"] {
+                assert!(
+                    !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                    "{} holds {secret}",
+                    file.display()
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_transaction_entry_pointing_at_no_patient_entry_fails_the_transaction_at_its_reference() {
+    let app = spawn_app().await.with_consenting_tenant().await;
+    let mut bundle =
+        transaction_with_patient_entry("urn:uuid:6a1e0c4e-0b8d-4c3e-9f10-2b7c5d9e1a01");
+    bundle["entry"][2]["resource"]["subject"]["reference"] = json!("urn:uuid:somebody-else");
+    let a = app.post("/fhir", CLINIC, &bundle).await;
+    assert_eq!(
+        (a.status, a.error_expressions()),
+        (
+            422,
+            vec!["Bundle.entry[2].resource.subject.reference".to_string()]
+        ),
+        "{a:?}"
+    );
+    assert!(feed_items(&app).await.is_empty());
+
+    // A Patient entry Hearth cannot link is refused where its identifier should be.
+    let mut anonymous =
+        transaction_with_patient_entry("urn:uuid:6a1e0c4e-0b8d-4c3e-9f10-2b7c5d9e1a01");
+    anonymous["entry"][0]["resource"]["identifier"] = json!([{"value": "no system"}]);
+    let b = app.post("/fhir", CLINIC, &anonymous).await;
+    assert_eq!(
+        (b.status, b.error_expressions()),
+        (422, vec!["Bundle.entry[0].resource.identifier".to_string()]),
+        "{b:?}"
+    );
+    assert!(feed_items(&app).await.is_empty());
 }
 
 /// A notice with nothing the dataset carries is refused at the element that decides what

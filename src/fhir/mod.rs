@@ -3,6 +3,7 @@
 //! Invariant: `fhir` knows the shape of FHIR JSON, not what Hearth does with it; it holds
 //! no state beyond the compiled profiles.
 
+pub mod bundle;
 pub mod capability;
 pub mod outcome;
 pub mod profiles;

@@ -336,9 +336,13 @@ impl Gateway {
             // R4 update: a resource that does not exist is not created under the client's
             // id (consent ids are Hearth's); POST creates.
             .ok_or_else(|| {
-                Error::MethodNotAllowed(format!(
-                    "Consent/{id} does not exist, and Hearth does not create consents under ids the client chose: POST /fhir/Consent to record one"
-                ))
+                Error::MethodNotAllowed {
+                    message: format!(
+                        "Consent/{id} does not exist, and Hearth does not create consents under ids the client chose: POST /fhir/Consent to record one"
+                    ),
+                    // Reading it is allowed (and answers 404).
+                    allow: Some("GET"),
+                }
             })?;
         if let Some(edited) = if_match
             && edited != existing.version.version

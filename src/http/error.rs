@@ -69,7 +69,7 @@ pub fn status_of(e: &Error) -> StatusCode {
         Error::Unauthenticated => StatusCode::UNAUTHORIZED,
         Error::Forbidden(_) => StatusCode::FORBIDDEN,
         Error::NotFound(_) => StatusCode::NOT_FOUND,
-        Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+        Error::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
         Error::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         Error::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         Error::NotAcceptable => StatusCode::NOT_ACCEPTABLE,
@@ -96,7 +96,7 @@ pub fn issues_of(e: &Error) -> Vec<Issue> {
         Error::Unauthenticated => one(IssueCode::Login, e.to_string()),
         Error::Forbidden(_) => one(IssueCode::Forbidden, e.to_string()),
         Error::NotFound(_) => one(IssueCode::NotFound, e.to_string()),
-        Error::MethodNotAllowed(_) | Error::UnsupportedMediaType | Error::NotAcceptable => {
+        Error::MethodNotAllowed { .. } | Error::UnsupportedMediaType | Error::NotAcceptable => {
             one(IssueCode::NotSupported, e.to_string())
         }
         Error::PayloadTooLarge(_) => one(IssueCode::TooLong, e.to_string()),
@@ -120,10 +120,20 @@ pub fn render(e: &Error, reference_id: &str, response: Response) -> Response {
         HeaderValue::from_static(crate::fhir::FHIR_JSON),
     );
     parts.headers.remove(header::CONTENT_LENGTH);
-    if matches!(e, Error::Unauthenticated) {
-        parts
-            .headers
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    match e {
+        Error::Unauthenticated => {
+            parts
+                .headers
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        Error::MethodNotAllowed {
+            allow: Some(allow), ..
+        } => {
+            parts
+                .headers
+                .insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        _ => {}
     }
     Response::from_parts(parts, axum::body::Body::from(body.to_string()))
 }

@@ -13,6 +13,7 @@ use super::error::{AuditDraft, Audited, Failure, fhir_json, issues_of, status_of
 use super::extract::JsonBody;
 use crate::audit::Direction;
 use crate::error::Error;
+use crate::fhir::bundle::{self, LocalPatients};
 use crate::fhir::capability::{ResourceSupport, capability_statement};
 use crate::fhir::{Issue, outcome};
 use crate::gateway::consents::RecordedConsent;
@@ -425,7 +426,12 @@ fn entry_target(entry: &Value, index: usize) -> Result<&'static str, Error> {
             Error::Invalid(vec![
                 Issue::error(
                     crate::fhir::IssueCode::NotSupported,
-                    format!("Hearth does not create `{ty}` resources"),
+                    if ty == "Patient" {
+                        // Batch entries are independent: nothing can point at this one.
+                        "Hearth keeps no Patient resources; a Patient entry can name the subject of a transaction's other entries, but a batch's entries must each identify their subject".to_string()
+                    } else {
+                        format!("Hearth does not create `{ty}` resources")
+                    },
                 )
                 .at(format!("Bundle.entry[{index}].request.url")),
             ])
@@ -433,7 +439,10 @@ fn entry_target(entry: &Value, index: usize) -> Result<&'static str, Error> {
 }
 
 fn entry_body(entry: &Value) -> JsonBody {
-    let value = entry.get("resource").cloned().unwrap_or(Value::Null);
+    body_of(entry.get("resource").cloned().unwrap_or(Value::Null))
+}
+
+fn body_of(value: Value) -> JsonBody {
     let digest = crate::audit::digest(&serde_json::to_vec(&value).unwrap_or_default());
     JsonBody { value, digest }
 }
@@ -591,8 +600,19 @@ async fn transaction(
     bundle_audit: &mut crate::audit::AuditEntry,
 ) -> Result<Value, Error> {
     let g = &state.gateway;
+    let patients = LocalPatients::of(&entries)
+        .map_err(|issue| Error::Invalid(vec![issue]))
+        .inspect_err(|e| {
+            bundle_audit.reason = Some(format!("patient entry: {}", e.audit_reason()))
+        })?;
     let mut prepared: Vec<(usize, &'static str, Call, Prepared)> = Vec::new();
     for (i, entry) in entries.iter().enumerate() {
+        if bundle::is_patient_entry(entry) {
+            patient_request(entry, i).inspect_err(|e| {
+                bundle_audit.reason = Some(format!("entry {i}: {}", e.audit_reason()));
+            })?;
+            continue;
+        }
         let entry_call = call.entry(i);
         let mut audit = entry_call.audit("create", Direction::Inbound);
         let step = async {
@@ -614,7 +634,11 @@ async fn transaction(
                 ]));
             }
             let if_none_exist = entry_condition(entry, i)?;
-            let body = entry_body(entry);
+            let mut resource = entry.get("resource").cloned().unwrap_or(Value::Null);
+            patients
+                .resolve(&mut resource)
+                .map_err(|issue| Error::Invalid(vec![issue]))?;
+            let body = body_of(resource);
             let p = g
                 .prepare(
                     &entry_call,
@@ -662,16 +686,16 @@ async fn transaction(
     if receipts.iter().any(|r| r.forwards_queued > 0) {
         state.relay.wake();
     }
-    let out: Vec<Value> = order
+    let mut answered: Vec<(usize, Value)> = order
         .iter()
         .zip(receipts)
-        .map(|((_, rt, entry_call), r)| {
+        .map(|((i, rt, entry_call), r)| {
             let created = Created::Notice(r);
             let (status, location, etag) = status_and_location(rt, &created);
             let Created::Notice(r) = &created else {
                 unreachable!()
             };
-            entry_response(
+            let response = entry_response(
                 status,
                 location,
                 etag,
@@ -679,10 +703,46 @@ async fn transaction(
                     &entry_call.reference_id.to_string(),
                     &receipt_issues(r),
                 ),
-            )
+            );
+            (*i, response)
         })
         .collect();
-    Ok(bundle_of("transaction-response", None, out))
+    // A Patient entry is answered under the Bundle's reference ID: nothing of it is kept.
+    let bundle_reference = call.reference_id.to_string();
+    answered.extend(
+        entries
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| bundle::is_patient_entry(e))
+            .map(|(i, _)| {
+                let issues = [Issue::information(PATIENT_ENTRY_READ)];
+                let outcome = outcome::operation_outcome(&bundle_reference, &issues);
+                (i, entry_response(StatusCode::OK, None, None, outcome))
+            }),
+    );
+    answered.sort_by_key(|(i, _)| *i);
+    Ok(bundle_of(
+        "transaction-response",
+        None,
+        answered.into_iter().map(|(_, r)| r).collect(),
+    ))
+}
+
+/// What a transaction's Patient entry is answered with.
+const PATIENT_ENTRY_READ: &str = "Hearth keeps no Patient resources: this entry named the subject of the entries that reference it, and nothing else of it was kept";
+
+/// A Patient entry creates or updates nothing, so only a create or an update makes sense.
+fn patient_request(entry: &Value, index: usize) -> Result<(), Error> {
+    match entry.pointer("/request/method").and_then(Value::as_str) {
+        Some("POST" | "PUT") => Ok(()),
+        _ => Err(Error::Invalid(vec![
+            Issue::error(
+                crate::fhir::IssueCode::NotSupported,
+                "a Patient entry only names the subject of other entries: its request is POST or PUT",
+            )
+            .at(format!("Bundle.entry[{index}].request.method")),
+        ])),
+    }
 }
 
 /// The version an `If-Match` header names (`W/"3"`, as Hearth's ETags, or `"3"`).

@@ -78,7 +78,10 @@ pub fn router(state: AppState) -> Router {
         .merge(ops::router())
         .fallback(|| async { Error::NotFound("there is nothing at this path".into()) })
         .method_not_allowed_fallback(|| async {
-            Error::MethodNotAllowed("this method is not supported here".into())
+            Error::MethodNotAllowed {
+                message: "this method is not supported here".into(),
+                allow: None,
+            }
         })
         // Outermost: every request, matched or not, gets a reference ID and an audit record.
         .layer(middleware::from_fn_with_state(state.clone(), envelope))
