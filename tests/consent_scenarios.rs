@@ -935,7 +935,7 @@ async fn the_fhir_form_and_the_housing_form_agree() {
     assert_eq!(missing.status, 405, "{missing:?}");
     assert_eq!(
         missing.header("allow").as_deref(),
-        Some("GET"),
+        Some("GET, HEAD"),
         "{missing:?}"
     );
     let list = app.get("/housing/consents?tenant=T-1001", HOUSING).await;

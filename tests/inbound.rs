@@ -929,6 +929,9 @@ fn transaction_with_patient_entry(patient_url: &str) -> Value {
         e["resource"]["subject"] =
             json!({"reference": patient_url, "display": "Grace Okonkwo-Tull"});
     }
+    // The appointment names its patient by the entry too.
+    entries[0]["resource"]["contained"][1]["participant"][0]["actor"] =
+        json!({"reference": patient_url, "display": "Grace Okonkwo-Tull"});
     entries.insert(0, json!({
         "fullUrl": patient_url,
         "resource": {"resourceType": "Patient",
@@ -964,14 +967,43 @@ async fn a_transaction_names_its_subject_by_a_patient_entry_and_hearth_keeps_non
         !items.is_empty() && items.iter().all(|e| e["tenant"] == "T-1001"),
         "{items:?}"
     );
-    // The Patient's answer points at the Bundle's audit record; its own entries have theirs.
-    let patient_outcome = &a.body["entry"][0]["response"]["outcome"];
-    assert_eq!(patient_outcome["id"], a.reference_id(), "{patient_outcome}");
+    // The Patient entry has its own record: read, to name the subject; no values.
+    let patient_reference = a.body["entry"][0]["response"]["outcome"]["id"]
+        .as_str()
+        .unwrap();
+    let record = app.audit_record(patient_reference).await;
+    assert_eq!(
+        (
+            &record["action"],
+            &record["resource_type"],
+            &record["parent"]
+        ),
+        (
+            &json!("identify-subject"),
+            &json!("Patient"),
+            &json!(a.reference_id())
+        ),
+        "{record}"
+    );
 
     // An EHR retrying mints fresh urn:uuids; the notices are still the ones it sent.
     let retry = transaction_with_patient_entry("urn:uuid:0d5b7f3a-77c2-4e0e-8a5e-9c0b1d2e3f04");
     let b = app.post("/fhir", CLINIC, &retry).await;
     assert_eq!(entry_statuses(&b), ["200 OK", "200 OK", "200 OK"], "{b:?}");
+    for i in [1, 2] {
+        let location = |x: &Answer| x.body["entry"][i]["response"]["location"].clone();
+        assert_eq!(location(&b), location(&a), "entry {i} names its original");
+        // The trail keeps the digest of the entry as sent, not of Hearth's rewrite.
+        let reference = b.body["entry"][i]["response"]["outcome"]["id"]
+            .as_str()
+            .unwrap();
+        let sent = serde_json::to_vec(&retry["entry"][i]["resource"]).unwrap();
+        assert_eq!(
+            app.audit_record(reference).await["payload_digest"],
+            hearth::audit::digest(&sent),
+            "entry {i}"
+        );
+    }
     assert_eq!(app.feed_all().await.len(), items.len());
 
     // Nothing of the Patient beyond its identifier is kept, answered or stored.
@@ -988,16 +1020,17 @@ async fn a_transaction_names_its_subject_by_a_patient_entry_and_hearth_keeps_non
             "{what}: {text}"
         );
     }
-    for file in [db.clone(), db.with_extension("db-wal")] {
-        if let Ok(bytes) = std::fs::read(&file) {
-            for secret in ["Okonkwo", "Quarry Rise", "1961-04-02"] {
-                assert!(
-                    !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
-                    "{} holds {secret}",
-                    file.display()
-                );
-            }
-        }
+    let store = [
+        std::fs::read(&db).expect("the store file"),
+        std::fs::read(db.with_extension("db-wal")).unwrap_or_default(),
+    ];
+    for secret in ["Okonkwo", "Quarry Rise", "1961-04-02"] {
+        assert!(
+            !store
+                .iter()
+                .any(|bytes| bytes.windows(secret.len()).any(|w| w == secret.as_bytes())),
+            "the store holds {secret}"
+        );
     }
 }
 
@@ -1028,7 +1061,30 @@ async fn a_transaction_entry_pointing_at_no_patient_entry_fails_the_transaction_
         (422, vec!["Bundle.entry[0].resource.identifier".to_string()]),
         "{b:?}"
     );
+    // A Patient entry creates or updates nothing: a conditional PUT is read like a POST,
+    // anything else is refused at its method.
+    let mut put = transaction_with_patient_entry("urn:uuid:6a1e0c4e-0b8d-4c3e-9f10-2b7c5d9e1a01");
+    put["entry"][0]["request"] = json!({"method": "DELETE", "url": "Patient?identifier=x|y"});
+    let c = app.post("/fhir", CLINIC, &put).await;
+    assert_eq!(
+        (c.status, c.error_expressions()),
+        (422, vec!["Bundle.entry[0].request.method".to_string()]),
+        "{c:?}"
+    );
+    // Only the senders of notices may name their subject.
+    let only_patient = json!({"resourceType": "Bundle", "type": "transaction",
+        "entry": [bundle["entry"][0].clone()]});
+    assert_eq!(app.post("/fhir", HOUSING, &only_patient).await.status, 403);
     assert!(feed_items(&app).await.is_empty());
+
+    put["entry"][0]["request"] = json!({"method": "PUT",
+        "url": "Patient?identifier=https://riverside-clinic.example/fhir/mrn|MRN-448812"});
+    let d = app.post("/fhir", CLINIC, &put).await;
+    assert_eq!(
+        entry_statuses(&d),
+        ["200 OK", "201 Created", "201 Created"],
+        "{d:?}"
+    );
 }
 
 /// A notice with nothing the dataset carries is refused at the element that decides what

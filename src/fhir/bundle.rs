@@ -1,21 +1,19 @@
 //! A transaction's Patient entries: the subject that its other entries name by `fullUrl`.
 //!
 //! EHRs commonly send a transaction with the Patient as one entry (`fullUrl:
-//! "urn:uuid:…"`) and notices whose `subject.reference` points at it. Hearth keeps no
-//! Patient resources: such an entry only says who the notices are about. Each notice is
-//! rewritten to name its subject the way a notice sent on its own does (a contained
-//! Patient carrying the entry's identifiers and nothing else), so it is linked, checked
-//! for consent and recognised as a retry by the same rules. The digest is taken after the
-//! rewrite: a retry with fresh `urn:uuid`s is still the same notice.
+//! "urn:uuid:…"`) and notices whose references (`subject`, an appointment's participant, a
+//! contained flag's subject) point at it. Hearth keeps no Patient resources: such an entry
+//! only says who the notices are about. Each notice is rewritten to name that Patient the
+//! way a notice sent on its own does — a contained Patient carrying the entry's
+//! identifiers and nothing else — so it is linked, checked for consent and recognised as a
+//! retry by the same rules. The replay digest is taken after the rewrite: a retry with
+//! fresh `urn:uuid`s is still the same notice.
 
 use std::collections::HashMap;
 
 use serde_json::{Value, json};
 
 use super::{Issue, IssueCode};
-
-/// The elements that name a resource's subject (`patient` for a Consent).
-const SUBJECT_ELEMENTS: [&str; 2] = ["subject", "patient"];
 
 /// A transaction's Patient entries, by `fullUrl`.
 #[derive(Debug, Default)]
@@ -32,10 +30,14 @@ pub fn is_patient_entry(entry: &Value) -> bool {
         .is_some_and(|t| t == "Patient")
 }
 
+/// A problem with one entry of a Bundle: its index, and the issue (rooted at the Bundle).
+pub type EntryIssue = (usize, Issue);
+
 impl<'b> LocalPatients<'b> {
-    /// The Patient entries of `entries`. Each needs a `fullUrl` no other entry uses (or
-    /// nothing could point at it) and an identifier Hearth can link to a tenant.
-    pub fn of(entries: &'b [Value]) -> Result<Self, Issue> {
+    /// The Patient entries of `entries`. Each needs a `fullUrl` no other Patient entry
+    /// uses (or nothing could point at it) and an identifier, with a system and a value,
+    /// that can name a tenant.
+    pub fn of(entries: &'b [Value]) -> Result<Self, EntryIssue> {
         let mut by_url = HashMap::new();
         for (i, entry) in entries.iter().enumerate() {
             if !is_patient_entry(entry) {
@@ -46,99 +48,140 @@ impl<'b> LocalPatients<'b> {
                 .and_then(Value::as_str)
                 .filter(|u| !u.is_empty())
                 .ok_or_else(|| {
-                    Issue::error(
+                    let issue = Issue::error(
                         IssueCode::Required,
                         "a Patient entry needs a fullUrl for the entries about it to reference",
-                    )
-                    .at(format!("Bundle.entry[{i}].fullUrl"))
+                    );
+                    (i, issue.at(format!("Bundle.entry[{i}].fullUrl")))
                 })?;
+            let text = |id: &Value, key: &str| {
+                id.get(key)
+                    .and_then(Value::as_str)
+                    .filter(|t| !t.is_empty())
+                    .map(str::to_string)
+            };
             let identifiers: Vec<Value> = entry["resource"]
                 .get("identifier")
                 .and_then(Value::as_array)
                 .into_iter()
                 .flatten()
-                .filter(|id| id.get("system").is_some() && id.get("value").is_some())
-                .map(|id| json!({"system": id["system"], "value": id["value"]}))
+                .filter_map(|id| {
+                    Some(json!({"system": text(id, "system")?, "value": text(id, "value")?}))
+                })
                 .collect();
             if identifiers.is_empty() {
-                return Err(Issue::error(
+                let issue = Issue::error(
                     IssueCode::Required,
                     "the Patient must carry an identifier (system and value) Hearth can link to a tenant",
-                )
-                .at(format!("Bundle.entry[{i}].resource.identifier")));
+                );
+                return Err((
+                    i,
+                    issue.at(format!("Bundle.entry[{i}].resource.identifier")),
+                ));
             }
             if by_url.insert(url, identifiers).is_some() {
-                return Err(Issue::error(
+                let issue = Issue::error(
                     IssueCode::Invariant,
                     "another Patient entry has the same fullUrl",
-                )
-                .at(format!("Bundle.entry[{i}].fullUrl")));
+                );
+                return Err((i, issue.at(format!("Bundle.entry[{i}].fullUrl"))));
             }
         }
         Ok(Self { by_url })
     }
 
-    /// Rewrites a subject that names one of these Patients into a contained Patient with
-    /// its identifiers. A `urn:` reference that names none is refused: no other entry of
-    /// the Bundle can be the subject. Issue expressions are rooted at the resource.
+    /// Rewrites every reference to one of these Patients, anywhere in `resource` (its
+    /// contained resources too), to a contained Patient with that entry's identifiers; a
+    /// `display` beside such a reference goes. A `urn:` subject that names none of them
+    /// is refused: no other entry can be the subject. Expressions are rooted at the
+    /// resource.
     pub fn resolve(&self, resource: &mut Value) -> Result<(), Issue> {
-        let rt = super::resource_type(resource)
-            .unwrap_or("Resource")
-            .to_string();
-        for element in SUBJECT_ELEMENTS {
-            let Some(reference) = resource
-                .pointer(&format!("/{element}/reference"))
-                .and_then(Value::as_str)
-            else {
-                continue;
-            };
-            let Some(identifiers) = self.by_url.get(reference) else {
-                if reference.starts_with("urn:") {
-                    return Err(Issue::error(
-                        IssueCode::Invariant,
-                        format!("{element}.reference names no Patient entry of this transaction"),
-                    )
-                    .at(format!("{rt}.{element}.reference")));
-                }
-                continue;
-            };
-            let id = unused_contained_id(resource, "subject");
-            let patient = json!({"resourceType": "Patient", "id": id, "identifier": identifiers});
+        if let Some(reference) = resource
+            .pointer("/subject/reference")
+            .and_then(Value::as_str)
+            && reference.starts_with("urn:")
+            && !self.by_url.contains_key(reference)
+        {
+            let rt = super::resource_type(resource).unwrap_or("Resource");
+            return Err(Issue::error(
+                IssueCode::Invariant,
+                "subject.reference names no Patient entry of this transaction",
+            )
+            .at(format!("{rt}.subject.reference")));
+        }
+        if self.by_url.is_empty() || !resource.get("contained").is_none_or(Value::is_array) {
+            // Not a list: the profile check reports it at its place.
+            return Ok(());
+        }
+        let mut taken: Vec<String> = resource
+            .get("contained")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c.get("id").and_then(Value::as_str).map(str::to_string))
+            .collect();
+        // fullUrl → the contained id it became, in order of first reference.
+        let mut named: Vec<(&str, String)> = Vec::new();
+        self.rewrite(resource, &mut taken, &mut named);
+        if !named.is_empty() {
             let contained = resource
                 .as_object_mut()
                 .expect("a resource is a JSON object")
                 .entry("contained")
-                .or_insert_with(|| json!([]));
-            match contained.as_array_mut() {
-                Some(list) => list.push(patient),
-                // Not a list: the profile check reports it at its place.
-                None => return Ok(()),
+                .or_insert_with(|| json!([]))
+                .as_array_mut()
+                .expect("checked above");
+            for (url, id) in named {
+                contained.push(
+                    json!({"resourceType": "Patient", "id": id, "identifier": self.by_url[url]}),
+                );
             }
-            let subject = &mut resource[element];
-            let mut named = json!({"reference": format!("#{id}")});
-            if let Some(given) = subject.get("identifier") {
-                named["identifier"] = given.clone();
-            }
-            *subject = named;
         }
         Ok(())
     }
+
+    fn rewrite<'s>(
+        &'s self,
+        v: &mut Value,
+        taken: &mut Vec<String>,
+        named: &mut Vec<(&'s str, String)>,
+    ) {
+        match v {
+            Value::Object(map) => {
+                let patient = map
+                    .get("reference")
+                    .and_then(Value::as_str)
+                    .and_then(|r| self.by_url.get_key_value(r))
+                    .map(|(url, _)| *url);
+                if let Some(url) = patient {
+                    let id = match named.iter().find(|(u, _)| *u == url) {
+                        Some((_, id)) => id.clone(),
+                        None => {
+                            let id = unused_id(taken, "patient");
+                            taken.push(id.clone());
+                            named.push((url, id.clone()));
+                            id
+                        }
+                    };
+                    map.insert("reference".into(), json!(format!("#{id}")));
+                    map.remove("display");
+                    return;
+                }
+                for child in map.values_mut() {
+                    self.rewrite(child, taken, named);
+                }
+            }
+            Value::Array(list) => list.iter_mut().for_each(|c| self.rewrite(c, taken, named)),
+            _ => {}
+        }
+    }
 }
 
-/// `base`, or `base-2`, `base-3`…: the first id no contained resource has.
-fn unused_contained_id(resource: &Value, base: &str) -> String {
-    let taken = |id: &str| {
-        resource
-            .get("contained")
-            .and_then(Value::as_array)
-            .is_some_and(|c| {
-                c.iter()
-                    .any(|r| r.get("id").and_then(Value::as_str) == Some(id))
-            })
-    };
+/// `base`, or `base-2`, `base-3`…: the first id not taken.
+fn unused_id(taken: &[String], base: &str) -> String {
     std::iter::once(base.to_string())
         .chain((2..).map(|n| format!("{base}-{n}")))
-        .find(|id| !taken(id))
+        .find(|id| !taken.contains(id))
         .expect("an unused id")
 }
 
@@ -162,15 +205,26 @@ mod tests {
         )];
         let patients = LocalPatients::of(&entries).unwrap();
         let mut notice = json!({"resourceType": "Communication",
-            "contained": [{"resourceType": "Location", "id": "subject"}],
-            "subject": {"reference": "urn:uuid:p1", "display": "Ms Okafor"}});
+            "contained": [{"resourceType": "Location", "id": "patient"},
+                          {"resourceType": "Flag", "id": "f", "subject": {"reference": "urn:uuid:p1"}}],
+            "subject": {"reference": "urn:uuid:p1", "display": "Ms Okafor",
+                        "identifier": {"system": MRN, "value": "MRN-1"}}});
         patients.resolve(&mut notice).unwrap();
-        assert_eq!(notice["subject"], json!({"reference": "#subject-2"}));
+        // Every reference to the entry names one contained Patient; the name beside it goes.
         assert_eq!(
-            notice["contained"][1],
-            json!({"resourceType": "Patient", "id": "subject-2",
+            notice["subject"],
+            json!({"reference": "#patient-2", "identifier": {"system": MRN, "value": "MRN-1"}})
+        );
+        assert_eq!(
+            notice["contained"][1]["subject"],
+            json!({"reference": "#patient-2"})
+        );
+        assert_eq!(
+            notice["contained"][2],
+            json!({"resourceType": "Patient", "id": "patient-2",
                    "identifier": [{"system": MRN, "value": "MRN-1"}]})
         );
+        assert_eq!(notice["contained"].as_array().unwrap().len(), 3);
     }
 
     #[test]
@@ -208,7 +262,7 @@ mod tests {
         ];
         for (entries, expression) in cases {
             assert_eq!(
-                LocalPatients::of(&entries).unwrap_err().expression,
+                LocalPatients::of(&entries).unwrap_err().1.expression,
                 [expression]
             );
         }

@@ -341,7 +341,7 @@ impl Gateway {
                         "Consent/{id} does not exist, and Hearth does not create consents under ids the client chose: POST /fhir/Consent to record one"
                     ),
                     // Reading it is allowed (and answers 404).
-                    allow: Some("GET"),
+                    allow: Some("GET, HEAD"),
                 }
             })?;
         if let Some(edited) = if_match

@@ -32,6 +32,16 @@ pub enum Prepared {
     },
 }
 
+impl Prepared {
+    /// The audit record the commit will write.
+    pub fn audit_mut(&mut self) -> &mut AuditEntry {
+        match self {
+            Prepared::Store { exchange, .. } => &mut exchange.audit,
+            Prepared::Replay { audit, .. } => audit,
+        }
+    }
+}
+
 /// What the caller is told about an inbound resource.
 #[derive(Debug, Clone)]
 pub struct Receipt {
@@ -244,6 +254,16 @@ impl Gateway {
 
     /// Stores prepared notices in one transaction (all or nothing) and reports each.
     pub async fn commit(&self, prepared: Vec<Prepared>) -> Result<Vec<Receipt>, Error> {
+        self.commit_with(prepared, Vec::new()).await
+    }
+
+    /// [`Self::commit`], with audit records of what else the request did (a transaction's
+    /// Patient entries) written in the same transaction.
+    pub async fn commit_with(
+        &self,
+        prepared: Vec<Prepared>,
+        also_audited: Vec<AuditEntry>,
+    ) -> Result<Vec<Receipt>, Error> {
         // What each receipt needs once the store has answered; the exchanges themselves
         // move to the store rather than being copied.
         enum Pending {
@@ -261,7 +281,7 @@ impl Gateway {
             hold_forwards_behind_renewals(&mut prepared);
         }
         let mut to_store = Vec::new();
-        let mut replays = Vec::new();
+        let mut replays = also_audited;
         let mut pending = Vec::with_capacity(prepared.len());
         for p in prepared {
             match p {

@@ -12,6 +12,7 @@ use super::AppState;
 use super::error::{AuditDraft, Audited, Failure, fhir_json, issues_of, status_of};
 use super::extract::JsonBody;
 use crate::audit::Direction;
+use crate::auth::Role;
 use crate::error::Error;
 use crate::fhir::bundle::{self, LocalPatients};
 use crate::fhir::capability::{ResourceSupport, capability_statement};
@@ -600,20 +601,33 @@ async fn transaction(
     bundle_audit: &mut crate::audit::AuditEntry,
 ) -> Result<Value, Error> {
     let g = &state.gateway;
-    let patients = LocalPatients::of(&entries)
-        .map_err(|issue| Error::Invalid(vec![issue]))
-        .inspect_err(|e| {
-            bundle_audit.reason = Some(format!("patient entry: {}", e.audit_reason()))
-        })?;
+    // Checked before any notice: a notice may reference a Patient entry after it.
+    let patients = LocalPatients::of(&entries).map_err(|(i, issue)| {
+        bundle_audit.reason = Some(format!("entry {i}: invalid"));
+        Error::Invalid(vec![issue])
+    })?;
     let mut prepared: Vec<(usize, &'static str, Call, Prepared)> = Vec::new();
+    // A Patient entry is read, never kept; its own record says so, under its reference ID.
+    let mut subjects: Vec<(usize, crate::audit::AuditEntry)> = Vec::new();
     for (i, entry) in entries.iter().enumerate() {
+        let entry_call = call.entry(i);
         if bundle::is_patient_entry(entry) {
-            patient_request(entry, i).inspect_err(|e| {
-                bundle_audit.reason = Some(format!("entry {i}: {}", e.audit_reason()));
-            })?;
+            // It names the subject of notices: only their senders may send one (each notice
+            // entry is checked in `prepare`).
+            call.require(&[Role::Clinic, Role::Mco], "sending notices")
+                .and_then(|()| patient_request(entry, i))
+                .inspect_err(|e| {
+                    bundle_audit.reason = Some(format!("entry {i}: {}", e.audit_reason()));
+                })?;
+            let mut audit = entry_call.audit("identify-subject", Direction::Inbound);
+            audit.resource_type = Some("Patient".into());
+            audit.partner = Some(call.principal.org.clone());
+            audit.payload_digest = Some(entry_body(entry).digest);
+            audit.status = StatusCode::OK.as_u16();
+            audit.outcome = crate::audit::Outcome::Read;
+            subjects.push((i, audit));
             continue;
         }
-        let entry_call = call.entry(i);
         let mut audit = entry_call.audit("create", Direction::Inbound);
         let step = async {
             let rt = entry_target(entry, i)?;
@@ -638,8 +652,10 @@ async fn transaction(
             patients
                 .resolve(&mut resource)
                 .map_err(|issue| Error::Invalid(vec![issue]))?;
+            // Replays are recognised by the rewritten notice; the trail keeps the digest
+            // of the entry as the partner sent it.
             let body = body_of(resource);
-            let p = g
+            let mut p = g
                 .prepare(
                     &entry_call,
                     rt,
@@ -649,6 +665,7 @@ async fn transaction(
                     &mut audit,
                 )
                 .await?;
+            p.audit_mut().payload_digest = Some(entry_body(entry).digest);
             Ok((rt, p))
         };
         match step.await {
@@ -680,8 +697,15 @@ async fn transaction(
         .iter()
         .map(|(i, rt, c, _)| (*i, *rt, c.clone()))
         .collect();
+    let subject_answers: Vec<(usize, String)> = subjects
+        .iter()
+        .map(|(i, a)| (*i, a.reference_id.to_string()))
+        .collect();
     let receipts = g
-        .commit(prepared.into_iter().map(|(_, _, _, p)| p).collect())
+        .commit_with(
+            prepared.into_iter().map(|(_, _, _, p)| p).collect(),
+            subjects.into_iter().map(|(_, a)| a).collect(),
+        )
         .await?;
     if receipts.iter().any(|r| r.forwards_queued > 0) {
         state.relay.wake();
@@ -707,19 +731,11 @@ async fn transaction(
             (*i, response)
         })
         .collect();
-    // A Patient entry is answered under the Bundle's reference ID: nothing of it is kept.
-    let bundle_reference = call.reference_id.to_string();
-    answered.extend(
-        entries
-            .iter()
-            .enumerate()
-            .filter(|(_, e)| bundle::is_patient_entry(e))
-            .map(|(i, _)| {
-                let issues = [Issue::information(PATIENT_ENTRY_READ)];
-                let outcome = outcome::operation_outcome(&bundle_reference, &issues);
-                (i, entry_response(StatusCode::OK, None, None, outcome))
-            }),
-    );
+    answered.extend(subject_answers.into_iter().map(|(i, reference)| {
+        let issues = [Issue::information(PATIENT_ENTRY_READ)];
+        let outcome = outcome::operation_outcome(&reference, &issues);
+        (i, entry_response(StatusCode::OK, None, None, outcome))
+    }));
     answered.sort_by_key(|(i, _)| *i);
     Ok(bundle_of(
         "transaction-response",
