@@ -47,8 +47,8 @@ fn version(
         11 - (age_days / 31).min(10)
     ));
     c["provision"]["period"] = json!({"start": "2026-01-01", "end": "2027-06-30"});
-    let terms = terms_from_fhir(&c, |r| r.strip_prefix("Organization/").map(PartnerId::new))
-        .expect("consent terms");
+    let partner = |r: &str| r.strip_prefix("Organization/").map(PartnerId::new);
+    let terms = terms_from_fhir(&c, partner, |_| true).expect("consent terms");
     ConsentVersion {
         id,
         version: v,

@@ -346,7 +346,8 @@ async fn population(
             let mut ids: Vec<String> = Vec::new();
             for (fx, status, age, version_of) in plan {
                 let resource = consent_resource(fx, n, status, age, now);
-                let terms = terms_from_fhir(&resource, partner_for)
+                // The fixtures' labels (SUD, ETH) are ones the shipped mappings assign.
+                let terms = terms_from_fhir(&resource, partner_for, |_| true)
                     .map_err(|issues| anyhow::anyhow!("consent terms: {issues:?}"))?;
                 let mut a = entry("POST /fhir/Consent", "create", Direction::Internal, &stamp);
                 a.actor = Some(housing_actor());

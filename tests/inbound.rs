@@ -800,6 +800,33 @@ async fn a_consent_restriction_withholds_sensitive_items_without_telling_the_sen
     assert_eq!(kinds, ["medication_change", "risk_flag"]);
 }
 
+/// A restriction that could never withhold anything is refused, not stored as if it held:
+/// a label Hearth never assigns (nothing is labelled genetic here), or one from a local
+/// code system whose code merely looks like Hearth's.
+#[tokio::test]
+async fn a_consent_restricting_a_label_hearth_never_assigns_is_refused_at_that_label() {
+    let app = spawn_app().await;
+    app.register_tenant().await;
+    for label in [
+        json!({"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "GDIS"}),
+        json!({"system": "https://riverside-clinic.example/fhir/labels", "code": "SUD"}),
+    ] {
+        let mut consent = fixture("consent-clinic-and-mco-no-sud.json");
+        consent["provision"]["provision"][0]["securityLabel"][1] = label;
+        let c = app.post("/fhir/Consent", HOUSING, &consent).await;
+        assert_eq!(
+            (c.status, c.error_expressions()),
+            (
+                422,
+                vec!["Consent.provision.provision[0].securityLabel[1]".to_string()]
+            ),
+            "{c:?}"
+        );
+    }
+    let list = app.get("/housing/consents?tenant=T-1001", HOUSING).await;
+    assert_eq!(list.body["consents"], json!([]), "{list:?}");
+}
+
 /// Labels have a hierarchy (HL7 v3 ActCode): a consent that denies only opioid use
 /// disorder information withholds what codes can only call substance use, and an item
 /// a sender labelled OPIOIDUD is withheld by a denial written as SUD/ETH.

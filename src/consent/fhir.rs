@@ -12,16 +12,23 @@ use crate::ids::{Identifier, PartnerId};
 pub const PARTICIPATION_TYPE: &str = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType";
 pub const ACT_CODE: &str = "http://terminology.hl7.org/CodeSystem/v3-ActCode";
 pub const ACT_REASON: &str = "http://terminology.hl7.org/CodeSystem/v3-ActReason";
+/// The code systems of the security labels Hearth reads on data and in consents.
+pub const LABEL_SYSTEMS: &[&str] = &[
+    ACT_CODE,
+    "http://terminology.hl7.org/CodeSystem/v3-Confidentiality",
+];
 /// Actor role: may receive information from housing.
 pub const ROLE_RECIPIENT: &str = "IRCP";
 /// Actor role: may disclose information to housing.
 pub const ROLE_INFORMANT: &str = "INF";
 
 /// Reads the enforceable terms of a FHIR Consent. `partner_for` maps an actor reference
-/// (`Organization/<partner id>`) to a configured partner.
+/// (`Organization/<partner id>`) to a configured partner; `is_label` says whether Hearth
+/// ever puts a security label code on data (`mappings/sensitivity.toml`).
 pub fn terms_from_fhir(
     consent: &Value,
     partner_for: impl Fn(&str) -> Option<PartnerId>,
+    is_label: impl Fn(&str) -> bool,
 ) -> Result<ConsentTerms, Vec<Issue>> {
     let mut issues = Vec::new();
     let status = consent
@@ -140,7 +147,7 @@ pub fn terms_from_fhir(
             .at("Consent.provision.actor"),
         );
     }
-    let purposes = codes(provision.get("purpose"));
+    let purposes = purposes_of(provision.get("purpose"), &mut issues);
     // What Hearth does not enforce is refused, never stored and ignored: a consent that
     // reads "deny the MCO" or "not these codes" must not be taken to permit them.
     if consent.get("modifierExtension").is_some() {
@@ -165,7 +172,13 @@ pub fn terms_from_fhir(
         .flatten()
         .enumerate()
     {
-        let labels = codes(nested.get("securityLabel"));
+        let labels = match labels_of(nested.get("securityLabel"), i, &is_label) {
+            Ok(labels) => labels,
+            Err(issue) => {
+                issues.push(issue);
+                continue;
+            }
+        };
         let only_labels = nested
             .as_object()
             .is_some_and(|m| m.keys().all(|k| NESTED_PROVISION.contains(&k.as_str())));
@@ -299,12 +312,65 @@ fn unenforceable(at: &str) -> Issue {
     .at(at)
 }
 
-fn codes(list: Option<&Value>) -> Vec<String> {
-    list.and_then(Value::as_array)
+/// The purposes of use: v3-ActReason codes. One from another system would be compared
+/// with Hearth's purposes by its code alone, and could mean something else there.
+fn purposes_of(list: Option<&Value>, issues: &mut Vec<Issue>) -> Vec<String> {
+    let mut purposes = Vec::new();
+    for (k, c) in list
+        .and_then(Value::as_array)
         .into_iter()
         .flatten()
-        .filter_map(|c| c.get("code").and_then(Value::as_str).map(str::to_string))
-        .collect()
+        .enumerate()
+    {
+        match (
+            c.get("system").and_then(Value::as_str),
+            c.get("code").and_then(Value::as_str),
+        ) {
+            (Some(ACT_REASON), Some(code)) => purposes.push(code.to_string()),
+            _ => issues.push(
+                Issue::error(
+                    IssueCode::Value,
+                    format!(
+                        "a purpose of use is a code of {ACT_REASON} (care coordination is COC)"
+                    ),
+                )
+                .at(format!("Consent.provision.purpose[{k}]")),
+            ),
+        }
+    }
+    purposes
+}
+
+/// A nested deny's security labels. Each must be one Hearth puts on data — a label system
+/// it reads and a code `is_label` knows — or the restriction would be stored and never
+/// withhold anything.
+fn labels_of(
+    list: Option<&Value>,
+    provision: usize,
+    is_label: &impl Fn(&str) -> bool,
+) -> Result<Vec<String>, Issue> {
+    let mut labels = Vec::new();
+    for (k, c) in list
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let system = c.get("system").and_then(Value::as_str);
+        match c.get("code").and_then(Value::as_str) {
+            Some(code) if system.is_some_and(|s| LABEL_SYSTEMS.contains(&s)) && is_label(code) => {
+                labels.push(code.to_string());
+            }
+            _ => {
+                return Err(Issue::error(
+                    IssueCode::NotSupported,
+                    "Hearth never puts this label on data, so a restriction on it would withhold nothing: name a v3-ActCode label it assigns (SUD, ETH, HIV, PSY, SEX … as listed in mappings/sensitivity.toml)",
+                )
+                .at(format!("Consent.provision.provision[{provision}].securityLabel[{k}]")));
+            }
+        }
+    }
+    Ok(labels)
 }
 
 /// Who gave the consent.
@@ -476,6 +542,61 @@ mod tests {
         r.strip_prefix("Organization/").map(PartnerId::new)
     }
 
+    fn any_label(_: &str) -> bool {
+        true
+    }
+
+    /// A restriction Hearth could never apply is refused, not stored: a label from another
+    /// code system (its code may mean something else there), one Hearth never assigns, or
+    /// a purpose that is not a v3-ActReason code.
+    #[test]
+    fn labels_and_purposes_hearth_cannot_match_are_refused_where_they_stand() {
+        let actor = json!({"role": {"coding": [{"system": PARTICIPATION_TYPE, "code": "IRCP"}]}, "reference": {"reference": "Organization/mco"}});
+        let consent = |purpose: Value, labels: Value| {
+            json!({"resourceType": "Consent", "status": "active", "dateTime": "2026-01-01",
+                "provision": {"type": "permit", "actor": [actor], "purpose": purpose,
+                    "provision": [{"type": "deny", "securityLabel": labels}]}})
+        };
+        let is_label = |code: &str| ["SUD", "ETH", "R"].contains(&code);
+        let reason = json!([{"system": ACT_REASON, "code": "COC"}]);
+        let sud = json!({"system": ACT_CODE, "code": "SUD"});
+        let restricted = json!({"system": LABEL_SYSTEMS[1], "code": "R"});
+        let ok = terms_from_fhir(
+            &consent(reason.clone(), json!([sud, restricted])),
+            partner,
+            is_label,
+        );
+        assert_eq!(ok.unwrap().denied_labels, ["SUD", "R"]);
+
+        let cases = [
+            (
+                json!([sud, {"system": "http://example.org/local-labels", "code": "ETH"}]),
+                "Consent.provision.provision[0].securityLabel[1]",
+            ),
+            (
+                json!([{"code": "SUD"}]),
+                "Consent.provision.provision[0].securityLabel[0]",
+            ),
+            (
+                json!([{"system": ACT_CODE, "code": "GDIS"}]),
+                "Consent.provision.provision[0].securityLabel[0]",
+            ),
+        ];
+        for (labels, want) in cases {
+            let issues =
+                terms_from_fhir(&consent(reason.clone(), labels), partner, is_label).unwrap_err();
+            let got: Vec<&str> = issues
+                .iter()
+                .flat_map(|i| i.expression.iter().map(String::as_str))
+                .collect();
+            assert_eq!(got, [want]);
+        }
+        let local_purpose = json!([{"system": ACT_REASON, "code": "COC"}, {"system": "http://example.org/purposes", "code": "COC"}]);
+        let issues =
+            terms_from_fhir(&consent(local_purpose, json!([sud])), partner, is_label).unwrap_err();
+        assert_eq!(issues[0].expression, ["Consent.provision.purpose[1]"]);
+    }
+
     #[test]
     fn unknown_actors_and_roles_are_issues_at_the_actor() {
         let fhir = json!({"resourceType": "Consent", "status": "active", "dateTime": "2026-01-01",
@@ -483,7 +604,7 @@ mod tests {
             {"role": {"coding": [{"system": PARTICIPATION_TYPE, "code": "IRCP"}]}, "reference": {"reference": "Practitioner/x"}},
             {"role": {"coding": [{"system": PARTICIPATION_TYPE, "code": "AUT"}]}, "reference": {"reference": "Organization/clinic"}}
         ]}});
-        let issues = terms_from_fhir(&fhir, partner).unwrap_err();
+        let issues = terms_from_fhir(&fhir, partner, any_label).unwrap_err();
         let at: Vec<&str> = issues.iter().map(|i| i.expression[0].as_str()).collect();
         assert_eq!(
             at,
@@ -510,7 +631,7 @@ mod tests {
                 {"type": "deny", "securityLabel": [sud], "dataPeriod": {"start": "2026-01-01"}},
                 {"type": "permit", "securityLabel": [sud]}
             ]}});
-        let issues = terms_from_fhir(&fhir, partner).unwrap_err();
+        let issues = terms_from_fhir(&fhir, partner, any_label).unwrap_err();
         let at: Vec<&str> = issues.iter().map(|i| i.expression[0].as_str()).collect();
         assert_eq!(
             at,
@@ -528,13 +649,15 @@ mod tests {
             "provision": {"type": "permit", "actor": [fhir["provision"]["actor"][0]], "action": disclose,
                 "provision": [{"type": "deny", "action": disclose, "securityLabel": [sud]}]}});
         assert_eq!(
-            terms_from_fhir(&plain, partner).unwrap().denied_labels,
+            terms_from_fhir(&plain, partner, any_label)
+                .unwrap()
+                .denied_labels,
             ["SUD"]
         );
         // A permit to collect only is not a permit to disclose.
         let mut collect = plain.clone();
         collect["provision"]["action"][0]["coding"][0]["code"] = json!("collect");
-        let issues = terms_from_fhir(&collect, partner).unwrap_err();
+        let issues = terms_from_fhir(&collect, partner, any_label).unwrap_err();
         assert_eq!(issues[0].expression, ["Consent.provision.action"]);
     }
 
@@ -569,7 +692,7 @@ mod tests {
             &PartnerId::new("housing"),
             GivenBy::Tenant,
         );
-        assert_eq!(terms_from_fhir(&fhir, partner).unwrap(), terms);
+        assert_eq!(terms_from_fhir(&fhir, partner, any_label).unwrap(), terms);
         // A restriction for a partner the consent does not let receive could never apply:
         // refused where it is written, not kept as if it held.
         let mut stray = terms.clone();
@@ -584,7 +707,7 @@ mod tests {
             &PartnerId::new("housing"),
             GivenBy::Tenant,
         );
-        let issues = terms_from_fhir(&fhir, partner).unwrap_err();
+        let issues = terms_from_fhir(&fhir, partner, any_label).unwrap_err();
         assert_eq!(
             issues[0].expression,
             ["Consent.provision.provision[1].actor[0]"]
@@ -598,7 +721,7 @@ mod tests {
             GivenBy::Representative,
         );
         assert_eq!(fhir["provision"]["type"], "deny");
-        assert_eq!(terms_from_fhir(&fhir, partner).unwrap(), refusal);
+        assert_eq!(terms_from_fhir(&fhir, partner, any_label).unwrap(), refusal);
     }
 
     #[test]

@@ -401,7 +401,10 @@ impl Gateway {
             });
         }
         self.validate(resource)?;
-        consent::terms_from_fhir(resource, self.partner_for()).map_err(Error::Invalid)
+        consent::terms_from_fhir(resource, self.partner_for(), |code| {
+            self.mappings.is_label(code)
+        })
+        .map_err(Error::Invalid)
     }
 
     /// Housing's Consent: its tenant and terms.
@@ -471,8 +474,10 @@ impl Gateway {
             form.given_by(),
         );
         // Read the FHIR form back, so what is enforced is exactly what the Consent says.
-        let terms =
-            consent::terms_from_fhir(&resource, self.partner_for()).map_err(Error::Invalid)?;
+        let terms = consent::terms_from_fhir(&resource, self.partner_for(), |code| {
+            self.mappings.is_label(code)
+        })
+        .map_err(Error::Invalid)?;
         let id = self.tenant_consent_id(&form.tenant_id).await?;
         audit.outcome = crate::audit::Outcome::Accepted;
         audit.status = 201;

@@ -104,12 +104,18 @@ impl Mappings {
             .filter(|c| {
                 c.get("system")
                     .and_then(Value::as_str)
-                    .is_some_and(|s| LABEL_SYSTEMS.contains(&s))
+                    .is_some_and(|s| crate::consent::fhir::LABEL_SYSTEMS.contains(&s))
             })
             .filter_map(|c| c.get("code").and_then(Value::as_str))
-            .filter(|code| KNOWN_LABELS.contains(code) || self.sensitivity.names_label(code))
+            .filter(|code| self.is_label(code))
             .map(str::to_string)
             .collect()
+    }
+
+    /// Whether Hearth ever puts this security label code on data: the labels it keeps
+    /// from senders and the ones `mappings/sensitivity.toml` assigns.
+    pub fn is_label(&self, code: &str) -> bool {
+        KNOWN_LABELS.contains(&code) || self.sensitivity.names_label(code)
     }
 
     pub fn load(dir: &FsPath) -> Result<Self, MappingError> {
@@ -508,12 +514,6 @@ fn primitive_text(v: &Value) -> Option<Cow<'_, str>> {
 fn coding(v: &Value) -> Option<(&str, &str)> {
     Some((v.get("system")?.as_str()?, v.get("code")?.as_str()?))
 }
-
-/// Systems whose codes are security labels.
-const LABEL_SYSTEMS: &[&str] = &[
-    "http://terminology.hl7.org/CodeSystem/v3-ActCode",
-    "http://terminology.hl7.org/CodeSystem/v3-Confidentiality",
-];
 
 /// Every string among `values`, however deeply nested.
 fn strings_in<'a>(values: impl Iterator<Item = &'a Value>, out: &mut Vec<&'a str>) {
