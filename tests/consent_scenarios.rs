@@ -1523,3 +1523,62 @@ async fn a_consent_to_housing_only_lets_notices_in_but_no_note_out() {
     assert_eq!(notes.body["notes"], json!([]));
     assert!(clinic.bundles().is_empty());
 }
+
+/// A site that stops assigning a label (its rule removed from `sensitivity.toml`) still
+/// holds items that carry it. Renewing a consent that withheld them keeps the restriction;
+/// only a label nothing was ever restricted by is refused.
+#[tokio::test]
+async fn renewing_a_consent_keeps_a_restriction_on_a_label_the_mappings_no_longer_assign() {
+    let site = tempfile::tempdir().unwrap();
+    for file in std::fs::read_dir(root().join("mappings")).unwrap() {
+        let file = file.unwrap().path();
+        std::fs::copy(&file, site.path().join(file.file_name().unwrap())).unwrap();
+    }
+    let sensitivity = site.path().join("sensitivity.toml");
+    let rules = std::fs::read_to_string(&sensitivity).unwrap();
+    // `[restrictions]` is the file's last table: a housing form restriction for GDIS.
+    std::fs::write(&sensitivity, format!("{rules}genetic = [\"GDIS\"]\n")).unwrap();
+    let mappings = std::sync::Arc::new(hearth::mapping::Mappings::load(site.path()).unwrap());
+    let gdis =
+        json!({"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "GDIS"});
+
+    let app = spawn_with_mappings(tempfile::tempdir().unwrap(), mappings).await;
+    app.register_tenant().await;
+    let mut consent = fixture("consent-clinic-and-mco-no-sud.json");
+    consent["provision"]["provision"][0]["securityLabel"][1] = gdis.clone();
+    let created = app.post("/fhir/Consent", HOUSING, &consent).await;
+    assert_eq!(created.status, 201, "{created:?}");
+    let id = created.body["id"].as_str().unwrap().to_string();
+
+    // The site drops the rule; Hearth restarts on the same store.
+    let app = spawn_app_in(app.stop().await).await;
+    let mut renewed = app.get(&format!("/fhir/Consent/{id}"), HOUSING).await.body;
+    renewed["provision"]["period"]["end"] = json!("2028-06-30");
+    let put = app
+        .put_with(&format!("/fhir/Consent/{id}"), HOUSING, &renewed, &[])
+        .await;
+    assert_eq!(put.status, 200, "{put:?}");
+    let labels = &put.body["provision"]["provision"][0]["securityLabel"];
+    assert!(
+        labels
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["code"] == "GDIS"),
+        "{put:?}"
+    );
+
+    // A label neither assigned nor restricted before is still refused.
+    renewed["provision"]["provision"][0]["securityLabel"] = json!([gdis, {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "XYZ"}]);
+    let again = app
+        .put_with(&format!("/fhir/Consent/{id}"), HOUSING, &renewed, &[])
+        .await;
+    assert_eq!(
+        (again.status, again.error_expressions()),
+        (
+            422,
+            vec!["Consent.provision.provision[0].securityLabel[1]".to_string()]
+        ),
+        "{again:?}"
+    );
+}

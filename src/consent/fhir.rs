@@ -357,18 +357,24 @@ fn labels_of(
         .enumerate()
     {
         let system = c.get("system").and_then(Value::as_str);
-        match c.get("code").and_then(Value::as_str) {
-            Some(code) if system.is_some_and(|s| LABEL_SYSTEMS.contains(&s)) && is_label(code) => {
+        let code = c.get("code").and_then(Value::as_str);
+        let problem = match (system, code) {
+            (Some(s), Some(code)) if LABEL_SYSTEMS.contains(&s) && is_label(code) => {
                 labels.push(code.to_string());
+                continue;
             }
-            _ => {
-                return Err(Issue::error(
-                    IssueCode::NotSupported,
-                    "Hearth never puts this label on data, so a restriction on it would withhold nothing: name a v3-ActCode label it assigns (SUD, ETH, HIV, PSY, SEX … as listed in mappings/sensitivity.toml)",
-                )
-                .at(format!("Consent.provision.provision[{provision}].securityLabel[{k}]")));
+            (_, None) => "a security label needs a code".to_string(),
+            (Some(s), Some(_)) if LABEL_SYSTEMS.contains(&s) => {
+                "Hearth never puts this label on data, so a restriction on it would withhold nothing: name one it assigns (SUD, ETH, HIV, PSY, SEX … as listed in mappings/sensitivity.toml)".to_string()
             }
-        }
+            _ => format!(
+                "a security label is a code of {}: Hearth matches labels by code, and another system's code could mean something else",
+                LABEL_SYSTEMS.join(" or ")
+            ),
+        };
+        return Err(Issue::error(IssueCode::NotSupported, problem).at(format!(
+            "Consent.provision.provision[{provision}].securityLabel[{k}]"
+        )));
     }
     Ok(labels)
 }

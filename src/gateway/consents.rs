@@ -250,7 +250,7 @@ impl Gateway {
         if !CUSTODIANS.contains(&call.principal.role) {
             return self.propose_consent(call, resource, audit).await;
         }
-        let (tenant, terms, resource) = self.read_consent(call, resource, audit).await?;
+        let (tenant, terms, resource) = self.read_consent(call, resource, &[], audit).await?;
         let id = self.tenant_consent_id(&tenant).await?;
         let clears = terms.status == ConsentStatus::Active;
         audit.outcome = crate::audit::Outcome::Accepted;
@@ -365,7 +365,14 @@ impl Gateway {
                 });
             }
         }
-        let (tenant, terms, resource) = self.read_consent(call, resource, audit).await?;
+        let before = &existing.version.terms;
+        let kept: Vec<&str> = before
+            .denied_labels
+            .iter()
+            .chain(before.partner_denials.iter().flat_map(|d| &d.labels))
+            .map(String::as_str)
+            .collect();
+        let (tenant, terms, resource) = self.read_consent(call, resource, &kept, audit).await?;
         if tenant != existing.tenant {
             return Err(Error::Invalid(vec![
                 Issue::error(
@@ -394,6 +401,17 @@ impl Gateway {
     /// The terms of a FHIR Consent Hearth will enforce, once it is known to be one and
     /// to be valid.
     fn consent_terms(&self, resource: &Value) -> Result<ConsentTerms, Error> {
+        self.consent_terms_keeping(resource, &[])
+    }
+
+    /// [`Self::consent_terms`], also accepting the labels `kept` restricts: an update
+    /// keeps what the version it replaces withheld, even a label the configuration has
+    /// since stopped assigning (held items still carry it; renewing must not release them).
+    fn consent_terms_keeping(
+        &self,
+        resource: &Value,
+        kept: &[&str],
+    ) -> Result<ConsentTerms, Error> {
         if fhir::resource_type(resource) != Some("Consent") {
             return Err(Error::Malformed {
                 message: "this endpoint takes a FHIR Consent".into(),
@@ -402,7 +420,7 @@ impl Gateway {
         }
         self.validate(resource)?;
         consent::terms_from_fhir(resource, self.partner_for(), |code| {
-            self.mappings.is_label(code)
+            self.mappings.is_label(code) || kept.contains(&code)
         })
         .map_err(Error::Invalid)
     }
@@ -412,9 +430,10 @@ impl Gateway {
         &self,
         call: &Call,
         resource: Value,
+        kept: &[&str],
         audit: &mut AuditEntry,
     ) -> Result<(TenantId, ConsentTerms, Value), Error> {
-        let terms = self.consent_terms(&resource)?;
+        let terms = self.consent_terms_keeping(&resource, kept)?;
         let tenant = match self.link(&resource, audit).await? {
             Ok(t) => t,
             Err(_) if call.principal.role.is_partner() => {

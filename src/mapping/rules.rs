@@ -325,7 +325,9 @@ impl Sensitivity {
                 .restrictions
                 .values()
                 .any(|l| l.iter().any(|x| x == code))
+            // Both ends of `[implies]`: an item with the narrow label carries the broad one.
             || self.implies.contains_key(code)
+            || self.implies.values().flatten().any(|x| x == code)
     }
 }
 
@@ -712,6 +714,17 @@ pub fn load_dir(dir: &FsPath) -> Result<(ValueSets, Sensitivity, Vec<Source>), M
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A label that only widening puts on data is still one a consent can restrict.
+    #[test]
+    fn a_label_reached_only_through_implies_is_named() {
+        let sensitivity = Sensitivity {
+            implies: [("PSYTHPN".to_string(), vec!["MH".to_string()])].into(),
+            ..Default::default()
+        };
+        assert!(sensitivity.names_label("MH") && sensitivity.names_label("PSYTHPN"));
+        assert!(!sensitivity.names_label("GDIS"));
+    }
 
     /// A list field given a list of `each` blocks takes the entries of each in turn; a
     /// plain rule among them is a start-up error, not a block silently ignored.

@@ -254,6 +254,13 @@ pub async fn spawn_app_with(data: TempDir, partner_url: Option<&str>) -> TestApp
     spawn_configured(data, config, reqwest::Client::new(), "http").await
 }
 
+/// Starts Hearth with mappings the test shaped itself (a site's own sensitivity rules).
+pub async fn spawn_with_mappings(data: TempDir, mappings: Arc<Mappings>) -> TestApp {
+    hearth::tls::install_crypto_provider();
+    let config = test_config(data.path());
+    spawn_with(data, config, reqwest::Client::new(), "http", mappings).await
+}
+
 /// Starts Hearth with a config the test shaped itself, and the client to call it with.
 pub async fn spawn_configured(
     data: TempDir,
@@ -261,8 +268,18 @@ pub async fn spawn_configured(
     client: reqwest::Client,
     scheme: &str,
 ) -> TestApp {
+    spawn_with(data, config, client, scheme, shared().0.clone()).await
+}
+
+async fn spawn_with(
+    data: TempDir,
+    config: Config,
+    client: reqwest::Client,
+    scheme: &str,
+    mappings: Arc<Mappings>,
+) -> TestApp {
     hearth::tls::install_crypto_provider();
-    let (mappings, profiles) = shared().clone();
+    let profiles = shared().1.clone();
     let clock = Arc::new(ManualClock::new(datetime!(2026-11-23 10:00 UTC)));
     let app =
         hearth::startup::build_with(config, clock.clone(), mappings, profiles).expect("app builds");
