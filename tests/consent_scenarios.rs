@@ -1228,9 +1228,42 @@ async fn a_consent_coming_to_its_end_is_listed_for_renewal_before_and_after() {
     );
     assert_eq!(listed[0]["since"], "2027-05-02T00:00:00Z");
 
+    // Discharged from hospital in the same month: one line for the tenant, both reasons,
+    // due since the earlier of the two.
+    app.clock.set(datetime!(2027-05-12 09:00 UTC));
+    let discharge = app
+        .post(
+            "/fhir/Communication",
+            CLINIC,
+            &fixture("discharge-notice.json"),
+        )
+        .await;
+    assert_eq!(discharge.status, 201, "{discharge:?}");
+    let listed = due(&app).await;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(
+        (
+            &listed[0]["reason"],
+            &listed[0]["reasons"],
+            &listed[0]["since"]
+        ),
+        (
+            &json!("hospitalisation"),
+            &json!(["hospitalisation", "expiring"]),
+            &json!("2027-05-02T00:00:00Z")
+        ),
+        "{listed:?}"
+    );
+    assert_eq!(listed[0]["ends"], "2027-06-01T00:00:00Z");
+    assert_eq!(listed[0]["reference_id"], discharge.reference_id());
+
     app.clock.set(datetime!(2027-06-02 09:00 UTC));
     let listed = due(&app).await;
-    assert_eq!(listed[0]["reason"], "expired", "{listed:?}");
+    assert_eq!(
+        listed[0]["reasons"],
+        json!(["hospitalisation", "expired"]),
+        "{listed:?}"
+    );
     let notice = app
         .post(
             "/fhir/Communication",

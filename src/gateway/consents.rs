@@ -2,7 +2,7 @@
 //! partner's proposal, prompt renewal. Housing is the custodian: only housing (or an
 //! admin) makes a consent that is enforced; a partner's Consent is kept as `proposed`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -68,7 +68,11 @@ pub enum RecordedConsent {
 #[derive(Debug, Clone, Serialize)]
 pub struct RenewalListing {
     pub tenant_id: TenantId,
+    /// The first of `reasons`: an open prompt's event if there is one.
     pub reason: String,
+    /// Every reason the tenant is due: a prompt's event, and `expiring`/`expired` when the
+    /// governing consent also ends. One listing per tenant, however many.
+    pub reasons: Vec<String>,
     /// Since when it has been due.
     pub since: String,
     /// The exchange or request that opened a prompt.
@@ -93,12 +97,19 @@ impl Gateway {
             .into_iter()
             .map(|(tenant_id, d)| RenewalListing {
                 tenant_id,
+                reasons: vec![d.reason.clone()],
                 reason: d.reason,
                 since: d.since,
                 reference_id: Some(d.reference_id),
                 consent_id: None,
                 ends: None,
             })
+            .collect();
+        // At most one open prompt per tenant (the store keeps it so).
+        let prompted: HashMap<TenantId, usize> = due
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (d.tenant_id.clone(), i))
             .collect();
         let notice = time::Duration::days(self.config.consent.expiry_notice_days.into());
         for (tenant_id, versions) in self.store.all_consents().await? {
@@ -120,14 +131,26 @@ impl Gateway {
                 continue;
             }
             let expired = at >= end;
-            due.push(RenewalListing {
-                tenant_id,
-                reason: if expired { "expired" } else { "expiring" }.into(),
-                since: rfc3339(if expired { end } else { from }),
-                reference_id: None,
-                consent_id: Some(governing.id.clone()),
-                ends: Some(rfc3339(end)),
-            });
+            let reason = if expired { "expired" } else { "expiring" };
+            let since = rfc3339(if expired { end } else { from });
+            // A tenant with an open prompt as well is listed once, with both reasons.
+            match prompted.get(&tenant_id).map(|&i| &mut due[i]) {
+                Some(listed) => {
+                    listed.reasons.push(reason.into());
+                    listed.since = listed.since.clone().min(since);
+                    listed.consent_id = Some(governing.id.clone());
+                    listed.ends = Some(rfc3339(end));
+                }
+                None => due.push(RenewalListing {
+                    tenant_id,
+                    reason: reason.into(),
+                    reasons: vec![reason.into()],
+                    since,
+                    reference_id: None,
+                    consent_id: Some(governing.id.clone()),
+                    ends: Some(rfc3339(end)),
+                }),
+            }
         }
         due.sort_by(|a, b| {
             a.since
