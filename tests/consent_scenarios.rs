@@ -1259,11 +1259,9 @@ async fn a_consent_coming_to_its_end_is_listed_for_renewal_before_and_after() {
 
     app.clock.set(datetime!(2027-06-02 09:00 UTC));
     let listed = due(&app).await;
-    assert_eq!(
-        listed[0]["reasons"],
-        json!(["hospitalisation", "expired"]),
-        "{listed:?}"
-    );
+    // Ended comes first: sharing has stopped.
+    assert_eq!(listed[0]["reason"], "expired", "{listed:?}");
+    assert_eq!(listed[0]["reasons"], json!(["expired", "hospitalisation"]));
     let notice = app
         .post(
             "/fhir/Communication",
@@ -1613,5 +1611,44 @@ async fn renewing_a_consent_keeps_a_restriction_on_a_label_the_mappings_no_longe
             vec!["Consent.provision.provision[0].securityLabel[1]".to_string()]
         ),
         "{again:?}"
+    );
+    // A create from housing adds a version to the tenant's consent: it may keep it too.
+    renewed["provision"]["provision"][0]["securityLabel"] = json!([gdis]);
+    renewed.as_object_mut().unwrap().remove("id");
+    let posted = app.post("/fhir/Consent", HOUSING, &renewed).await;
+    assert_eq!(posted.status, 201, "{posted:?}");
+}
+
+/// A consent written in Pacific time ends at 07:59 UTC on its notice day; a prompt opened
+/// at 03:00 UTC that morning is the earlier reason, whatever the two times look like as
+/// text. The list orders by time.
+#[tokio::test]
+async fn a_tenant_is_due_since_the_earlier_reason_in_time_not_in_text() {
+    let app = spawn_app().await;
+    app.register_tenant().await;
+    let mut consent = fixture("consent-share-with-clinic.json");
+    consent["provision"]["period"] =
+        json!({"start": "2026-01-01", "end": "2027-05-31T23:59:59-08:00"});
+    let c = app.post("/fhir/Consent", HOUSING, &consent).await;
+    assert_eq!(c.status, 201, "{c:?}");
+
+    app.clock.set(datetime!(2027-05-02 03:00 UTC));
+    let discharge = app
+        .post(
+            "/fhir/Communication",
+            CLINIC,
+            &fixture("discharge-notice.json"),
+        )
+        .await;
+    assert_eq!(discharge.status, 201, "{discharge:?}");
+    app.clock.set(datetime!(2027-05-02 09:00 UTC));
+    let listed = due(&app).await;
+    assert_eq!(
+        (&listed[0]["reasons"], &listed[0]["since"]),
+        (
+            &json!(["hospitalisation", "expiring"]),
+            &json!("2027-05-02T03:00:00Z")
+        ),
+        "{listed:?}"
     );
 }

@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 use serde_json::{Value, json};
-use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use time::{OffsetDateTime, UtcOffset};
 
 use super::{Call, Gateway};
 use crate::audit::AuditEntry;
@@ -68,13 +69,17 @@ pub enum RecordedConsent {
 #[derive(Debug, Clone, Serialize)]
 pub struct RenewalListing {
     pub tenant_id: TenantId,
-    /// The first of `reasons`: an open prompt's event if there is one.
+    /// The first of `reasons`: `expired` if the consent has ended (sharing has stopped),
+    /// else an open prompt's event, else `expiring`.
     pub reason: String,
-    /// Every reason the tenant is due: a prompt's event, and `expiring`/`expired` when the
-    /// governing consent also ends. One listing per tenant, however many.
+    /// Every reason the tenant is due, in that order. One listing per tenant.
     pub reasons: Vec<String>,
-    /// Since when it has been due.
+    /// Since when it has been due: the earliest of the reasons.
     pub since: String,
+    /// `since` as an instant: prompts and consents write their times with different
+    /// offsets and precision, so their text does not sort as time does.
+    #[serde(skip)]
+    since_at: OffsetDateTime,
     /// The exchange or request that opened a prompt.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reference_id: Option<String>,
@@ -99,6 +104,8 @@ impl Gateway {
                 tenant_id,
                 reasons: vec![d.reason.clone()],
                 reason: d.reason,
+                since_at: OffsetDateTime::parse(&d.since, &Rfc3339)
+                    .unwrap_or(OffsetDateTime::UNIX_EPOCH),
                 since: d.since,
                 reference_id: Some(d.reference_id),
                 consent_id: None,
@@ -132,12 +139,21 @@ impl Gateway {
             }
             let expired = at >= end;
             let reason = if expired { "expired" } else { "expiring" };
-            let since = rfc3339(if expired { end } else { from });
-            // A tenant with an open prompt as well is listed once, with both reasons.
+            let since_at = if expired { end } else { from }.to_offset(UtcOffset::UTC);
+            // A tenant with an open prompt as well is listed once, with both reasons. An
+            // ended consent comes first: sharing has stopped, which is the more urgent.
             match prompted.get(&tenant_id).map(|&i| &mut due[i]) {
                 Some(listed) => {
-                    listed.reasons.push(reason.into());
-                    listed.since = listed.since.clone().min(since);
+                    if expired {
+                        listed.reasons.insert(0, reason.into());
+                        listed.reason = reason.into();
+                    } else {
+                        listed.reasons.push(reason.into());
+                    }
+                    if since_at < listed.since_at {
+                        listed.since_at = since_at;
+                        listed.since = rfc3339(since_at);
+                    }
                     listed.consent_id = Some(governing.id.clone());
                     listed.ends = Some(rfc3339(end));
                 }
@@ -145,7 +161,8 @@ impl Gateway {
                     tenant_id,
                     reason: reason.into(),
                     reasons: vec![reason.into()],
-                    since,
+                    since: rfc3339(since_at),
+                    since_at,
                     reference_id: None,
                     consent_id: Some(governing.id.clone()),
                     ends: Some(rfc3339(end)),
@@ -153,8 +170,8 @@ impl Gateway {
             }
         }
         due.sort_by(|a, b| {
-            a.since
-                .cmp(&b.since)
+            a.since_at
+                .cmp(&b.since_at)
                 .then_with(|| a.tenant_id.cmp(&b.tenant_id))
         });
         Ok(due)
@@ -273,7 +290,7 @@ impl Gateway {
         if !CUSTODIANS.contains(&call.principal.role) {
             return self.propose_consent(call, resource, audit).await;
         }
-        let (tenant, terms, resource) = self.read_consent(call, resource, &[], audit).await?;
+        let (tenant, terms, resource) = self.read_consent(call, resource, None, audit).await?;
         let id = self.tenant_consent_id(&tenant).await?;
         let clears = terms.status == ConsentStatus::Active;
         audit.outcome = crate::audit::Outcome::Accepted;
@@ -388,14 +405,9 @@ impl Gateway {
                 });
             }
         }
-        let before = &existing.version.terms;
-        let kept: Vec<&str> = before
-            .denied_labels
-            .iter()
-            .chain(before.partner_denials.iter().flat_map(|d| &d.labels))
-            .map(String::as_str)
-            .collect();
-        let (tenant, terms, resource) = self.read_consent(call, resource, &kept, audit).await?;
+        let (tenant, terms, resource) = self
+            .read_consent(call, resource, Some(&existing), audit)
+            .await?;
         if tenant != existing.tenant {
             return Err(Error::Invalid(vec![
                 Issue::error(
@@ -424,39 +436,42 @@ impl Gateway {
     /// The terms of a FHIR Consent Hearth will enforce, once it is known to be one and
     /// to be valid.
     fn consent_terms(&self, resource: &Value) -> Result<ConsentTerms, Error> {
-        self.consent_terms_keeping(resource, &[])
+        self.consent_shape(resource)?;
+        self.terms_keeping(resource, &[])
     }
 
-    /// [`Self::consent_terms`], also accepting the labels `kept` restricts: an update
-    /// keeps what the version it replaces withheld, even a label the configuration has
-    /// since stopped assigning (held items still carry it; renewing must not release them).
-    fn consent_terms_keeping(
-        &self,
-        resource: &Value,
-        kept: &[&str],
-    ) -> Result<ConsentTerms, Error> {
+    /// A FHIR Consent, valid against the profile.
+    fn consent_shape(&self, resource: &Value) -> Result<(), Error> {
         if fhir::resource_type(resource) != Some("Consent") {
             return Err(Error::Malformed {
                 message: "this endpoint takes a FHIR Consent".into(),
                 expression: Some("resourceType".into()),
             });
         }
-        self.validate(resource)?;
+        self.validate(resource)
+    }
+
+    /// The terms, accepting besides the labels Hearth assigns those in `kept`.
+    fn terms_keeping(&self, resource: &Value, kept: &[String]) -> Result<ConsentTerms, Error> {
         consent::terms_from_fhir(resource, self.partner_for(), |code| {
-            self.mappings.is_label(code) || kept.contains(&code)
+            self.mappings.is_label(code) || kept.iter().any(|k| k == code)
         })
         .map_err(Error::Invalid)
     }
 
-    /// Housing's Consent: its tenant and terms.
+    /// Housing's Consent: its tenant and terms. It replaces `replaces` (an update), or
+    /// else the tenant's own consent if there is one (a create adds a version to it). A
+    /// label the replaced version restricted may stay restricted even if the mappings
+    /// have since stopped assigning it: items held from before still carry it, and
+    /// renewing the consent must not release them.
     async fn read_consent(
         &self,
         call: &Call,
         resource: Value,
-        kept: &[&str],
+        replaces: Option<&StoredConsent>,
         audit: &mut AuditEntry,
     ) -> Result<(TenantId, ConsentTerms, Value), Error> {
-        let terms = self.consent_terms_keeping(&resource, kept)?;
+        self.consent_shape(&resource)?;
         let tenant = match self.link(&resource, audit).await? {
             Ok(t) => t,
             Err(_) if call.principal.role.is_partner() => {
@@ -475,6 +490,21 @@ impl Gateway {
                 ]));
             }
         };
+        let replaced = match replaces {
+            Some(c) => Some(c.clone()),
+            None => match self.tenant_consent_id(&tenant).await? {
+                Some(id) => self.store.consent(&id).await?,
+                None => None,
+            },
+        };
+        let kept: Vec<String> = replaced
+            .map(|c| {
+                let t = c.version.terms;
+                let by_partner = t.partner_denials.into_iter().flat_map(|d| d.labels);
+                t.denied_labels.into_iter().chain(by_partner).collect()
+            })
+            .unwrap_or_default();
+        let terms = self.terms_keeping(&resource, &kept)?;
         Ok((tenant, terms, resource))
     }
 
