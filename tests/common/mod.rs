@@ -256,6 +256,8 @@ pub async fn spawn_app_with(data: TempDir, partner_url: Option<&str>) -> TestApp
 
 /// Starts Hearth with mappings the test shaped itself (a site's own sensitivity rules).
 pub async fn spawn_with_mappings(data: TempDir, mappings: Arc<Mappings>) -> TestApp {
+    // Before the client is built: reqwest needs the process's rustls provider.
+    hearth::tls::install_crypto_provider();
     let config = test_config(data.path());
     spawn_with(data, config, reqwest::Client::new(), "http", mappings).await
 }
