@@ -197,6 +197,12 @@ pub fn to_audit_event(seq: u64, hash: &str, e: &AuditEntry) -> serde_json::Value
     use serde_json::json;
     const DCM: &str = "http://dicom.nema.org/resources/ontology/DCM";
     let (ty, action) = match (e.direction, e.action.as_str()) {
+        // A transaction's Patient entry: its identifiers were read to name the subject of
+        // the entries about it; nothing of it was created.
+        (Direction::Inbound, "identify-subject") => (
+            json!({"system": DCM, "code": "110107", "display": "Import"}),
+            "R",
+        ),
         (Direction::Inbound, _) => (
             json!({"system": DCM, "code": "110107", "display": "Import"}),
             "C",
@@ -631,6 +637,26 @@ pub fn stitch<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_patient_entry_read_to_name_the_subject_exports_as_a_read_not_a_create() {
+        let entry = |action: &str| {
+            let mut e = AuditEntry::new(
+                ReferenceId::new(),
+                "2026-11-23T10:00:00Z".into(),
+                "POST /fhir entry[0]".into(),
+                action,
+                Direction::Inbound,
+            );
+            e.outcome = Outcome::Read;
+            e
+        };
+        assert_eq!(
+            to_audit_event(1, "h", &entry("identify-subject"))["action"],
+            "R"
+        );
+        assert_eq!(to_audit_event(2, "h", &entry("create"))["action"], "C");
+    }
 
     fn chain(n: u64) -> Vec<StoredRecord> {
         let mut prev = GENESIS;
