@@ -11,7 +11,9 @@
 #                                 # (its CPU per page then includes the writers')
 #
 # Environment: ROUNDS (3), CONNS (64 notices, 4 feed), DURATION (10 s per measurement),
-# WORKLOAD (notice or feed), BENCH_DIR.
+# WORKLOAD (notice or feed), TENANTS (10000, as seeded), MAXSEQ (50000: feed cursors below
+# it), BENCH_DIR. A run with failed requests (non-2xx, socket errors) is marked: its rate
+# is not comparable.
 # A build may be a wrapper script that `exec`s hearth with settings (TOKIO_WORKER_THREADS=1).
 # Prints one line per run and each build's mean; every run adds notices to the same store.
 set -euo pipefail
@@ -37,47 +39,61 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# wrk runs in place of the function's shell (exec), so the PID a caller holds is wrk's.
 notices() { # connections seconds [wrk options…]
   local conns=$1 seconds=$2; shift 2
-  env TEMPLATE="$BENCH_DIR/notice.tmpl" TENANTS="${TENANTS:-10000}" TOKEN=bench-token-riverside-ehr \
+  exec env TEMPLATE="$BENCH_DIR/notice.tmpl" TENANTS="${TENANTS:-10000}" TOKEN=bench-token-riverside-ehr \
     RUN="ab-$(date +%s%N)" wrk -t2 -c"$conns" -d"${seconds}s" --timeout 10s "$@" \
     -s "$ROOT/bench/post.lua" http://127.0.0.1:18080/fhir/Communication
 }
-load() { # seconds [wrk options…]
-  local seconds=$1; shift
+# One measured load into FILE: the notices, or feed pages while 8 connections post notices
+# (as bench/run.sh's mixed row). The Lua scripts end with a RESULT line.
+load() { # seconds file
+  local seconds=$1 file=$2
   if [[ "$WORKLOAD" == notice ]]; then
-    notices "$CONNS" "$seconds" "$@"
+    (notices "$CONNS" "$seconds") >"$file"
   else
-    # The feed is measured while notices arrive, as in bench/run.sh.
-    notices 8 $((seconds + 1)) >/dev/null & WRITERS=$!
+    (notices 8 "$seconds") >/dev/null & WRITERS=$!
     env MAXSEQ="${MAXSEQ:-50000}" TOKEN=bench-token-housing-worker wrk -t2 -c"$CONNS" -d"${seconds}s" \
-      --timeout 10s "$@" -s "$ROOT/bench/feed.lua" http://127.0.0.1:18080/
+      --timeout 10s -s "$ROOT/bench/feed.lua" http://127.0.0.1:18080/ >"$file"
     wait "$WRITERS" || true; WRITERS=""
   fi
 }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+field() { # name file: a RESULT field
+  awk -v k="$1" '/^RESULT/ {for (i = 2; i <= NF; i++) {split($i, kv, "="); if (kv[1] == k) print kv[2]}}' "$2"
+}
 
-declare -A SUM
+OUT="$BENCH_DIR/ab.out"
+declare -a SUM
 for ((round = 1; round <= ROUNDS; round++)); do
-  for build in "$@"; do
+  for ((b = 1; b <= $#; b++)); do
+    build="${!b}"
     "$build" serve --config "$BENCH_DIR/hearth.toml" 2>"$BENCH_DIR/ab-hearth.err" &
     PID=$!
-    for _ in $(seq 600); do curl -sf -o /dev/null http://127.0.0.1:18080/readyz && break; sleep 0.05; done
-    load 2 >/dev/null
+    ready=0
+    for _ in $(seq 600); do
+      kill -0 "$PID" 2>/dev/null || { echo "$build exited (see $BENCH_DIR/ab-hearth.err)" >&2; exit 1; }
+      curl -sf -o /dev/null http://127.0.0.1:18080/readyz && { ready=1; break; }
+      sleep 0.05
+    done
+    ((ready)) || { echo "$build not ready after 30 s" >&2; exit 1; }
+    load 2 /dev/null
     before=$(cpu_ticks "$PID")
-    out=$(load "$DURATION" --latency)
+    load "$DURATION" "$OUT"
     after=$(cpu_ticks "$PID")
     kill "$PID"; wait "$PID" 2>/dev/null || true; PID=""
-    rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
-    n=$(awk '/requests in/ {print $1}' <<<"$out")
-    p99=$(awk '$1 == "99%" {print $2}' <<<"$out")
-    errors=$(awk '/Non-2xx/ {print $4}' <<<"$out")
+    n=$(field requests "$OUT"); us=$(field duration_us "$OUT")
+    [[ -n "$n" && "$n" -gt 0 ]] || { echo "$build: no requests completed (see $OUT)" >&2; exit 1; }
+    rps=$(awk -v n="$n" -v us="$us" 'BEGIN {printf "%.0f", n / (us / 1e6)}')
+    p99=$(awk -v us="$(field p99_us "$OUT")" 'BEGIN {printf "%.2fms", us / 1000}')
+    failed=$(( $(field non2xx "$OUT") + $(field sockerr "$OUT") ))
     cpu=$(( (after - before) * 1000000 / TCK / n ))
-    printf 'round %d  %-32s %9s %s/s  p99 %9s  CPU %4d µs/request  non-2xx %s\n' \
-      "$round" "$build" "$rps" "$UNIT" "$p99" "$cpu" "${errors:-0}"
-    SUM[$build]=$(awk -v a="${SUM[$build]:-0}" -v b="$rps" 'BEGIN {print a + b}')
+    printf 'round %d  %-32s %7s %s/s  p99 %9s  CPU %4d µs/request  failed %s%s\n' \
+      "$round" "$build" "$rps" "$UNIT" "$p99" "$cpu" "$failed" "$( ((failed)) && echo '  (not comparable)')"
+    SUM[b]=$(( ${SUM[b]:-0} + rps ))
   done
 done
-for build in "$@"; do
-  awk -v s="${SUM[$build]}" -v r="$ROUNDS" -v b="$build" -v u="$UNIT" 'BEGIN {printf "mean  %-32s %9.0f %s/s\n", b, s / r, u}'
+for ((b = 1; b <= $#; b++)); do
+  printf 'mean  %-32s %7d %s/s\n' "${!b}" $(( SUM[b] / ROUNDS )) "$UNIT"
 done

@@ -87,4 +87,4 @@ perf script -i "$BENCH_DIR/perf.data" -F comm,tid,ip,sym 2>/dev/null >"$BENCH_DI
   'store reads on the blocking pool (SqliteStore::read)=sqlite::\{impl#[0-9]+\}::read::' \
   'context switches (finish_task_switch)=finish_task_switch' \
   'request logging (tracing fmt)=tracing_subscriber::fmt' \
-  'malloc/free (mimalloc, or glibc)=^_?mi_|^(_int_malloc|malloc|_int_free|cfree|realloc)$'
+  'malloc/free (mimalloc, or glibc)=^_?mi_|^(_int_malloc|malloc|_int_free|cfree|malloc_consolidate|_int_realloc|realloc)( \(inlined\))?$'

@@ -94,8 +94,8 @@ impl<'b> LocalPatients<'b> {
     /// contained resources too), to a contained Patient with that entry's identifiers; a
     /// `display` beside such a reference goes. A `urn:` subject that names none of them
     /// is refused: no other entry can be the subject. Expressions are rooted at the
-    /// resource.
-    pub fn resolve(&self, resource: &mut Value) -> Result<(), Issue> {
+    /// resource. True if anything was rewritten.
+    pub fn resolve(&self, resource: &mut Value) -> Result<bool, Issue> {
         if let Some(reference) = resource
             .pointer("/subject/reference")
             .and_then(Value::as_str)
@@ -111,7 +111,7 @@ impl<'b> LocalPatients<'b> {
         }
         if self.by_url.is_empty() || !resource.get("contained").is_none_or(Value::is_array) {
             // Not a list: the profile check reports it at its place.
-            return Ok(());
+            return Ok(false);
         }
         let mut taken: Vec<String> = resource
             .get("contained")
@@ -123,7 +123,8 @@ impl<'b> LocalPatients<'b> {
         // fullUrl → the contained id it became, in order of first reference.
         let mut named: Vec<(&str, String)> = Vec::new();
         self.rewrite(resource, &mut taken, &mut named);
-        if !named.is_empty() {
+        let rewritten = !named.is_empty();
+        if rewritten {
             let contained = resource
                 .as_object_mut()
                 .expect("a resource is a JSON object")
@@ -137,7 +138,7 @@ impl<'b> LocalPatients<'b> {
                 );
             }
         }
-        Ok(())
+        Ok(rewritten)
     }
 
     fn rewrite<'s>(

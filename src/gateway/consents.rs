@@ -101,11 +101,15 @@ impl Gateway {
             .await?
             .into_iter()
             .map(|(tenant_id, d)| RenewalListing {
+                // Hearth writes prompts' times itself; one it cannot read sorts first (the
+                // most overdue), and the operator hears of it.
+                since_at: OffsetDateTime::parse(&d.since, &Rfc3339).unwrap_or_else(|_| {
+                    tracing::warn!(tenant = %tenant_id, "a renewal prompt's time is not RFC 3339; listed first");
+                    OffsetDateTime::UNIX_EPOCH
+                }),
                 tenant_id,
                 reasons: vec![d.reason.clone()],
                 reason: d.reason,
-                since_at: OffsetDateTime::parse(&d.since, &Rfc3339)
-                    .unwrap_or(OffsetDateTime::UNIX_EPOCH),
                 since: d.since,
                 reference_id: Some(d.reference_id),
                 consent_id: None,

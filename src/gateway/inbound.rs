@@ -55,7 +55,24 @@ pub struct Receipt {
     pub forwards_queued: usize,
 }
 
+/// Who sends notices: clinics and MCOs.
+pub const NOTICE_SENDERS: &[Role] = &[Role::Clinic, Role::Mco];
+
 impl Gateway {
+    /// A transaction's Patient entry, which names the subject of the notices beside it.
+    /// Only a sender of notices may send one; nothing of it is kept, and its audit record
+    /// (`identify-subject`) holds the entry's digest and no values.
+    pub fn identify_subject(&self, call: &Call, digest: String) -> Result<AuditEntry, Error> {
+        call.require(NOTICE_SENDERS, "sending notices")?;
+        let mut audit = call.audit("identify-subject", crate::audit::Direction::Inbound);
+        audit.resource_type = Some("Patient".into());
+        audit.partner = Some(call.principal.org.clone());
+        audit.payload_digest = Some(digest);
+        audit.status = 200;
+        audit.outcome = crate::audit::Outcome::Read;
+        Ok(audit)
+    }
+
     pub async fn prepare(
         &self,
         call: &Call,
@@ -68,7 +85,7 @@ impl Gateway {
         audit.partner = Some(call.principal.org.clone());
         audit.payload_digest = Some(digest.clone());
         audit.resource_type = Some(endpoint_type.to_string());
-        call.require(&[Role::Clinic, Role::Mco], "sending notices")?;
+        call.require(NOTICE_SENDERS, "sending notices")?;
         match fhir::resource_type(&resource) {
             Some(t) if t == endpoint_type => {}
             Some(t) => {

@@ -12,7 +12,6 @@ use super::AppState;
 use super::error::{AuditDraft, Audited, Failure, fhir_json, issues_of, status_of};
 use super::extract::JsonBody;
 use crate::audit::Direction;
-use crate::auth::Role;
 use crate::error::Error;
 use crate::fhir::bundle::{self, LocalPatients};
 use crate::fhir::capability::{ResourceSupport, capability_statement};
@@ -612,19 +611,11 @@ async fn transaction(
     for (i, entry) in entries.iter().enumerate() {
         let entry_call = call.entry(i);
         if bundle::is_patient_entry(entry) {
-            // It names the subject of notices: only their senders may send one (each notice
-            // entry is checked in `prepare`).
-            call.require(&[Role::Clinic, Role::Mco], "sending notices")
-                .and_then(|()| patient_request(entry, i))
+            let audit = patient_request(entry, i)
+                .and_then(|()| g.identify_subject(&entry_call, entry_body(entry).digest))
                 .inspect_err(|e| {
                     bundle_audit.reason = Some(format!("entry {i}: {}", e.audit_reason()));
                 })?;
-            let mut audit = entry_call.audit("identify-subject", Direction::Inbound);
-            audit.resource_type = Some("Patient".into());
-            audit.partner = Some(call.principal.org.clone());
-            audit.payload_digest = Some(entry_body(entry).digest);
-            audit.status = StatusCode::OK.as_u16();
-            audit.outcome = crate::audit::Outcome::Read;
             subjects.push((i, audit));
             continue;
         }
@@ -649,12 +640,17 @@ async fn transaction(
             }
             let if_none_exist = entry_condition(entry, i)?;
             let mut resource = entry.get("resource").cloned().unwrap_or(Value::Null);
-            patients
+            let rewritten = patients
                 .resolve(&mut resource)
                 .map_err(|issue| Error::Invalid(vec![issue]))?;
             // Replays are recognised by the rewritten notice; the trail keeps the digest
             // of the entry as the partner sent it.
             let body = body_of(resource);
+            let sent_digest = if rewritten {
+                entry_body(entry).digest
+            } else {
+                body.digest.clone()
+            };
             let mut p = g
                 .prepare(
                     &entry_call,
@@ -665,7 +661,7 @@ async fn transaction(
                     &mut audit,
                 )
                 .await?;
-            p.audit_mut().payload_digest = Some(entry_body(entry).digest);
+            p.audit_mut().payload_digest = Some(sent_digest);
             Ok((rt, p))
         };
         match step.await {
