@@ -1061,6 +1061,42 @@ async fn a_transaction_names_its_subject_by_a_patient_entry_and_hearth_keeps_non
     }
 }
 
+/// One notice of a transaction points at another (`partOf`) by its `urn:uuid`. A retry
+/// mints new ones: the notices are still the same, answered as replays, and nothing is
+/// superseded or forwarded twice.
+#[tokio::test]
+async fn a_retried_transaction_whose_notices_point_at_each_other_is_a_replay() {
+    let app = spawn_app().await.with_consenting_tenant().await;
+    let bundle_with = |urls: [&str; 2]| {
+        let mut bundle = fixture("bundle-transaction.json");
+        let entries = bundle["entry"].as_array_mut().unwrap();
+        entries.truncate(2);
+        for (e, url) in entries.iter_mut().zip(urls) {
+            e["request"].as_object_mut().unwrap().remove("ifNoneExist");
+            e["fullUrl"] = json!(url);
+        }
+        entries[1]["resource"]["partOf"] = json!([{"reference": urls[0]}]);
+        bundle
+    };
+    let a = app
+        .post(
+            "/fhir",
+            CLINIC,
+            &bundle_with(["urn:uuid:a-1", "urn:uuid:a-2"]),
+        )
+        .await;
+    assert_eq!(entry_statuses(&a), ["201 Created", "201 Created"], "{a:?}");
+    let b = app
+        .post(
+            "/fhir",
+            CLINIC,
+            &bundle_with(["urn:uuid:b-1", "urn:uuid:b-2"]),
+        )
+        .await;
+    assert_eq!(entry_statuses(&b), ["200 OK", "200 OK"], "{b:?}");
+    assert!(app.feed_all().await.iter().all(|e| e["change"] == "added"));
+}
+
 #[tokio::test]
 async fn a_transaction_entry_pointing_at_no_patient_entry_fails_the_transaction_at_its_reference() {
     let app = spawn_app().await.with_consenting_tenant().await;

@@ -22,6 +22,43 @@ pub struct LocalPatients<'b> {
     by_url: HashMap<&'b str, Vec<Value>>,
 }
 
+/// Each entry's `fullUrl`, by position.
+pub fn full_urls(entries: &[Value]) -> HashMap<&str, usize> {
+    entries
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| Some((e.get("fullUrl")?.as_str()?, i)))
+        .collect()
+}
+
+/// `resource` as its replay digest reads it: a reference to another entry of the Bundle
+/// (one notice `partOf` another) names that entry's position, not its `fullUrl`. A
+/// retry mints new `urn:uuid`s; the entries it points at are the same. None if there is
+/// no such reference.
+pub fn by_position(resource: &Value, urls: &HashMap<&str, usize>) -> Option<Value> {
+    fn walk(v: &mut Value, urls: &HashMap<&str, usize>, changed: &mut bool) {
+        match v {
+            Value::Object(map) => {
+                let position = map
+                    .get("reference")
+                    .and_then(Value::as_str)
+                    .and_then(|r| urls.get(r));
+                if let Some(&i) = position {
+                    map.insert("reference".into(), json!(format!("Bundle.entry[{i}]")));
+                    *changed = true;
+                }
+                map.values_mut().for_each(|c| walk(c, urls, changed));
+            }
+            Value::Array(list) => list.iter_mut().for_each(|c| walk(c, urls, changed)),
+            _ => {}
+        }
+    }
+    let mut copy = resource.clone();
+    let mut changed = false;
+    walk(&mut copy, urls, &mut changed);
+    changed.then_some(copy)
+}
+
 /// Whether a Bundle entry is a Patient (which Hearth reads, never stores).
 pub fn is_patient_entry(entry: &Value) -> bool {
     entry
@@ -226,6 +263,27 @@ mod tests {
                    "identifier": [{"system": MRN, "value": "MRN-1"}]})
         );
         assert_eq!(notice["contained"].as_array().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn references_between_entries_are_digested_by_position() {
+        let entries = [
+            json!({"fullUrl": "urn:uuid:a"}),
+            json!({"fullUrl": "urn:uuid:b"}),
+        ];
+        let urls = full_urls(&entries);
+        let notice =
+            json!({"partOf": [{"reference": "urn:uuid:a"}], "about": [{"reference": "#x"}]});
+        assert_eq!(
+            by_position(&notice, &urls),
+            Some(
+                json!({"partOf": [{"reference": "Bundle.entry[0]"}], "about": [{"reference": "#x"}]})
+            )
+        );
+        assert_eq!(
+            by_position(&json!({"about": [{"reference": "#x"}]}), &urls),
+            None
+        );
     }
 
     #[test]
