@@ -1062,27 +1062,37 @@ async fn a_transaction_names_its_subject_by_a_patient_entry_and_hearth_keeps_non
 }
 
 /// One notice of a transaction points at another (`partOf`) by its `urn:uuid`. A retry
-/// mints new ones: the notices are still the same, answered as replays, and nothing is
-/// superseded or forwarded twice.
+/// mints new ones and may order the entries differently: the notices are still the same,
+/// answered as replays, and nothing is superseded or forwarded twice. Pointing at another
+/// notice is a change.
 #[tokio::test]
 async fn a_retried_transaction_whose_notices_point_at_each_other_is_a_replay() {
     let app = spawn_app().await.with_consenting_tenant().await;
-    let bundle_with = |urls: [&str; 2]| {
-        let mut bundle = fixture("bundle-transaction.json");
-        let entries = bundle["entry"].as_array_mut().unwrap();
-        entries.truncate(2);
-        for (e, url) in entries.iter_mut().zip(urls) {
-            e["request"].as_object_mut().unwrap().remove("ifNoneExist");
-            e["fullUrl"] = json!(url);
-        }
-        entries[1]["resource"]["partOf"] = json!([{"reference": urls[0]}]);
-        bundle
+    let notices: Vec<Value> = fixture("bundle-transaction.json")["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["resource"].clone())
+        .collect();
+    // (notice, fullUrl, the fullUrl its partOf names)
+    let transaction = |entries: &[(usize, &str, Option<&str>)]| {
+        let entry = |&(n, url, part_of): &(usize, &str, Option<&str>)| {
+            let mut resource = notices[n].clone();
+            if let Some(to) = part_of {
+                resource["partOf"] = json!([{"reference": to}]);
+            }
+            json!({"fullUrl": url, "resource": resource, "request": {"method": "POST", "url": "Communication"}})
+        };
+        json!({"resourceType": "Bundle", "type": "transaction", "entry": entries.iter().map(entry).collect::<Vec<_>>()})
     };
     let a = app
         .post(
             "/fhir",
             CLINIC,
-            &bundle_with(["urn:uuid:a-1", "urn:uuid:a-2"]),
+            &transaction(&[
+                (0, "urn:uuid:a-0", None),
+                (1, "urn:uuid:a-1", Some("urn:uuid:a-0")),
+            ]),
         )
         .await;
     assert_eq!(entry_statuses(&a), ["201 Created", "201 Created"], "{a:?}");
@@ -1090,11 +1100,35 @@ async fn a_retried_transaction_whose_notices_point_at_each_other_is_a_replay() {
         .post(
             "/fhir",
             CLINIC,
-            &bundle_with(["urn:uuid:b-1", "urn:uuid:b-2"]),
+            &transaction(&[
+                (1, "urn:uuid:b-1", Some("urn:uuid:b-0")),
+                (0, "urn:uuid:b-0", None),
+            ]),
         )
         .await;
     assert_eq!(entry_statuses(&b), ["200 OK", "200 OK"], "{b:?}");
     assert!(app.feed_all().await.iter().all(|e| e["change"] == "added"));
+
+    // The same second notice, now part of a third one in the first one's place: a correction.
+    let c = app
+        .post(
+            "/fhir",
+            CLINIC,
+            &transaction(&[
+                (2, "urn:uuid:c-2", None),
+                (1, "urn:uuid:c-1", Some("urn:uuid:c-2")),
+            ]),
+        )
+        .await;
+    assert_eq!(entry_statuses(&c), ["201 Created", "201 Created"], "{c:?}");
+    let outcome = app
+        .audit_record(
+            c.body["entry"][1]["response"]["outcome"]["id"]
+                .as_str()
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(outcome["outcome"], "corrected", "{outcome}");
 }
 
 #[tokio::test]

@@ -7,7 +7,8 @@
 //! way a notice sent on its own does — a contained Patient carrying the entry's
 //! identifiers and nothing else — so it is linked, checked for consent and recognised as a
 //! retry by the same rules. The replay digest is taken after the rewrite: a retry with
-//! fresh `urn:uuid`s is still the same notice.
+//! fresh `urn:uuid`s is still the same notice. For the same reason the digest reads a
+//! reference from one notice entry to another by what that entry is, not its `urn:uuid`.
 
 use std::collections::HashMap;
 
@@ -22,40 +23,71 @@ pub struct LocalPatients<'b> {
     by_url: HashMap<&'b str, Vec<Value>>,
 }
 
-/// Each entry's `fullUrl`, by position.
-pub fn full_urls(entries: &[Value]) -> HashMap<&str, usize> {
-    entries
-        .iter()
-        .enumerate()
-        .filter_map(|(i, e)| Some((e.get("fullUrl")?.as_str()?, i)))
-        .collect()
+/// Each `urn:` fullUrl whose entry a retry would mint anew, with what the entry is: its
+/// resource type and first identifier, the key Hearth stores a notice under, written as
+/// the conditional reference that names it (`Communication?identifier=system|value`). A
+/// fullUrl two entries share names neither.
+pub fn entry_identities(entries: &[Value]) -> HashMap<&str, String> {
+    let mut out = HashMap::new();
+    let mut shared = Vec::new();
+    for entry in entries {
+        let Some(url) = entry.get("fullUrl").and_then(Value::as_str) else {
+            continue;
+        };
+        if !url.starts_with("urn:") {
+            continue;
+        }
+        let resource = entry.get("resource").unwrap_or(&Value::Null);
+        let identity = (|| {
+            let first = resource.get("identifier")?.as_array()?.first()?;
+            Some(format!(
+                "{}?identifier={}|{}",
+                super::resource_type(resource)?,
+                first.get("system")?.as_str()?,
+                first.get("value")?.as_str()?
+            ))
+        })();
+        // An entry without one (refused later) still makes its fullUrl ambiguous.
+        match identity {
+            Some(identity) => {
+                if out.insert(url, identity).is_some() {
+                    shared.push(url);
+                }
+            }
+            None => shared.push(url),
+        }
+    }
+    for url in shared {
+        out.remove(url);
+    }
+    out
 }
 
 /// `resource` as its replay digest reads it: a reference to another entry of the Bundle
-/// (one notice `partOf` another) names that entry's position, not its `fullUrl`. A
-/// retry mints new `urn:uuid`s; the entries it points at are the same. None if there is
-/// no such reference.
-pub fn by_position(resource: &Value, urls: &HashMap<&str, usize>) -> Option<Value> {
-    fn walk(v: &mut Value, urls: &HashMap<&str, usize>, changed: &mut bool) {
+/// (one notice `partOf` another) names what that entry is, not its `urn:uuid`. A retry
+/// mints new `urn:uuid`s and may order its entries differently; the notices it points at
+/// are the same. None if there is no such reference.
+pub fn by_identity(resource: &Value, identities: &HashMap<&str, String>) -> Option<Value> {
+    fn walk(v: &mut Value, identities: &HashMap<&str, String>, changed: &mut bool) {
         match v {
             Value::Object(map) => {
-                let position = map
+                let identity = map
                     .get("reference")
                     .and_then(Value::as_str)
-                    .and_then(|r| urls.get(r));
-                if let Some(&i) = position {
-                    map.insert("reference".into(), json!(format!("Bundle.entry[{i}]")));
+                    .and_then(|r| identities.get(r));
+                if let Some(identity) = identity {
+                    map.insert("reference".into(), json!(identity));
                     *changed = true;
                 }
-                map.values_mut().for_each(|c| walk(c, urls, changed));
+                map.values_mut().for_each(|c| walk(c, identities, changed));
             }
-            Value::Array(list) => list.iter_mut().for_each(|c| walk(c, urls, changed)),
+            Value::Array(list) => list.iter_mut().for_each(|c| walk(c, identities, changed)),
             _ => {}
         }
     }
     let mut copy = resource.clone();
     let mut changed = false;
-    walk(&mut copy, urls, &mut changed);
+    walk(&mut copy, identities, &mut changed);
     changed.then_some(copy)
 }
 
@@ -266,24 +298,30 @@ mod tests {
     }
 
     #[test]
-    fn references_between_entries_are_digested_by_position() {
+    fn references_between_entries_are_digested_by_what_the_entry_is() {
+        let notice = |id: &str| json!({"resourceType": "Communication", "identifier": [{"system": "s", "value": id}]});
         let entries = [
-            json!({"fullUrl": "urn:uuid:a"}),
-            json!({"fullUrl": "urn:uuid:b"}),
+            json!({"fullUrl": "urn:uuid:a", "resource": notice("A")}),
+            json!({"fullUrl": "urn:uuid:b", "resource": notice("B")}),
+            json!({"fullUrl": "urn:uuid:b", "resource": notice("C")}),
+            json!({"fullUrl": "https://clinic.example/fhir/Communication/9", "resource": notice("D")}),
         ];
-        let urls = full_urls(&entries);
-        let notice =
-            json!({"partOf": [{"reference": "urn:uuid:a"}], "about": [{"reference": "#x"}]});
+        let identities = entry_identities(&entries);
+        let pointing =
+            |to: &str| json!({"partOf": [{"reference": to}], "about": [{"reference": "#x"}]});
         assert_eq!(
-            by_position(&notice, &urls),
-            Some(
-                json!({"partOf": [{"reference": "Bundle.entry[0]"}], "about": [{"reference": "#x"}]})
-            )
+            by_identity(&pointing("urn:uuid:a"), &identities),
+            Some(pointing("Communication?identifier=s|A"))
         );
-        assert_eq!(
-            by_position(&json!({"about": [{"reference": "#x"}]}), &urls),
-            None
-        );
+        // A fullUrl two entries share, an absolute one (stable across retries) and a local
+        // reference are left as they are.
+        for to in [
+            "urn:uuid:b",
+            "https://clinic.example/fhir/Communication/9",
+            "#x",
+        ] {
+            assert_eq!(by_identity(&pointing(to), &identities), None, "{to}");
+        }
     }
 
     #[test]

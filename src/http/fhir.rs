@@ -605,7 +605,7 @@ async fn transaction(
         bundle_audit.reason = Some(format!("entry {i}: invalid"));
         Error::Invalid(vec![issue])
     })?;
-    let urls = bundle::full_urls(&entries);
+    let identities = bundle::entry_identities(&entries);
     let mut prepared: Vec<(usize, &'static str, Call, Prepared)> = Vec::new();
     // A Patient entry is read, never kept; its own record says so, under its reference ID.
     let mut subjects: Vec<(usize, crate::audit::AuditEntry)> = Vec::new();
@@ -645,8 +645,8 @@ async fn transaction(
                 .resolve(&mut resource)
                 .map_err(|issue| Error::Invalid(vec![issue]))?;
             // Replays are recognised by the rewritten notice, with references to other
-            // entries by position; the trail keeps the digest of the entry as sent.
-            let replay_key = bundle::by_position(&resource, &urls);
+            // entries by what they are; the trail keeps the digest of the entry as sent.
+            let replay_key = bundle::by_identity(&resource, &identities);
             let mut body = body_of(resource);
             let sent_digest = if rewritten || replay_key.is_some() {
                 entry_body(entry).digest
