@@ -68,27 +68,35 @@ pub fn entry_identities(entries: &[Value]) -> HashMap<&str, String> {
 /// mints new `urn:uuid`s and may order its entries differently; the notices it points at
 /// are the same. None if there is no such reference.
 pub fn by_identity(resource: &Value, identities: &HashMap<&str, String>) -> Option<Value> {
-    fn walk(v: &mut Value, identities: &HashMap<&str, String>, changed: &mut bool) {
+    fn named<'i>(v: &Value, identities: &'i HashMap<&str, String>) -> Option<&'i String> {
+        identities.get(v.get("reference")?.as_str()?)
+    }
+    // Most notices point at no other entry: look before copying.
+    fn points(v: &Value, identities: &HashMap<&str, String>) -> bool {
         match v {
             Value::Object(map) => {
-                let identity = map
-                    .get("reference")
-                    .and_then(Value::as_str)
-                    .and_then(|r| identities.get(r));
-                if let Some(identity) = identity {
-                    map.insert("reference".into(), json!(identity));
-                    *changed = true;
-                }
-                map.values_mut().for_each(|c| walk(c, identities, changed));
+                named(v, identities).is_some() || map.values().any(|c| points(c, identities))
             }
-            Value::Array(list) => list.iter_mut().for_each(|c| walk(c, identities, changed)),
+            Value::Array(list) => list.iter().any(|c| points(c, identities)),
+            _ => false,
+        }
+    }
+    fn rewrite(v: &mut Value, identities: &HashMap<&str, String>) {
+        if let Some(identity) = named(v, identities) {
+            v["reference"] = json!(identity);
+        }
+        match v {
+            Value::Object(map) => map.values_mut().for_each(|c| rewrite(c, identities)),
+            Value::Array(list) => list.iter_mut().for_each(|c| rewrite(c, identities)),
             _ => {}
         }
     }
+    if !points(resource, identities) {
+        return None;
+    }
     let mut copy = resource.clone();
-    let mut changed = false;
-    walk(&mut copy, identities, &mut changed);
-    changed.then_some(copy)
+    rewrite(&mut copy, identities);
+    Some(copy)
 }
 
 /// Whether a Bundle entry is a Patient (which Hearth reads, never stores).
