@@ -68,35 +68,47 @@ pub fn entry_identities(entries: &[Value]) -> HashMap<&str, String> {
 /// mints new `urn:uuid`s and may order its entries differently; the notices it points at
 /// are the same. None if there is no such reference.
 pub fn by_identity(resource: &Value, identities: &HashMap<&str, String>) -> Option<Value> {
-    fn named<'i>(v: &Value, identities: &'i HashMap<&str, String>) -> Option<&'i String> {
-        identities.get(v.get("reference")?.as_str()?)
-    }
     // Most notices point at no other entry: look before copying.
-    fn points(v: &Value, identities: &HashMap<&str, String>) -> bool {
-        match v {
-            Value::Object(map) => {
-                named(v, identities).is_some() || map.values().any(|c| points(c, identities))
-            }
-            Value::Array(list) => list.iter().any(|c| points(c, identities)),
-            _ => false,
-        }
-    }
-    fn rewrite(v: &mut Value, identities: &HashMap<&str, String>) {
-        if let Some(identity) = named(v, identities) {
-            v["reference"] = json!(identity);
-        }
-        match v {
-            Value::Object(map) => map.values_mut().for_each(|c| rewrite(c, identities)),
-            Value::Array(list) => list.iter_mut().for_each(|c| rewrite(c, identities)),
-            _ => {}
-        }
-    }
-    if !points(resource, identities) {
+    if !any_reference(resource, &|r| identities.contains_key(r)) {
         return None;
     }
     let mut copy = resource.clone();
-    rewrite(&mut copy, identities);
+    rewrite_references(&mut copy, &mut |r| identities.get(r).cloned());
     Some(copy)
+}
+
+/// Whether any `reference` in `v`, however deeply nested, is one `hit` picks.
+fn any_reference(v: &Value, hit: &impl Fn(&str) -> bool) -> bool {
+    match v {
+        Value::Object(map) => {
+            map.get("reference")
+                .and_then(Value::as_str)
+                .is_some_and(hit)
+                || map.values().any(|c| any_reference(c, hit))
+        }
+        Value::Array(list) => list.iter().any(|c| any_reference(c, hit)),
+        _ => false,
+    }
+}
+
+/// Replaces every `reference` in `v` that `to` has a replacement for, however deeply
+/// nested, and drops the `display` beside it (it may name the patient).
+fn rewrite_references(v: &mut Value, to: &mut impl FnMut(&str) -> Option<String>) {
+    match v {
+        Value::Object(map) => {
+            if let Some(new) = map
+                .get("reference")
+                .and_then(Value::as_str)
+                .and_then(&mut *to)
+            {
+                map.insert("reference".into(), json!(new));
+                map.remove("display");
+            }
+            map.values_mut().for_each(|c| rewrite_references(c, to));
+        }
+        Value::Array(list) => list.iter_mut().for_each(|c| rewrite_references(c, to)),
+        _ => {}
+    }
 }
 
 /// Whether a Bundle entry is a Patient (which Hearth reads, never stores).
@@ -199,7 +211,19 @@ impl<'b> LocalPatients<'b> {
             .collect();
         // fullUrl → the contained id it became, in order of first reference.
         let mut named: Vec<(&str, String)> = Vec::new();
-        self.rewrite(resource, &mut taken, &mut named);
+        rewrite_references(resource, &mut |reference| {
+            let (&url, _) = self.by_url.get_key_value(reference)?;
+            let id = match named.iter().find(|(u, _)| *u == url) {
+                Some((_, id)) => id.clone(),
+                None => {
+                    let id = unused_id(&taken, "patient");
+                    taken.push(id.clone());
+                    named.push((url, id.clone()));
+                    id
+                }
+            };
+            Some(format!("#{id}"))
+        });
         let rewritten = !named.is_empty();
         if rewritten {
             let contained = resource
@@ -216,42 +240,6 @@ impl<'b> LocalPatients<'b> {
             }
         }
         Ok(rewritten)
-    }
-
-    fn rewrite<'s>(
-        &'s self,
-        v: &mut Value,
-        taken: &mut Vec<String>,
-        named: &mut Vec<(&'s str, String)>,
-    ) {
-        match v {
-            Value::Object(map) => {
-                let patient = map
-                    .get("reference")
-                    .and_then(Value::as_str)
-                    .and_then(|r| self.by_url.get_key_value(r))
-                    .map(|(url, _)| *url);
-                if let Some(url) = patient {
-                    let id = match named.iter().find(|(u, _)| *u == url) {
-                        Some((_, id)) => id.clone(),
-                        None => {
-                            let id = unused_id(taken, "patient");
-                            taken.push(id.clone());
-                            named.push((url, id.clone()));
-                            id
-                        }
-                    };
-                    map.insert("reference".into(), json!(format!("#{id}")));
-                    map.remove("display");
-                    return;
-                }
-                for child in map.values_mut() {
-                    self.rewrite(child, taken, named);
-                }
-            }
-            Value::Array(list) => list.iter_mut().for_each(|c| self.rewrite(c, taken, named)),
-            _ => {}
-        }
     }
 }
 
