@@ -294,8 +294,7 @@ impl Gateway {
         if !CUSTODIANS.contains(&call.principal.role) {
             return self.propose_consent(call, resource, audit).await;
         }
-        let (tenant, terms, resource) = self.read_consent(call, resource, None, audit).await?;
-        let id = self.tenant_consent_id(&tenant).await?;
+        let (tenant, terms, resource, id) = self.read_consent(call, resource, None, audit).await?;
         let clears = terms.status == ConsentStatus::Active;
         audit.outcome = crate::audit::Outcome::Accepted;
         audit.status = 201;
@@ -409,7 +408,7 @@ impl Gateway {
                 });
             }
         }
-        let (tenant, terms, resource) = self
+        let (tenant, terms, resource, _) = self
             .read_consent(call, resource, Some(&existing), audit)
             .await?;
         if tenant != existing.tenant {
@@ -463,18 +462,18 @@ impl Gateway {
         .map_err(Error::Invalid)
     }
 
-    /// Housing's Consent: its tenant and terms. It replaces `replaces` (an update), or
-    /// else the tenant's own consent if there is one (a create adds a version to it). A
-    /// label the replaced version restricted may stay restricted even if the mappings
-    /// have since stopped assigning it: items held from before still carry it, and
-    /// renewing the consent must not release them.
+    /// Housing's Consent: its tenant, its terms, and the id of the consent it replaces —
+    /// `replaces` (an update), or else the tenant's own consent if there is one (a create
+    /// adds a version to it). A label the replaced version restricted may stay restricted
+    /// even if the mappings have since stopped assigning it: items held from before still
+    /// carry it, and renewing the consent must not release them.
     async fn read_consent(
         &self,
         call: &Call,
         resource: Value,
         replaces: Option<&StoredConsent>,
         audit: &mut AuditEntry,
-    ) -> Result<(TenantId, ConsentTerms, Value), Error> {
+    ) -> Result<(TenantId, ConsentTerms, Value, Option<String>), Error> {
         self.consent_shape(&resource)?;
         let tenant = match self.link(&resource, audit).await? {
             Ok(t) => t,
@@ -494,22 +493,26 @@ impl Gateway {
                 ]));
             }
         };
-        let replaced = match replaces {
-            Some(c) => Some(c.clone()),
+        let (id, fetched) = match replaces {
+            Some(c) => (Some(c.version.id.clone()), None),
             None => match self.tenant_consent_id(&tenant).await? {
-                Some(id) => self.store.consent(&id).await?,
-                None => None,
+                Some(id) => {
+                    let stored = self.store.consent(&id).await?;
+                    (Some(id), stored)
+                }
+                None => (None, None),
             },
         };
-        let kept: Vec<String> = replaced
+        let kept: Vec<String> = replaces
+            .or(fetched.as_ref())
             .map(|c| {
-                let t = c.version.terms;
-                let by_partner = t.partner_denials.into_iter().flat_map(|d| d.labels);
-                t.denied_labels.into_iter().chain(by_partner).collect()
+                let t = &c.version.terms;
+                let by_partner = t.partner_denials.iter().flat_map(|d| &d.labels);
+                t.denied_labels.iter().chain(by_partner).cloned().collect()
             })
             .unwrap_or_default();
         let terms = self.terms_keeping(&resource, &kept)?;
-        Ok((tenant, terms, resource))
+        Ok((tenant, terms, resource, id))
     }
 
     /// `POST /housing/consents`: the tenant's choice in plain terms, kept as FHIR.
