@@ -312,20 +312,24 @@ fn unenforceable(at: &str) -> Issue {
     .at(at)
 }
 
+/// Each Coding of a list, by position: its system and code, where given.
+fn codings(list: Option<&Value>) -> impl Iterator<Item = (usize, Option<&str>, Option<&str>)> {
+    fn text<'v>(c: &'v Value, key: &str) -> Option<&'v str> {
+        c.get(key).and_then(Value::as_str)
+    }
+    list.and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+        .map(|(k, c)| (k, text(c, "system"), text(c, "code")))
+}
+
 /// The purposes of use: v3-ActReason codes. One from another system would be compared
 /// with Hearth's purposes by its code alone, and could mean something else there.
 fn purposes_of(list: Option<&Value>, issues: &mut Vec<Issue>) -> Vec<String> {
     let mut purposes = Vec::new();
-    for (k, c) in list
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .enumerate()
-    {
-        match (
-            c.get("system").and_then(Value::as_str),
-            c.get("code").and_then(Value::as_str),
-        ) {
+    for (k, system, code) in codings(list) {
+        match (system, code) {
             (Some(ACT_REASON), Some(code)) => purposes.push(code.to_string()),
             _ => issues.push(
                 Issue::error(
@@ -350,14 +354,7 @@ fn labels_of(
     is_label: &impl Fn(&str) -> bool,
 ) -> Result<Vec<String>, Issue> {
     let mut labels = Vec::new();
-    for (k, c) in list
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .enumerate()
-    {
-        let system = c.get("system").and_then(Value::as_str);
-        let code = c.get("code").and_then(Value::as_str);
+    for (k, system, code) in codings(list) {
         let problem = match (system, code) {
             (Some(s), Some(code)) if LABEL_SYSTEMS.contains(&s) && is_label(code) => {
                 labels.push(code.to_string());
