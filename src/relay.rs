@@ -4,9 +4,9 @@
 //! (it is a row in the store), and is retried with exponential backoff and jitter. Each
 //! delivery is a conditional create (`ifNoneExist` on Hearth's reference identifier), so
 //! a retry after a lost answer creates nothing twice. Consent is decided again before
-//! every attempt: a revocation during an outage stops the note. A permanent refusal
-//! (4xx) or the configured deadline dead-letters it; the rest of the queue carries on.
-//! Every attempt is audited.
+//! every attempt: a revocation during an outage stops the note. A refusal of the note
+//! itself (400, 422 and the other 4xx not in [`RETRIED_4XX`]) or the configured deadline
+//! dead-letters it; the rest of the queue carries on. Every attempt is audited.
 //!
 //! Invariant: the relay reads the note's prepared payload; it never builds FHIR from
 //! anything inbound.
@@ -27,6 +27,12 @@ use crate::gateway::notes::{fact_refs, unix_ms};
 use crate::gateway::{Call, Gateway};
 use crate::ids::{PartnerId, ReferenceId};
 use crate::store::{AttemptResult, Delivery};
+
+/// Client errors that say nothing against the note, retried until the deadline like a
+/// 5xx: a rotated token or certificate (401, 403), an endpoint missing while the
+/// partner redeploys (404), a timeout or rate limit (408, 425, 429). A partner outage of
+/// that kind must not dead-letter every note sent during it.
+pub const RETRIED_4XX: &[u16] = &[401, 403, 404, 408, 425, 429];
 
 /// The relay: cheap to clone, shares its wake-up signal.
 #[derive(Clone)]
@@ -184,7 +190,7 @@ impl Relay {
             at,
             request: format!("DELIVER note {}", d.reference_id),
             parent: Some(d.reference_id),
-            break_glass: None,
+            break_glass: d.emergency.clone(),
         };
         let mut audit = call.audit("deliver", Direction::Outbound);
         audit.partner = Some(d.partner.clone());
@@ -236,6 +242,10 @@ impl Relay {
                 &mut audit,
             )
             .await;
+        // Under the note's emergency, the delivery says so; its stated reason is already
+        // on the review list under the note's reference ID, once.
+        audit.break_glass_reason = None;
+        audit.break_glass_reason_digest = None;
         let restricted = decision.as_ref().is_ok_and(|p| !p.withheld.is_empty());
         if restricted {
             audit.reason =
@@ -246,12 +256,14 @@ impl Relay {
         let retry = |error: String, audit: &mut AuditEntry| {
             audit.outcome = Outcome::Failed;
             audit.reason = Some(error.clone());
-            let next_ms = unix_ms(at) + self.backoff_ms(d.attempts);
-            if next_ms > d.give_up_ms {
+            // The last attempt is made at the deadline, not a backoff short of it: a
+            // partner back within the window the operator configured gets the note.
+            if unix_ms(at) >= d.give_up_ms {
                 AttemptResult::Dead {
                     error: format!("not delivered before the deadline; last error: {error}"),
                 }
             } else {
+                let next_ms = (unix_ms(at) + self.backoff_ms(d.attempts)).min(d.give_up_ms);
                 AttemptResult::Retry { next_ms, error }
             }
         };
@@ -325,7 +337,7 @@ impl Relay {
                     }
                     AttemptResult::Delivered
                 }
-                Ok(status) if (400..500).contains(&status) && status != 408 && status != 429 => {
+                Ok(status) if (400..500).contains(&status) && !RETRIED_4XX.contains(&status) => {
                     audit.outcome = Outcome::Failed;
                     audit.reason = Some(format!("partner refused with {status}"));
                     AttemptResult::Dead {
@@ -355,16 +367,17 @@ impl Relay {
         }
     }
 
-    /// Exponential backoff with ±25% jitter, capped.
+    /// Exponential backoff with ±25% jitter, capped after the jitter so that no delay
+    /// exceeds `max_backoff_secs`.
     fn backoff_ms(&self, attempts: u32) -> i64 {
         let r = &self.gateway.config.relay;
-        let base = (r
+        let base = r
             .initial_backoff_secs
-            .saturating_mul(1u64 << attempts.min(20)))
-        .min(r.max_backoff_secs)
+            .saturating_mul(1u64 << attempts.min(20))
+            .min(r.max_backoff_secs)
             * 1000;
         let jitter = rand::random_range(0.75..=1.25);
-        (base as f64 * jitter) as i64
+        ((base as f64 * jitter) as i64).min(r.max_backoff_secs as i64 * 1000)
     }
 
     /// Sends the note; the partner's HTTP status, or a transport error.

@@ -1468,10 +1468,12 @@ async fn a_restriction_on_what_a_partner_sends_hides_what_it_already_sent() {
     assert_eq!(attached.error_expressions(), ["facts[0]"]);
 }
 
-/// The tenant has since asked that substance-use details stay private: before the worker
-/// shares with the MCO, the preview shows which items would stay behind, and why.
+/// The tenant has since asked that substance-use details stay private: the preview of a
+/// share with the MCO leaves them out, and does not describe them either (which kind of
+/// item, which label) — the tenant view only counts them, and so does the preview.
+/// What it showed is on the record.
 #[tokio::test]
-async fn the_preview_names_what_a_new_restriction_would_hold_back() {
+async fn the_preview_neither_shares_nor_describes_what_the_consent_keeps_private() {
     let app = spawn_app().await;
     app.register_tenant().await;
     assert_eq!(
@@ -1486,6 +1488,14 @@ async fn the_preview_names_what_a_new_restriction_would_hold_back() {
         )
         .await;
     assert_eq!(start.status, 201, "{start:?}");
+    let appointment = app
+        .post(
+            "/fhir/Communication",
+            CLINIC,
+            &fixture("appointment-notice.json"),
+        )
+        .await;
+    assert_eq!(appointment.status, 201, "{appointment:?}");
     let mut narrower = share_with(&[CLINIC_ID, MCO_ID]);
     narrower["restrictions"] = json!(["substance-use"]);
     assert_eq!(record(&app, narrower).await.status, 201);
@@ -1496,28 +1506,34 @@ async fn the_preview_names_what_a_new_restriction_would_hold_back() {
             HOUSING,
         )
         .await;
+    assert_eq!(p.status, 200, "{p:?}");
     assert_eq!(p.body["decision"], "permit", "{p:?}");
-    let withheld = p.body["withheld"].as_array().unwrap();
-    assert!(!withheld.is_empty(), "{p:?}");
-    let kinds: Vec<&str> = withheld
-        .iter()
-        .map(|w| w["item"].as_str().unwrap())
-        .collect();
-    assert!(kinds.contains(&"medication_change"), "{kinds:?}");
+    let view = app.get("/housing/tenants/T-1001", HOUSING).await;
     assert!(
-        withheld
-            .iter()
-            .all(|w| w["labels"].as_array().unwrap().contains(&json!("SUD"))),
-        "{withheld:?}"
+        view.body["restricted_items"].as_u64() >= Some(1),
+        "{view:?}"
     );
-    assert!(
-        p.body["would_receive"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|i| !i.to_string().contains("\"SUD\"")),
+    assert_eq!(
+        p.body["restricted_items"], view.body["restricted_items"],
         "{p:?}"
     );
+    assert_eq!(p.body["withheld"], json!([]), "{p:?}");
+    let shown: Vec<String> = p.body["would_receive"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(shown.len(), 1, "{p:?}");
+    let text = p.body.to_string();
+    assert!(
+        !text.contains("SUD") && !text.contains("medication_change"),
+        "{p:?}"
+    );
+
+    let record = app.audit_record(&p.reference_id()).await;
+    assert_eq!(record["action"], "preview", "{record}");
+    assert_eq!(record["items_read"], json!(shown), "{record}");
 }
 
 /// The tenant agrees that the clinic may tell housing, not that housing may tell the

@@ -404,6 +404,68 @@ async fn a_refused_or_expired_note_is_dead_lettered_and_can_be_replayed() {
     );
 }
 
+/// A failure close to the deadline does not dead-letter the note early: its last attempt
+/// is made at the deadline, so a partner back within the configured window gets it. Here
+/// the first backoff (200 s) is longer than the whole window (60 s).
+#[tokio::test]
+async fn the_last_attempt_is_made_at_the_deadline_not_a_backoff_before_it() {
+    let partner = Partner::start().await;
+    let app = ready_with(&partner, |config| {
+        config.relay.initial_backoff_secs = 200;
+        config.relay.dead_letter_after_secs = 60;
+    })
+    .await;
+    let reference = send_note_while(&app, &partner, Mode::Down).await;
+    let thread = wait_for_recorded_attempts(&app, &reference, 1).await;
+    assert_eq!(thread["delivery"]["state"], "pending", "{thread}");
+
+    // Not yet due: the retry waits for the deadline, not the 200 s backoff.
+    partner.set(Mode::Up);
+    app.clock.advance(time::Duration::seconds(59));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(partner.attempts(), 1);
+    app.clock.advance(time::Duration::seconds(1));
+    wait_for_state(&app, &reference, "delivered").await;
+    assert_eq!(partner.attempts(), 2);
+}
+
+/// A partner that rotated its credentials (401) or is mid-deploy (404) has not refused
+/// the note: it is retried until the deadline, and delivered once the partner is back.
+#[tokio::test]
+async fn an_unauthorised_or_missing_endpoint_is_retried_not_dead_lettered() {
+    let partner = Partner::start().await;
+    let app = ready(&partner).await;
+    let reference = send_note_while(&app, &partner, Mode::Refuse(401)).await;
+    let thread = wait_for_recorded_attempts(&app, &reference, 1).await;
+    assert_eq!(thread["delivery"]["state"], "pending", "{thread}");
+
+    partner.set(Mode::Refuse(404));
+    // The test backoff starts at 30 s (±25%).
+    app.clock.advance(time::Duration::seconds(40));
+    let thread = wait_for_recorded_attempts(&app, &reference, 2).await;
+    assert_eq!(thread["delivery"]["state"], "pending", "{thread}");
+    assert!(last_error(&thread).contains("404"), "{thread}");
+
+    partner.set(Mode::Up);
+    app.clock.advance(time::Duration::seconds(80));
+    wait_for_state(&app, &reference, "delivered").await;
+    assert_eq!(partner.attempts(), 3);
+}
+
+/// Waits for the relay to record `n` attempts of a note; returns the thread.
+async fn wait_for_recorded_attempts(app: &TestApp, reference: &str, n: u64) -> Value {
+    let path = format!("/housing/notes/{reference}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let t = app.get(&path, HOUSING).await;
+        if t.body["delivery"]["attempts"].as_u64() >= Some(n) {
+            return t.body;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{:?}", t.body);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_note_carries_only_dataset_facts_and_needs_consent_for_its_partner() {
     let partner = Partner::start().await;
@@ -837,6 +899,57 @@ async fn a_break_glass_notice_is_not_forwarded_under_the_same_emergency() {
     assert_eq!(forward["outcome"], "refused", "{forward}");
     assert_eq!(forward["partner"], "bayview-health-plan", "{forward}");
     assert_eq!(partner.attempts(), 0);
+}
+
+/// A housing worker's urgent note after the tenant's consent has ended goes out under
+/// the stated emergency: the worker was told it was accepted, so the relay honours the
+/// same emergency at delivery instead of stopping the note as outside consent. The
+/// emergency is on the review list once, under the note.
+#[tokio::test]
+async fn a_break_glass_note_is_delivered_under_its_emergency() {
+    let partner = Partner::start().await;
+    let app = ready(&partner).await;
+    // The consent ran to 2027-05-31.
+    app.clock.set(time::macros::datetime!(2027-06-02 09:00 UTC));
+    let mut urgent = note(json!([]));
+    urgent["deadline"] = json!("2027-06-03");
+    let refused = app.post_json("/housing/notes", HOUSING, &urgent).await;
+    assert_eq!(refused.status, 403, "{refused:?}");
+    let sent = app
+        .post_json_with(
+            "/housing/notes",
+            HOUSING,
+            &urgent,
+            &[
+                ("X-Purpose-Of-Use", "BTG"),
+                (
+                    "X-Break-Glass-Reason",
+                    "tenant found unwell at home, clinic must know today",
+                ),
+            ],
+        )
+        .await;
+    assert_eq!(sent.status, 201, "{sent:?}");
+    let reference = sent.body["reference_id"].as_str().unwrap().to_string();
+    wait_for_state(&app, &reference, "delivered").await;
+    assert_eq!(partner.attempts(), 1);
+
+    let audit = app.get("/audit/records?limit=1000", AUDITOR).await;
+    let delivery = audit.body["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| &r["record"])
+        .find(|r| r["action"] == "deliver")
+        .expect("the delivery is audited")
+        .clone();
+    assert_eq!(delivery["outcome"], "accepted", "{delivery}");
+    assert_eq!(delivery["break_glass"], "BTG", "{delivery}");
+    assert_eq!(delivery["related"], reference.as_str(), "{delivery}");
+    let review = app.get("/audit/break-glass", AUDITOR).await;
+    let listed = review.body["break_glass"].as_array().unwrap();
+    assert_eq!(listed.len(), 1, "{review:?}");
+    assert_eq!(listed[0]["reference_id"], reference.as_str(), "{review:?}");
 }
 
 /// A partner that is slow to answer holds up only its own notes: while an attempt to the

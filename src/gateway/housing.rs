@@ -273,12 +273,14 @@ impl Gateway {
     }
 
     /// What `partner` would receive about the tenant under the current consent, before
-    /// anything is sent. Housing sees the reason and which items would stay behind.
+    /// anything is sent. Housing sees the reason and which of the items it may see would
+    /// stay behind; `audit` records the items shown.
     pub async fn preview(
         &self,
         call: &Call,
         tenant: &TenantId,
         partner: &PartnerId,
+        audit: &mut AuditEntry,
     ) -> Result<Value, Error> {
         if !self.store.tenant_exists(tenant).await? {
             return Err(Error::NotFound(format!("no tenant {tenant}")));
@@ -288,16 +290,29 @@ impl Gateway {
                 "`{partner}` is not a configured partner"
             )));
         }
-        let items = self.store.tenant_items(tenant).await?;
-        let labels: Vec<BTreeSet<String>> = items
-            .iter()
-            .map(|i| i.labels.iter().cloned().collect())
-            .collect();
-        // The same decision a delivery would get, without break-glass: a preview is routine.
+        // The same decisions a delivery would get, without break-glass: a preview is routine.
         let routine = Call {
             break_glass: None,
             ..call.clone()
         };
+        // What the consent keeps from housing itself is neither shown nor described here:
+        // like the tenant view, the preview counts it and no more.
+        let items = self.store.tenant_items(tenant).await?;
+        let private = self
+            .housing_use(
+                &routine,
+                tenant,
+                items.iter().map(|i| (i.id.as_str(), i.labels.as_slice())),
+                audit,
+            )
+            .await?;
+        let items = super::without_withheld(items, &private);
+        audit.count = Some(items.len());
+        audit.items_read = items.iter().map(|i| i.id.clone()).collect();
+        let labels: Vec<BTreeSet<String>> = items
+            .iter()
+            .map(|i| i.labels.iter().cloned().collect())
+            .collect();
         let mut scratch = routine.audit("preview", crate::audit::Direction::Internal);
         let ids: Vec<&str> = items.iter().map(|i| i.id.as_str()).collect();
         let decision = self
@@ -325,6 +340,7 @@ impl Gateway {
                     "consent": consent,
                     "would_receive": kept.into_iter().map(|(_, i)| i).collect::<Vec<_>>(),
                     "withheld": held.into_iter().map(|(_, i)| json!({"id": i.id, "item": i.item.kind(), "labels": i.labels})).collect::<Vec<_>>(),
+                    "restricted_items": private.len(),
                 })
             }
             Err(Error::Forbidden(_)) => json!({
@@ -333,6 +349,7 @@ impl Gateway {
                 "reason": scratch.reason,
                 "consent": scratch.consent,
                 "would_receive": [],
+                "restricted_items": private.len(),
             }),
             // The consent could not be read: that is no decision to preview.
             Err(e) => return Err(e),

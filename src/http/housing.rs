@@ -147,7 +147,12 @@ async fn preview(
     audit.partner = Some(crate::ids::PartnerId::new(q.partner.clone()));
     let view = state
         .gateway
-        .preview(&call, &tenant, &crate::ids::PartnerId::new(q.partner))
+        .preview(
+            &call,
+            &tenant,
+            &crate::ids::PartnerId::new(q.partner),
+            &mut audit,
+        )
         .await
         .map_err(|e| fail(e, &audit))?;
     Ok(with_draft(axum::Json(view).into_response(), audit))

@@ -505,6 +505,9 @@ pub struct Delivery {
     pub note: serde_json::Value,
     pub attempts: u32,
     pub give_up_ms: i64,
+    /// The emergency the note was queued under, if it was: it is honoured at delivery,
+    /// or the worker would be told the note was accepted and the partner never get it.
+    pub emergency: Option<crate::consent::BreakGlass>,
 }
 
 /// What came of one delivery attempt.

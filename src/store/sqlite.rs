@@ -2031,10 +2031,12 @@ impl NoteStore for SqliteStore {
     async fn due_deliveries(&self, now_ms: i64, per_partner: usize) -> StoreResult<Vec<Delivery>> {
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT reference_id, tenant_id, partner, payload, attempts, give_up_ms, note FROM (
+                "SELECT q.reference_id, q.tenant_id, q.partner, q.payload, q.attempts, q.give_up_ms, q.note,
+                        b.purpose, b.reason FROM (
                     SELECT *, ROW_NUMBER() OVER (PARTITION BY partner ORDER BY next_attempt_ms, reference_id) AS n
                     FROM notes WHERE state = 'pending' AND next_attempt_ms <= ?1
-                 ) WHERE n <= ?2 ORDER BY next_attempt_ms, reference_id",
+                 ) q LEFT JOIN break_glass b ON b.reference_id = q.reference_id
+                 WHERE q.n <= ?2 ORDER BY q.next_attempt_ms, q.reference_id",
             )?;
             let rows = stmt.query_map(params![now_ms, per_partner as i64], |r| {
                 Ok((
@@ -2045,10 +2047,11 @@ impl NoteStore for SqliteStore {
                     r.get::<_, i64>(4)?,
                     r.get::<_, i64>(5)?,
                     r.get::<_, String>(6)?,
+                    r.get::<_, Option<String>>(7)?.zip(r.get::<_, Option<String>>(8)?),
                 ))
             })?;
             rows.map(|row| {
-                let (reference, tenant, partner, payload, attempts, give_up_ms, note) = row?;
+                let (reference, tenant, partner, payload, attempts, give_up_ms, note, emergency) = row?;
                 Ok(Delivery {
                     reference_id: parse_ref(reference)?,
                     tenant: TenantId::new(tenant),
@@ -2057,6 +2060,8 @@ impl NoteStore for SqliteStore {
                     note: serde_json::from_str(&note)?,
                     attempts: attempts as u32,
                     give_up_ms,
+                    emergency: emergency
+                        .map(|(purpose, reason)| crate::consent::BreakGlass { purpose, reason }),
                 })
             })
             .collect()

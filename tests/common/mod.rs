@@ -452,17 +452,27 @@ impl TestApp {
 
     /// POST with `application/json` (the housing API).
     pub async fn post_json(&self, path: &str, token: &str, body: &Value) -> Answer {
-        answer(
-            self.client
-                .post(format!("{}{path}", self.base))
-                .bearer_auth(token)
-                .header("content-type", "application/json")
-                .body(body.to_string())
-                .send()
-                .await
-                .expect("request"),
-        )
-        .await
+        self.post_json_with(path, token, body, &[]).await
+    }
+
+    /// [`TestApp::post_json`] with extra headers, such as a break-glass purpose.
+    pub async fn post_json_with(
+        &self,
+        path: &str,
+        token: &str,
+        body: &Value,
+        headers: &[(&str, &str)],
+    ) -> Answer {
+        let mut req = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        answer(req.send().await.expect("request")).await
     }
 
     pub async fn get(&self, path: &str, token: &str) -> Answer {
