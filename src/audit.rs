@@ -327,6 +327,16 @@ pub fn record_hash(
     h.finalize().into()
 }
 
+/// An anchor for `audit verify`: a record hash as `hash` and `/audit/records` print it,
+/// 64 hex digits. Anything shorter or longer could never match, and would be reported as
+/// a rewritten log rather than a mistyped anchor.
+pub fn parse_anchor(text: &str) -> Result<Vec<u8>, &'static str> {
+    match hex::decode(text.trim()) {
+        Ok(bytes) if bytes.len() == 32 => Ok(bytes),
+        _ => Err("the anchor must be a record hash: 64 hexadecimal digits"),
+    }
+}
+
 /// `sha256:<hex>` of a payload.
 pub fn digest(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))

@@ -280,7 +280,9 @@ fn audit(command: AuditCommand) -> anyhow::Result<i32> {
     match command {
         AuditCommand::Verify { store, anchor } => {
             let anchor = anchor
-                .map(|a| hex::decode(a.trim()).context("--anchor must be a hex hash"))
+                .map(|a| {
+                    crate::audit::parse_anchor(&a).map_err(|m| anyhow::anyhow!("--anchor: {m}"))
+                })
                 .transpose()?;
             let started = std::time::Instant::now();
             let v = SqliteStore::verify_file(&store.db_path()?, anchor.as_deref())?;
@@ -363,7 +365,7 @@ fn audit(command: AuditCommand) -> anyhow::Result<i32> {
     }
 }
 
-const CSV_COLUMNS: [&str; 19] = [
+const CSV_COLUMNS: [&str; 22] = [
     "seq",
     "recorded",
     "reference_id",
@@ -382,6 +384,10 @@ const CSV_COLUMNS: [&str; 19] = [
     "consent",
     "items_written",
     "items_read",
+    // Under what authority: an exchange only break-glass permitted names its purpose.
+    "break_glass",
+    "related",
+    "items_withheld",
     "hash",
 ];
 
@@ -397,19 +403,20 @@ fn csv_row(row: &crate::store::AuditRow) -> Vec<String> {
         (serde_json::Value::String(id), v) if !v.is_null() => format!("{id}/v{v}"),
         _ => String::new(),
     };
-    let items = r["items_written"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|i| {
-            format!(
-                "{} {}",
-                i["kind"].as_str().unwrap_or(""),
-                i["id"].as_str().unwrap_or("")
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(";");
+    let items = |k: &str| {
+        r[k].as_array()
+            .into_iter()
+            .flatten()
+            .map(|i| {
+                format!(
+                    "{} {}",
+                    i["kind"].as_str().unwrap_or(""),
+                    i["id"].as_str().unwrap_or("")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(";")
+    };
     let list = |k: &str| {
         r[k].as_array()
             .into_iter()
@@ -443,8 +450,11 @@ fn csv_row(row: &crate::store::AuditRow) -> Vec<String> {
         tenant,
         s("resource_type"),
         consent,
-        items,
+        items("items_written"),
         list("items_read"),
+        s("break_glass"),
+        s("related"),
+        items("items_withheld"),
         row.hash.clone(),
     ]
 }

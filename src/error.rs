@@ -63,6 +63,14 @@ impl Error {
         }
     }
 
+    /// A 400 about one query parameter, header or field: `expression` names it.
+    pub fn malformed_at(message: impl Into<String>, expression: impl Into<String>) -> Self {
+        Error::Malformed {
+            message: message.into(),
+            expression: Some(expression.into()),
+        }
+    }
+
     /// The reason code recorded in the audit log.
     pub fn audit_reason(&self) -> &'static str {
         match self {

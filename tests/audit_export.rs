@@ -117,3 +117,44 @@ async fn the_trail_exports_as_jsonl_csv_and_fhir_audit_events_without_clinical_v
         assert!(!text.contains("At risk for falls"));
     }
 }
+
+/// An inspector working from the CSV alone can tell an emergency exchange from a routine
+/// one: the row names its break-glass purpose, where a consent would otherwise be.
+#[tokio::test]
+async fn the_csv_export_names_an_exchange_only_break_glass_permitted() {
+    let app = spawn_app().await.with_consenting_tenant().await;
+    // Past the end of the tenant's consent.
+    app.clock.set(time::macros::datetime!(2027-06-02 09:00 UTC));
+    let urgent = app
+        .post_with(
+            "/fhir/Communication",
+            CLINIC,
+            &fixture("discharge-notice.json"),
+            &[
+                ("X-Purpose-Of-Use", "BTG"),
+                (
+                    "X-Break-Glass-Reason",
+                    "readmitted overnight, housing team must know",
+                ),
+            ],
+        )
+        .await;
+    assert_eq!(urgent.status, 201, "{urgent:?}");
+    let data = app.stop().await;
+
+    let csv = export(data.path(), "csv");
+    let mut reader = csv::Reader::from_reader(csv.as_bytes());
+    let header = reader.headers().unwrap().clone();
+    let column = |name: &str| header.iter().position(|h| h == name).unwrap();
+    let row = reader
+        .records()
+        .map(Result::unwrap)
+        .find(|r| r[column("reference_id")] == urgent.reference_id())
+        .expect("the exchange is exported");
+    assert_eq!(&row[column("break_glass")], "BTG", "{row:?}");
+    assert_eq!(&row[column("outcome")], "accepted", "{row:?}");
+    assert!(
+        !csv.contains("readmitted overnight"),
+        "the stated reason stays out"
+    );
+}

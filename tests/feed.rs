@@ -124,25 +124,30 @@ async fn the_feed_needs_the_housing_role_and_sensible_parameters() {
     let app = spawn_app().await;
     assert_eq!(app.get("/housing/updates", CLINIC).await.status, 403);
     assert_eq!(app.get("/housing/updates", AUDITOR).await.status, 403);
-    for bad in [
-        "since=-1",
-        "since=abc",
-        "limit=0",
-        "limit=501",
-        "wait=61",
-        "cursor=1",
+    for (bad, at) in [
+        ("since=-1", Some("since")),
+        ("since=abc", Some("since")),
+        ("limit=abc", Some("limit")),
+        ("limit=0", Some("limit")),
+        ("limit=501", Some("limit")),
+        ("wait=61", Some("wait")),
+        ("cursor=1", None),
     ] {
         let a = app.get(&format!("/housing/updates?{bad}"), HOUSING).await;
         assert_eq!(a.status, 400, "{bad}: {a:?}");
         assert_eq!(a.body["resourceType"], "OperationOutcome");
+        if let Some(at) = at {
+            assert_eq!(a.error_expressions(), [at], "{bad}: {a:?}");
+        }
     }
     let empty = app.get("/housing/updates", HOUSING).await;
     assert_eq!(empty.status, 200);
     assert_eq!(empty.body["entries"], json!([]));
     assert_eq!(empty.body["next"], "0");
 
-    // A cursor past every sequence number (a corrupted one) reads nothing; it does not
-    // wrap round and start the feed over.
+    // A cursor this store never issued — housing's saved cursor after the store was
+    // restored from an older backup, or a corrupted one — is refused, not read as "nothing
+    // new": every update numbered up to it would otherwise be skipped without a word.
     let app = app.with_consenting_tenant().await;
     let notice = fixture("risk-flag-update.json");
     assert_eq!(
@@ -151,11 +156,23 @@ async fn the_feed_needs_the_housing_role_and_sensible_parameters() {
             .status,
         201
     );
-    let far = app
-        .get(&format!("/housing/updates?since={}", u64::MAX), HOUSING)
+    let head = app.get("/housing/updates?since=0", HOUSING).await.body["next"]
+        .as_str()
+        .unwrap()
+        .parse::<u64>()
+        .unwrap();
+    let at_head = app
+        .get(&format!("/housing/updates?since={head}"), HOUSING)
         .await;
-    assert_eq!(far.status, 200, "{far:?}");
-    assert_eq!(far.body["entries"], json!([]), "{far:?}");
+    assert_eq!(at_head.status, 200, "{at_head:?}");
+    assert_eq!(at_head.body["entries"], json!([]), "{at_head:?}");
+    for ahead in [head + 1, u64::MAX] {
+        let a = app
+            .get(&format!("/housing/updates?since={ahead}&wait=5"), HOUSING)
+            .await;
+        assert_eq!(a.status, 400, "{ahead}: {a:?}");
+        assert_eq!(a.error_expressions(), ["since"], "{a:?}");
+    }
 }
 
 /// The latency histogram measures Hearth's time to answer: a long-poll parked on a quiet
@@ -163,8 +180,12 @@ async fn the_feed_needs_the_housing_role_and_sensible_parameters() {
 #[tokio::test]
 async fn a_long_polls_wait_is_not_counted_as_latency() {
     let app = spawn_app().await.with_consenting_tenant().await;
+    let head = app.get("/housing/updates?since=0", HOUSING).await.body["next"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let client = app.client.clone();
-    let url = format!("{}/housing/updates?since=1000&wait=30", app.base);
+    let url = format!("{}/housing/updates?since={head}&wait=30", app.base);
     let started = std::time::Instant::now();
     let poll = tokio::spawn(async move {
         answer(client.get(url).bearer_auth(HOUSING).send().await.unwrap()).await
@@ -203,7 +224,10 @@ async fn a_long_polls_wait_is_not_counted_as_latency() {
             )
         })
         .expect("the feed's count");
-    assert_eq!(count, "1", "one feed request measured");
+    assert_eq!(
+        count, "2",
+        "the head read and the long-poll, each measured once"
+    );
 }
 
 /// Waits (bounded) until `n` feed reads are parked in their long-poll, as `/metrics` says.

@@ -402,6 +402,16 @@ async fn a_refused_or_expired_note_is_dead_lettered_and_can_be_replayed() {
         .status,
         409
     );
+    // A reference ID that names no note is a 404, not "not dead-lettered".
+    let unknown = hearth::ids::ReferenceId::new().to_string();
+    let r = app
+        .post_json(
+            &format!("/housing/notes/{unknown}/replay"),
+            ADMIN,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(r.status, 404, "{r:?}");
 }
 
 /// A failure close to the deadline does not dead-letter the note early: its last attempt

@@ -286,9 +286,10 @@ impl Gateway {
             return Err(Error::NotFound(format!("no tenant {tenant}")));
         }
         if self.config.partner(partner).is_none() {
-            return Err(Error::malformed(format!(
-                "`{partner}` is not a configured partner"
-            )));
+            return Err(Error::malformed_at(
+                format!("`{partner}` is not a configured partner"),
+                "partner",
+            ));
         }
         // The same decisions a delivery would get, without break-glass: a preview is routine.
         let routine = Call {

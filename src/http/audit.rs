@@ -53,7 +53,7 @@ async fn records(
     let limit = q.limit.unwrap_or(100);
     if limit == 0 || limit > 1000 {
         return Err(fail(
-            Error::malformed("`limit` must be between 1 and 1000"),
+            Error::malformed_at("`limit` must be between 1 and 1000", "limit"),
             &audit,
         ));
     }
@@ -92,7 +92,7 @@ async fn verify(
     let q = super::extract::query(query).map_err(|e| fail(e, &audit))?;
     let anchor = q
         .anchor
-        .map(|a| hex::decode(a).map_err(|_| Error::malformed("`anchor` must be a hex hash")))
+        .map(|a| crate::audit::parse_anchor(&a).map_err(|m| Error::malformed_at(m, "anchor")))
         .transpose()
         .map_err(|e| fail(e, &audit))?;
     let v = state

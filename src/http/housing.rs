@@ -138,7 +138,7 @@ async fn preview(
     housing_only(&call).map_err(|e| fail(e, &audit))?;
     let Query(q) = query.map_err(|_| {
         fail(
-            Error::malformed("preview needs ?partner=<partner id>"),
+            Error::malformed_at("preview needs ?partner=<partner id>", "partner"),
             &audit,
         )
     })?;
@@ -222,7 +222,7 @@ async fn list_consents(
     housing_only(&call).map_err(|e| fail(e, &audit))?;
     let Query(q) = query.map_err(|_| {
         fail(
-            Error::malformed("list consents with ?tenant=<tenant id>"),
+            Error::malformed_at("list consents with ?tenant=<tenant id>", "tenant"),
             &audit,
         )
     })?;
@@ -310,7 +310,10 @@ fn number(value: Option<&str>, name: &str) -> Result<Option<u64>, Error> {
     value
         .map(|v| {
             v.parse::<u64>().map_err(|_| {
-                Error::malformed(format!("`{name}` must be a non-negative whole number"))
+                Error::malformed_at(
+                    format!("`{name}` must be a non-negative whole number"),
+                    name,
+                )
             })
         })
         .transpose()
@@ -337,7 +340,10 @@ async fn updates(
         .unwrap_or(feed.default_page as u64);
     if limit == 0 || limit > feed.max_page as u64 {
         return Err(fail(
-            Error::malformed(format!("`limit` must be between 1 and {}", feed.max_page)),
+            Error::malformed_at(
+                format!("`limit` must be between 1 and {}", feed.max_page),
+                "limit",
+            ),
             &audit,
         ));
     }
@@ -346,7 +352,10 @@ async fn updates(
         .unwrap_or(0);
     if wait > MAX_WAIT_SECONDS {
         return Err(fail(
-            Error::malformed(format!("`wait` is at most {MAX_WAIT_SECONDS} seconds")),
+            Error::malformed_at(
+                format!("`wait` is at most {MAX_WAIT_SECONDS} seconds"),
+                "wait",
+            ),
             &audit,
         ));
     }
@@ -354,6 +363,27 @@ async fn updates(
     // Subscribe before reading, so a write between the read and the wait is not missed.
     let mut changed = state.gateway.store.feed_head();
     let store = &state.gateway.store;
+    // A cursor this store never issued (a backup restored under housing's saved cursor,
+    // or another store behind the same address) would skip every update numbered up to
+    // it, silently: housing is told to start again instead. The watched head can lag a
+    // commit by a moment, so the store is asked before refusing.
+    if since > *changed.borrow() {
+        let newest = store
+            .feed_newest()
+            .await
+            .map_err(|e| fail(e.into(), &audit))?;
+        if since > newest {
+            return Err(fail(
+                Error::malformed_at(
+                    format!(
+                        "`since` is past the newest update ({newest}): this store never issued that cursor (restored from a backup?); read again from since=0"
+                    ),
+                    "since",
+                ),
+                &audit,
+            ));
+        }
+    }
     let mut entries = store
         .feed(since, limit as usize)
         .await

@@ -202,10 +202,16 @@ async fn replay(
         .await
         .map_err(|e| Failure::new(e.into(), audit.clone()))?;
     if !replayed {
-        return Err(Failure::new(
-            Error::Conflict(format!("note {reference} is not dead-lettered")),
-            audit,
-        ));
+        let known = g
+            .store
+            .note_thread(&id)
+            .await
+            .map_err(|e| Failure::new(e.into(), audit.clone()))?;
+        let error = match known {
+            None => Error::NotFound(format!("no note {reference}")),
+            Some(_) => Error::Conflict(format!("note {reference} is not dead-lettered")),
+        };
+        return Err(Failure::new(error, audit));
     }
     state.relay.wake();
     let mut response =

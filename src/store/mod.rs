@@ -449,6 +449,8 @@ pub trait ExchangeStore: Send + Sync {
     /// The feed's newest sequence number, updated after every commit that added to it
     /// (items, retractions, renewal prompts, partners' replies): long-polls wait on it.
     fn feed_head(&self) -> tokio::sync::watch::Receiver<u64>;
+    /// The feed's newest sequence number as committed now (0 when it is empty).
+    async fn feed_newest(&self) -> StoreResult<u64>;
     async fn tenant_items(&self, tenant: &TenantId) -> StoreResult<Vec<StoredItem>>;
     /// Those of `item_ids` that are stored but no longer current (retracted or
     /// superseded by their sender). Ids not stored at all (facts typed into a note) are

@@ -1787,6 +1787,15 @@ impl ExchangeStore for SqliteStore {
         self.inner.feed_head.subscribe()
     }
 
+    async fn feed_newest(&self) -> StoreResult<u64> {
+        self.read(|conn| {
+            Ok(conn
+                .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM feed")?
+                .query_row([], |r| r.get::<_, i64>(0))? as u64)
+        })
+        .await
+    }
+
     async fn retired_items(&self, item_ids: Vec<String>) -> StoreResult<Vec<String>> {
         self.read(move |conn| {
             let mut stmt = conn
