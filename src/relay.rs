@@ -319,40 +319,45 @@ impl Relay {
             }
         } else {
             let outcome = self.send(&d).await;
-            audit.status = outcome.as_ref().map_or(0, |s| *s);
-            match outcome {
-                Ok(status) if (200..300).contains(&status) => {
+            audit.status = outcome.as_ref().map_or(0, |s| s.status);
+            // What the partner now holds, once it has accepted the Communication (which
+            // carries the facts and the words), whatever became of a Task after it: the
+            // accounting of disclosures counts deliveries, not notes queued.
+            if outcome.as_ref().is_ok_and(|s| s.communication_accepted) {
+                audit.items_written = facts;
+                // A worker's note shares its own words too, with what they carry (a
+                // forward's covering line says nothing about the tenant).
+                if !forward {
+                    audit.items_written.push(crate::audit::ItemRef {
+                        kind: crate::gateway::notes::NOTE_TEXT.into(),
+                        id: None,
+                        labels: text_labels.iter().cloned().collect(),
+                    });
+                }
+            }
+            let partly = |status: u16| match outcome
+                .as_ref()
+                .is_ok_and(|s| s.communication_accepted)
+            {
+                true => format!(
+                    "the partner accepted the Communication, then answered its Task with HTTP {status}"
+                ),
+                false => format!("the partner answered HTTP {status}"),
+            };
+            match &outcome {
+                Ok(s) if (200..300).contains(&s.status) => {
                     audit.outcome = Outcome::Accepted;
-                    // What the partner now holds: the accounting of disclosures counts
-                    // deliveries, not notes queued.
-                    audit.items_written = facts;
-                    // A worker's note shares its own words too, with what they carry (a
-                    // forward's covering line says nothing about the tenant).
-                    if !forward {
-                        audit.items_written.push(crate::audit::ItemRef {
-                            kind: crate::gateway::notes::NOTE_TEXT.into(),
-                            id: None,
-                            labels: text_labels.iter().cloned().collect(),
-                        });
-                    }
                     AttemptResult::Delivered
                 }
-                Ok(status) if (400..500).contains(&status) && !RETRIED_4XX.contains(&status) => {
+                Ok(s) if (400..500).contains(&s.status) && !RETRIED_4XX.contains(&s.status) => {
                     audit.outcome = Outcome::Failed;
-                    audit.reason = Some(format!("partner refused with {status}"));
+                    audit.reason = Some(partly(s.status));
                     AttemptResult::Dead {
-                        error: format!(
-                            "the partner refused the note with HTTP {status}; it will not be retried"
-                        ),
+                        error: format!("{}; it will not be retried", partly(s.status)),
                     }
                 }
-                other => {
-                    let error = match other {
-                        Ok(status) => format!("partner answered HTTP {status}"),
-                        Err(e) => e,
-                    };
-                    retry(error, &mut audit)
-                }
+                Ok(s) => retry(partly(s.status), &mut audit),
+                Err(e) => retry(e.clone(), &mut audit),
             }
         };
         self.metrics
@@ -381,7 +386,7 @@ impl Relay {
     }
 
     /// Sends the note; the partner's HTTP status, or a transport error.
-    async fn send(&self, d: &Delivery) -> Result<u16, String> {
+    async fn send(&self, d: &Delivery) -> Result<Sent, String> {
         let partner = self
             .gateway
             .config
@@ -424,11 +429,22 @@ impl Relay {
                 .send()
                 .await
                 .map_err(describe)?;
-            return Ok(response.status().as_u16());
+            let status = response.status().as_u16();
+            return Ok(Sent {
+                status,
+                communication_accepted: (200..300).contains(&status),
+            });
         }
         // Plain POSTs, each conditional on the identifier, so duplicates are detectable.
+        // The Communication comes first; a Task, if any, names it.
         let mut last = 200;
-        for entry in d.payload["entry"].as_array().into_iter().flatten() {
+        let mut communication_accepted = false;
+        for (n, entry) in d.payload["entry"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
             let ty = entry
                 .pointer("/request/url")
                 .and_then(Value::as_str)
@@ -445,9 +461,22 @@ impl Relay {
             if !(200..300).contains(&last) {
                 break;
             }
+            communication_accepted |= n == 0;
         }
-        Ok(last)
+        Ok(Sent {
+            status: last,
+            communication_accepted,
+        })
     }
+}
+
+/// What a partner answered one attempt.
+struct Sent {
+    /// The last status: the Bundle's, or the first plain POST that was not a 2xx.
+    status: u16,
+    /// The partner holds the Communication (with the note's facts and words), even if
+    /// the Task after it was refused.
+    communication_accepted: bool,
 }
 
 fn result_kind(r: &AttemptResult) -> &'static str {

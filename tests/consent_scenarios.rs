@@ -126,6 +126,11 @@ async fn a_hospitalisation_occurs_without_prior_notice() {
     assert_eq!(due.body["due"][0]["tenant_id"], "T-1001");
     assert_eq!(due.body["due"][0]["reason"], "hospitalisation");
     assert_eq!(due.body["due"][0]["reference_id"], discharge.reference_id());
+    // The list named the tenant: the tenant's audit trail finds the read.
+    assert_eq!(
+        app.audit_record(&due.reference_id()).await["tenants_read"],
+        json!(["T-1001"])
+    );
     let view = app.get("/housing/tenants/T-1001", HOUSING).await;
     assert_eq!(view.body["renewal_due"]["reason"], "hospitalisation");
     let feed = app.feed_all().await;

@@ -1024,6 +1024,69 @@ async fn a_partner_without_transactions_gets_a_task_that_names_its_communication
     );
 }
 
+/// A partner taking plain creates accepts the Communication and then refuses its Task:
+/// the note is dead-lettered, but the partner holds the facts and the worker's words, so
+/// the delivery is on the record as a disclosure — once, however many attempts it took.
+#[tokio::test]
+async fn a_communication_accepted_before_its_task_was_refused_is_still_a_disclosure() {
+    let partner = Partner::start().await;
+    let app = ready_with(&partner, |config| {
+        for p in &mut config.partners {
+            if p.id.as_str() == CLINIC_ID {
+                p.supports_transactions = false;
+            }
+        }
+    })
+    .await;
+    // A Task refused with 503 first (retried), then with 400 (dead).
+    partner.set(Mode::RefuseTask(503));
+    let sent = app
+        .post_json("/housing/notes", HOUSING, &note(json!([])))
+        .await;
+    assert_eq!(sent.status, 201, "{sent:?}");
+    let reference = sent.body["reference_id"].as_str().unwrap().to_string();
+    let thread = wait_for_recorded_attempts(&app, &reference, 1).await;
+    assert_eq!(thread["delivery"]["state"], "pending", "{thread}");
+    partner.set(Mode::RefuseTask(400));
+    app.clock.advance(time::Duration::seconds(40));
+    let thread = wait_for_state(&app, &reference, "dead").await;
+    assert!(
+        last_error(&thread).contains("accepted the Communication"),
+        "{thread}"
+    );
+    assert!(
+        partner
+            .created()
+            .values()
+            .any(|r| r["resourceType"] == "Communication")
+    );
+
+    let audit = app.get("/audit/records?limit=1000", AUDITOR).await;
+    let deliveries: Vec<&Value> = audit.body["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| &r["record"])
+        .filter(|r| r["action"] == "deliver")
+        .collect();
+    assert_eq!(deliveries.len(), 2, "{deliveries:?}");
+    assert!(
+        deliveries.iter().all(|d| d["outcome"] == "failed"
+            && d["items_written"][0]["kind"] == hearth::gateway::notes::NOTE_TEXT),
+        "{deliveries:?}"
+    );
+    let disclosures = app
+        .get("/housing/tenants/T-1001/disclosures", HOUSING)
+        .await;
+    let to_clinic: Vec<&Value> = disclosures.body["disclosures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["to"].as_str().is_some_and(|t| t.contains("Riverside")))
+        .collect();
+    assert_eq!(to_clinic.len(), 1, "{disclosures:?}");
+}
+
 /// Where sharing pauses while a consent awaits renewal, a discharge (which opens the
 /// renewal prompt) is not forwarded: the forward is refused up front and audited, rather
 /// than queued, "accepted", and then stopped for good at delivery.

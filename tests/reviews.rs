@@ -374,6 +374,11 @@ async fn the_high_risk_register_lists_reviews_falling_due() {
     let due = app.get("/housing/reviews/due", CLINIC_REVIEW).await;
     assert_eq!(due.body["due"][0]["tenant_id"], "T-1001");
     assert_eq!(due.body["due"][0]["overdue"], false);
+    // The register named the tenant: the tenant's audit trail finds the read.
+    assert_eq!(
+        app.audit_record(&due.reference_id()).await["tenants_read"],
+        json!(["T-1001"])
+    );
     app.clock.set(time::macros::datetime!(2026-12-22 09:00 UTC));
     assert_eq!(
         app.get("/housing/reviews/due", CLINIC_REVIEW).await.body["due"][0]["overdue"],

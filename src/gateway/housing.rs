@@ -142,6 +142,9 @@ impl Gateway {
         }
         let mut out = Vec::new();
         let mut queued: HashMap<crate::ids::ReferenceId, Queued> = HashMap::new();
+        // Notes whose delivery is already counted: an attempt that got the Communication
+        // through but not its Task, then a retry that delivered both, is one disclosure.
+        let mut delivered: std::collections::HashSet<crate::ids::ReferenceId> = Default::default();
         let mut after = 0;
         loop {
             let rows = self
@@ -173,6 +176,7 @@ impl Gateway {
                 // Deliveries recorded before they listed what they carried: the note's
                 // facts, and for housing's own note (not a forward) its words.
                 if entry.action == "deliver"
+                    && entry.outcome == Outcome::Accepted
                     && entry.items_written.is_empty()
                     && let Some((items, origin)) = entry.related.and_then(|n| queued.get(&n))
                 {
@@ -184,6 +188,13 @@ impl Gateway {
                             labels: Vec::new(),
                         });
                     }
+                }
+                if entry.action == "deliver"
+                    && let Some(note) = entry.related
+                    && !entry.items_written.is_empty()
+                    && !delivered.insert(note)
+                {
+                    continue;
                 }
                 if let Some(d) = self.disclosure(&entry, &queued) {
                     out.push(d);
@@ -207,7 +218,10 @@ impl Gateway {
         e: &AuditEntry,
         queued: &HashMap<crate::ids::ReferenceId, Queued>,
     ) -> Option<Disclosure> {
-        let shared = matches!(e.outcome, Outcome::Accepted | Outcome::Corrected)
+        // A delivery that failed after the partner took the Communication (its Task
+        // refused) still disclosed what the Communication carried, and lists it.
+        let shared = (matches!(e.outcome, Outcome::Accepted | Outcome::Corrected)
+            || (e.action == "deliver" && e.outcome == Outcome::Failed))
             && !e.items_written.is_empty();
         let counts = match e.direction {
             Direction::Inbound => e.action == "create",

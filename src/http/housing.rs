@@ -259,6 +259,8 @@ async fn consents_due(
         .await
         .map_err(|e| Failure::new(e, audit.clone()))?;
     audit.count = Some(due.len());
+    // The list names tenants: "who read what about this tenant" finds it.
+    audit.tenants_read = due.iter().map(|d| d.tenant_id.clone()).collect();
     Ok(with_draft(
         axum::Json(json!({"due": due})).into_response(),
         audit,

@@ -101,6 +101,12 @@ async fn due(
         .await
         .map_err(|e| Failure::new(e, audit.clone()))?;
     audit.count = Some(due.len());
+    // The list names tenants: "who read what about this tenant" finds it.
+    audit.tenants_read = due
+        .iter()
+        .filter_map(|d| d["tenant_id"].as_str())
+        .map(crate::ids::TenantId::new)
+        .collect();
     let mut response = axum::Json(json!({"due": due})).into_response();
     response.extensions_mut().insert(AuditDraft(audit));
     Ok(response)

@@ -25,6 +25,8 @@ pub enum Mode {
     Refuse(u16),
     /// Answers 302 to `/fhir/moved`, where a GET answers 200 (a misconfigured proxy).
     Redirect,
+    /// Plain POSTs: creates everything but a Task, which it refuses with this status.
+    RefuseTask(u16),
 }
 
 #[derive(Default)]
@@ -121,11 +123,21 @@ impl Partner {
 /// cannot resolve: a Bundle-local `urn:uuid:` means nothing outside its Bundle.
 async fn create(
     State(inner): State<Arc<Mutex<Inner>>>,
+    axum::extract::Path(resource_type): axum::extract::Path<String>,
     headers: axum::http::HeaderMap,
     Json(resource): Json<Value>,
 ) -> Response {
     let mut i = inner.lock().unwrap();
     i.attempts += 1;
+    if let Some(Mode::RefuseTask(s)) = i.mode
+        && resource_type == "Task"
+    {
+        return (
+            StatusCode::from_u16(s).unwrap(),
+            Json(json!({"resourceType": "OperationOutcome"})),
+        )
+            .into_response();
+    }
     if resource.to_string().contains("\"urn:uuid:") {
         return (
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -187,7 +199,7 @@ async fn receive(
         Mode::Redirect => {
             return (StatusCode::FOUND, [(header::LOCATION, "/fhir/moved")]).into_response();
         }
-        Mode::Up | Mode::LoseAnswer => {}
+        Mode::Up | Mode::LoseAnswer | Mode::RefuseTask(_) => {}
     }
     let mut i = inner.lock().unwrap();
     let mut responses = Vec::new();
