@@ -384,11 +384,12 @@ const CSV_COLUMNS: [&str; 22] = [
     "consent",
     "items_written",
     "items_read",
+    "hash",
+    // Added after `hash`, so readers counting columns find the first nineteen in place.
     // Under what authority: an exchange only break-glass permitted names its purpose.
     "break_glass",
     "related",
     "items_withheld",
-    "hash",
 ];
 
 /// One CSV row: the record's envelope; lists are `;`-separated kinds and ids.
@@ -408,11 +409,11 @@ fn csv_row(row: &crate::store::AuditRow) -> Vec<String> {
             .into_iter()
             .flatten()
             .map(|i| {
-                format!(
-                    "{} {}",
-                    i["kind"].as_str().unwrap_or(""),
-                    i["id"].as_str().unwrap_or("")
-                )
+                let kind = i["kind"].as_str().unwrap_or("");
+                match i["id"].as_str() {
+                    Some(id) => format!("{kind} {id}"),
+                    None => kind.to_string(),
+                }
             })
             .collect::<Vec<_>>()
             .join(";")
@@ -452,10 +453,10 @@ fn csv_row(row: &crate::store::AuditRow) -> Vec<String> {
         consent,
         items("items_written"),
         list("items_read"),
+        row.hash.clone(),
         s("break_glass"),
         s("related"),
         items("items_withheld"),
-        row.hash.clone(),
     ]
 }
 

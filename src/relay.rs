@@ -34,6 +34,17 @@ use crate::store::{AttemptResult, Delivery};
 /// that kind must not dead-letter every note sent during it.
 pub const RETRIED_4XX: &[u16] = &[401, 403, 404, 408, 425, 429];
 
+/// Whether a partner's `status` refuses the note for good. After the Communication was
+/// accepted, a client error is the Task's own (a partner with no Task endpoint answers
+/// 404): retrying would not change it, short of a timeout or rate limit.
+fn refuses_for_good(status: u16, after_communication: bool) -> bool {
+    (400..500).contains(&status)
+        && match after_communication {
+            true => !matches!(status, 408 | 425 | 429),
+            false => !RETRIED_4XX.contains(&status),
+        }
+}
+
 /// The relay: cheap to clone, shares its wake-up signal.
 #[derive(Clone)]
 pub struct Relay {
@@ -190,7 +201,7 @@ impl Relay {
             at,
             request: format!("DELIVER note {}", d.reference_id),
             parent: Some(d.reference_id),
-            break_glass: d.emergency.clone(),
+            break_glass: None,
         };
         let mut audit = call.audit("deliver", Direction::Outbound);
         audit.partner = Some(d.partner.clone());
@@ -232,7 +243,8 @@ impl Relay {
             ids: &ids,
             labels: &labels,
         };
-        let decision = g
+        let draft = audit.clone();
+        let mut decision = g
             .decide_held(
                 &call,
                 &d.tenant,
@@ -242,10 +254,32 @@ impl Relay {
                 &mut audit,
             )
             .await;
-        // Under the note's emergency, the delivery says so; its stated reason is already
-        // on the review list under the note's reference ID, once.
-        audit.break_glass_reason = None;
-        audit.break_glass_reason_digest = None;
+        // A note queued under an emergency goes out under it (the worker was told it was
+        // accepted), but only where the consent alone refuses it, and not once an auditor
+        // has found the emergency unjustified. (An emergency never releases restricted
+        // items, so a permit that withholds some is final either way.)
+        let refused = matches!(decision, Err(crate::error::Error::Forbidden(_)));
+        if refused && let Some(emergency) = &d.emergency {
+            let under = Call {
+                break_glass: Some(emergency.clone()),
+                ..call.clone()
+            };
+            audit = draft;
+            decision = g
+                .decide_held(
+                    &under,
+                    &d.tenant,
+                    Flow::Outbound,
+                    &d.partner,
+                    held,
+                    &mut audit,
+                )
+                .await;
+            // The delivery says so; the stated reason is already on the review list, once,
+            // under the note's reference ID.
+            audit.break_glass_reason = None;
+            audit.break_glass_reason_digest = None;
+        }
         let restricted = decision.as_ref().is_ok_and(|p| !p.withheld.is_empty());
         if restricted {
             audit.reason =
@@ -318,12 +352,15 @@ impl Relay {
                 ),
             }
         } else {
-            let outcome = self.send(&d).await;
-            audit.status = outcome.as_ref().map_or(0, |s| s.status);
+            let sent = self.send(&d).await.unwrap_or_else(|e| Sent {
+                answer: Err(e),
+                communication_accepted: false,
+            });
+            audit.status = *sent.answer.as_ref().unwrap_or(&0);
             // What the partner now holds, once it has accepted the Communication (which
             // carries the facts and the words), whatever became of a Task after it: the
             // accounting of disclosures counts deliveries, not notes queued.
-            if outcome.as_ref().is_ok_and(|s| s.communication_accepted) {
+            if sent.communication_accepted {
                 audit.items_written = facts;
                 // A worker's note shares its own words too, with what they carry (a
                 // forward's covering line says nothing about the tenant).
@@ -335,29 +372,27 @@ impl Relay {
                     });
                 }
             }
-            let partly = |status: u16| match outcome
-                .as_ref()
-                .is_ok_and(|s| s.communication_accepted)
-            {
-                true => format!(
-                    "the partner accepted the Communication, then answered its Task with HTTP {status}"
-                ),
-                false => format!("the partner answered HTTP {status}"),
+            let partly = |what: String| match sent.communication_accepted {
+                true => {
+                    format!("the partner accepted the Communication, then for its Task: {what}")
+                }
+                false => what,
             };
-            match &outcome {
-                Ok(s) if (200..300).contains(&s.status) => {
+            match &sent.answer {
+                Ok(s) if (200..300).contains(s) => {
                     audit.outcome = Outcome::Accepted;
                     AttemptResult::Delivered
                 }
-                Ok(s) if (400..500).contains(&s.status) && !RETRIED_4XX.contains(&s.status) => {
+                Ok(s) if refuses_for_good(*s, sent.communication_accepted) => {
+                    let error = partly(format!("the partner refused with HTTP {s}"));
                     audit.outcome = Outcome::Failed;
-                    audit.reason = Some(partly(s.status));
+                    audit.reason = Some(error.clone());
                     AttemptResult::Dead {
-                        error: format!("{}; it will not be retried", partly(s.status)),
+                        error: format!("{error}; it will not be retried"),
                     }
                 }
-                Ok(s) => retry(partly(s.status), &mut audit),
-                Err(e) => retry(e.clone(), &mut audit),
+                Ok(s) => retry(partly(format!("the partner answered HTTP {s}")), &mut audit),
+                Err(e) => retry(partly(e.clone()), &mut audit),
             }
         };
         self.metrics
@@ -372,8 +407,7 @@ impl Relay {
         }
     }
 
-    /// Exponential backoff with ±25% jitter, capped after the jitter so that no delay
-    /// exceeds `max_backoff_secs`.
+    /// Exponential backoff with ±25% jitter; no delay exceeds `max_backoff_secs`.
     fn backoff_ms(&self, attempts: u32) -> i64 {
         let r = &self.gateway.config.relay;
         let base = r
@@ -381,8 +415,15 @@ impl Relay {
             .saturating_mul(1u64 << attempts.min(20))
             .min(r.max_backoff_secs)
             * 1000;
-        let jitter = rand::random_range(0.75..=1.25);
-        ((base as f64 * jitter) as i64).min(r.max_backoff_secs as i64 * 1000)
+        let max = r.max_backoff_secs as f64 * 1000.0;
+        let delay = base as f64 * rand::random_range(0.75..=1.25);
+        // Jittered within the cap too, so notes held back together do not all come due
+        // at exactly the maximum.
+        (if delay > max {
+            max * rand::random_range(0.75..=1.0)
+        } else {
+            delay
+        }) as i64
     }
 
     /// Sends the note; the partner's HTTP status, or a transport error.
@@ -431,7 +472,7 @@ impl Relay {
                 .map_err(describe)?;
             let status = response.status().as_u16();
             return Ok(Sent {
-                status,
+                answer: Ok(status),
                 communication_accepted: (200..300).contains(&status),
             });
         }
@@ -439,12 +480,7 @@ impl Relay {
         // The Communication comes first; a Task, if any, names it.
         let mut last = 200;
         let mut communication_accepted = false;
-        for (n, entry) in d.payload["entry"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .enumerate()
-        {
+        for entry in d.payload["entry"].as_array().into_iter().flatten() {
             let ty = entry
                 .pointer("/request/url")
                 .and_then(Value::as_str)
@@ -453,18 +489,27 @@ impl Relay {
                 .pointer("/request/ifNoneExist")
                 .and_then(Value::as_str);
             let resource = without_bundle_references(&entry["resource"]);
-            let response = request(format!("{base}/{ty}"), &resource, cond)
+            let response = match request(format!("{base}/{ty}"), &resource, cond)
                 .send()
                 .await
-                .map_err(describe)?;
+            {
+                Ok(r) => r,
+                // The Communication may already be with the partner: say so.
+                Err(e) => {
+                    return Ok(Sent {
+                        answer: Err(describe(e)),
+                        communication_accepted,
+                    });
+                }
+            };
             last = response.status().as_u16();
             if !(200..300).contains(&last) {
                 break;
             }
-            communication_accepted |= n == 0;
+            communication_accepted = true;
         }
         Ok(Sent {
-            status: last,
+            answer: Ok(last),
             communication_accepted,
         })
     }
@@ -472,8 +517,9 @@ impl Relay {
 
 /// What a partner answered one attempt.
 struct Sent {
-    /// The last status: the Bundle's, or the first plain POST that was not a 2xx.
-    status: u16,
+    /// The last status (the Bundle's, or the first plain POST's that was not a 2xx), or
+    /// the transport error that ended the attempt.
+    answer: Result<u16, String>,
     /// The partner holds the Communication (with the note's facts and words), even if
     /// the Task after it was refused.
     communication_accepted: bool,

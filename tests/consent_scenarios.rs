@@ -1052,12 +1052,19 @@ async fn the_worker_can_print_an_accounting_of_disclosures_and_preview_a_share()
         .await;
     assert_eq!(nobody.body["decision"], "deny");
     assert_eq!(nobody.body["reason"], "partner-not-covered");
-    assert_eq!(
-        app.get("/housing/tenants/T-1001/preview?partner=nobody", HOUSING)
-            .await
-            .status,
-        400
-    );
+    // A partner Hearth does not know, none named, or a parameter it does not take: a
+    // 400 that points at the parameter.
+    for (query, at) in [
+        ("partner=nobody", "partner"),
+        ("", "partner"),
+        ("partner=riverside-clinic&format=pdf", "format"),
+    ] {
+        let a = app
+            .get(&format!("/housing/tenants/T-1001/preview?{query}"), HOUSING)
+            .await;
+        assert_eq!(a.status, 400, "{query}: {a:?}");
+        assert_eq!(a.error_expressions(), [at], "{query}: {a:?}");
+    }
     assert_eq!(
         app.get("/housing/tenants/T-1001/disclosures", CLINIC)
             .await

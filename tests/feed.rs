@@ -131,7 +131,7 @@ async fn the_feed_needs_the_housing_role_and_sensible_parameters() {
         ("limit=0", Some("limit")),
         ("limit=501", Some("limit")),
         ("wait=61", Some("wait")),
-        ("cursor=1", None),
+        ("cursor=1", Some("cursor")),
     ] {
         let a = app.get(&format!("/housing/updates?{bad}"), HOUSING).await;
         assert_eq!(a.status, 400, "{bad}: {a:?}");

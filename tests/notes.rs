@@ -462,6 +462,68 @@ async fn an_unauthorised_or_missing_endpoint_is_retried_not_dead_lettered() {
     assert_eq!(partner.attempts(), 3);
 }
 
+/// A note the worker's system got wrong is a 400 that points at the field, so the
+/// integration can show the worker which one.
+#[tokio::test]
+async fn a_badly_shaped_note_is_refused_at_the_field() {
+    let partner = Partner::start().await;
+    let app = ready(&partner).await;
+    let mut no_reason = note(json!([]));
+    no_reason.as_object_mut().unwrap().remove("reason");
+    let mut loud = note(json!([]));
+    loud["priority"] = json!("high");
+    let mut extra = note(json!([]));
+    extra["colour"] = json!("red");
+    for (body, at) in [(no_reason, "reason"), (loud, "priority"), (extra, "colour")] {
+        let a = app.post_json("/housing/notes", HOUSING, &body).await;
+        assert_eq!(a.status, 400, "{a:?}");
+        assert_eq!(a.error_expressions(), [at], "{a:?}");
+    }
+    assert_eq!(partner.attempts(), 0);
+}
+
+/// The Communication went through and the Task never got an answer: the attempt is
+/// retried, and its record already lists what the partner holds.
+#[tokio::test]
+async fn a_task_that_times_out_after_its_communication_still_records_the_disclosure() {
+    let partner = Partner::start().await;
+    let app = ready_with(&partner, |config| {
+        config.relay.attempt_timeout_ms = 300;
+        for p in &mut config.partners {
+            if p.id.as_str() == CLINIC_ID {
+                p.supports_transactions = false;
+            }
+        }
+    })
+    .await;
+    partner.set(Mode::StallTask);
+    let sent = app
+        .post_json("/housing/notes", HOUSING, &note(json!([])))
+        .await;
+    let reference = sent.body["reference_id"].as_str().unwrap().to_string();
+    let thread = wait_for_recorded_attempts(&app, &reference, 1).await;
+    assert_eq!(thread["delivery"]["state"], "pending", "{thread}");
+    assert!(
+        last_error(&thread).contains("accepted the Communication"),
+        "{thread}"
+    );
+    let audit = app.get("/audit/records?limit=1000", AUDITOR).await;
+    let delivery = audit.body["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| &r["record"])
+        .find(|r| r["action"] == "deliver")
+        .unwrap()
+        .clone();
+    assert_eq!(delivery["outcome"], "failed", "{delivery}");
+    assert_eq!(
+        delivery["items_written"][0]["kind"],
+        hearth::gateway::notes::NOTE_TEXT,
+        "{delivery}"
+    );
+}
+
 /// Waits for the relay to record `n` attempts of a note; returns the thread.
 async fn wait_for_recorded_attempts(app: &TestApp, reference: &str, n: u64) -> Value {
     let path = format!("/housing/notes/{reference}");
@@ -962,6 +1024,97 @@ async fn a_break_glass_note_is_delivered_under_its_emergency() {
     assert_eq!(listed[0]["reference_id"], reference.as_str(), "{review:?}");
 }
 
+/// An auditor who finds the emergency unjustified withdraws it: a note still waiting
+/// for its partner then goes out only if the consent alone allows it — here it does
+/// not, and the note stops.
+#[tokio::test]
+async fn an_emergency_found_unjustified_no_longer_carries_its_note() {
+    let partner = Partner::start().await;
+    let app = ready(&partner).await;
+    app.clock.set(time::macros::datetime!(2027-06-02 09:00 UTC));
+    partner.set(Mode::Down);
+    let mut urgent = note(json!([]));
+    urgent["deadline"] = json!("2027-06-03");
+    let sent = app
+        .post_json_with(
+            "/housing/notes",
+            HOUSING,
+            &urgent,
+            &[
+                ("X-Purpose-Of-Use", "BTG"),
+                (
+                    "X-Break-Glass-Reason",
+                    "tenant found unwell at home, clinic must know today",
+                ),
+            ],
+        )
+        .await;
+    assert_eq!(sent.status, 201, "{sent:?}");
+    let reference = sent.body["reference_id"].as_str().unwrap().to_string();
+    wait_for_recorded_attempts(&app, &reference, 1).await;
+    let review = app
+        .post_json(
+            &format!("/audit/break-glass/{reference}/review"),
+            AUDITOR,
+            &json!({"outcome": "not-justified"}),
+        )
+        .await;
+    assert_eq!(review.status, 200, "{review:?}");
+    let thread = resume_until_stopped(&app, &partner, &reference, 1).await;
+    assert!(last_error(&thread).contains("consent"), "{thread}");
+    assert_eq!(partner.attempts(), 1);
+}
+
+/// A note queued under an emergency, whose consent has been renewed before it could be
+/// delivered, goes out under the consent: nothing about it is an emergency any more.
+#[tokio::test]
+async fn an_emergency_note_the_renewed_consent_covers_goes_out_as_routine() {
+    let partner = Partner::start().await;
+    let app = ready(&partner).await;
+    app.clock.set(time::macros::datetime!(2027-06-02 09:00 UTC));
+    partner.set(Mode::Down);
+    let mut urgent = note(json!([]));
+    urgent["deadline"] = json!("2027-06-03");
+    let sent = app
+        .post_json_with(
+            "/housing/notes",
+            HOUSING,
+            &urgent,
+            &[
+                ("X-Purpose-Of-Use", "BTG"),
+                (
+                    "X-Break-Glass-Reason",
+                    "tenant found unwell at home, clinic must know today",
+                ),
+            ],
+        )
+        .await;
+    assert_eq!(sent.status, 201, "{sent:?}");
+    let reference = sent.body["reference_id"].as_str().unwrap().to_string();
+    wait_for_recorded_attempts(&app, &reference, 1).await;
+    let renewed = json!({"tenant_id": "T-1001", "share_with": [CLINIC_ID, "bayview-health-plan"], "valid_until": "2028-05-31", "signed_at": "2027-06-02T09:00:00Z"});
+    assert_eq!(
+        app.post_json("/housing/consents", HOUSING, &renewed)
+            .await
+            .status,
+        201
+    );
+    partner.set(Mode::Up);
+    app.clock.advance(time::Duration::minutes(1));
+    wait_for_state(&app, &reference, "delivered").await;
+    let audit = app.get("/audit/records?limit=1000", AUDITOR).await;
+    let delivered = audit.body["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| &r["record"])
+        .find(|r| r["action"] == "deliver" && r["outcome"] == "accepted")
+        .unwrap()
+        .clone();
+    assert!(delivered.get("break_glass").is_none(), "{delivered}");
+    assert_eq!(delivered["consent"]["version"], 2, "{delivered}");
+}
+
 /// A partner that is slow to answer holds up only its own notes: while an attempt to the
 /// clinic hangs, a note to the MCO is delivered at once.
 #[tokio::test]
@@ -1038,7 +1191,8 @@ async fn a_communication_accepted_before_its_task_was_refused_is_still_a_disclos
         }
     })
     .await;
-    // A Task refused with 503 first (retried), then with 400 (dead).
+    // A Task refused with 503 first (retried), then with 404: a partner with no Task
+    // endpoint, which no retry will change (dead).
     partner.set(Mode::RefuseTask(503));
     let sent = app
         .post_json("/housing/notes", HOUSING, &note(json!([])))
@@ -1047,7 +1201,7 @@ async fn a_communication_accepted_before_its_task_was_refused_is_still_a_disclos
     let reference = sent.body["reference_id"].as_str().unwrap().to_string();
     let thread = wait_for_recorded_attempts(&app, &reference, 1).await;
     assert_eq!(thread["delivery"]["state"], "pending", "{thread}");
-    partner.set(Mode::RefuseTask(400));
+    partner.set(Mode::RefuseTask(404));
     app.clock.advance(time::Duration::seconds(40));
     let thread = wait_for_state(&app, &reference, "dead").await;
     assert!(

@@ -164,11 +164,21 @@ pub struct RenewalDue {
 }
 
 /// An emergency exchange outside consent: an emergency purpose of use and a reason.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct BreakGlass {
     /// `BTG` or `ETREAT` (v3-ActReason).
     pub purpose: String,
     pub reason: String,
+}
+
+/// The reason is free text about the tenant: a `{:?}` in a log line must not carry it.
+impl std::fmt::Debug for BreakGlass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BreakGlass")
+            .field("purpose", &self.purpose)
+            .field("reason", &"<withheld>")
+            .finish()
+    }
 }
 
 /// Purposes of use that may break the glass.

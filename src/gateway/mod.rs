@@ -290,6 +290,7 @@ impl Gateway {
 }
 
 /// Items housing holds, for [`Gateway::decide_held`]: each one's item id and labels.
+#[derive(Clone, Copy)]
 pub struct Held<'a> {
     pub ids: &'a [&'a str],
     pub labels: &'a [std::collections::BTreeSet<String>],

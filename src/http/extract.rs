@@ -67,10 +67,101 @@ impl FromRequest<AppState> for JsonBody {
     }
 }
 
-/// A query string, or a 400 naming what is wrong with it.
+/// A housing request body as `T`, or a 400 whose `expression` names the field at fault:
+/// serde's path to a value of the wrong type or a field not known, and to a missing
+/// field's parent, with the field's name from serde's message added.
+pub fn body_as<T: serde::de::DeserializeOwned>(value: Value, what: &str) -> Result<T, Error> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let message = format!("not {what}: {}", e.inner());
+        let path = e.path().to_string();
+        let inner = e.inner().to_string();
+        // "missing field `reason`".
+        let field = inner
+            .starts_with("missing field")
+            .then(|| inner.split('`').nth(1))
+            .flatten();
+        let expression = match (path.as_str(), field) {
+            (".", None) => return Error::malformed(message),
+            (".", Some(f)) => f.to_string(),
+            (p, None) => p.to_string(),
+            (p, Some(f)) => format!("{p}.{f}"),
+        };
+        Error::malformed_at(message, expression)
+    })
+}
+
+/// A query string, or a 400 naming what is wrong with it: the parameter that is missing,
+/// not known or not readable, when serde's message names it.
 pub fn query<T>(
     q: Result<axum::extract::Query<T>, axum::extract::rejection::QueryRejection>,
 ) -> Result<T, Error> {
-    q.map(|axum::extract::Query(v)| v)
-        .map_err(|e| Error::malformed(format!("bad query: {}", e.body_text())))
+    q.map(|axum::extract::Query(v)| v).map_err(|e| {
+        let text = e.body_text();
+        let message = format!("bad query: {text}");
+        // "missing field `partner`", "unknown field `cursor`, expected …".
+        match ["missing field `", "unknown field `"]
+            .iter()
+            .find_map(|p| text.split_once(p))
+            .and_then(|(_, rest)| rest.split('`').next())
+        {
+            Some(name) => Error::malformed_at(message, name),
+            None => Error::malformed(message),
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::Deserialize;
+    use serde_json::json;
+
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Form {
+        tenant_id: String,
+        #[serde(default)]
+        facts: Vec<Fact>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Fact {
+        item_id: String,
+    }
+
+    fn expression(body: serde_json::Value) -> Option<String> {
+        match body_as::<Form>(body, "a form") {
+            Err(Error::Malformed { expression, .. }) => expression,
+            other => panic!("not a 400: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_bad_body_names_the_field_at_fault() {
+        assert_eq!(expression(json!({})).as_deref(), Some("tenant_id"));
+        assert_eq!(
+            expression(json!({"tenant_id": 7})).as_deref(),
+            Some("tenant_id")
+        );
+        assert_eq!(
+            expression(json!({"tenant_id": "T-1", "colour": "red"})).as_deref(),
+            Some("colour")
+        );
+        assert_eq!(
+            expression(json!({"tenant_id": "T-1", "facts": [{"item_id": "a"}, {}]})).as_deref(),
+            Some("facts[1].item_id")
+        );
+        assert_eq!(
+            expression(json!({"tenant_id": "T-1", "facts": "none"})).as_deref(),
+            Some("facts")
+        );
+        assert_eq!(
+            expression(json!({"tenant_id": "T-1", "facts": [{"item_id": 3}]})).as_deref(),
+            Some("facts[0].item_id")
+        );
+    }
 }

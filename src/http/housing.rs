@@ -46,12 +46,8 @@ async fn register(
 ) -> Result<Response, Failure> {
     let mut audit = call.audit("register-tenant", Direction::Internal);
     let body = body.map_err(|e| Failure::new(e, audit.clone()))?;
-    let reg: TenantRegistration = serde_json::from_value(body.value).map_err(|e| {
-        Failure::new(
-            Error::malformed(format!("not a tenant registration: {e}")),
-            audit.clone(),
-        )
-    })?;
+    let reg: TenantRegistration = super::extract::body_as(body.value, "a tenant registration")
+        .map_err(|e| Failure::new(e, audit.clone()))?;
     let tenant = reg.tenant_id.clone();
     let registered = state
         .gateway
@@ -136,12 +132,7 @@ async fn preview(
     let mut audit = call.audit("preview", Direction::Internal);
     let fail = |e: Error, a: &crate::audit::AuditEntry| Failure::new(e, a.clone());
     housing_only(&call).map_err(|e| fail(e, &audit))?;
-    let Query(q) = query.map_err(|_| {
-        fail(
-            Error::malformed_at("preview needs ?partner=<partner id>", "partner"),
-            &audit,
-        )
-    })?;
+    let q = super::extract::query(query).map_err(|e| fail(e, &audit))?;
     let tenant = TenantId::new(id);
     audit.tenant = Some(tenant.clone());
     audit.partner = Some(crate::ids::PartnerId::new(q.partner.clone()));
@@ -185,12 +176,8 @@ async fn record_consent(
     let body = body.map_err(|e| Failure::new(e, audit.clone()))?;
     audit.payload_digest = Some(body.digest.clone());
     let form: crate::consent::form::ConsentForm =
-        serde_json::from_value(body.value).map_err(|e| {
-            Failure::new(
-                Error::malformed(format!("not a consent form: {e}")),
-                audit.clone(),
-            )
-        })?;
+        super::extract::body_as(body.value, "a consent form")
+            .map_err(|e| Failure::new(e, audit.clone()))?;
     let stored = state
         .gateway
         .record_consent_form(&call, form, &mut audit)
@@ -220,12 +207,7 @@ async fn list_consents(
     let mut audit = call.audit("list-consents", Direction::Internal);
     let fail = |e: Error, a: &crate::audit::AuditEntry| Failure::new(e, a.clone());
     housing_only(&call).map_err(|e| fail(e, &audit))?;
-    let Query(q) = query.map_err(|_| {
-        fail(
-            Error::malformed_at("list consents with ?tenant=<tenant id>", "tenant"),
-            &audit,
-        )
-    })?;
+    let q = super::extract::query(query).map_err(|e| fail(e, &audit))?;
     let tenant = TenantId::new(q.tenant);
     audit.tenant = Some(tenant.clone());
     let list = state

@@ -49,12 +49,8 @@ async fn send(
     let body = body.map_err(|e| Failure::new(e, audit.clone()))?;
     audit.payload_digest = Some(body.digest.clone());
     housing_only(&call).map_err(|e| Failure::new(e, audit.clone()))?;
-    let req: NoteRequest = serde_json::from_value(body.value).map_err(|e| {
-        Failure::new(
-            Error::malformed(format!("not a care coordination note: {e}")),
-            audit.clone(),
-        )
-    })?;
+    let req: NoteRequest = super::extract::body_as(body.value, "a care coordination note")
+        .map_err(|e| Failure::new(e, audit.clone()))?;
     let note = state
         .gateway
         .queue_note(&call, req, &mut audit)

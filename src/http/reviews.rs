@@ -31,12 +31,8 @@ async fn record(
     let mut audit = call.audit("record-review", Direction::Internal);
     let body = body.map_err(|e| Failure::new(e, audit.clone()))?;
     audit.payload_digest = Some(body.digest.clone());
-    let review: Review = serde_json::from_value(body.value).map_err(|e| {
-        Failure::new(
-            Error::malformed(format!("not a joint case review: {e}")),
-            audit.clone(),
-        )
-    })?;
+    let review: Review = super::extract::body_as(body.value, "a joint case review")
+        .map_err(|e| Failure::new(e, audit.clone()))?;
     let stored = state
         .gateway
         .record_review(&call, review, &mut audit)

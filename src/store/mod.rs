@@ -496,8 +496,9 @@ pub struct NewNote {
     pub audit: AuditEntry,
 }
 
-/// A delivery the relay should attempt now.
-#[derive(Debug, Clone)]
+/// A delivery the relay should attempt now. Its `Debug` leaves out the note and payload:
+/// they are about the tenant, and must not reach a log line through a `{:?}`.
+#[derive(Clone)]
 pub struct Delivery {
     pub reference_id: ReferenceId,
     pub tenant: TenantId,
@@ -507,9 +508,23 @@ pub struct Delivery {
     pub note: serde_json::Value,
     pub attempts: u32,
     pub give_up_ms: i64,
-    /// The emergency the note was queued under, if it was: it is honoured at delivery,
-    /// or the worker would be told the note was accepted and the partner never get it.
+    /// The emergency the note was queued under, if it was and no auditor has found it
+    /// unjustified: it is honoured at delivery, or the worker would be told the note was
+    /// accepted and the partner never get it.
     pub emergency: Option<crate::consent::BreakGlass>,
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery")
+            .field("reference_id", &self.reference_id)
+            .field("tenant", &self.tenant)
+            .field("partner", &self.partner)
+            .field("attempts", &self.attempts)
+            .field("give_up_ms", &self.give_up_ms)
+            .field("emergency", &self.emergency)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What came of one delivery attempt.

@@ -2040,11 +2040,15 @@ impl NoteStore for SqliteStore {
     async fn due_deliveries(&self, now_ms: i64, per_partner: usize) -> StoreResult<Vec<Delivery>> {
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
+                // The emergency a note was queued under, unless an auditor has since found
+                // it unjustified.
                 "SELECT q.reference_id, q.tenant_id, q.partner, q.payload, q.attempts, q.give_up_ms, q.note,
                         b.purpose, b.reason FROM (
                     SELECT *, ROW_NUMBER() OVER (PARTITION BY partner ORDER BY next_attempt_ms, reference_id) AS n
                     FROM notes WHERE state = 'pending' AND next_attempt_ms <= ?1
                  ) q LEFT JOIN break_glass b ON b.reference_id = q.reference_id
+                     AND NOT EXISTS (SELECT 1 FROM break_glass_reviews r
+                                     WHERE r.reference_id = b.reference_id AND r.outcome = 'not-justified')
                  WHERE q.n <= ?2 ORDER BY q.next_attempt_ms, q.reference_id",
             )?;
             let rows = stmt.query_map(params![now_ms, per_partner as i64], |r| {

@@ -27,6 +27,8 @@ pub enum Mode {
     Redirect,
     /// Plain POSTs: creates everything but a Task, which it refuses with this status.
     RefuseTask(u16),
+    /// Plain POSTs: creates everything but a Task, to which it never answers.
+    StallTask,
 }
 
 #[derive(Default)]
@@ -127,17 +129,26 @@ async fn create(
     headers: axum::http::HeaderMap,
     Json(resource): Json<Value>,
 ) -> Response {
-    let mut i = inner.lock().unwrap();
-    i.attempts += 1;
-    if let Some(Mode::RefuseTask(s)) = i.mode
-        && resource_type == "Task"
-    {
-        return (
-            StatusCode::from_u16(s).unwrap(),
-            Json(json!({"resourceType": "OperationOutcome"})),
-        )
-            .into_response();
+    let mode = {
+        let mut i = inner.lock().unwrap();
+        i.attempts += 1;
+        i.mode
+    };
+    match mode {
+        Some(Mode::RefuseTask(s)) if resource_type == "Task" => {
+            return (
+                StatusCode::from_u16(s).unwrap(),
+                Json(json!({"resourceType": "OperationOutcome"})),
+            )
+                .into_response();
+        }
+        Some(Mode::StallTask) if resource_type == "Task" => {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({}))).into_response();
+        }
+        _ => {}
     }
+    let mut i = inner.lock().unwrap();
     if resource.to_string().contains("\"urn:uuid:") {
         return (
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -199,7 +210,7 @@ async fn receive(
         Mode::Redirect => {
             return (StatusCode::FOUND, [(header::LOCATION, "/fhir/moved")]).into_response();
         }
-        Mode::Up | Mode::LoseAnswer | Mode::RefuseTask(_) => {}
+        Mode::Up | Mode::LoseAnswer | Mode::RefuseTask(_) | Mode::StallTask => {}
     }
     let mut i = inner.lock().unwrap();
     let mut responses = Vec::new();
