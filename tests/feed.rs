@@ -37,8 +37,9 @@ async fn paging_while_writers_run_shows_every_entry_exactly_once_in_order() {
             }
         }));
     }
-    // Page with a small limit while the writers run.
-    let expected = writers * per_writer * 3;
+    // Page with a small limit while the writers run: the consent's entry, then three
+    // items per notice.
+    let expected = 1 + writers * per_writer * 3;
     let mut seen = Vec::new();
     let mut since = "0".to_string();
     let mut rounds = 0;
@@ -73,8 +74,9 @@ async fn paging_while_writers_run_shows_every_entry_exactly_once_in_order() {
 #[tokio::test]
 async fn a_long_poll_returns_as_soon_as_something_arrives() {
     let app = spawn_app().await.with_consenting_tenant().await;
+    // The consent's own entry is the first.
     let client = app.client.clone();
-    let url = format!("{}/housing/updates?since=0&wait=30", app.base);
+    let url = format!("{}/housing/updates?since=1&wait=30", app.base);
     let poll = tokio::spawn(async move {
         answer(client.get(url).bearer_auth(HOUSING).send().await.unwrap()).await
     });
@@ -91,12 +93,12 @@ async fn a_long_poll_returns_as_soon_as_something_arrives() {
         .unwrap();
     assert_eq!(a.status, 200);
     assert_eq!(a.body["entries"].as_array().unwrap().len(), 3);
-    assert_eq!(a.body["next"], "3");
+    assert_eq!(a.body["next"], "4");
 
     // Any write that adds to the feed wakes a poll, not only an inbound notice: here a
     // worker asks the tenant to renew consent.
     let client = app.client.clone();
-    let url = format!("{}/housing/updates?since=3&wait=30", app.base);
+    let url = format!("{}/housing/updates?since=4&wait=30", app.base);
     let poll = tokio::spawn(async move {
         answer(client.get(url).bearer_auth(HOUSING).send().await.unwrap()).await
     });

@@ -169,8 +169,9 @@ pub struct StoredExchange {
 pub struct FeedEntry {
     pub seq: u64,
     pub tenant: TenantId,
-    /// `added`, `superseded`, `retracted` (dataset items), `renewal-due` (consent) or
-    /// `response` (a partner replied to a note).
+    /// `added`, `superseded`, `retracted` (dataset items), `renewal-due` (consent),
+    /// `response` (a partner replied to a note) or `consent` (a new version of the
+    /// tenant's consent, or a revocation: read the tenant view again).
     pub change: String,
     pub item_id: Option<String>,
     pub reference_id: ReferenceId,

@@ -18,11 +18,14 @@
 //!   every INSERT, ~3% of an inbound notice's CPU in the profile.
 //! * 3 — `items.labels`: each item's labels beside its JSON, so a feed page is served
 //!   without parsing the items it carries (the largest share of the feed's profile).
+//! * 4 — the feed's `consent` change: a tenant's consent changed, so what housing may see
+//!   of them may have (a `CHECK` cannot be altered in place: the feed is rebuilt, every
+//!   row and number kept).
 
 use rusqlite::Connection;
 
 /// The schema version this build writes.
-pub const CURRENT: i64 = 3;
+pub const CURRENT: i64 = 4;
 
 /// The current schema. `IF NOT EXISTS` throughout: applying it to a current file is a no-op.
 pub const SCHEMA: &str = r#"
@@ -80,7 +83,8 @@ CREATE TABLE IF NOT EXISTS feed (
     seq          INTEGER PRIMARY KEY,
     tenant_id    TEXT NOT NULL,
     change       TEXT NOT NULL CHECK (
-        change = 'added' OR change = 'superseded' OR change = 'retracted' OR change = 'renewal-due' OR change = 'response'),
+        change = 'added' OR change = 'superseded' OR change = 'retracted' OR change = 'renewal-due' OR change = 'response'
+        OR change = 'consent'),
     item_id      TEXT REFERENCES items(item_id),
     reference_id TEXT NOT NULL,
     at           TEXT NOT NULL,
@@ -205,6 +209,15 @@ ALTER TABLE items ADD COLUMN labels TEXT NOT NULL DEFAULT '[]';
 UPDATE items SET labels = LABELS_FROM_BODY;
 "#;
 
+/// Version 3 to 4: the feed steps aside, [`SCHEMA`] creates it with the `consent` change
+/// allowed, and its rows come back with their sequence numbers.
+const V3_TO_V4_SET_ASIDE: &str = "ALTER TABLE feed RENAME TO feed_v3;";
+const V3_TO_V4_COPY: &str = r#"
+INSERT INTO feed (seq, tenant_id, change, item_id, reference_id, at, detail)
+    SELECT seq, tenant_id, change, item_id, reference_id, at, detail FROM feed_v3;
+DROP TABLE feed_v3;
+"#;
+
 /// An item's labels from its stored JSON (`[]` when it has none).
 const LABELS_FROM_BODY: &str = "CASE WHEN json_valid(body) \
     THEN coalesce(json_extract(body, '$.labels'), '[]') ELSE '[]' END";
@@ -243,12 +256,21 @@ pub fn prepare(conn: &mut Connection) -> rusqlite::Result<()> {
                     &format!("{V1_TO_V2_SET_ASIDE}{SCHEMA}{copy}"),
                     CURRENT,
                 )?;
-            } else if v < 3 {
-                migrate(
-                    conn,
-                    &V2_TO_V3.replace("LABELS_FROM_BODY", LABELS_FROM_BODY),
-                    3,
-                )?;
+            } else {
+                if v < 3 {
+                    migrate(
+                        conn,
+                        &V2_TO_V3.replace("LABELS_FROM_BODY", LABELS_FROM_BODY),
+                        3,
+                    )?;
+                }
+                if v < 4 {
+                    migrate(
+                        conn,
+                        &format!("{V3_TO_V4_SET_ASIDE}{SCHEMA}{V3_TO_V4_COPY}"),
+                        4,
+                    )?;
+                }
             }
             conn.execute_batch(SCHEMA)?;
         }
@@ -459,7 +481,55 @@ mod tests {
         let v: i64 = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
-        assert_eq!(v, 3);
+        assert_eq!(v, CURRENT);
+    }
+
+    #[test]
+    fn a_version_3_feed_keeps_its_rows_and_numbers_and_takes_consent_changes() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        prepare(&mut conn).unwrap();
+        // The version 3 feed: the same table without the `consent` change.
+        conn.execute_batch(
+            r#"DROP TABLE feed;
+            CREATE TABLE feed (
+                seq INTEGER PRIMARY KEY, tenant_id TEXT NOT NULL,
+                change TEXT NOT NULL CHECK (
+                    change = 'added' OR change = 'superseded' OR change = 'retracted' OR change = 'renewal-due' OR change = 'response'),
+                item_id TEXT REFERENCES items(item_id), reference_id TEXT NOT NULL, at TEXT NOT NULL, detail TEXT);
+            INSERT INTO tenants VALUES ('T-1', 't');
+            INSERT INTO feed VALUES (7, 'T-1', 'renewal-due', NULL, '01A', 't', '{}');
+            INSERT INTO feed VALUES (9, 'T-1', 'response', NULL, '01B', 't', '{}');
+            PRAGMA user_version = 3;"#,
+        )
+        .unwrap();
+        let consent = "INSERT INTO feed (tenant_id, change, reference_id, at) VALUES ('T-1', 'consent', '01C', 't')";
+        assert!(conn.execute(consent, []).is_err());
+        prepare(&mut conn).unwrap();
+        let v: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, 4);
+        conn.execute(consent, []).unwrap();
+        let feed: Vec<(i64, String)> =
+            all(&conn, "SELECT seq, change FROM feed ORDER BY seq", |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            });
+        assert_eq!(
+            feed,
+            vec![
+                (7, "renewal-due".to_string()),
+                (9, "response".to_string()),
+                (10, "consent".to_string())
+            ]
+        );
+        let leftovers: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_schema WHERE name = 'feed_v3'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(leftovers, 0);
     }
 
     #[test]

@@ -1118,6 +1118,14 @@ impl ConsentStore for SqliteStore {
                 ],
             )?;
             ctx.changes.tenants.push(tenant.clone());
+            // Housing systems that sync from the feed learn that what they may show of
+            // this tenant may have changed (a restriction added or lifted), and read the
+            // tenant view again: entries already passed as restricted are never re-sent.
+            ctx.tx
+                .prepare_cached(
+                    "INSERT INTO feed (tenant_id, change, item_id, reference_id, at) VALUES (?1, 'consent', NULL, ?2, ?3)",
+                )?
+                .execute(params![tenant.as_str(), audit.reference_id.to_string(), audit.recorded])?;
             if clears_renewal {
                 ctx.tx.execute(
                     "UPDATE renewals SET cleared_at = ?1 WHERE tenant_id = ?2 AND cleared_at IS NULL",
