@@ -11,9 +11,10 @@
 #                                 # (its CPU per page then includes the writers')
 #
 # Environment: ROUNDS (3), CONNS (64 notices, 4 feed), DURATION (10 s per measurement),
-# WORKLOAD (notice or feed), TENANTS (10000, as seeded), MAXSEQ (50000: feed cursors below
-# it), BENCH_DIR. A run with failed requests (non-2xx, socket errors) is marked: its rate
-# is not comparable.
+# WORKLOAD (notice or feed), TENANTS (10000, as seeded), MINSEQ (the seeded consents' feed
+# entries, as run.sh recorded) and MAXSEQ (MINSEQ + 50000): feed cursors between them,
+# BENCH_DIR. A run with failed requests (non-2xx, socket errors) is marked: its rate is
+# not comparable.
 # A build may be a wrapper script that `exec`s hearth with settings (TOKIO_WORKER_THREADS=1).
 # Prints one line per run and each build's mean; every run adds notices to the same store.
 set -euo pipefail
@@ -27,6 +28,7 @@ case "$WORKLOAD" in
   *) echo "WORKLOAD is notice or feed" >&2; exit 1 ;;
 esac
 DURATION="${DURATION:-10}"
+MINSEQ="${MINSEQ:-$(cat "$BENCH_DIR/feed-seeded" 2>/dev/null || echo 0)}"
 TCK="$(getconf CLK_TCK)"
 (($# >= 2)) || { echo "usage: bench/ab.sh BUILD_A BUILD_B [BUILD…]" >&2; exit 1; }
 [[ -f "$BENCH_DIR/hearth.toml" && -f "$BENCH_DIR/notice.tmpl" ]] || { echo "run bench/run.sh first" >&2; exit 1; }
@@ -54,7 +56,7 @@ load() { # seconds file
     (notices "$CONNS" "$seconds") >"$file"
   else
     (notices 8 "$seconds") >/dev/null & WRITERS=$!
-    env MAXSEQ="${MAXSEQ:-50000}" TOKEN=bench-token-housing-worker wrk -t2 -c"$CONNS" -d"${seconds}s" \
+    env MINSEQ="$MINSEQ" MAXSEQ="${MAXSEQ:-$((MINSEQ + 50000))}" TOKEN=bench-token-housing-worker wrk -t2 -c"$CONNS" -d"${seconds}s" \
       --timeout 10s -s "$ROOT/bench/feed.lua" http://127.0.0.1:18080/ >"$file"
     wait "$WRITERS" || true; WRITERS=""
   fi

@@ -1,5 +1,7 @@
--- wrk script: read the housing updates feed in pages of 100 from random cursors below
--- MAXSEQ (so every page is full). Environment: MAXSEQ, TOKEN.
+-- wrk script: read the housing updates feed in pages of 100 from random cursors between
+-- MINSEQ and MAXSEQ (so every page is full, and of the entries above MINSEQ: the seeded
+-- consents' own entries lie below it). Environment: MINSEQ, MAXSEQ, TOKEN.
+local minseq = tonumber(os.getenv("MINSEQ") or "0")
 local maxseq = tonumber(os.getenv("MAXSEQ") or "100")
 local token = os.getenv("TOKEN") or ""
 
@@ -16,7 +18,7 @@ function init(args)
 end
 
 function request()
-  local since = math.random(0, math.max(maxseq - 100, 0))
+  local since = math.random(minseq, math.max(maxseq - 100, minseq))
   return wrk.format(nil, "/housing/updates?since=" .. since .. "&limit=100")
 end
 

@@ -31,7 +31,8 @@ case "$WORKLOAD" in
   notice) CONNS=${CONNS:-64}; ARGS=(-s "$ROOT/bench/post.lua" http://127.0.0.1:18080/fhir/Communication)
           ENVS=(TEMPLATE="$BENCH_DIR/notice.tmpl" TENANTS="${TENANTS:-10000}" TOKEN=bench-token-riverside-ehr) ;;
   feed)   CONNS=${CONNS:-4}; ARGS=(-s "$ROOT/bench/feed.lua" http://127.0.0.1:18080/)
-          ENVS=(MAXSEQ=50000 TOKEN=bench-token-housing-worker) ;;
+          MINSEQ="${MINSEQ:-$(cat "$BENCH_DIR/feed-seeded" 2>/dev/null || echo 0)}"
+          ENVS=(MINSEQ="$MINSEQ" MAXSEQ="${MAXSEQ:-$((MINSEQ + 50000))}" TOKEN=bench-token-housing-worker) ;;
   *) echo "WORKLOAD is notice or feed" >&2; exit 1 ;;
 esac
 TOTAL=$((3 * DURATION + 4))

@@ -102,8 +102,12 @@ NOTICE_BYTES="$(stat -c %s "$BENCH_DIR/notice-sample.json")"
 BUNDLE_BYTES="$(stat -c %s "$BENCH_DIR/bundle-sample.json")"
 say "seeding $TENANTS tenants, $((TENANTS * 5)) consent versions, $AUDIT audit records…"
 SEED_START=$(date +%s%N)
-timeout 900 "$REL/examples/bench_seed" population --data-dir "$DATA" --tenants "$TENANTS" --audit "$AUDIT" >&2 \
-  || die "seeding failed"
+timeout 900 "$REL/examples/bench_seed" population --data-dir "$DATA" --tenants "$TENANTS" --audit "$AUDIT" \
+  >"$BENCH_DIR/seed.out" || die "seeding failed"
+# The consent versions' own feed entries come first; the feed rows read pages above them.
+FEED_SEEDED="$(awk -F= '/^feed_head=/ {print $2}' "$BENCH_DIR/seed.out")"
+[[ -n "$FEED_SEEDED" ]] || die "the seeder did not report the feed's head"
+echo "$FEED_SEEDED" >"$BENCH_DIR/feed-seeded"
 SEED_S=$(awk -v a="$SEED_START" -v b="$(date +%s%N)" 'BEGIN {printf "%.1f", (b-a)/1e9}')
 DB_MB=$(du -m "$DATA/hearth.db" | cut -f1)
 say "seeded in ${SEED_S}s; store file ${DB_MB} MB"
@@ -236,13 +240,13 @@ post bundle8-durable "$DURABLE_PID" "$DURABLE_PORT" 8 bundle.tmpl /fhir
 post bundle8-hearth "$HEARTH_PID" "$HEARTH_PORT" 8 bundle.tmpl /fhir
 
 say "updates feed (pages of 100), 4 connections, while 8 connections post notices…"
-run feed4-bare "$BARE_PID" 4 "$DURATION" feed.lua "http://127.0.0.1:$BARE_PORT/" MAXSEQ="$NOTICES_SENT" TOKEN="$HOUSING_TOKEN"
+run feed4-bare "$BARE_PID" 4 "$DURATION" feed.lua "http://127.0.0.1:$BARE_PORT/" MINSEQ="$FEED_SEEDED" MAXSEQ="$((FEED_SEEDED + NOTICES_SENT))" TOKEN="$HOUSING_TOKEN"
 FEED_BEFORE=$(ticks "$HEARTH_PID"); FEED_WBEFORE=$(writer_ticks "$HEARTH_PID")
 run writers8-hearth "$HEARTH_PID" 8 "$DURATION" post.lua "http://127.0.0.1:$HEARTH_PORT/fhir/Communication" \
   TEMPLATE="$BENCH_DIR/notice.tmpl" TENANTS="$TENANTS" TOKEN="$CLINIC_TOKEN" &
 WRITERS=$!
 sleep 0.2
-run feed4-hearth "$HEARTH_PID" 4 "$DURATION" feed.lua "http://127.0.0.1:$HEARTH_PORT/" MAXSEQ="$NOTICES_SENT" TOKEN="$HOUSING_TOKEN"
+run feed4-hearth "$HEARTH_PID" 4 "$DURATION" feed.lua "http://127.0.0.1:$HEARTH_PORT/" MINSEQ="$FEED_SEEDED" MAXSEQ="$((FEED_SEEDED + NOTICES_SENT))" TOKEN="$HOUSING_TOKEN"
 wait "$WRITERS"
 FEED_AFTER=$(ticks "$HEARTH_PID"); FEED_WAFTER=$(writer_ticks "$HEARTH_PID")
 # Both runs overlap, so their CPU is reported over their combined requests.

@@ -437,6 +437,12 @@ async fn population(
         "appended {audit} audit records in {:.1}s",
         started.elapsed().as_secs_f64()
     );
+    // Every consent version is a feed entry: the feed benchmark reads pages of items,
+    // above these.
+    println!(
+        "feed_head={}",
+        hearth::store::ExchangeStore::feed_newest(&store).await?
+    );
     let s = store.clone();
     tokio::task::spawn_blocking(move || s.close()).await?;
     Ok(())
