@@ -265,8 +265,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Token { id, org, role } => {
             let token = crate::auth::generate_token();
             println!("Token for `{id}` (shown once; only its hash goes in the config):\n{token}\n");
+            // TOML strings, escaped: an id with a quote in it must not break the config
+            // the operator pastes this into (and stop the next restart).
+            let quoted = |s: &str| toml::Value::String(s.to_string()).to_string();
             println!(
-                "Add to the config, then restart Hearth:\n\n[[principals]]\nid = \"{id}\"\norg = \"{org}\"\nrole = \"{}\"\ntoken_sha256 = \"{}\"",
+                "Add to the config, then restart Hearth:\n\n[[principals]]\nid = {}\norg = {}\nrole = \"{}\"\ntoken_sha256 = \"{}\"",
+                quoted(&id),
+                quoted(&org),
                 role.as_str(),
                 crate::auth::hash_token(&token)
             );

@@ -327,6 +327,9 @@ fn default_body_limit() -> usize {
 fn default_page() -> usize {
     100
 }
+/// The largest feed page an operator may allow.
+const MAX_FEED_PAGE: usize = 10_000;
+
 fn default_max_page() -> usize {
     1000
 }
@@ -435,6 +438,28 @@ impl Config {
             self.feed.default_page >= 1 && self.feed.default_page <= self.feed.max_page,
             "feed.default_page must be between 1 and feed.max_page"
         );
+        // A page is built in memory; items are a few KB each.
+        anyhow::ensure!(
+            self.feed.max_page <= MAX_FEED_PAGE,
+            "feed.max_page must be at most {MAX_FEED_PAGE}"
+        );
+        // Below a kilobyte no FHIR resource fits, and every write would be a 413.
+        anyhow::ensure!(
+            self.body_limit_bytes >= 1024,
+            "body_limit_bytes must be at least 1024"
+        );
+        // A name HTTP cannot carry is never found, and every pinned partner refused with
+        // a misleading "present your certificate".
+        if let Some(header) = self
+            .proxy
+            .as_ref()
+            .and_then(|p| p.client_cert_header.as_deref())
+        {
+            anyhow::ensure!(
+                axum::http::HeaderName::from_bytes(header.as_bytes()).is_ok(),
+                "[proxy] client_cert_header `{header}` is not an HTTP header name"
+            );
+        }
         // Two principals with one token: the last would silently win, authenticating as
         // another organisation or role.
         anyhow::ensure!(
@@ -773,6 +798,20 @@ mod tests {
                 "{text}\n[[forward]]\nfrom = \"riverside-clinic\"\nto = \"riverside-clinic\"\n"
             ),
             "to itself",
+        );
+        refused(
+            text.replace("max_page = 1000", "max_page = 100000000"),
+            "feed.max_page",
+        );
+        refused(
+            text.replace("body_limit_bytes = 1048576", "body_limit_bytes = 0"),
+            "body_limit_bytes",
+        );
+        refused(
+            format!(
+                "{text}\n[proxy]\naddress = \"127.0.0.1\"\nclient_cert_header = \"x client cert\"\n"
+            ),
+            "not an HTTP header name",
         );
         // A notice period past the calendar would put "due since" before year 0.
         refused(

@@ -502,9 +502,10 @@ fn the_first_serve_keeps_its_config_and_store_in_the_data_dir_it_was_given() {
 /// matches it, and that entry is accepted by the config it is added to.
 #[test]
 fn a_new_token_comes_with_the_principal_entry_that_accepts_it() {
+    // An id with a quote in it still makes an entry the config reads.
     let o = hearth(&[
         "token",
-        "riverside-ehr-2",
+        "riverside-ehr \"2\"",
         "--org",
         "riverside-clinic",
         "--role",
@@ -537,6 +538,7 @@ fn a_new_token_comes_with_the_principal_entry_that_accepts_it() {
         .authenticate(&token)
         .expect("the new token signs in");
     assert_eq!(who.org.as_str(), "riverside-clinic");
+    assert_eq!(who.id, "riverside-ehr \"2\"");
     let bad = hearth(&[
         "token",
         "x",

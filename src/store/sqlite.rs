@@ -484,6 +484,21 @@ fn writer_loop(
     }
 }
 
+/// Flushes `file` and the directory that names it to the disk.
+fn sync_file_and_directory(file: &Path) -> std::io::Result<()> {
+    std::fs::File::open(file)?.sync_all()?;
+    #[cfg(unix)]
+    if let Some(dir) = file.parent() {
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
 /// Tells long-polling feed readers the feed's newest sequence number, if it grew. One
 /// lookup of the table's last key per commit, not per write.
 fn publish_feed_head(conn: &Connection, feed_head: &tokio::sync::watch::Sender<u64>) {
@@ -717,7 +732,10 @@ impl SqliteStore {
             let _ = std::fs::remove_file(dest);
             return Err(e.into());
         }
-        Ok(())
+        // SQLite does not sync what VACUUM INTO writes: a backup reported done must
+        // survive a power loss, its directory entry included.
+        sync_file_and_directory(dest)
+            .map_err(|e| StoreError::Internal(format!("syncing {}: {e}", dest.display())))
     }
 
     /// The latest audit record's sequence number and hash, read from the file at `path`.
