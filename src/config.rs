@@ -38,6 +38,10 @@ pub struct Config {
     /// Largest request body accepted, in bytes (larger: 413).
     #[serde(default = "default_body_limit")]
     pub body_limit_bytes: usize,
+    /// A connection that has not sent a request's headers by then is closed, so a client
+    /// trickling bytes cannot hold connections, or shutdown, open.
+    #[serde(default = "default_header_read_timeout")]
+    pub header_read_timeout_ms: u64,
     pub tenancy: Tenancy,
     #[serde(default)]
     pub feed: Feed,
@@ -219,12 +223,20 @@ pub struct Tls {
     pub accept_error_pause_ms: u64,
 }
 
+/// Used for plain HTTP too, where there is no `[tls]` to set it.
+pub const DEFAULT_ACCEPT_ERROR_PAUSE_MS: u64 = 100;
+pub const DEFAULT_HANDSHAKE_MS: u64 = 10_000;
+
 fn default_accept_error_pause() -> u64 {
-    100
+    DEFAULT_ACCEPT_ERROR_PAUSE_MS
 }
 
 fn default_handshake_timeout() -> u64 {
-    10_000
+    DEFAULT_HANDSHAKE_MS
+}
+
+fn default_header_read_timeout() -> u64 {
+    30_000
 }
 
 /// Forward dataset items received from `from` to `to` (e.g. a clinic's discharge notices
@@ -442,6 +454,10 @@ impl Config {
         anyhow::ensure!(
             self.feed.max_page <= MAX_FEED_PAGE,
             "feed.max_page must be at most {MAX_FEED_PAGE}"
+        );
+        anyhow::ensure!(
+            (100..=600_000).contains(&self.header_read_timeout_ms),
+            "header_read_timeout_ms must be between 100 and 600000"
         );
         // Below a kilobyte no FHIR resource fits, and every write would be a 413.
         anyhow::ensure!(

@@ -21,7 +21,8 @@ use crate::store::sqlite::SqliteStore;
 pub struct App {
     pub state: AppState,
     pub store: SqliteStore,
-    tls: Option<(rustls::ServerConfig, crate::tls::Timeouts)>,
+    tls: Option<rustls::ServerConfig>,
+    timeouts: crate::tls::Timeouts,
 }
 
 /// Loads everything the config names. Fails early on a bad mapping file or profile.
@@ -42,9 +43,10 @@ pub fn build_with(
 ) -> anyhow::Result<App> {
     // Certificates first: a bad one stops start-up before the store is opened.
     let tls = match &config.tls {
-        Some(tls) => Some((crate::tls::server_config(tls)?, tls.into())),
+        Some(tls) => Some(crate::tls::server_config(tls)?),
         None => None,
     };
+    let timeouts = crate::tls::Timeouts::from_config(&config);
     let store = SqliteStore::open(&config.data_dir)
         .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
     let principals = config.principals();
@@ -70,6 +72,7 @@ pub fn build_with(
         state: AppState::new(gateway, principals, relay, metrics),
         store,
         tls,
+        timeouts,
     })
 }
 
@@ -92,21 +95,9 @@ pub async fn run(
         shutdown.await;
         stopping.send_replace(true);
     };
-    let result = match app.tls {
-        Some((config, timeouts)) => {
-            crate::tls::serve(listener, router, config, timeouts, stop).await
-        }
-        None => {
-            // The peer address lets the envelope believe a proxy's client-certificate
-            // header only from the proxy itself.
-            axum::serve(
-                listener,
-                router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-            )
-            .with_graceful_shutdown(stop)
-            .await
-        }
-    };
+    // The peer address each request carries lets the envelope believe a proxy's
+    // client-certificate header only from the proxy itself.
+    let result = crate::tls::serve(listener, router, app.tls, app.timeouts, stop).await;
     let _ = relay.await;
     drop(app.state);
     let store = app.store;

@@ -3,7 +3,8 @@
 //! When `[tls]` is configured, Hearth serves HTTPS and may ask clients for a certificate;
 //! a partner whose config pins `client_cert_sha256` must present that certificate on
 //! every request its principals make (mutual TLS). The certificate seen on a connection
-//! reaches the request as [`ClientCert`].
+//! reaches the request as [`ClientCert`]. [`serve`] is the accept loop for plain HTTP
+//! too, so both keep the same deadlines.
 
 use std::future::Future;
 use std::path::Path;
@@ -76,44 +77,54 @@ pub fn server_config(tls: &crate::config::Tls) -> anyhow::Result<rustls::ServerC
     Ok(config)
 }
 
-/// The server's own deadlines (see [`crate::config::Tls`]).
+/// The server's own deadlines (see [`crate::config::Tls`] and `header_read_timeout_ms`).
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
     pub handshake: std::time::Duration,
     pub accept_error_pause: std::time::Duration,
+    /// A connection that has not sent a request's headers by then is closed: a client
+    /// trickling bytes would otherwise hold it, and shutdown, open for ever.
+    pub header_read: std::time::Duration,
 }
 
-impl From<&crate::config::Tls> for Timeouts {
-    fn from(tls: &crate::config::Tls) -> Self {
+impl Timeouts {
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        let ms = std::time::Duration::from_millis;
+        let (handshake, pause) = config.tls.as_ref().map_or(
+            (
+                crate::config::DEFAULT_HANDSHAKE_MS,
+                crate::config::DEFAULT_ACCEPT_ERROR_PAUSE_MS,
+            ),
+            |t| (t.handshake_timeout_ms, t.accept_error_pause_ms),
+        );
         Self {
-            handshake: std::time::Duration::from_millis(tls.handshake_timeout_ms),
-            accept_error_pause: std::time::Duration::from_millis(tls.accept_error_pause_ms),
+            handshake: ms(handshake),
+            accept_error_pause: ms(pause),
+            header_read: ms(config.header_read_timeout_ms),
         }
     }
 }
 
-/// Serves `router` over TLS until `shutdown` resolves, then lets open connections finish.
+/// Serves `router` until `shutdown` resolves, then lets open connections finish: over
+/// TLS with `tls`, plain HTTP without. Each request carries its peer's address
+/// (`ConnectInfo`) and, over TLS, the client certificate the connection presented.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
-    config: rustls::ServerConfig,
+    tls: Option<rustls::ServerConfig>,
     timeouts: Timeouts,
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
-    let Timeouts {
-        handshake,
-        accept_error_pause,
-    } = timeouts;
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let acceptor = tls.map(|c| tokio_rustls::TlsAcceptor::from(Arc::new(c)));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
-        let (tcp, _) = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(accept_error_pause).await;
+                    tokio::time::sleep(timeouts.accept_error_pause).await;
                     continue;
                 }
             },
@@ -123,7 +134,12 @@ pub async fn serve(
         let router = router.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
+            let peer = axum::extract::ConnectInfo(peer);
+            let Some(acceptor) = acceptor else {
+                serve_connection(TokioIo::new(tcp), router, peer, None, timeouts, watcher).await;
+                return;
+            };
+            let tls = match tokio::time::timeout(timeouts.handshake, acceptor.accept(tcp)).await {
                 Ok(Ok(t)) => t,
                 Ok(Err(e)) => {
                     tracing::debug!(error = %e, "TLS handshake failed");
@@ -141,19 +157,47 @@ pub async fn serve(
                     .and_then(|c| c.first())
                     .map(|c| fingerprint(c)),
             );
-            let service = hyper::service::service_fn(
-                move |mut req: hyper::Request<hyper::body::Incoming>| {
-                    req.extensions_mut().insert(cert.clone());
-                    router.clone().oneshot(req.map(axum::body::Body::new))
-                },
-            );
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            let conn = builder.serve_connection(TokioIo::new(tls), service);
-            if let Err(e) = watcher.watch(conn).await {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
+            serve_connection(
+                TokioIo::new(tls),
+                router,
+                peer,
+                Some(cert),
+                timeouts,
+                watcher,
+            )
+            .await;
         });
     }
     graceful.shutdown().await;
     Ok(())
+}
+
+/// HTTP/1.1 or HTTP/2 on one accepted connection.
+async fn serve_connection<I>(
+    io: TokioIo<I>,
+    router: Router,
+    peer: axum::extract::ConnectInfo<std::net::SocketAddr>,
+    cert: Option<ClientCert>,
+    timeouts: Timeouts,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service =
+        hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(peer);
+            if let Some(cert) = &cert {
+                req.extensions_mut().insert(cert.clone());
+            }
+            router.clone().oneshot(req.map(axum::body::Body::new))
+        });
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(timeouts.header_read);
+    let conn = builder.serve_connection(io, service);
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
 }

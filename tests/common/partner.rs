@@ -74,10 +74,11 @@ impl Partner {
                 tokio::spawn(hearth::tls::serve(
                     listener,
                     app,
-                    config,
+                    Some(config),
                     hearth::tls::Timeouts {
                         handshake: Duration::from_secs(10),
                         accept_error_pause: Duration::from_millis(100),
+                        header_read: Duration::from_secs(30),
                     },
                     std::future::pending(),
                 ));
