@@ -105,6 +105,9 @@ async fn a_long_poll_returns_as_soon_as_something_arrives() {
     // Let the poll reach its wait, so what is checked is the wake-up, not the first read
     // (a write that lands first is found by that read and would pass without waking).
     wait_until_polls_waiting(&app, 1).await;
+    // The prompt comes five minutes into the wait: the read is recorded when it was
+    // made, not when it was asked for, so it never precedes what it showed.
+    app.clock.advance(time::Duration::minutes(5));
     let asked = app
         .post_json(
             "/housing/tenants/T-1001/renewal-request",
@@ -118,6 +121,8 @@ async fn a_long_poll_returns_as_soon_as_something_arrives() {
         .expect("the poll returned")
         .unwrap();
     assert_eq!(a.body["entries"][0]["change"], "renewal-due", "{a:?}");
+    let read = app.audit_record(&a.reference_id()).await;
+    assert_eq!(read["recorded"], "2026-11-23T10:05:00Z", "{read}");
     wait_until_polls_waiting(&app, 0).await;
 }
 

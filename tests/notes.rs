@@ -524,6 +524,55 @@ async fn a_task_that_times_out_after_its_communication_still_records_the_disclos
     );
 }
 
+/// A note decided under one consent and stored after the tenant recorded another (one
+/// that no longer names its partner, say) is refused, as a notice or a review would be: nothing is queued.
+#[tokio::test]
+async fn a_note_decided_before_a_consent_change_is_not_queued_after_it() {
+    let partner = Partner::start().await;
+    let app = ready(&partner).await;
+    let tenant = hearth::ids::TenantId::new("T-1001");
+    let context = app.gateway.store.consent_context(&tenant).await.unwrap();
+    let seen = hearth::store::ConsentsSeen::of(&context, false);
+    // The tenant now shares with the MCO only.
+    let narrower = json!({"tenant_id": "T-1001", "share_with": ["bayview-health-plan"], "valid_until": "2027-05-31", "signed_at": "2026-11-23T09:30:00Z"});
+    let recorded = app.post_json("/housing/consents", HOUSING, &narrower).await;
+    assert_eq!(recorded.status, 201, "{recorded:?}");
+
+    let reference = hearth::ids::ReferenceId::new();
+    let mut audit = hearth::audit::AuditEntry::new(
+        reference,
+        "2026-11-23T10:00:00Z".into(),
+        "POST /housing/notes".into(),
+        "queue-note",
+        hearth::audit::Direction::Outbound,
+    );
+    audit.outcome = hearth::audit::Outcome::Accepted;
+    let queued = app
+        .gateway
+        .store
+        .queue_note(
+            hearth::store::NewNote {
+                reference_id: reference,
+                tenant,
+                partner: hearth::ids::PartnerId::new(CLINIC_ID),
+                note: note(json!([])),
+                payload: json!({"resourceType": "Bundle", "type": "transaction", "entry": []}),
+                created_at: "2026-11-23T10:00:00Z".into(),
+                created_ms: 0,
+                give_up_ms: i64::MAX,
+                audit,
+            },
+            Some(seen),
+        )
+        .await;
+    assert!(
+        matches!(queued, Err(hearth::store::StoreError::Conflict(_))),
+        "{queued:?}"
+    );
+    let threads = app.get("/housing/notes?tenant=T-1001", HOUSING).await;
+    assert_eq!(threads.body["notes"], json!([]), "{threads:?}");
+}
+
 /// Waits for the relay to record `n` attempts of a note; returns the thread.
 async fn wait_for_recorded_attempts(app: &TestApp, reference: &str, n: u64) -> Value {
     let path = format!("/housing/notes/{reference}");
@@ -912,7 +961,9 @@ async fn an_old_forwards_covering_line_is_not_held_to_the_word_list() {
             created_ms: 0,
             give_up_ms: i64::MAX,
             audit,
-        })
+            },
+            None,
+        )
         .await
         .unwrap();
     // The relay polls every 20 ms in the test configuration.

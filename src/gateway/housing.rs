@@ -344,7 +344,9 @@ impl Gateway {
             )
             .await;
         Ok(match decision {
-            Ok(super::Permit { consent, withheld }) => {
+            Ok(super::Permit {
+                consent, withheld, ..
+            }) => {
                 let (kept, held): (Vec<_>, Vec<_>) = items
                     .into_iter()
                     .enumerate()

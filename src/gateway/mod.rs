@@ -125,6 +125,9 @@ impl Call {
 pub struct Permit {
     pub consent: Option<ConsentCitation>,
     pub withheld: Vec<usize>,
+    /// What the decision relied on, for the store to check nothing moved before the
+    /// write (a revocation in between must not be overtaken).
+    pub seen: crate::store::ConsentsSeen,
 }
 
 /// The labels of each stored item, as a consent decision takes them.
@@ -278,7 +281,14 @@ impl Gateway {
                 if break_glass && let Some(b) = &call.break_glass {
                     audit.set_break_glass(&b.purpose, &b.reason);
                 }
-                Ok(Permit { consent, withheld })
+                Ok(Permit {
+                    consent,
+                    withheld,
+                    seen: crate::store::ConsentsSeen::of(
+                        context,
+                        !self.config.consent.share_while_renewal_due,
+                    ),
+                })
             }
             Decision::Deny { reason, consent } => {
                 audit.reason = Some(reason.code().to_string());

@@ -281,7 +281,7 @@ impl Gateway {
             )
             .await?;
         *audit = new_note.audit.clone();
-        self.store.queue_note(new_note).await?;
+        self.store.queue_note(new_note, Some(permit.seen)).await?;
         Ok(note)
     }
 

@@ -308,7 +308,7 @@ const MAX_WAIT_SECONDS: u64 = 60;
 
 async fn updates(
     State(state): State<AppState>,
-    Extension(call): Extension<Call>,
+    Extension(mut call): Extension<Call>,
     query: Result<Query<FeedQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, Failure> {
     let mut audit = call.audit("read-feed", Direction::Outbound);
@@ -383,6 +383,10 @@ async fn updates(
             _ = stopping.wait_for(|stop| *stop) => {}
         }
         parked = since_parked.elapsed();
+        // What the page shows is read, decided and recorded as of now, not as of the
+        // request: the wait may have been a minute, and the items arrived during it.
+        call.at = state.gateway.now();
+        audit.recorded = crate::clock::rfc3339(call.at);
         entries = store
             .feed(since, limit as usize)
             .await

@@ -586,8 +586,9 @@ pub struct NoteResponse {
 /// Care coordination notes and their durable outbox.
 #[async_trait]
 pub trait NoteStore: Send + Sync {
-    /// Stores the note, its outbox entry and its audit record in one transaction.
-    async fn queue_note(&self, note: NewNote) -> StoreResult<()>;
+    /// Stores the note, its outbox entry and its audit record in one transaction; with
+    /// `seen`, only if the tenant's consent has not moved since the decision (`Conflict`).
+    async fn queue_note(&self, note: NewNote, seen: Option<ConsentsSeen>) -> StoreResult<()>;
     /// Pending deliveries due at `now_ms`, at most `per_partner` per partner, oldest first,
     async fn due_deliveries(&self, now_ms: i64, per_partner: usize) -> StoreResult<Vec<Delivery>>;
     /// Records an attempt's result and its audit record.

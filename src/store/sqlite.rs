@@ -2059,8 +2059,21 @@ fn note_threads_where(
 
 #[async_trait]
 impl NoteStore for SqliteStore {
-    async fn queue_note(&self, note: NewNote) -> StoreResult<()> {
-        self.write(move |ctx| insert_note(ctx, &note)).await
+    async fn queue_note(&self, note: NewNote, seen: Option<ConsentsSeen>) -> StoreResult<()> {
+        self.write(move |ctx| {
+            // As for exchanges and reviews: the consent was decided before the writer
+            // ran, and a revocation stored in between must not be overtaken.
+            if let Some(seen) = seen
+                && (consents_moved(ctx.tx, &note.tenant, seen)?
+                    || renewal_opened(ctx.tx, &note.tenant, seen)?)
+            {
+                return Err(StoreError::Conflict(
+                    "the tenant's consent changed while this note was queued; nothing was sent. Send it again to have it decided under the consent now in force".into(),
+                ));
+            }
+            insert_note(ctx, &note)
+        })
+        .await
     }
 
     async fn due_deliveries(&self, now_ms: i64, per_partner: usize) -> StoreResult<Vec<Delivery>> {
@@ -2280,17 +2293,20 @@ mod tests {
         let (dir, store, tenant) = store_with_tenant().await;
         let reference = ReferenceId::new();
         store
-            .queue_note(NewNote {
-                reference_id: reference,
-                tenant,
-                partner: PartnerId::new("clinic"),
-                note: serde_json::json!({"reason": "r", "facts": []}),
-                payload: serde_json::json!({"resourceType": "Bundle"}),
-                created_at: "2026-11-23T10:00:00Z".into(),
-                created_ms: 0,
-                give_up_ms: 1_000_000,
-                audit: entry(1),
-            })
+            .queue_note(
+                NewNote {
+                    reference_id: reference,
+                    tenant,
+                    partner: PartnerId::new("clinic"),
+                    note: serde_json::json!({"reason": "r", "facts": []}),
+                    payload: serde_json::json!({"resourceType": "Bundle"}),
+                    created_at: "2026-11-23T10:00:00Z".into(),
+                    created_ms: 0,
+                    give_up_ms: 1_000_000,
+                    audit: entry(1),
+                },
+                None,
+            )
             .await
             .unwrap();
         (dir, store, reference)
