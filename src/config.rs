@@ -42,6 +42,10 @@ pub struct Config {
     /// trickling bytes cannot hold connections, or shutdown, open.
     #[serde(default = "default_header_read_timeout")]
     pub header_read_timeout_ms: u64,
+    /// Refusals of requests without credentials itemised in the audit per client address
+    /// and minute; the rest are counted into one summary record (see `http::refusals`).
+    #[serde(default = "default_unauthenticated_audit")]
+    pub unauthenticated_audit_per_minute: u32,
     pub tenancy: Tenancy,
     #[serde(default)]
     pub feed: Feed,
@@ -237,6 +241,10 @@ fn default_handshake_timeout() -> u64 {
 
 fn default_header_read_timeout() -> u64 {
     30_000
+}
+
+fn default_unauthenticated_audit() -> u32 {
+    60
 }
 
 /// Forward dataset items received from `from` to `to` (e.g. a clinic's discharge notices
@@ -454,6 +462,10 @@ impl Config {
         anyhow::ensure!(
             self.feed.max_page <= MAX_FEED_PAGE,
             "feed.max_page must be at most {MAX_FEED_PAGE}"
+        );
+        anyhow::ensure!(
+            self.unauthenticated_audit_per_minute >= 1,
+            "unauthenticated_audit_per_minute must be at least 1"
         );
         anyhow::ensure!(
             (100..=600_000).contains(&self.header_read_timeout_ms),

@@ -35,6 +35,7 @@ pub struct Metrics {
     latency: Family<RouteLabels, Histogram>,
     deliveries: Family<DeliveryLabels, Counter>,
     long_polls: Gauge,
+    refusals_not_itemised: Counter,
 }
 
 impl Default for Metrics {
@@ -68,13 +69,24 @@ impl Metrics {
             "Housing feed reads waiting for new entries (wait=)",
             long_polls.clone(),
         );
+        let refusals_not_itemised = Counter::default();
+        registry.register(
+            "refusals_not_itemised",
+            "Refusals of requests without credentials beyond an address's per-minute audit budget: counted into a summary record, not itemised",
+            refusals_not_itemised.clone(),
+        );
         Self {
             registry,
             requests,
             latency,
             deliveries,
             long_polls,
+            refusals_not_itemised,
         }
+    }
+
+    pub fn refusal_not_itemised(&self) {
+        self.refusals_not_itemised.inc();
     }
 
     pub fn request(&self, method: &str, route: &str, status: u16, seconds: f64) {

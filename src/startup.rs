@@ -99,6 +99,13 @@ pub async fn run(
     // client-certificate header only from the proxy itself.
     let result = crate::tls::serve(listener, router, app.tls, app.timeouts, stop).await;
     let _ = relay.await;
+    // The last minute's refusals not itemised, before the store closes.
+    if let Some(summary) = app.state.refusals.take() {
+        let at = app.state.gateway.now();
+        if let Err(e) = app.state.gateway.store.append(summary.record(at)).await {
+            tracing::error!(error = %e, "could not write a refusals summary to the audit");
+        }
+    }
     drop(app.state);
     let store = app.store;
     tokio::task::spawn_blocking(move || store.close())

@@ -68,3 +68,86 @@ async fn a_client_that_never_finishes_its_headers_is_cut_off_and_does_not_hold_s
     let stopped = tokio::time::timeout(std::time::Duration::from_secs(10), app.stop()).await;
     assert!(stopped.is_ok(), "a half-sent request held the shutdown");
 }
+
+/// Anyone can send requests without a token, and each refusal is a durable audit record:
+/// per client address and minute only the first few are itemised, the rest counted into
+/// one summary record. Every refusal is accounted for; the store grows by a bounded
+/// amount however many arrive.
+#[tokio::test]
+async fn refusals_without_credentials_are_itemised_within_a_budget_and_summarised_beyond() {
+    use hearth::store::AuditStore;
+    let data = tempfile::tempdir().unwrap();
+    let mut config = test_config(data.path());
+    config.unauthenticated_audit_per_minute = 2;
+    hearth::tls::install_crypto_provider();
+    let app = spawn_configured(data, config, reqwest::Client::new(), "http").await;
+    let probe = |n: usize| {
+        let app = &app;
+        async move {
+            for _ in 0..n {
+                let a = app.get("/fhir/Communication/x", "not-a-token").await;
+                assert_eq!(a.status, 401);
+            }
+        }
+    };
+    let records = |app: &TestApp| {
+        let store = app.gateway.store.clone();
+        async move {
+            store
+                .query(hearth::store::AuditQuery {
+                    after_seq: 0,
+                    limit: 1000,
+                    reference_id: None,
+                    tenant: None,
+                })
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|r| r.record)
+                .collect::<Vec<_>>()
+        }
+    };
+    probe(5).await;
+    let refused = |rs: &[serde_json::Value]| {
+        rs.iter()
+            .filter(|r| r["status"] == 401 && r["action"] == "request")
+            .count()
+    };
+    let summaries = |rs: &[serde_json::Value]| {
+        rs.iter()
+            .filter(|r| r["action"] == "refusals-summary")
+            .map(|r| r["count"].as_u64().unwrap())
+            .collect::<Vec<_>>()
+    };
+    let first = records(&app).await;
+    assert_eq!(refused(&first), 2, "{first:?}");
+    assert!(summaries(&first).is_empty());
+    assert!(
+        app.metrics_text()
+            .await
+            .contains("hearth_refusals_not_itemised_total 3")
+    );
+
+    // A minute later: that minute's three are summarised, and the count starts again.
+    app.clock.advance(time::Duration::minutes(1));
+    probe(4).await;
+    let second = records(&app).await;
+    assert_eq!(refused(&second), 4, "{second:?}");
+    assert_eq!(summaries(&second), [3]);
+
+    // The last minute's count is written at shutdown.
+    let data = app.stop().await;
+    let store = hearth::store::sqlite::SqliteStore::open(data.path()).unwrap();
+    let rows = store
+        .query(hearth::store::AuditQuery {
+            after_seq: 0,
+            limit: 1000,
+            reference_id: None,
+            tenant: None,
+        })
+        .await
+        .unwrap();
+    let after: Vec<serde_json::Value> = rows.into_iter().map(|r| r.record).collect();
+    assert_eq!(summaries(&after), [3, 2]);
+    store.close();
+}

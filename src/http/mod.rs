@@ -17,6 +17,7 @@ pub mod fhir;
 pub mod housing;
 pub mod notes;
 pub mod ops;
+pub mod refusals;
 pub mod reviews;
 
 use std::sync::Arc;
@@ -48,6 +49,8 @@ pub struct AppState {
     /// Set when the server starts shutting down: the relay stops and long-polls return
     /// at once rather than holding the drain for their whole `wait`.
     pub stopping: tokio::sync::watch::Sender<bool>,
+    /// Which refusals of requests without credentials the audit itemises.
+    pub refusals: Arc<refusals::RefusalBudget>,
 }
 
 impl AppState {
@@ -57,12 +60,16 @@ impl AppState {
         relay: crate::relay::Relay,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Self {
+        let refusals = Arc::new(refusals::RefusalBudget::new(
+            gateway.config.unauthenticated_audit_per_minute,
+        ));
         Self {
             gateway,
             principals: Arc::new(principals),
             relay,
             metrics,
             stopping: tokio::sync::watch::channel(false).0,
+            refusals,
         }
     }
 }
@@ -235,6 +242,10 @@ async fn envelope(State(state): State<AppState>, mut req: Request, next: Next) -
         principal = principal.as_ref().map(|p| p.id.as_str()).unwrap_or("-"),
     );
 
+    let peer = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip().to_canonical());
     let proxy = state.gateway.config.proxy.as_ref();
     let from_proxy = proxy.is_some_and(|proxy| {
         req.extensions()
@@ -305,7 +316,21 @@ async fn envelope(State(state): State<AppState>, mut req: Request, next: Next) -
         let audited = response.extensions().get::<Audited>().is_some();
         let status = response.status();
         let mut response = response;
-        if !audited && (!public || pending.is_some()) {
+        // A refusal of a request without credentials is itemised within its address's
+        // budget, and counted into a summary beyond it (see `refusals`).
+        let admission = (!audited
+            && (!public || pending.is_some())
+            && principal.is_none()
+            && status.is_client_error())
+        .then(|| state.refusals.admit(peer, at));
+        if let Some(summary) = admission.as_ref().and_then(|a| a.summary)
+            && let Err(e) = state.gateway.store.append(summary.record(at)).await
+        {
+            tracing::error!(error = %e, "could not write a refusals summary to the audit");
+        }
+        if admission.as_ref().is_some_and(|a| !a.itemise) {
+            state.metrics.refusal_not_itemised();
+        } else if !audited && (!public || pending.is_some()) {
             let mut entry = response
                 .extensions_mut()
                 .remove::<AuditDraft>()
