@@ -42,6 +42,9 @@ pub struct Config {
     /// trickling bytes cannot hold connections, or shutdown, open.
     #[serde(default = "default_header_read_timeout")]
     pub header_read_timeout_ms: u64,
+    /// A request whose body has not arrived by then (after its headers) is answered 408.
+    #[serde(default = "default_header_read_timeout")]
+    pub body_read_timeout_ms: u64,
     /// Refusals of requests without credentials itemised in the audit per client address
     /// and minute; the rest are counted into one summary record (see `http::refusals`).
     #[serde(default = "default_unauthenticated_audit")]
@@ -468,8 +471,9 @@ impl Config {
             "unauthenticated_audit_per_minute must be at least 1"
         );
         anyhow::ensure!(
-            (100..=600_000).contains(&self.header_read_timeout_ms),
-            "header_read_timeout_ms must be between 100 and 600000"
+            (100..=600_000).contains(&self.header_read_timeout_ms)
+                && (100..=600_000).contains(&self.body_read_timeout_ms),
+            "header_read_timeout_ms and body_read_timeout_ms must be between 100 and 600000"
         );
         // Below a kilobyte no FHIR resource fits, and every write would be a 413.
         anyhow::ensure!(

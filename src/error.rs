@@ -28,6 +28,9 @@ pub enum Error {
     },
     #[error("the body is larger than the {0}-byte limit")]
     PayloadTooLarge(usize),
+    /// The body did not arrive within `body_read_timeout_ms` (408).
+    #[error("the body did not arrive within {0} ms; send it again")]
+    RequestTimeout(u64),
     #[error("send application/fhir+json or application/json (UTF-8)")]
     UnsupportedMediaType,
     /// A response format Hearth does not serve (`_format=xml`), 406.
@@ -79,6 +82,7 @@ impl Error {
             Error::NotFound(_) => "not-found",
             Error::MethodNotAllowed { .. } => "method-not-allowed",
             Error::PayloadTooLarge(_) => "payload-too-large",
+            Error::RequestTimeout(_) => "request-timeout",
             Error::UnsupportedMediaType => "unsupported-media-type",
             Error::NotAcceptable => "not-acceptable",
             Error::Malformed { .. } => "malformed",

@@ -151,3 +151,27 @@ async fn refusals_without_credentials_are_itemised_within_a_budget_and_summarise
     assert_eq!(summaries(&after), [3, 2]);
     store.close();
 }
+
+/// A client that sends its headers and then stops sending the body gets a 408 at the
+/// configured deadline, not a request held open for as long as it likes.
+#[tokio::test]
+async fn a_body_that_stops_arriving_is_answered_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let data = tempfile::tempdir().unwrap();
+    let mut config = test_config(data.path());
+    config.body_read_timeout_ms = 300;
+    hearth::tls::install_crypto_provider();
+    let app = spawn_configured(data, config, reqwest::Client::new(), "http").await;
+    let mut slow = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let head = format!(
+        "POST /fhir/Communication HTTP/1.1\r\nHost: hearth\r\nAuthorization: Bearer {CLINIC}\r\nContent-Type: application/fhir+json\r\nContent-Length: 100\r\n\r\n{{\"resourceType\""
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(10), slow.read(&mut answer))
+        .await
+        .expect("answered before the test's own deadline")
+        .unwrap();
+    let text = String::from_utf8_lossy(&answer[..n]);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+}

@@ -30,6 +30,7 @@ pub enum IssueCode {
     MultipleMatches,
     Conflict,
     TooLong,
+    Timeout,
     BusinessRule,
     Exception,
     Informational,

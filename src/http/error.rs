@@ -71,6 +71,7 @@ pub fn status_of(e: &Error) -> StatusCode {
         Error::NotFound(_) => StatusCode::NOT_FOUND,
         Error::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
         Error::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+        Error::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
         Error::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         Error::NotAcceptable => StatusCode::NOT_ACCEPTABLE,
         Error::Malformed { .. } => StatusCode::BAD_REQUEST,
@@ -100,6 +101,7 @@ pub fn issues_of(e: &Error) -> Vec<Issue> {
             one(IssueCode::NotSupported, e.to_string())
         }
         Error::PayloadTooLarge(_) => one(IssueCode::TooLong, e.to_string()),
+        Error::RequestTimeout(_) => one(IssueCode::Timeout, e.to_string()),
         // An edit conflict (R4 `conflict`), or criteria that are not specific enough.
         Error::PreconditionFailed(_) => one(IssueCode::Conflict, e.to_string()),
         Error::MultipleMatches(_) => one(IssueCode::MultipleMatches, e.to_string()),

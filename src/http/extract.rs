@@ -49,9 +49,16 @@ impl FromRequest<AppState> for JsonBody {
         if declared.is_some_and(|n| n > limit) {
             return Err(Error::PayloadTooLarge(limit));
         }
-        let bytes = axum::body::to_bytes(req.into_body(), limit)
-            .await
-            .map_err(|_| Error::PayloadTooLarge(limit))?;
+        // A client that sends its headers and then trickles the body would hold the
+        // request for as long as it liked.
+        let deadline = state.gateway.config.body_read_timeout_ms;
+        let bytes = tokio::time::timeout(
+            std::time::Duration::from_millis(deadline),
+            axum::body::to_bytes(req.into_body(), limit),
+        )
+        .await
+        .map_err(|_| Error::RequestTimeout(deadline))?
+        .map_err(|_| Error::PayloadTooLarge(limit))?;
         let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
             // serde's message names a position, never the content.
             Error::malformed(format!("the body is not valid JSON ({e})"))
