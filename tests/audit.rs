@@ -416,3 +416,51 @@ async fn the_trail_says_which_of_a_tenants_items_each_housing_read_showed() {
         "a page about no one is not about T-1001"
     );
 }
+
+/// An inspector following one exchange asks for everything about its reference ID: the
+/// transaction's own record and each entry's (whose parent it is), not only the first.
+/// What is not a reference ID is a 400 at the parameter, not an empty answer.
+#[tokio::test]
+async fn an_auditor_finds_every_record_about_a_reference_id() {
+    let app = spawn_app().await.with_consenting_tenant().await;
+    let ok = app
+        .post("/fhir", CLINIC, &fixture("bundle-transaction.json"))
+        .await;
+    assert_eq!(ok.status, 200, "{ok:?}");
+    let bundle = ok.reference_id();
+
+    let own = app
+        .get(&format!("/audit/records?reference_id={bundle}"), AUDITOR)
+        .await;
+    assert_eq!(own.body["records"].as_array().unwrap().len(), 1, "{own:?}");
+    let all = app
+        .get(&format!("/audit/records?related_to={bundle}"), AUDITOR)
+        .await;
+    let records: Vec<&serde_json::Value> = all.body["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| &r["record"])
+        .collect();
+    assert_eq!(
+        records.len(),
+        4,
+        "the Bundle and its three entries: {all:?}"
+    );
+    assert!(
+        records
+            .iter()
+            .all(|r| r["reference_id"] == bundle.as_str() || r["parent"] == bundle.as_str()),
+        "{records:?}"
+    );
+
+    for (query, at) in [
+        ("reference_id=not-a-ulid", "reference_id"),
+        ("related_to=42", "related_to"),
+        ("tenant=", "tenant"),
+    ] {
+        let a = app.get(&format!("/audit/records?{query}"), AUDITOR).await;
+        assert_eq!(a.status, 400, "{query}: {a:?}");
+        assert_eq!(a.error_expressions(), [at], "{query}: {a:?}");
+    }
+}

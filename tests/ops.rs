@@ -97,8 +97,7 @@ async fn refusals_without_credentials_are_itemised_within_a_budget_and_summarise
                 .query(hearth::store::AuditQuery {
                     after_seq: 0,
                     limit: 1000,
-                    reference_id: None,
-                    tenant: None,
+                    ..Default::default()
                 })
                 .await
                 .unwrap()
@@ -142,8 +141,7 @@ async fn refusals_without_credentials_are_itemised_within_a_budget_and_summarise
         .query(hearth::store::AuditQuery {
             after_seq: 0,
             limit: 1000,
-            reference_id: None,
-            tenant: None,
+            ..Default::default()
         })
         .await
         .unwrap();

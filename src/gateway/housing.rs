@@ -152,8 +152,8 @@ impl Gateway {
                 .query(AuditQuery {
                     after_seq: after,
                     limit: 1000,
-                    reference_id: None,
                     tenant: Some(tenant.to_string()),
+                    ..Default::default()
                 })
                 .await?;
             let Some(last) = rows.last() else { break };

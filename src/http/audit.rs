@@ -39,6 +39,7 @@ struct RecordsQuery {
     limit: Option<usize>,
     reference_id: Option<String>,
     tenant: Option<String>,
+    related_to: Option<String>,
 }
 
 async fn records(
@@ -57,6 +58,28 @@ async fn records(
             &audit,
         ));
     }
+    // A reference ID is a ULID: anything else could match nothing, and an empty page
+    // would read as "no such records".
+    for (name, value) in [
+        ("reference_id", &q.reference_id),
+        ("related_to", &q.related_to),
+    ] {
+        if value
+            .as_deref()
+            .is_some_and(|v| v.parse::<crate::ids::ReferenceId>().is_err())
+        {
+            return Err(fail(
+                Error::malformed_at(format!("`{name}` must be a reference ID (a ULID)"), name),
+                &audit,
+            ));
+        }
+    }
+    if q.tenant.as_deref().is_some_and(str::is_empty) {
+        return Err(fail(
+            Error::malformed_at("`tenant` must name a tenant", "tenant"),
+            &audit,
+        ));
+    }
     let rows = state
         .gateway
         .store
@@ -65,6 +88,7 @@ async fn records(
             limit,
             reference_id: q.reference_id,
             tenant: q.tenant,
+            related_to: q.related_to,
         })
         .await
         .map_err(|e| fail(e.into(), &audit))?;

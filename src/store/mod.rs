@@ -323,6 +323,10 @@ pub struct AuditQuery {
     pub limit: usize,
     pub reference_id: Option<String>,
     pub tenant: Option<String>,
+    /// Every record about this reference ID: its own, and those it is the `parent` of (a
+    /// Bundle's entries, a note's delivery attempts) or `related` to (the corrections,
+    /// replays and deliveries that name it).
+    pub related_to: Option<String>,
 }
 
 /// Tenants and the identifiers partners know them by.

@@ -1869,13 +1869,16 @@ impl AuditStore for SqliteStore {
                  WHERE seq > ?1 AND (?2 IS NULL OR reference_id = ?2)
                    AND (?3 IS NULL OR json_extract(body, '$.tenant') = ?3
                         OR EXISTS (SELECT 1 FROM json_each(body, '$.tenants_read') WHERE value = ?3))
+                   AND (?5 IS NULL OR reference_id = ?5 OR json_extract(body, '$.parent') = ?5
+                        OR json_extract(body, '$.related') = ?5)
                  ORDER BY seq LIMIT ?4",
             )?;
             let mut rows = stmt.query(params![
                 cursor(q.after_seq),
                 q.reference_id,
                 q.tenant,
-                q.limit as i64
+                q.limit as i64,
+                q.related_to
             ])?;
             let mut out = Vec::new();
             while let Some(r) = rows.next()? {
