@@ -40,10 +40,10 @@ pub struct Config {
     pub body_limit_bytes: usize,
     /// A connection that has not sent a request's headers by then is closed, so a client
     /// trickling bytes cannot hold connections, or shutdown, open.
-    #[serde(default = "default_header_read_timeout")]
+    #[serde(default = "default_read_timeout")]
     pub header_read_timeout_ms: u64,
     /// A request whose body has not arrived by then (after its headers) is answered 408.
-    #[serde(default = "default_header_read_timeout")]
+    #[serde(default = "default_read_timeout")]
     pub body_read_timeout_ms: u64,
     /// Refusals of requests without credentials itemised in the audit per client address
     /// and minute; the rest are counted into one summary record (see `http::refusals`).
@@ -242,7 +242,7 @@ fn default_handshake_timeout() -> u64 {
     DEFAULT_HANDSHAKE_MS
 }
 
-fn default_header_read_timeout() -> u64 {
+fn default_read_timeout() -> u64 {
     30_000
 }
 

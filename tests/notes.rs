@@ -45,17 +45,49 @@ fn note(facts: Value) -> Value {
     })
 }
 
-/// The audit records of forwards (notes a routing rule queued, or refused, for another
-/// partner), oldest first.
-async fn forward_records(app: &TestApp) -> Vec<Value> {
+/// The audit records of one action, oldest first.
+async fn records_of(app: &TestApp, action: &str) -> Vec<Value> {
     let audit = app.get("/audit/records?limit=1000", AUDITOR).await;
     audit.body["records"]
         .as_array()
         .unwrap()
         .iter()
         .map(|r| r["record"].clone())
-        .filter(|r| r["action"] == "forward")
+        .filter(|r| r["action"] == action)
         .collect()
+}
+
+/// The audit records of forwards (notes a routing rule queued, or refused, for another
+/// partner), oldest first.
+async fn forward_records(app: &TestApp) -> Vec<Value> {
+    records_of(app, "forward").await
+}
+
+/// A note to the clinic with a deadline after the consent's end (2027-05-31).
+fn urgent_note() -> Value {
+    let mut body = note(json!([]));
+    body["deadline"] = json!("2027-06-03");
+    body
+}
+
+/// Sends `body` as a note under break-glass, accepted; returns its reference ID.
+async fn send_under_break_glass(app: &TestApp, body: &Value) -> String {
+    let sent = app
+        .post_json_with(
+            "/housing/notes",
+            HOUSING,
+            body,
+            &[
+                ("X-Purpose-Of-Use", "BTG"),
+                (
+                    "X-Break-Glass-Reason",
+                    "tenant found unwell at home, clinic must know today",
+                ),
+            ],
+        )
+        .await;
+    assert_eq!(sent.status, 201, "{sent:?}");
+    sent.body["reference_id"].as_str().unwrap().to_string()
 }
 
 /// Waits for the relay (which runs in the background) to bring the note to `state`.
@@ -243,15 +275,9 @@ async fn a_note_is_delivered_as_valid_fhir_and_the_reply_is_threaded() {
     );
 
     // Every attempt is audited.
-    let audit = app.get("/audit/records?limit=1000", AUDITOR).await;
-    let deliveries: Vec<&Value> = audit.body["records"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|r| r["record"]["action"] == "deliver")
-        .collect();
+    let deliveries = records_of(&app, "deliver").await;
     assert_eq!(deliveries.len(), 1);
-    assert_eq!(deliveries[0]["record"]["related"], reference.as_str());
+    assert_eq!(deliveries[0]["related"], reference.as_str());
 }
 
 /// A partner (or a proxy before it) that redirects has not received the note: it stays
@@ -507,15 +533,7 @@ async fn a_task_that_times_out_after_its_communication_still_records_the_disclos
         last_error(&thread).contains("accepted the Communication"),
         "{thread}"
     );
-    let audit = app.get("/audit/records?limit=1000", AUDITOR).await;
-    let delivery = audit.body["records"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| &r["record"])
-        .find(|r| r["action"] == "deliver")
-        .unwrap()
-        .clone();
+    let delivery = records_of(&app, "deliver").await.remove(0);
     assert_eq!(delivery["outcome"], "failed", "{delivery}");
     assert_eq!(
         delivery["items_written"][0]["kind"],
@@ -1034,38 +1052,18 @@ async fn a_break_glass_note_is_delivered_under_its_emergency() {
     let app = ready(&partner).await;
     // The consent ran to 2027-05-31.
     app.clock.set(time::macros::datetime!(2027-06-02 09:00 UTC));
-    let mut urgent = note(json!([]));
-    urgent["deadline"] = json!("2027-06-03");
+    let urgent = urgent_note();
     let refused = app.post_json("/housing/notes", HOUSING, &urgent).await;
     assert_eq!(refused.status, 403, "{refused:?}");
-    let sent = app
-        .post_json_with(
-            "/housing/notes",
-            HOUSING,
-            &urgent,
-            &[
-                ("X-Purpose-Of-Use", "BTG"),
-                (
-                    "X-Break-Glass-Reason",
-                    "tenant found unwell at home, clinic must know today",
-                ),
-            ],
-        )
-        .await;
-    assert_eq!(sent.status, 201, "{sent:?}");
-    let reference = sent.body["reference_id"].as_str().unwrap().to_string();
+    let reference = send_under_break_glass(&app, &urgent).await;
     wait_for_state(&app, &reference, "delivered").await;
     assert_eq!(partner.attempts(), 1);
 
-    let audit = app.get("/audit/records?limit=1000", AUDITOR).await;
-    let delivery = audit.body["records"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| &r["record"])
-        .find(|r| r["action"] == "deliver")
-        .expect("the delivery is audited")
-        .clone();
+    let delivery = records_of(&app, "deliver")
+        .await
+        .into_iter()
+        .next()
+        .expect("the delivery is audited");
     assert_eq!(delivery["outcome"], "accepted", "{delivery}");
     assert_eq!(delivery["break_glass"], "BTG", "{delivery}");
     assert_eq!(delivery["related"], reference.as_str(), "{delivery}");
@@ -1084,24 +1082,8 @@ async fn an_emergency_found_unjustified_no_longer_carries_its_note() {
     let app = ready(&partner).await;
     app.clock.set(time::macros::datetime!(2027-06-02 09:00 UTC));
     partner.set(Mode::Down);
-    let mut urgent = note(json!([]));
-    urgent["deadline"] = json!("2027-06-03");
-    let sent = app
-        .post_json_with(
-            "/housing/notes",
-            HOUSING,
-            &urgent,
-            &[
-                ("X-Purpose-Of-Use", "BTG"),
-                (
-                    "X-Break-Glass-Reason",
-                    "tenant found unwell at home, clinic must know today",
-                ),
-            ],
-        )
-        .await;
-    assert_eq!(sent.status, 201, "{sent:?}");
-    let reference = sent.body["reference_id"].as_str().unwrap().to_string();
+    let urgent = urgent_note();
+    let reference = send_under_break_glass(&app, &urgent).await;
     wait_for_recorded_attempts(&app, &reference, 1).await;
     let review = app
         .post_json(
@@ -1124,24 +1106,8 @@ async fn an_emergency_note_the_renewed_consent_covers_goes_out_as_routine() {
     let app = ready(&partner).await;
     app.clock.set(time::macros::datetime!(2027-06-02 09:00 UTC));
     partner.set(Mode::Down);
-    let mut urgent = note(json!([]));
-    urgent["deadline"] = json!("2027-06-03");
-    let sent = app
-        .post_json_with(
-            "/housing/notes",
-            HOUSING,
-            &urgent,
-            &[
-                ("X-Purpose-Of-Use", "BTG"),
-                (
-                    "X-Break-Glass-Reason",
-                    "tenant found unwell at home, clinic must know today",
-                ),
-            ],
-        )
-        .await;
-    assert_eq!(sent.status, 201, "{sent:?}");
-    let reference = sent.body["reference_id"].as_str().unwrap().to_string();
+    let urgent = urgent_note();
+    let reference = send_under_break_glass(&app, &urgent).await;
     wait_for_recorded_attempts(&app, &reference, 1).await;
     let renewed = json!({"tenant_id": "T-1001", "share_with": [CLINIC_ID, "bayview-health-plan"], "valid_until": "2028-05-31", "signed_at": "2027-06-02T09:00:00Z"});
     assert_eq!(
@@ -1153,15 +1119,11 @@ async fn an_emergency_note_the_renewed_consent_covers_goes_out_as_routine() {
     partner.set(Mode::Up);
     app.clock.advance(time::Duration::minutes(1));
     wait_for_state(&app, &reference, "delivered").await;
-    let audit = app.get("/audit/records?limit=1000", AUDITOR).await;
-    let delivered = audit.body["records"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| &r["record"])
-        .find(|r| r["action"] == "deliver" && r["outcome"] == "accepted")
-        .unwrap()
-        .clone();
+    let delivered = records_of(&app, "deliver")
+        .await
+        .into_iter()
+        .find(|r| r["outcome"] == "accepted")
+        .unwrap();
     assert!(delivered.get("break_glass").is_none(), "{delivered}");
     assert_eq!(delivered["consent"]["version"], 2, "{delivered}");
 }
@@ -1266,14 +1228,7 @@ async fn a_communication_accepted_before_its_task_was_refused_is_still_a_disclos
             .any(|r| r["resourceType"] == "Communication")
     );
 
-    let audit = app.get("/audit/records?limit=1000", AUDITOR).await;
-    let deliveries: Vec<&Value> = audit.body["records"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| &r["record"])
-        .filter(|r| r["action"] == "deliver")
-        .collect();
+    let deliveries = records_of(&app, "deliver").await;
     assert_eq!(deliveries.len(), 2, "{deliveries:?}");
     assert!(
         deliveries.iter().all(|d| d["outcome"] == "failed"

@@ -75,7 +75,6 @@ async fn a_client_that_never_finishes_its_headers_is_cut_off_and_does_not_hold_s
 /// amount however many arrive.
 #[tokio::test]
 async fn refusals_without_credentials_are_itemised_within_a_budget_and_summarised_beyond() {
-    use hearth::store::AuditStore;
     let data = tempfile::tempdir().unwrap();
     let mut config = test_config(data.path());
     config.unauthenticated_audit_per_minute = 2;
@@ -90,22 +89,6 @@ async fn refusals_without_credentials_are_itemised_within_a_budget_and_summarise
             }
         }
     };
-    let records = |app: &TestApp| {
-        let store = app.gateway.store.clone();
-        async move {
-            store
-                .query(hearth::store::AuditQuery {
-                    after_seq: 0,
-                    limit: 1000,
-                    ..Default::default()
-                })
-                .await
-                .unwrap()
-                .into_iter()
-                .map(|r| r.record)
-                .collect::<Vec<_>>()
-        }
-    };
     probe(5).await;
     let refused = |rs: &[serde_json::Value]| {
         rs.iter()
@@ -118,7 +101,7 @@ async fn refusals_without_credentials_are_itemised_within_a_budget_and_summarise
             .map(|r| r["count"].as_u64().unwrap())
             .collect::<Vec<_>>()
     };
-    let first = records(&app).await;
+    let first = all_records(app.gateway.store.as_ref()).await;
     assert_eq!(refused(&first), 2, "{first:?}");
     assert!(summaries(&first).is_empty());
     assert!(
@@ -130,22 +113,14 @@ async fn refusals_without_credentials_are_itemised_within_a_budget_and_summarise
     // A minute later: that minute's three are summarised, and the count starts again.
     app.clock.advance(time::Duration::minutes(1));
     probe(4).await;
-    let second = records(&app).await;
+    let second = all_records(app.gateway.store.as_ref()).await;
     assert_eq!(refused(&second), 4, "{second:?}");
     assert_eq!(summaries(&second), [3]);
 
     // The last minute's count is written at shutdown.
     let data = app.stop().await;
     let store = hearth::store::sqlite::SqliteStore::open(data.path()).unwrap();
-    let rows = store
-        .query(hearth::store::AuditQuery {
-            after_seq: 0,
-            limit: 1000,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let after: Vec<serde_json::Value> = rows.into_iter().map(|r| r.record).collect();
+    let after = all_records(&store).await;
     assert_eq!(summaries(&after), [3, 2]);
     store.close();
 }
@@ -172,4 +147,18 @@ async fn a_body_that_stops_arriving_is_answered_408() {
         .unwrap();
     let text = String::from_utf8_lossy(&answer[..n]);
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+}
+
+/// Every audit record in `store` (up to a thousand), oldest first.
+async fn all_records(store: &(impl hearth::store::AuditStore + ?Sized)) -> Vec<serde_json::Value> {
+    store
+        .query(hearth::store::AuditQuery {
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.record)
+        .collect()
 }

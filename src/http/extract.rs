@@ -82,11 +82,7 @@ pub fn body_as<T: serde::de::DeserializeOwned>(value: Value, what: &str) -> Resu
         let message = format!("not {what}: {}", e.inner());
         let path = e.path().to_string();
         let inner = e.inner().to_string();
-        // "missing field `reason`".
-        let field = inner
-            .starts_with("missing field")
-            .then(|| inner.split('`').nth(1))
-            .flatten();
+        let field = field_named(&inner, &["missing field `"]);
         let expression = match (path.as_str(), field) {
             (".", None) => return Error::malformed(message),
             (".", Some(f)) => f.to_string(),
@@ -97,6 +93,15 @@ pub fn body_as<T: serde::de::DeserializeOwned>(value: Value, what: &str) -> Resu
     })
 }
 
+/// The field serde's `message` names after one of `prefixes`: "missing field `reason`",
+/// "unknown field `cursor`, expected …".
+fn field_named<'a>(message: &'a str, prefixes: &[&str]) -> Option<&'a str> {
+    prefixes
+        .iter()
+        .find_map(|p| message.split_once(p))
+        .and_then(|(_, rest)| rest.split('`').next())
+}
+
 /// A query string, or a 400 naming what is wrong with it: the parameter that is missing,
 /// not known or not readable, when serde's message names it.
 pub fn query<T>(
@@ -105,12 +110,7 @@ pub fn query<T>(
     q.map(|axum::extract::Query(v)| v).map_err(|e| {
         let text = e.body_text();
         let message = format!("bad query: {text}");
-        // "missing field `partner`", "unknown field `cursor`, expected …".
-        match ["missing field `", "unknown field `"]
-            .iter()
-            .find_map(|p| text.split_once(p))
-            .and_then(|(_, rest)| rest.split('`').next())
-        {
+        match field_named(&text, &["missing field `", "unknown field `"]) {
             Some(name) => Error::malformed_at(message, name),
             None => Error::malformed(message),
         }

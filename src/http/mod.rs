@@ -247,12 +247,9 @@ async fn envelope(State(state): State<AppState>, mut req: Request, next: Next) -
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map(|c| c.0.ip().to_canonical());
     let proxy = state.gateway.config.proxy.as_ref();
-    let from_proxy = proxy.is_some_and(|proxy| {
-        req.extensions()
-            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-            // An IPv4 proxy seen on a dual-stack socket arrives as ::ffff:a.b.c.d.
-            .is_some_and(|c| c.0.ip().to_canonical() == proxy.address.to_canonical())
-    });
+    // An IPv4 proxy seen on a dual-stack socket arrives as ::ffff:a.b.c.d: both canonical.
+    let from_proxy =
+        proxy.is_some_and(|proxy| peer.is_some_and(|ip| ip == proxy.address.to_canonical()));
     // `[proxy]` is what lets Hearth serve plain HTTP off loopback: the proxy terminates
     // TLS. A peer that is not the proxy would be sending bearer tokens in the clear.
     let bypasses_proxy =

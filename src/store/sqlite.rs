@@ -484,6 +484,13 @@ fn writer_loop(
     }
 }
 
+/// The feed's newest sequence number (0 when it is empty).
+fn newest_feed_seq(conn: &Connection) -> rusqlite::Result<u64> {
+    conn.prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM feed")?
+        .query_row([], |r| r.get::<_, i64>(0))
+        .map(|seq| seq as u64)
+}
+
 /// Flushes `file` and the directory that names it to the disk.
 fn sync_file_and_directory(file: &Path) -> std::io::Result<()> {
     std::fs::File::open(file)?.sync_all()?;
@@ -502,15 +509,12 @@ fn sync_file_and_directory(file: &Path) -> std::io::Result<()> {
 /// Tells long-polling feed readers the feed's newest sequence number, if it grew. One
 /// lookup of the table's last key per commit, not per write.
 fn publish_feed_head(conn: &Connection, feed_head: &tokio::sync::watch::Sender<u64>) {
-    let newest = conn
-        .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM feed")
-        .and_then(|mut s| s.query_row([], |r| r.get::<_, i64>(0)));
-    match newest {
+    match newest_feed_seq(conn) {
         Ok(seq) => {
             feed_head.send_if_modified(|h| {
-                let grew = seq as u64 > *h;
+                let grew = seq > *h;
                 if grew {
-                    *h = seq as u64;
+                    *h = seq;
                 }
                 grew
             });
@@ -1814,12 +1818,7 @@ impl ExchangeStore for SqliteStore {
     }
 
     async fn feed_newest(&self) -> StoreResult<u64> {
-        self.read(|conn| {
-            Ok(conn
-                .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM feed")?
-                .query_row([], |r| r.get::<_, i64>(0))? as u64)
-        })
-        .await
+        self.read(|conn| Ok(newest_feed_seq(conn)?)).await
     }
 
     async fn retired_items(&self, item_ids: Vec<String>) -> StoreResult<Vec<String>> {

@@ -421,11 +421,24 @@ impl TestApp {
         body: &Value,
         headers: &[(&str, &str)],
     ) -> Answer {
+        self.write(method, path, token, "application/fhir+json", body, headers)
+            .await
+    }
+
+    async fn write(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        content_type: &str,
+        body: &Value,
+        headers: &[(&str, &str)],
+    ) -> Answer {
         let mut req = self
             .client
             .request(method, format!("{}{path}", self.base))
             .bearer_auth(token)
-            .header("content-type", "application/fhir+json")
+            .header("content-type", content_type)
             .body(body.to_string());
         for (k, v) in headers {
             req = req.header(*k, *v);
@@ -463,16 +476,9 @@ impl TestApp {
         body: &Value,
         headers: &[(&str, &str)],
     ) -> Answer {
-        let mut req = self
-            .client
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(token)
-            .header("content-type", "application/json")
-            .body(body.to_string());
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        answer(req.send().await.expect("request")).await
+        let json = "application/json";
+        self.write(reqwest::Method::POST, path, token, json, body, headers)
+            .await
     }
 
     pub async fn get(&self, path: &str, token: &str) -> Answer {
