@@ -15,7 +15,7 @@ use crate::error::{Error, NO_AGREEMENT};
 use crate::fhir::{self, Issue, IssueCode};
 use crate::ids::{Identifier, ReferenceId, TenantId};
 use crate::mapping::Translation;
-use crate::store::{ConsentsSeen, ExchangeKey, ExchangeOutcome, NewExchange, StoredExchange};
+use crate::store::{ExchangeKey, ExchangeOutcome, NewExchange, StoredExchange};
 use crate::tenancy;
 
 /// An inbound resource that passed every check and is ready to store.
@@ -179,8 +179,8 @@ impl Gateway {
         // else does. A retraction of nothing is decided like any exchange: otherwise its
         // 200, against a 403 for a stranger, would tell a partner who is a tenant.
         let retracts_own = retract && self.store.sent_before(&key).await?;
-        let (consent, withheld) = if retracts_own {
-            (None, Vec::new())
+        let (consent, withheld, consents_seen) = if retracts_own {
+            (None, Vec::new(), None)
         } else {
             let labels: Vec<BTreeSet<String>> =
                 translation.items.iter().map(|i| i.labels.clone()).collect();
@@ -192,7 +192,7 @@ impl Gateway {
                 &labels,
                 audit,
             )?;
-            (permit.consent, permit.withheld)
+            (permit.consent, permit.withheld, Some(permit.seen))
         };
         // After the consent decision: a 422 here for a linked subject, against a 403 for
         // anyone else, would tell a partner without consent who is a tenant.
@@ -250,9 +250,7 @@ impl Gateway {
                 digest,
                 received_at,
                 consent,
-                consents_seen: (!retracts_own).then(|| {
-                    ConsentsSeen::of(&context, !self.config.consent.share_while_renewal_due)
-                }),
+                consents_seen,
                 renewal,
                 in_response_to,
                 forwards,
